@@ -1,0 +1,97 @@
+"""Entry point: ``python app.py [flags]`` serves the UI, the Gradio API, /health and /v1 on one port.
+
+Nothing happens at import time: ``create_app(settings)`` builds the FastAPI app (tests call it
+directly) and ``main()`` parses flags, starts loading the model in the background and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+log = logging.getLogger("quantlab")
+
+
+def default_spec(settings):
+    from backends.base import ModelSpec
+
+    return ModelSpec(
+        source=settings.model,
+        backend=settings.backend,
+        quantization=settings.quantization,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        trust_remote_code=settings.trust_remote_code,
+        api_base=settings.api_base,
+        api_key=settings.remote_api_key,
+    )
+
+
+def create_app(settings, manager=None):
+    """The FastAPI app with the Gradio Blocks mounted at / and the HTTP extras beside it."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from backends.manager import ModelManager
+    from serving.health import add_health
+    from ui.app_ui import build_blocks
+    from ui.handlers import Handlers
+
+    if manager is None:
+        manager = ModelManager(cache_dir=settings.cache_dir,
+                               allowed_dir=settings.models_dir if settings.exposed else None)
+    app = FastAPI(title="QuantLab", docs_url=None, redoc_url=None)
+    app.state.manager = manager
+    app.state.settings = settings
+    add_health(app, manager)
+    handlers = Handlers(manager)
+    blocks = build_blocks(handlers, settings)
+    app.state.blocks = blocks
+    return gr.mount_gradio_app(app, blocks, path="/", auth=_auth_pairs(settings.auth))
+
+
+def _auth_pairs(auth: str | None):
+    if not auth:
+        return None
+    from pathlib import Path
+
+    lines = Path(auth).read_text().splitlines() if Path(auth).is_file() else [auth]
+    pairs = [tuple(line.strip().split(":", 1)) for line in lines if ":" in line]
+    if not pairs:
+        raise SystemExit("--auth needs USER:PASS or a file of USER:PASS lines")
+    return pairs
+
+
+def load_in_background(manager, spec) -> threading.Thread:
+    def run():
+        try:
+            info = manager.load(spec)
+            log.info("loaded %s (%s, %s) in %.1f s", info.name, info.backend, info.quantization, info.load_seconds)
+        except Exception as exc:  # the server keeps running; /health says 503 and why
+            log.error("could not load %s: %s", spec.source, exc)
+
+    t = threading.Thread(target=run, name="initial-load", daemon=True)
+    t.start()
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from serving.settings import parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_args(argv)
+    app = create_app(settings)
+    if not settings.no_model:
+        load_in_background(app.state.manager, default_spec(settings))
+    log.info("serving on http://%s:%d", settings.bind_host, settings.port)
+    uvicorn.run(app, host=settings.bind_host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Typed errors. Every layer raises these; exactly one edge per transport converts them
+(``ui/handlers.py`` to ``gr.Error``, ``serving/openai_api.py`` to OpenAI-style JSON).
+
+Each error carries a user-facing sentence (``str(exc)``), an HTTP status and an OpenAI error type.
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base class: something the user should be told about in one sentence."""
+
+    http_status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+
+class InvalidRequest(BackendError):
+    """A parameter is out of range or malformed."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ContextLengthExceeded(InvalidRequest):
+    http_status = 400
+    code = "context_length_exceeded"
+
+
+class ModelLoadError(BackendError):
+    """The model could not be loaded (missing file, not a model, incompatible options)."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "model_load_error"
+
+
+class ModelNotFound(ModelLoadError):
+    http_status = 404
+    code = "model_not_found"
+
+
+class UnsupportedQuantization(ModelLoadError):
+    code = "unsupported_quantization"
+
+
+class OutOfMemory(BackendError):
+    http_status = 507
+    error_type = "server_error"
+    code = "out_of_memory"
+
+
+class BackendUnavailable(BackendError):
+    """No model is ready, or a remote engine cannot be reached."""
+
+    http_status = 503
+    error_type = "service_unavailable"
+    code = "backend_unavailable"
+
+
+class NoModelLoaded(BackendUnavailable):
+    code = "no_model_loaded"
+
+    def __init__(self, message: str = "No model is loaded. Load one in the Model tab (or POST /load_model) first."):
+        super().__init__(message)
+
+
+class Busy(BackendError):
+    """Too many requests for this client (rate limit) or the server (queue full)."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after

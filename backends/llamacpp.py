@@ -1,0 +1,248 @@
+"""GGUF models through llama-cpp-python.
+
+One ``Llama`` per backend instance, guarded by one lock (the object is not thread-safe). The prompt
+is rendered with the chat template stored in the GGUF; tokens are generated with ``Llama.generate``
+and detokenized incrementally as bytes, so multi-byte characters split across tokens come out whole.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from backends import sources
+from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
+from optimization import quantize
+from optimization.memory import release_memory
+
+# Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # pragma: no cover - psutil is a requirement
+        return os.cpu_count() or 1
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+    capabilities = frozenset({"stream", "logits", "tokenize"})
+    quantizations = quantize.LLAMACPP_QUANTS
+    default_quantization = quantize.GGUF_AS_FILE
+
+    def __init__(self, cache_dir: Path | None = None):
+        self._cache_dir = cache_dir or sources.default_cache_dir()
+        self._llm = None
+        self._lock = threading.Lock()
+        self._formatter = None
+        self._logits_llm = None  # a second context with logits_all, made on first logits() call
+        self._spec: ModelSpec | None = None
+        self._path: Path | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        t0 = time.perf_counter()
+        progress(0.05, "Resolving model file")
+        path = sources.find_gguf(sources.resolve(spec.source, gguf_file=spec.gguf_file), spec.gguf_file)
+        quantize.check_gguf(path)
+        quant = quantize.normalize_quantization(self.name, spec.quantization)
+        if quant != quantize.GGUF_AS_FILE:
+            progress(0.15, f"Making the {quant} variant (cached after the first time)")
+            path = quantize.gguf_variant(path, quant, self._cache_dir)
+        progress(0.4, f"Loading {path.name}")
+        if spec.n_ctx < 16:
+            raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
+        n_gpu_layers = spec.n_gpu_layers
+        gpu_offload = _gpu_offload_supported()
+        if n_gpu_layers and not gpu_offload:
+            n_gpu_layers = 0  # a CPU build of llama.cpp: say so in details instead of failing
+        try:
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=spec.n_ctx,
+                n_threads=spec.n_threads or physical_cores(),
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            msg = str(exc)
+            if "alloc" in msg.lower() or "memory" in msg.lower():
+                raise OutOfMemory(f"Not enough memory to load {path.name} with n_ctx={spec.n_ctx}.") from exc
+            raise ModelLoadError(f"llama.cpp could not load {path.name}: {msg}") from exc
+        progress(0.9, "Reading chat template")
+        meta = llm.metadata
+        template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+        )
+        self._llm, self._spec, self._path = llm, spec, path
+        own_type = quantize.gguf_file_type(path) or quant
+        weights = int(llm._model.size())
+        details = {
+            "file": path.name,
+            "n_ctx": llm.n_ctx(),
+            "n_threads": llm.n_threads if hasattr(llm, "n_threads") else spec.n_threads,
+            "n_gpu_layers": n_gpu_layers,
+            "gpu_offload_supported": gpu_offload,
+            "n_params": int(llm._model.n_params()),
+            "weights_bytes": weights,
+            "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
+        }
+        if spec.n_gpu_layers and not gpu_offload:
+            details["warning"] = "This llama.cpp build has no GPU support: running on the CPU."
+        return LoadedModel(
+            name=spec.served_name or path.stem,
+            backend=self.name,
+            quantization=own_type,
+            source=str(path),
+            context_length=llm.n_ctx(),
+            footprint_bytes=weights + _kv_cache_bytes(meta, llm.n_ctx()),
+            load_seconds=time.perf_counter() - t0,
+            device="cuda" if n_gpu_layers and gpu_offload else "cpu",
+            details=details,
+        )
+
+    def unload(self) -> None:
+        with self._lock:
+            for llm in (self._llm, self._logits_llm):
+                if llm is not None:
+                    llm.close()
+            self._llm = self._logits_llm = self._formatter = None
+        release_memory()
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def prompt_tokens(self, request: ChatRequest) -> list[int]:
+        llm = self._require()
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            rendered = self._formatter(messages=messages)
+        except Exception as exc:  # jinja errors: e.g. a template that rejects a system message
+            raise InvalidRequest(f"The model's chat template rejected these messages: {exc}") from exc
+        add_bos = not rendered.added_special
+        return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        import llama_cpp
+
+        llm = self._require()
+        params = request.params
+        with self._lock:
+            tokens = self.prompt_tokens(request)
+            n_prompt, n_ctx = len(tokens), llm.n_ctx()
+            if n_prompt >= n_ctx:
+                raise ContextLengthExceeded(
+                    f"The conversation is {n_prompt} tokens long but the model's context holds {n_ctx}: "
+                    "shorten the message, clear the chat, or load the model with a larger context."
+                )
+            budget = min(params.max_new_tokens, n_ctx - n_prompt)
+            llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
+            vocab = llm._model.vocab
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            generated = 0
+            finish = "length"
+            gen = llm.generate(
+                tokens,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=0.0,
+                temp=params.temperature,
+                repeat_penalty=params.repetition_penalty,
+            )
+            try:
+                for token in gen:
+                    if cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if llama_cpp.llama_vocab_is_eog(vocab, token):
+                        finish = "stop"
+                        break
+                    generated += 1
+                    text = decoder.decode(llm.detokenize([token]))
+                    yield TextDelta(text, tokens=1)
+                    if generated >= budget:
+                        break
+                    if cancel.is_set():
+                        finish = "cancelled"
+                        break
+            finally:
+                gen.close()
+            tail = decoder.decode(b"", final=True)
+            yield TextDelta(tail, finish_reason=finish, prompt_tokens=n_prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def logits(self, token_ids: Sequence[int]):
+        """Logits at every position, from a second context created with logits_all=True (the
+        chat context keeps logits off, which is what makes generation fast)."""
+        import numpy as np
+        from llama_cpp import Llama
+
+        llm = self._require()
+        with self._lock:
+            if self._logits_llm is None:
+                self._logits_llm = Llama(
+                    model_path=str(self._path), n_ctx=max(len(token_ids), 512), logits_all=True,
+                    n_threads=(self._spec.n_threads if self._spec else None) or physical_cores(),
+                    n_gpu_layers=self._spec.n_gpu_layers if self._spec and _gpu_offload_supported() else 0,
+                    verbose=False,
+                )
+            lg = self._logits_llm
+            if len(token_ids) > lg.n_ctx():
+                raise ContextLengthExceeded(f"{len(token_ids)} tokens do not fit the {lg.n_ctx()}-token context.")
+            lg.reset()
+            lg.eval(list(token_ids))
+            out = np.array(lg.scores[: len(token_ids)], dtype=np.float32, copy=True)
+        del llm
+        return out
+
+    def _require(self):
+        if self._llm is None:
+            from backends.errors import NoModelLoaded
+
+            raise NoModelLoaded()
+        return self._llm
+
+
+def _gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    try:
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except AttributeError:  # pragma: no cover - very old builds
+        return False
+
+
+def _kv_cache_bytes(meta: dict, n_ctx: int) -> int:
+    """f16 K and V for every layer at ``n_ctx`` (what llama.cpp allocates by default)."""
+    arch = meta.get("general.architecture", "llama")
+    try:
+        n_layer = int(meta[f"{arch}.block_count"])
+        n_embd = int(meta[f"{arch}.embedding_length"])
+        n_head = int(meta[f"{arch}.attention.head_count"])
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+    except (KeyError, ValueError):
+        return 0
+    head_dim = n_embd // max(n_head, 1)
+    return 2 * n_layer * n_ctx * n_head_kv * head_dim * 2

@@ -1,0 +1,338 @@
+"""Hugging Face transformers models, optionally quantized with bitsandbytes.
+
+``generate`` runs in a worker thread: its token ids come back through a queue, an exception in the
+thread is re-raised on the consumer side (a plain TextIteratorStreamer would hang), and a stopping
+criterion tied to the cancel event stops it within one token.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from backends import sources
+from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelLoadError,
+    NoModelLoaded,
+    OutOfMemory,
+    UnsupportedQuantization,
+)
+from backends.hf_convert import hf_checkpoint_from_gguf
+from optimization import quantize
+from optimization.memory import release_memory
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class IncrementalDecoder:
+    """Text of newly generated tokens without re-decoding the whole reply each step (the
+    prefix/read offset scheme of TGI and vLLM). Holds back text ending in an incomplete character."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        new_text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        prefix_text = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        new_text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return new_text[len(prefix_text):]
+
+
+def bnb_support() -> dict[str, bool]:
+    """Which bitsandbytes quantizations work on this machine's default device."""
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+    except Exception:  # ImportError or a broken native library
+        return {"int8": False, "nf4": False, "fp4": False}
+    on_gpu = torch.cuda.is_available()
+    # bitsandbytes >= 0.48 ships CPU kernels for LLM.int8 and the 4-bit types.
+    return {"int8": True, "nf4": True, "fp4": True} if on_gpu or _bnb_cpu_ok() else {"int8": False, "nf4": False, "fp4": False}
+
+
+def _bnb_cpu_ok() -> bool:
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        w = torch.randn(64, 64)
+        q, state = bnb.functional.quantize_4bit(w, quant_type="nf4")
+        return q is not None and state is not None
+    except Exception:
+        return False
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+    capabilities = frozenset({"stream", "logits", "tokenize"})
+    quantizations = quantize.TRANSFORMERS_QUANTS
+    default_quantization = quantize.TRANSFORMERS_DEFAULT
+
+    def __init__(self, cache_dir: Path | None = None):
+        self._cache_dir = cache_dir or sources.default_cache_dir()
+        self._model = None
+        self._tok = None
+        self._lock = threading.Lock()
+        self._max_ctx = 2048
+        self._device = "cpu"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _checkpoint(self, spec: ModelSpec, progress: Progress) -> Path:
+        path = sources.resolve(spec.source)
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelLoadError(f"{path.name} is not a model: give a checkpoint folder, a GGUF file or a repo id.")
+            quantize.check_gguf(path)
+            return hf_checkpoint_from_gguf(path, self._cache_dir, progress)
+        if (path / "config.json").exists():
+            return path
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return hf_checkpoint_from_gguf(sources.find_gguf(path, spec.gguf_file), self._cache_dir, progress)
+        raise ModelLoadError(f"{path.name}/ has no config.json: it is not a transformers checkpoint.")
+
+    def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor bars flood the server log
+        t0 = time.perf_counter()
+        quant = quantize.normalize_quantization(self.name, spec.quantization)
+        on_gpu = torch.cuda.is_available()
+        device_map = spec.device_map or ("auto" if on_gpu else "cpu")
+        if quant in ("int8", "nf4", "fp4") and not bnb_support()[quant]:
+            raise UnsupportedQuantization(f"bitsandbytes {quant} is not available on this machine.")
+        if quant == "bf16" and not on_gpu and not _cpu_bf16_ok(torch):
+            raise UnsupportedQuantization("This CPU cannot run bf16: choose fp32.")
+        path = self._checkpoint(spec, progress)
+        progress(0.5, f"Loading {path.name} at {quant}")
+        kwargs: dict = {"device_map": device_map, "trust_remote_code": spec.trust_remote_code}
+        if quant in _DTYPES:
+            kwargs["dtype"] = getattr(torch, _DTYPES[quant])
+        elif quant == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=spec.cpu_offload
+            )
+        else:
+            compute = getattr(torch, _DTYPES.get(spec.compute_dtype, spec.compute_dtype), None)
+            if not isinstance(compute, torch.dtype):
+                raise InvalidRequest(f"Unknown compute dtype {spec.compute_dtype!r}.", "compute_dtype")
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=quant,
+                bnb_4bit_use_double_quant=spec.double_quant,
+                bnb_4bit_compute_dtype=compute,
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise OutOfMemory(f"Not enough GPU memory for {path.name} at {quant}: try a smaller quantization.") from exc
+        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            raise ModelLoadError(f"transformers could not load {path.name} at {quant}: {exc}") from exc
+        model.eval()
+        if tok.chat_template is None:
+            raise ModelLoadError(f"{path.name} has no chat template: this app serves chat models.")
+        self._model, self._tok = model, tok
+        cfg = model.config
+        self._max_ctx = int(getattr(cfg, "max_position_embeddings", None) or tok.model_max_length or 2048)
+        self._max_ctx = min(self._max_ctx, spec.n_ctx) if spec.n_ctx else self._max_ctx
+        self._device = str(next(model.parameters()).device)
+        progress(1.0, "Loaded")
+        return LoadedModel(
+            name=spec.served_name or path.name,
+            backend=self.name,
+            quantization=quant,
+            source=str(path),
+            context_length=self._max_ctx,
+            footprint_bytes=int(model.get_memory_footprint()),
+            load_seconds=time.perf_counter() - t0,
+            device=self._device,
+            details={
+                "n_params": int(sum(p.numel() for p in model.parameters())),
+                "device_map": device_map,
+                "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+                "trust_remote_code": spec.trust_remote_code,
+                **({"double_quant": spec.double_quant, "compute_dtype": spec.compute_dtype} if quant in ("nf4", "fp4") else {}),
+            },
+        )
+
+    def unload(self) -> None:
+        with self._lock:
+            self._model = self._tok = None
+        release_memory()
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def _require(self):
+        if self._model is None:
+            raise NoModelLoaded()
+        return self._model, self._tok
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        _, tok = self._require()
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as exc:  # jinja TemplateError and friends
+            raise InvalidRequest(f"The model's chat template rejected these messages: {exc}") from exc
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        model, tok = self._require()
+        params = request.params
+        ids = self.prompt_ids(request)
+        n_prompt = len(ids)
+        if n_prompt >= self._max_ctx:
+            raise ContextLengthExceeded(
+                f"The conversation is {n_prompt} tokens long but the model's context holds {self._max_ctx}: "
+                "shorten the message or clear the chat."
+            )
+        budget = min(params.max_new_tokens, self._max_ctx - n_prompt)
+        q: queue.Queue = queue.Queue()
+
+        class _Streamer(BaseStreamer):
+            first = True
+
+            def put(self, value):
+                if self.first:  # generate() puts the prompt first
+                    self.first = False
+                    return
+                for t in value.reshape(-1).tolist():
+                    q.put(t)
+
+            def end(self):
+                q.put(_END)
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        eos = _eos_ids(model, tok)
+        gen_kwargs = dict(
+            input_ids=torch.tensor([ids], device=self._device),
+            attention_mask=torch.ones((1, n_prompt), dtype=torch.long, device=self._device),
+            max_new_tokens=budget,
+            streamer=_Streamer(),
+            stopping_criteria=StoppingCriteriaList([_Cancel()]),
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
+            repetition_penalty=params.repetition_penalty,
+        )
+        if params.greedy:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                              top_k=params.top_k or None)
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    model.generate(**gen_kwargs)
+            except BaseException as exc:  # forwarded to the consumer, never lost
+                q.put(_Failed(exc))
+                q.put(_END)
+
+        with self._lock:
+            worker = threading.Thread(target=run, name="hf-generate", daemon=True)
+            worker.start()
+            decoder = IncrementalDecoder(tok)
+            generated, finish = 0, "length"
+            try:
+                while True:
+                    item = q.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, _Failed):
+                        raise _translate(item.exc) from item.exc
+                    if item in eos:
+                        finish = "stop"
+                        continue
+                    generated += 1
+                    text = decoder.push(item)
+                    yield TextDelta(text, tokens=1)
+                if cancel.is_set() and finish != "stop":
+                    finish = "cancelled"
+                elif generated < budget and finish != "stop":
+                    finish = "stop"
+            finally:
+                cancel.set()  # stops generate() if the consumer went away
+                worker.join()
+            yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        _, tok = self._require()
+        return list(tok(text, add_special_tokens=True)["input_ids"])
+
+    def logits(self, token_ids: Sequence[int]):
+        import torch
+
+        model, _ = self._require()
+        with self._lock, torch.inference_mode():
+            out = model(torch.tensor([list(token_ids)], device=self._device)).logits[0]
+            return out.float().cpu().numpy()
+
+
+def _eos_ids(model, tok) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return [i for i in ids if i is not None]
+
+
+def _cpu_bf16_ok(torch) -> bool:
+    try:
+        return bool((torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)).sum() == 8)
+    except RuntimeError:
+        return False
+
+
+def _translate(exc: BaseException) -> BaseException:
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return OutOfMemory("The GPU ran out of memory while generating: lower max_new_tokens or the context.")
+    except ImportError:  # pragma: no cover
+        pass
+    from backends.errors import BackendError
+
+    if isinstance(exc, BackendError):
+        return exc
+    return BackendError(f"Generation failed: {type(exc).__name__}: {exc}")

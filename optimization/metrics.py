@@ -1,0 +1,175 @@
+"""Request timing in ONE place, for every backend and every entry point.
+
+Definitions follow vLLM's benchmark: TTFT = request sent -> first token; TPOT = (latency - TTFT) /
+(output tokens - 1); ITL = gap between consecutive streamed chunks. ``t0`` is taken by the edge that
+received the request (so queue/lock wait is inside TTFT), ``queue_wait`` is how much of it was spent
+waiting for the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from backends.base import TextDelta
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class RequestStats:
+    request_id: int
+    endpoint: str
+    model: str
+    quantization: str
+    started_at: float  # wall clock (time.time()) when the request arrived
+    queue_wait_s: float = 0.0
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    tpot_s: float | None = None
+    itl_mean_s: float | None = None
+    itl_max_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float | None = None  # decode speed: (tokens - 1) / (e2e - ttft)
+    finish_reason: str | None = None
+    outcome: str = "running"  # running | ok | cancelled | error
+    error: str | None = None
+    itls: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("itls")
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, 6)
+        return d
+
+    def summary(self) -> str:
+        """One human line, shown under a chat reply."""
+        parts = []
+        if self.ttft_s is not None:
+            parts.append(f"TTFT {self.ttft_s * 1000:.0f} ms")
+        if self.tokens_per_s:
+            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+        if self.tpot_s:
+            parts.append(f"TPOT {self.tpot_s * 1000:.1f} ms")
+        parts.append(f"{self.prompt_tokens} prompt + {self.completion_tokens} output tokens")
+        parts.append(f"{self.e2e_s:.2f} s")
+        if self.finish_reason and self.finish_reason != "stop":
+            parts.append(self.finish_reason)
+        return " · ".join(parts)
+
+
+class RequestTimer:
+    """Measures one request. Call ``started_generating`` when the model lock is held, ``chunk``
+    for every delta, and ``finish`` once."""
+
+    def __init__(self, endpoint: str, model: str, quantization: str, t0: float | None = None):
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.stats = RequestStats(next(_ids), endpoint, model, quantization, time.time() - (time.perf_counter() - self.t0))
+        self._last: float | None = None
+
+    def started_generating(self) -> None:
+        self.stats.queue_wait_s = time.perf_counter() - self.t0
+
+    def chunk(self, delta: TextDelta) -> None:
+        now = time.perf_counter()
+        s = self.stats
+        if delta.tokens:
+            if s.ttft_s is None:
+                s.ttft_s = now - self.t0
+            elif self._last is not None:
+                s.itls.append(now - self._last)
+            self._last = now
+            s.completion_tokens += delta.tokens
+        if delta.prompt_tokens:
+            s.prompt_tokens = delta.prompt_tokens
+        if delta.finish_reason:
+            s.finish_reason = delta.finish_reason
+
+    def finish(self, outcome: str, error: str | None = None) -> RequestStats:
+        s = self.stats
+        s.e2e_s = time.perf_counter() - self.t0
+        s.outcome = outcome
+        s.error = error
+        if s.ttft_s is not None and s.completion_tokens > 1:
+            decode = s.e2e_s - s.ttft_s
+            s.tpot_s = decode / (s.completion_tokens - 1)
+            s.tokens_per_s = (s.completion_tokens - 1) / decode if decode > 0 else None
+        if s.itls:
+            s.itl_mean_s = sum(s.itls) / len(s.itls)
+            s.itl_max_s = max(s.itls)
+        return s
+
+
+class MetricsRecorder:
+    """Keeps the last requests and notifies listeners (e.g. the Prometheus exporter). Owned by the
+    ModelManager: there is no module-level state here."""
+
+    def __init__(self, keep: int = 200):
+        self._recent: deque[RequestStats] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, RequestStats], None]] = []
+        self.running = 0
+        self.waiting = 0
+        self.total = 0
+
+    def add_listener(self, fn: Callable[[str, RequestStats], None]) -> None:
+        self._listeners.append(fn)
+
+    def _emit(self, event: str, stats: RequestStats) -> None:
+        for fn in self._listeners:
+            fn(event, stats)
+
+    def recent(self, n: int = 50) -> list[RequestStats]:
+        with self._lock:
+            return list(self._recent)[-n:]
+
+    def timed(self, timer: RequestTimer, stream_factory: Callable[[], Iterator[TextDelta]],
+              acquire: Callable[[], bool] | None = None) -> Iterator[TextDelta]:
+        """Run ``stream_factory()`` under timing. ``acquire`` blocks until the model has a free slot
+        (its wait is the queue wait) and returns False if the request was cancelled meanwhile."""
+        with self._lock:
+            self.waiting += 1
+        self._emit("waiting", timer.stats)
+        outcome, error = "ok", None
+        counted_running = False
+        try:
+            if acquire is not None and not acquire():
+                cancelled = TextDelta("", finish_reason="cancelled")
+                timer.chunk(cancelled)
+                outcome = "cancelled"
+                yield cancelled
+                return
+            timer.started_generating()
+            with self._lock:
+                self.waiting -= 1
+                self.running += 1
+            counted_running = True
+            self._emit("running", timer.stats)
+            for delta in stream_factory():
+                timer.chunk(delta)
+                yield delta
+            if timer.stats.finish_reason == "cancelled":
+                outcome = "cancelled"
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
+        except BaseException as exc:  # recorded, then re-raised unchanged
+            outcome, error = "error", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            stats = timer.finish(outcome, error)
+            with self._lock:
+                if counted_running:
+                    self.running -= 1
+                else:
+                    self.waiting -= 1
+                self.total += 1
+                self._recent.append(stats)
+            self._emit("finished", stats)

@@ -1,0 +1,131 @@
+"""The quantization menu per backend, and GGUF variants made from one source.
+
+Pure data at import time: the UI reads the menus without importing torch or llama_cpp. The
+conversion functions import llama_cpp lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+from backends.errors import ModelLoadError, UnsupportedQuantization
+
+TRANSFORMERS_QUANTS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+TRANSFORMERS_DEFAULT = "bf16"
+
+# GGUF quant name -> llama.cpp ftype number (enum llama_ftype, stable across releases).
+GGUF_FTYPES: dict[str, int] = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15,
+    "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32,
+}
+GGUF_NAMES_BY_FTYPE = {v: k for k, v in GGUF_FTYPES.items()}
+GGUF_AS_FILE = "as file"  # use the GGUF exactly as given
+LLAMACPP_QUANTS: tuple[str, ...] = (GGUF_AS_FILE, "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M",
+                                    "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS", "BF16", "F32")
+REMOTE_QUANTS: tuple[str, ...] = ("as served",)
+
+MENU: dict[str, tuple[str, ...]] = {
+    "llamacpp": LLAMACPP_QUANTS,
+    "transformers": TRANSFORMERS_QUANTS,
+    "remote": REMOTE_QUANTS,
+}
+DEFAULTS: dict[str, str] = {"llamacpp": GGUF_AS_FILE, "transformers": TRANSFORMERS_DEFAULT, "remote": "as served"}
+
+
+def normalize_quantization(backend: str, quantization: str | None) -> str:
+    """Canonical name for ``quantization`` on ``backend`` or UnsupportedQuantization."""
+    if backend not in MENU:
+        raise ModelLoadError(f"Unknown backend {backend!r}: choose one of {', '.join(MENU)}.")
+    if quantization is None or str(quantization).strip() == "":
+        return DEFAULTS[backend]
+    q = str(quantization).strip()
+    menu = MENU[backend]
+    for name in menu:
+        if name.lower() == q.lower():
+            return name
+    if backend == "llamacpp" and q.upper() in GGUF_FTYPES:
+        return q.upper()
+    raise UnsupportedQuantization(
+        f"Unknown quantization {q!r} for the {backend} backend: choose one of {', '.join(menu)}."
+    )
+
+
+# --- GGUF files -----------------------------------------------------------------------------------
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ModelLoadError unless ``path`` starts like a GGUF file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot read {path.name}: {exc.strerror}.") from exc
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise ModelLoadError(f"{path.name} is not a GGUF model file (it does not start with the GGUF magic).")
+    (version,) = struct.unpack("<I", head[4:8])
+    if version not in (2, 3):
+        raise ModelLoadError(f"{path.name} is GGUF version {version}, which this llama.cpp cannot read.")
+
+
+def gguf_file_type(path: Path) -> str | None:
+    """The quant name recorded in the file's metadata (general.file_type), if any."""
+    from gguf import GGUFReader  # light: pure Python + numpy
+
+    reader = GGUFReader(str(path))
+    field = reader.fields.get("general.file_type")
+    if field is None:
+        return None
+    ftype = int(field.parts[field.data[0]][0])
+    return GGUF_NAMES_BY_FTYPE.get(ftype, f"ftype {ftype}")
+
+
+def _source_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
+    """Write ``src`` re-quantized to ``quant`` at ``dst`` (atomically) with llama.cpp's quantizer."""
+    import llama_cpp
+
+    if quant not in GGUF_FTYPES:
+        raise UnsupportedQuantization(f"llama.cpp cannot produce {quant!r}.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[quant]
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")
+    os.replace(tmp, dst)
+    return dst
+
+
+def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
+    """Path of ``src`` at quantization ``quant``, made once and cached under ``cache_dir``.
+
+    Variants are made from an F16 copy of the source (itself cached), so every quant starts from
+    the same weights: the source's own precision, never a quant of a quant.
+    """
+    if quant == GGUF_AS_FILE:
+        return src
+    own = gguf_file_type(src)
+    if own == quant:
+        return src
+    base = cache_dir / "gguf" / f"{src.stem}-{_source_key(src)}"
+    target = base / f"{src.stem}.{quant}.gguf"
+    if target.exists():
+        return target
+    if quant in ("F16", "F32", "BF16") or own in ("F16", "F32", "BF16"):
+        return quantize_gguf(src, target, quant)
+    f16 = gguf_variant(src, "F16", cache_dir)
+    return quantize_gguf(f16, target, quant)

@@ -1,0 +1,19 @@
+"""GET /health: 200 with the serving model while one is ready, 503 (JSON) while loading or empty.
+
+While a new model loads beside a serving one, the app is still ready (it keeps answering with the
+old model) and the body says what is loading.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from backends.manager import ModelManager
+
+
+def add_health(app: FastAPI, manager: ModelManager) -> None:
+    @app.get("/health", include_in_schema=True, tags=["ops"])
+    def health() -> JSONResponse:
+        body = manager.status()
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)

@@ -1,0 +1,74 @@
+"""Settings: CLI flags <- environment variables (QUANTLAB_*) <- defaults.
+
+The CLI is generated from the pydantic model, so a flag, its env var and its default are declared
+once. Parsing happens in ``app.main()``, never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUANTLAB_", extra="ignore")
+
+    model: str = Field(EMBEDDED_ALIAS, description="model to load at start: a GGUF file, a checkpoint folder, a Hub repo id, or 'embedded'")
+    backend: Literal["llamacpp", "transformers", "remote"] = Field("llamacpp", description="backend for --model")
+    quantization: str | None = Field(None, description="quantization for --model (default: the backend's default)")
+    no_model: bool = Field(False, description="start with no model loaded")
+    host: str = Field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), description="address to bind")
+    port: int = Field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", "7860")), description="port to bind")
+    listen: bool = Field(False, description="bind 0.0.0.0 (restricts model paths to --models-dir)")
+    auth: str | None = Field(None, description="USER:PASS (or a file of USER:PASS lines) protecting the UI and the Gradio API")
+    api_key: str | None = Field(None, description="bearer key required on /v1 and for programmatic Gradio API calls")
+    n_ctx: int = Field(4096, description="context length (llama.cpp; caps transformers)")
+    n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
+    n_gpu_layers: int = Field(-1, description="llama.cpp layers on the GPU (-1 all; ignored without GPU support)")
+    api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
+    remote_api_key: str | None = Field(None, description="remote backend: its API key")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
+    models_dir: Path = Field(Path("models"), description="with --listen, local models must be inside this folder")
+    trust_remote_code: bool = Field(False, description="allow transformers models' own code (off by default)")
+    log_prompts: bool = Field(False, description="include prompt text in the request log")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 0 <= v <= 65535:
+            raise ValueError("port must be 0-65535")
+        return v
+
+    @property
+    def bind_host(self) -> str:
+        return "0.0.0.0" if self.listen else self.host
+
+    @property
+    def exposed(self) -> bool:
+        return self.bind_host not in ("127.0.0.1", "localhost", "::1")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Settings from ``argv`` over the environment over defaults."""
+    parser = argparse.ArgumentParser(prog="app.py", description="QuantLab: serve, monitor and compare quantized LLMs.")
+    for name, field in Settings.model_fields.items():
+        env = f"QUANTLAB_{name.upper()}"
+        help_ = f"{field.description} [env {env}]"
+        if field.annotation is bool:
+            parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=help_)
+        else:
+            parser.add_argument(_flag(name), dest=name, default=None, help=help_, metavar=name.upper())
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**given)

@@ -1,0 +1,114 @@
+"""Shared fixtures: the embedded model, real backends, and the real app on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
+from backends.sources import default_cache_dir, embedded_model_path  # noqa: E402
+
+PROMPT = (Message("user", "Name three colours of the rainbow."),)
+
+
+def greedy(max_new_tokens: int = 32, messages=PROMPT) -> ChatRequest:
+    return ChatRequest(tuple(messages), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0))
+
+
+def long_request() -> ChatRequest:
+    """A greedy request whose answer runs far past a few tokens (for cancellation tests)."""
+    return ChatRequest((Message("user", "Count from 1 to 300, separated by commas."),),
+                       SamplingParams(max_new_tokens=1500, temperature=0.0))
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """Derived models are reused across runs (CI on the same machine included)."""
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def embedded_gguf() -> Path:
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def llama_backend(cache_dir):
+    from backends.llamacpp import LlamaCppBackend
+
+    b = LlamaCppBackend(cache_dir)
+    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
+    yield b
+    b.unload()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real app (FastAPI + Gradio) under uvicorn on 127.0.0.1:<free port>, in a thread."""
+
+    def __init__(self, settings):
+        import uvicorn
+
+        from app import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.manager = self.app.state.manager
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def make_settings(**overrides):
+    from serving.settings import Settings
+
+    base = dict(port=free_port(), no_model=True, n_ctx=2048)
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def live_app(cache_dir):
+    """App serving the embedded model (llama.cpp), shared by the API tests."""
+    with LiveServer(make_settings(cache_dir=cache_dir)) as srv:
+        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def client(live_app):
+    from gradio_client import Client
+
+    c = Client(live_app.url, verbose=False)
+    yield c
+    c.close()

@@ -1,0 +1,49 @@
+"""Assembles the Blocks: one tab per section, plus the API-only endpoints.
+
+Model-bound events share the concurrency id "generate" (limit = what the backend can run at once)
+so the queue holds the rest and shows their position; loading has its own id so a load never
+waits behind a long reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gradio as gr
+
+from ui.chat import build_chat
+from ui.edge import gradio_errors
+from ui.handlers import Handlers
+from ui.model import build_model
+
+GENERATE_SLOTS = 1  # llama.cpp and transformers backends run one generation at a time today
+
+
+def build_blocks(h: Handlers, settings) -> gr.Blocks:
+    with gr.Blocks(title="QuantLab", analytics_enabled=False) as blocks:
+        gr.Markdown("## QuantLab · serve, monitor and compare quantized LLMs")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                build_chat(h)
+            with gr.Tab("Model", id="model"):
+                refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization)
+        blocks.load(refresh_model, None, model_outputs, api_visibility="private")
+
+        @gradio_errors
+        def chat(message: str, history: list[dict], system_prompt: str = "", max_new_tokens: int = 512,
+                 temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40, repetition_penalty: float = 1.0,
+                 seed: int = -1) -> Iterator[tuple[str, dict]]:
+            """Stream a reply to `message` given `history` (a list of {role, content} messages).
+            Yields (reply so far, {}); the final item carries the request's stats (TTFT, tok/s, tokens)."""
+            yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                              repetition_penalty, seed, endpoint="chat")
+
+        gr.api(chat, api_name="chat", concurrency_id="generate", concurrency_limit=GENERATE_SLOTS)
+
+        def status() -> dict:
+            """The loaded model and the loading state (the same body as GET /health)."""
+            return h.model_status()
+
+        gr.api(status, api_name="model_status", concurrency_limit=None)
+    blocks.queue(default_concurrency_limit=1, max_size=64)
+    return blocks

@@ -1,0 +1,100 @@
+"""The Chat section: streaming chatbot, stop, regenerate, clear, system prompt, sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from backends.base import MAX_NEW_TOKENS_LIMIT
+from ui.edge import gradio_errors
+from ui.handlers import Handlers, text_of
+
+
+@dataclass
+class ChatSection:
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    clear: gr.Button
+    stats: gr.Markdown
+    params: list  # system prompt + sampling components, in /chat's order
+
+
+def format_stats(stats: dict) -> str:
+    if not stats:
+        return ""
+    parts = []
+    if stats.get("ttft_s") is not None:
+        parts.append(f"TTFT **{stats['ttft_s'] * 1000:.0f} ms**")
+    if stats.get("tokens_per_s"):
+        parts.append(f"**{stats['tokens_per_s']:.1f} tok/s**")
+    if stats.get("tpot_s"):
+        parts.append(f"TPOT {stats['tpot_s'] * 1000:.1f} ms")
+    parts.append(f"{stats.get('prompt_tokens', 0)} prompt + {stats.get('completion_tokens', 0)} output tokens")
+    parts.append(f"{stats.get('e2e_s', 0):.2f} s")
+    if stats.get("finish_reason") not in (None, "stop"):
+        parts.append(f"finish: {stats['finish_reason']}")
+    return " · ".join(parts) + f" · {stats.get('model', '')} ({stats.get('quantization', '')})"
+
+
+def build_chat(h: Handlers) -> ChatSection:
+    with gr.Row():
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"], elem_id="chatbot")
+            with gr.Row():
+                message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
+                                     lines=1, max_lines=8, elem_id="message", autofocus=True)
+                send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+            with gr.Row():
+                regenerate = gr.Button("Regenerate", size="sm", elem_id="regenerate")
+                clear = gr.Button("Clear", size="sm", elem_id="clear")
+            stats = gr.Markdown(elem_id="chat-stats")
+        with gr.Column(scale=2, min_width=260):
+            system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
+            max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=512, step=1, label="Max new tokens")
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top p")
+            top_k = gr.Slider(0, 200, value=40, step=1, label="Top k (0 = off)")
+            rep = gr.Slider(0.8, 2, value=1.0, step=0.01, label="Repetition penalty")
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+    params = [system, max_new, temperature, top_p, top_k, rep, seed]
+
+    def add_user_turn(text, history):
+        text = text_of(text)
+        if not text.strip():
+            raise gr.Error("The message is empty: type something to send.")
+        return "", (history or []) + [{"role": "user", "content": text}]
+
+    @gradio_errors
+    def bot_turn(history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed):
+        history = list(history or [])
+        if not history or history[-1].get("role") != "user":
+            raise gr.Error("There is no message to answer: type one first.")
+        prior, last = history[:-1], text_of(history[-1]["content"])
+        for reply, stats in h.chat(last, prior, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                                   repetition_penalty, seed, endpoint="ui"):
+            yield history + [{"role": "assistant", "content": reply}], format_stats(stats)
+
+    def drop_last_reply(history):
+        history = list(history or [])
+        while history and history[-1].get("role") == "assistant":
+            history.pop()
+        if not history:
+            raise gr.Error("Nothing to regenerate yet.")
+        return history
+
+    private = {"api_visibility": "private"}
+    model_bound = {"concurrency_id": "generate", "api_visibility": "private"}
+    submit = message.submit(add_user_turn, [message, chatbot], [message, chatbot], **private).then(
+        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
+    click = send.click(add_user_turn, [message, chatbot], [message, chatbot], **private).then(
+        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
+    regen = regenerate.click(drop_last_reply, chatbot, chatbot, **private).then(
+        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
+    stop.click(None, None, None, cancels=[submit, click, regen], **private)
+    clear.click(lambda: ([], ""), None, [chatbot, stats], cancels=[submit, click, regen], **private)
+    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params)

@@ -1,0 +1,186 @@
+"""Plain functions that the UI and the Gradio API both call: primitives in, primitives out.
+
+They raise typed BackendErrors; ``ui/edge.py`` turns those into ``gr.Error`` (the one Gradio edge).
+Nothing here imports gradio, torch or llama_cpp.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
+from backends.errors import BackendError, InvalidRequest
+from backends.manager import ModelManager
+from optimization import quantize
+
+# A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
+# value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
+STREAM_INTERVAL_S = 0.04
+MAX_MESSAGE_CHARS = 200_000
+
+
+def text_of(content: Any) -> str:
+    """Message content as plain text: Gradio 6 sends a list of {"type": "text", "text": ...} parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("value") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(text_of(part) for part in content if not isinstance(part, dict) or part.get("type", "text") == "text")
+    return str(content)
+
+
+def normalize_history(history: Any) -> list[Message]:
+    """Chatbot/OpenAI-style history -> Messages. Tolerates None, [] and tuple pairs."""
+    if not history:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise InvalidRequest("history must be a list of {role, content} messages.", "history")
+    out: list[Message] = []
+    for item in history:
+        if isinstance(item, dict):
+            role = item.get("role")
+            if role not in ("user", "assistant", "system"):
+                raise InvalidRequest(f"Unknown role {role!r} in history.", "history")
+            text = text_of(item.get("content"))
+            if text or role == "user":
+                out.append(Message(role, text))
+        elif isinstance(item, (list, tuple)) and len(item) == 2:  # [user, assistant] pairs
+            if item[0]:
+                out.append(Message("user", text_of(item[0])))
+            if item[1]:
+                out.append(Message("assistant", text_of(item[1])))
+        else:
+            raise InvalidRequest("history must be a list of {role, content} messages.", "history")
+    return out
+
+
+def build_request(message: str, history: Any, system_prompt: str, max_new_tokens: float, temperature: float,
+                  top_p: float, top_k: float, repetition_penalty: float, seed: float | None) -> ChatRequest:
+    message = text_of(message)
+    if not message.strip():
+        raise InvalidRequest("The message is empty: type something to send.", "message")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise InvalidRequest(f"The message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.", "message")
+    messages = []
+    if system_prompt and system_prompt.strip():
+        messages.append(Message("system", system_prompt.strip()))
+    messages += [m for m in normalize_history(history) if m.role != "system" or not messages]
+    messages.append(Message("user", message))
+    params = SamplingParams(
+        max_new_tokens=_int(max_new_tokens, "max_new_tokens"),
+        temperature=_num(temperature, "temperature"),
+        top_p=_num(top_p, "top_p"),
+        top_k=_int(top_k, "top_k"),
+        repetition_penalty=_num(repetition_penalty, "repetition_penalty"),
+        seed=None if seed is None or seed == "" else _int(seed, "seed"),
+    ).validated()
+    return ChatRequest(tuple(messages), params)
+
+
+def _num(v: Any, name: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{name} must be a number, got {v!r}.", name) from None
+    if f != f or f in (float("inf"), float("-inf")):
+        raise InvalidRequest(f"{name} must be a finite number.", name)
+    return f
+
+
+def _int(v: Any, name: str) -> int:
+    f = _num(v, name)
+    if f != int(f):
+        raise InvalidRequest(f"{name} must be a whole number, got {v!r}.", name)
+    return int(f)
+
+
+class Handlers:
+    """The operations of the app, bound to one ModelManager."""
+
+    def __init__(self, manager: ModelManager, stream_interval_s: float = STREAM_INTERVAL_S):
+        self.manager = manager
+        self.stream_interval_s = stream_interval_s
+
+    # --- chat ------------------------------------------------------------------------------------
+
+    def chat(self, message: str, history: Any, system_prompt: str = "", max_new_tokens: float = 512,
+             temperature: float = 0.7, top_p: float = 0.95, top_k: float = 40, repetition_penalty: float = 1.0,
+             seed: float | None = -1, endpoint: str = "chat") -> Iterator[tuple[str, dict]]:
+        """Yield (growing reply, stats). Stats are {} until the final item, which carries the
+        request's timing and token counts."""
+        t0 = time.perf_counter()
+        request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                                repetition_penalty, seed)
+        cancel = threading.Event()
+        gen = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0)
+        reply = ""
+        last_sent = 0.0
+        sent_len = -1
+        try:
+            for delta in gen:
+                reply += delta.text
+                now = time.perf_counter()
+                if delta.text and (sent_len <= 0 or now - last_sent >= self.stream_interval_s):
+                    last_sent, sent_len = now, len(reply)
+                    yield reply, {}
+        finally:
+            cancel.set()  # the client went away (GeneratorExit) or we are done: stop the model
+            gen.close()
+        yield reply, gen.stats.as_dict()
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def load_steps(self, model: str, backend: str, quantization: str | None,
+                   **options: Any) -> Iterator[tuple[float, str]]:
+        """Yield (fraction, status line) while loading; the last line says what was loaded."""
+        spec = self.manager.validate(ModelSpec(source=(model or "").strip(), backend=(backend or "").strip(),
+                                               quantization=quantization, **options))
+        updates: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def progress(fraction: float, text: str) -> None:
+            updates.put((fraction, text))
+
+        def run() -> None:
+            try:
+                result["info"] = self.manager.load(spec, progress)
+            except BaseException as exc:  # re-raised below, on the caller's thread
+                result["error"] = exc
+            finally:
+                updates.put(None)
+
+        threading.Thread(target=run, name="load-model", daemon=True).start()
+        yield 0.0, f"Loading {spec.source} ({spec.backend}, {spec.quantization})…"
+        while (item := updates.get()) is not None:
+            fraction, text = item
+            yield fraction, f"{int(fraction * 100)}% · {text}"
+        if "error" in result:
+            raise result["error"]
+        info = result["info"]
+        yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
+               f"{info.footprint_bytes / 2**20:.0f} MiB · {info.load_seconds:.1f} s · {info.device}")
+
+    def unload_model(self) -> str:
+        info = self.manager.unload()
+        return f"Unloaded {info.name}." if info else "No model was loaded."
+
+    def model_status(self) -> dict:
+        return self.manager.status()
+
+    @staticmethod
+    def quantizations(backend: str) -> list[str]:
+        return list(quantize.MENU.get(backend, ()))
+
+
+def user_message(exc: BaseException) -> str:
+    """The sentence shown for an error (typed errors carry their own)."""
+    if isinstance(exc, BackendError):
+        return str(exc)
+    return f"Internal error ({type(exc).__name__}). The server is still running; see its log for details."
