@@ -5,10 +5,6 @@ so the queue holds the rest and shows their position; loading has its own id so 
 waits behind a long reply.
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
 import gradio as gr
 
 from ui.chat import build_chat
@@ -32,7 +28,7 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
         @gradio_errors
         def chat(message: str, history: list[dict], system_prompt: str = "", max_new_tokens: int = 512,
                  temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40, repetition_penalty: float = 1.0,
-                 seed: int = -1) -> Iterator[tuple[str, dict]]:
+                 seed: int = -1) -> tuple[str, dict]:  # Gradio reads this hint as the two outputs
             """Stream a reply to `message` given `history` (a list of {role, content} messages).
             Yields (reply so far, {}); the final item carries the request's stats (TTFT, tok/s, tokens)."""
             yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
