@@ -11,6 +11,7 @@ import abc
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from backends.errors import InvalidRequest
@@ -37,7 +38,7 @@ class ModelSpec:
     quantization: str | None = None  # backend-specific name; None = the backend's default
     n_ctx: int = 4096
     n_threads: int | None = None  # None = the backend picks (physical cores)
-    n_gpu_layers: int = 0  # llama.cpp: 0 = CPU only, -1 = every layer on the GPU
+    n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
     device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU
     cpu_offload: bool = False  # transformers + bnb int8: allow fp32 CPU offload of layers that do not fit
     trust_remote_code: bool = False
@@ -160,9 +161,13 @@ class Backend(abc.ABC):
     """One model, one backend instance. Subclasses set the class attributes and the methods."""
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]]  # subset of {"stream", "logits", "batch", "tokenize"}
+    # subset of {"stream", "logits", "batch", "tokenize", "files" (loads local files / Hub repos)}
+    capabilities: ClassVar[frozenset[str]]
     quantizations: ClassVar[tuple[str, ...]]
     default_quantization: ClassVar[str]
+
+    def __init__(self, cache_dir: Path | None = None):
+        """``cache_dir``: where the backend may write derived models."""
 
     @abc.abstractmethod
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:

@@ -39,7 +39,7 @@ def physical_cores() -> int:
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
-    capabilities = frozenset({"stream", "logits", "tokenize"})
+    capabilities = frozenset({"stream", "logits", "tokenize", "files"})
     quantizations = quantize.LLAMACPP_QUANTS
     default_quantization = quantize.GGUF_AS_FILE
 
@@ -51,6 +51,7 @@ class LlamaCppBackend(Backend):
         self._logits_llm = None  # a second context with logits_all, made on first logits() call
         self._spec: ModelSpec | None = None
         self._path: Path | None = None
+        self._n_gpu_layers = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -69,10 +70,9 @@ class LlamaCppBackend(Backend):
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
-        n_gpu_layers = spec.n_gpu_layers
         gpu_offload = _gpu_offload_supported()
-        if n_gpu_layers and not gpu_offload:
-            n_gpu_layers = 0  # a CPU build of llama.cpp: say so in details instead of failing
+        asked = spec.n_gpu_layers
+        n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
         try:
             llm = Llama(
                 model_path=str(path),
@@ -95,7 +95,7 @@ class LlamaCppBackend(Backend):
             eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
             bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
         )
-        self._llm, self._spec, self._path = llm, spec, path
+        self._llm, self._spec, self._path, self._n_gpu_layers = llm, spec, path, n_gpu_layers
         own_type = quantize.gguf_file_type(path) or quant
         weights = int(llm._model.size())
         details = {
@@ -108,7 +108,7 @@ class LlamaCppBackend(Backend):
             "weights_bytes": weights,
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
         }
-        if spec.n_gpu_layers and not gpu_offload:
+        if asked and not gpu_offload:  # asked for GPU layers on a CPU build: say so instead of failing
             details["warning"] = "This llama.cpp build has no GPU support: running on the CPU."
         return LoadedModel(
             name=spec.served_name or path.stem,
@@ -205,7 +205,7 @@ class LlamaCppBackend(Backend):
                 self._logits_llm = Llama(
                     model_path=str(self._path), n_ctx=max(len(token_ids), 512), logits_all=True,
                     n_threads=(self._spec.n_threads if self._spec else None) or physical_cores(),
-                    n_gpu_layers=self._spec.n_gpu_layers if self._spec and _gpu_offload_supported() else 0,
+                    n_gpu_layers=self._n_gpu_layers,
                     verbose=False,
                 )
             lg = self._logits_llm

@@ -27,10 +27,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
-    if name not in BACKENDS:
-        raise ModelLoadError(f"Unknown backend {name!r}: choose one of {', '.join(BACKENDS)}.")
-    module, cls = BACKENDS[name]
+def backend_class(name: str, registry: dict[str, tuple[str, str]] = BACKENDS) -> type[Backend]:
+    if name not in registry:
+        raise ModelLoadError(f"Unknown backend {name!r}: choose one of {', '.join(registry)}.")
+    module, cls = registry[name]
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as exc:
@@ -48,7 +48,9 @@ class _Resident:
 
 
 class ModelManager:
-    def __init__(self, cache_dir: Path | None = None, allowed_dir: Path | None = None):
+    def __init__(self, cache_dir: Path | None = None, allowed_dir: Path | None = None,
+                 registry: dict[str, tuple[str, str]] = BACKENDS):
+        self.registry = registry  # backend name -> (module, class); tests add a fake one
         self.cache_dir = cache_dir
         self.allowed_dir = allowed_dir  # set when serving beyond loopback: local paths confined here
         self.metrics = MetricsRecorder()
@@ -86,9 +88,10 @@ class ModelManager:
         """Cheap checks done before anything is touched: backend, quantization, path."""
         from backends import sources
 
-        backend_class(spec.backend)
-        quant = quantize.normalize_quantization(spec.backend, spec.quantization)
-        if spec.backend != "remote" and not sources.looks_like_repo_id(spec.source.strip()):
+        cls = backend_class(spec.backend, self.registry)
+        quant = quantize.normalize_quantization(spec.backend, spec.quantization, cls.quantizations,
+                                                cls.default_quantization)
+        if "files" in cls.capabilities and not sources.looks_like_repo_id(spec.source.strip()):
             sources.resolve_local(spec.source, self.allowed_dir)  # Hub repo ids are resolved on load
         return spec.with_(quantization=quant)
 
@@ -100,7 +103,7 @@ class ModelManager:
         try:
             self.loading = spec
             self.last_error = None
-            backend = backend_class(spec.backend)(**({"cache_dir": self.cache_dir} if spec.backend != "remote" else {}))
+            backend = backend_class(spec.backend, self.registry)(cache_dir=self.cache_dir)
             info = backend.load(spec, progress)
             old = self._swap_in(_Resident(backend, info, spec, threading.Semaphore(1)))
             backend = None

@@ -88,7 +88,7 @@ def _bnb_cpu_ok() -> bool:
 
 class TransformersBackend(Backend):
     name = "transformers"
-    capabilities = frozenset({"stream", "logits", "tokenize"})
+    capabilities = frozenset({"stream", "logits", "tokenize", "files"})
     quantizations = quantize.TRANSFORMERS_QUANTS
     default_quantization = quantize.TRANSFORMERS_DEFAULT
 

@@ -36,14 +36,17 @@ MENU: dict[str, tuple[str, ...]] = {
 DEFAULTS: dict[str, str] = {"llamacpp": GGUF_AS_FILE, "transformers": TRANSFORMERS_DEFAULT, "remote": "as served"}
 
 
-def normalize_quantization(backend: str, quantization: str | None) -> str:
-    """Canonical name for ``quantization`` on ``backend`` or UnsupportedQuantization."""
-    if backend not in MENU:
-        raise ModelLoadError(f"Unknown backend {backend!r}: choose one of {', '.join(MENU)}.")
+def normalize_quantization(backend: str, quantization: str | None, menu: tuple[str, ...] | None = None,
+                           default: str | None = None) -> str:
+    """Canonical name for ``quantization`` on ``backend`` (its ``menu``, by default the one above)
+    or UnsupportedQuantization."""
+    if menu is None:
+        if backend not in MENU:
+            raise ModelLoadError(f"Unknown backend {backend!r}: choose one of {', '.join(MENU)}.")
+        menu, default = MENU[backend], DEFAULTS[backend]
     if quantization is None or str(quantization).strip() == "":
-        return DEFAULTS[backend]
+        return default or menu[0]
     q = str(quantization).strip()
-    menu = MENU[backend]
     for name in menu:
         if name.lower() == q.lower():
             return name

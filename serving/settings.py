@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="bearer key required on /v1 and for programmatic Gradio API calls")
     n_ctx: int = Field(4096, description="context length (llama.cpp; caps transformers)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
-    n_gpu_layers: int = Field(-1, description="llama.cpp layers on the GPU (-1 all; ignored without GPU support)")
+    n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
     remote_api_key: str | None = Field(None, description="remote backend: its API key")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
