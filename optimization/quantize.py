@@ -76,16 +76,52 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(f"{path.name} is GGUF version {version}, which this llama.cpp cannot read.")
 
 
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_metadata(path: Path) -> dict:
+    """The key/value header of a GGUF file (arrays skipped), read without touching the tensors:
+    milliseconds, where gguf.GGUFReader maps and parses every tensor (seconds)."""
+    out: dict = {}
+    with open(path, "rb") as f:
+        def take(fmt: str):
+            size = struct.calcsize(fmt)
+            return struct.unpack(fmt, f.read(size))[0]
+
+        def string() -> str:
+            return f.read(take("<Q")).decode("utf-8", errors="replace")
+
+        def value(vtype: int):
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                itype, n = take("<I"), take("<Q")
+                if itype in _SCALAR:
+                    f.seek(struct.calcsize(_SCALAR[itype]) * n, 1)
+                else:
+                    for _ in range(n):
+                        value(itype)
+                return None
+            return take(_SCALAR[vtype])
+
+        if f.read(4) != GGUF_MAGIC:
+            raise ModelLoadError(f"{path.name} is not a GGUF model file.")
+        take("<I")
+        take("<Q")
+        for _ in range(take("<Q")):
+            key = string()
+            val = value(take("<I"))
+            if val is not None:
+                out[key] = val
+    return out
+
+
 def gguf_file_type(path: Path) -> str | None:
     """The quant name recorded in the file's metadata (general.file_type), if any."""
-    from gguf import GGUFReader  # light: pure Python + numpy
-
-    reader = GGUFReader(str(path))
-    field = reader.fields.get("general.file_type")
-    if field is None:
+    ftype = read_gguf_metadata(path).get("general.file_type")
+    if ftype is None:
         return None
-    ftype = int(field.parts[field.data[0]][0])
-    return GGUF_NAMES_BY_FTYPE.get(ftype, f"ftype {ftype}")
+    return GGUF_NAMES_BY_FTYPE.get(int(ftype), f"ftype {ftype}")
 
 
 def _source_key(path: Path) -> str:
