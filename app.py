@@ -31,22 +31,45 @@ def default_spec(settings):
 
 def create_app(settings, manager=None):
     """The FastAPI app with the Gradio Blocks mounted at / and the HTTP extras beside it."""
+    from contextlib import asynccontextmanager
+
     import gradio as gr
     from fastapi import FastAPI
 
     from backends.manager import ModelManager
+    from optimization.memory import MemoryMonitor
+    from optimization.metrics import MetricsRecorder
     from serving.health import add_health
+    from serving.prometheus import PrometheusExporter, add_metrics_route
+    from serving.request_log import RequestLog
     from ui.app_ui import build_blocks
     from ui.handlers import Handlers
 
+    monitor = MemoryMonitor(interval=settings.monitor_interval)
     if manager is None:
         manager = ModelManager(cache_dir=settings.cache_dir,
-                               allowed_dir=settings.models_dir if settings.exposed else None)
-    app = FastAPI(title="QuantLab", docs_url=None, redoc_url=None)
+                               allowed_dir=settings.models_dir if settings.exposed else None,
+                               metrics=MetricsRecorder(rss=monitor.rss), log_prompts=settings.log_prompts)
+    request_log = RequestLog(settings.request_log)
+    manager.metrics.add_listener(request_log.on_event)
+    exporter = PrometheusExporter(manager, monitor)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.stop()
+            request_log.close()
+
+    app = FastAPI(title="QuantLab", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.manager = manager
     app.state.settings = settings
+    app.state.monitor = monitor
     add_health(app, manager)
-    handlers = Handlers(manager)
+    add_metrics_route(app, exporter)
+    handlers = Handlers(manager, monitor)
     blocks = build_blocks(handlers, settings)
     app.state.blocks = blocks
     return gr.mount_gradio_app(app, blocks, path="/", auth=_auth_pairs(settings.auth))

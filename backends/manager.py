@@ -49,11 +49,13 @@ class _Resident:
 
 class ModelManager:
     def __init__(self, cache_dir: Path | None = None, allowed_dir: Path | None = None,
-                 registry: dict[str, tuple[str, str]] = BACKENDS):
+                 registry: dict[str, tuple[str, str]] = BACKENDS, metrics: MetricsRecorder | None = None,
+                 log_prompts: bool = False):
         self.registry = registry  # backend name -> (module, class); tests add a fake one
         self.cache_dir = cache_dir
         self.allowed_dir = allowed_dir  # set when serving beyond loopback: local paths confined here
-        self.metrics = MetricsRecorder()
+        self.metrics = metrics or MetricsRecorder()
+        self.log_prompts = log_prompts
         self._resident: _Resident | None = None
         self._swap = threading.Lock()  # guards self._resident
         self._loading_lock = threading.Lock()  # one load at a time
@@ -149,7 +151,7 @@ class ModelManager:
     # --- generation ------------------------------------------------------------------------------
 
     def stream(self, request: ChatRequest, cancel: threading.Event, endpoint: str = "chat",
-               t0: float | None = None) -> Generation:
+               t0: float | None = None, client: str | None = None) -> Generation:
         """Stream a reply from the resident model, timed and recorded. Raises NoModelLoaded when
         nothing is loaded (before the first yield)."""
         request = ChatRequest(request.messages, request.params.validated())
@@ -160,6 +162,9 @@ class ModelManager:
             with r.idle:
                 r.active.add(cancel)
         timer = RequestTimer(endpoint, r.info.name, r.info.quantization, t0)
+        timer.stats.client = client
+        if self.log_prompts:
+            timer.stats.prompt = request.messages[-1].content
         return Generation(self._run(r, request, cancel, timer), timer.stats)
 
     def _run(self, r: _Resident, request: ChatRequest, cancel: threading.Event, timer: RequestTimer) -> Iterator[TextDelta]:

@@ -39,11 +39,16 @@ class RequestStats:
     finish_reason: str | None = None
     outcome: str = "running"  # running | ok | cancelled | error
     error: str | None = None
+    peak_rss_bytes: int | None = None  # process RSS, sampled every RSS_EVERY tokens
+    client: str | None = None  # API key id or IP, set by the edge
+    prompt: str | None = field(default=None, repr=False)  # only with --log-prompts
     itls: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("itls")
+        if d["prompt"] is None:
+            d.pop("prompt")
         for k, v in d.items():
             if isinstance(v, float):
                 d[k] = round(v, 6)
@@ -107,11 +112,15 @@ class RequestTimer:
         return s
 
 
+RSS_EVERY = 32
+
+
 class MetricsRecorder:
     """Keeps the last requests and notifies listeners (e.g. the Prometheus exporter). Owned by the
     ModelManager: there is no module-level state here."""
 
-    def __init__(self, keep: int = 200):
+    def __init__(self, keep: int = 200, rss: Callable[[], int] | None = None):
+        self._rss = rss
         self._recent: deque[RequestStats] = deque(maxlen=keep)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, RequestStats], None]] = []
@@ -152,9 +161,17 @@ class MetricsRecorder:
                 self.running += 1
             counted_running = True
             self._emit("running", timer.stats)
+            rss, peak, n = self._rss, 0, 0
+            if rss is not None:
+                peak = rss()
             for delta in stream_factory():
                 timer.chunk(delta)
+                n += 1
+                if rss is not None and n % RSS_EVERY == 0:
+                    peak = max(peak, rss())
                 yield delta
+            if rss is not None:
+                timer.stats.peak_rss_bytes = max(peak, rss())
             if timer.stats.finish_reason == "cancelled":
                 outcome = "cancelled"
         except GeneratorExit:

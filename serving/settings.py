@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="with --listen, local models must be inside this folder")
     trust_remote_code: bool = Field(False, description="allow transformers models' own code (off by default)")
     log_prompts: bool = Field(False, description="include prompt text in the request log")
+    request_log: str | None = Field("-", description="JSON-lines request log: '-' for stdout, a file path, or '' for none")
+    monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
 
     @field_validator("port")
     @classmethod

@@ -8,9 +8,10 @@ waits behind a long reply.
 import gradio as gr
 
 from ui.chat import build_chat
-from ui.edge import gradio_errors
+from ui.edge import client_of, gradio_errors
 from ui.handlers import Handlers
 from ui.model import build_model
+from ui.monitor import build_monitor
 
 GENERATE_SLOTS = 1  # llama.cpp and transformers backends run one generation at a time today
 
@@ -19,20 +20,27 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
     with gr.Blocks(title="QuantLab", analytics_enabled=False) as blocks:
         gr.Markdown("## QuantLab · serve, monitor and compare quantized LLMs")
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat") as chat_tab:
                 build_chat(h)
-            with gr.Tab("Model", id="model"):
+            with gr.Tab("Model", id="model") as model_tab:
                 refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization)
+            with gr.Tab("Monitor", id="monitor") as monitor_tab:
+                timer, refresh_monitor, monitor_outputs = build_monitor(h)
         blocks.load(refresh_model, None, model_outputs, api_visibility="private")
+        # The monitor polls only while its tab is open.
+        monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
+            refresh_monitor, None, monitor_outputs, api_visibility="private")
+        for tab in (chat_tab, model_tab):
+            tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
 
         @gradio_errors
         def chat(message: str, history: list[dict], system_prompt: str = "", max_new_tokens: int = 512,
                  temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40, repetition_penalty: float = 1.0,
-                 seed: int = -1) -> tuple[str, dict]:  # Gradio reads this hint as the two outputs
+                 seed: int = -1, request: gr.Request = None) -> tuple[str, dict]:  # hint = the two outputs
             """Stream a reply to `message` given `history` (a list of {role, content} messages).
             Yields (reply so far, {}); the final item carries the request's stats (TTFT, tok/s, tokens)."""
             yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                              repetition_penalty, seed, endpoint="chat")
+                              repetition_penalty, seed, endpoint="chat", client=client_of(request))
 
         gr.api(chat, api_name="chat", concurrency_id="generate", concurrency_limit=GENERATE_SLOTS)
 
@@ -41,5 +49,12 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             return h.model_status()
 
         gr.api(status, api_name="model_status", concurrency_limit=None)
+
+        def stats(last: int = 50) -> dict:
+            """Memory (process RSS/CPU, each GPU via NVML, torch CUDA, the loaded model's footprint) and
+            the latency of the last `last` requests (TTFT, TPOT, tok/s, tokens, outcome)."""
+            return h.stats(last=last)
+
+        gr.api(stats, api_name="stats", concurrency_limit=None)
     blocks.queue(default_concurrency_limit=1, max_size=64)
     return blocks

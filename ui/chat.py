@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from backends.base import MAX_NEW_TOKENS_LIMIT
-from ui.edge import gradio_errors
+from ui.edge import client_of, gradio_errors
 from ui.handlers import Handlers, text_of
 
 
@@ -40,6 +40,19 @@ def format_stats(stats: dict) -> str:
     return " · ".join(parts) + f" · {stats.get('model', '')} ({stats.get('quantization', '')})"
 
 
+STATS_TITLE_MARK = "Stats:"
+
+
+def stats_message(stats: dict) -> dict:
+    """A collapsed, titled assistant message holding one request's figures; normalize_history skips
+    titled messages, so the model never sees it."""
+    tps = f" · {stats['tokens_per_s']:.1f} tok/s" if stats.get("tokens_per_s") else ""
+    ttft = f"TTFT {stats['ttft_s'] * 1000:.0f} ms" if stats.get("ttft_s") is not None else "no tokens"
+    title = (f"{STATS_TITLE_MARK} {ttft}{tps} · {stats.get('prompt_tokens', 0)} → "
+             f"{stats.get('completion_tokens', 0)} tokens · {stats.get('e2e_s', 0):.2f} s")
+    return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
+
+
 def build_chat(h: Handlers) -> ChatSection:
     with gr.Row():
         with gr.Column(scale=4):
@@ -70,18 +83,22 @@ def build_chat(h: Handlers) -> ChatSection:
         return "", (history or []) + [{"role": "user", "content": text}]
 
     @gradio_errors
-    def bot_turn(history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed):
+    def bot_turn(history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                 request: gr.Request):
         history = list(history or [])
         if not history or history[-1].get("role") != "user":
             raise gr.Error("There is no message to answer: type one first.")
         prior, last = history[:-1], text_of(history[-1]["content"])
         for reply, stats in h.chat(last, prior, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                                   repetition_penalty, seed, endpoint="ui"):
-            yield history + [{"role": "assistant", "content": reply}], format_stats(stats)
+                                   repetition_penalty, seed, endpoint="ui", client=client_of(request)):
+            turn = [{"role": "assistant", "content": reply}]
+            if stats:  # the final item: a small stats line under the reply (left out of the model's history)
+                turn.append(stats_message(stats))
+            yield history + turn, format_stats(stats)
 
     def drop_last_reply(history):
         history = list(history or [])
-        while history and history[-1].get("role") == "assistant":
+        while history and history[-1].get("role") == "assistant":  # the reply and its stats line
             history.pop()
         if not history:
             raise gr.Error("Nothing to regenerate yet.")

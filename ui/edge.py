@@ -49,3 +49,10 @@ def gradio_errors(fn):
             raise _to_gr_error(exc) from exc
 
     return wrapper
+
+
+def client_of(request: gr.Request | None) -> str | None:
+    """Who is asking, for the request log: the client's address."""
+    if request is None or request.client is None:
+        return None
+    return request.client.host

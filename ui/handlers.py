@@ -16,6 +16,7 @@ from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from optimization import quantize
+from optimization.memory import MemoryMonitor
 
 # A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
 # value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
@@ -45,6 +46,8 @@ def normalize_history(history: Any) -> list[Message]:
     out: list[Message] = []
     for item in history:
         if isinstance(item, dict):
+            if (item.get("metadata") or {}).get("title"):
+                continue  # UI annotations (the stats line under a reply) are not conversation
             role = item.get("role")
             if role not in ("user", "assistant", "system"):
                 raise InvalidRequest(f"Unknown role {role!r} in history.", "history")
@@ -104,22 +107,24 @@ def _int(v: Any, name: str) -> int:
 class Handlers:
     """The operations of the app, bound to one ModelManager."""
 
-    def __init__(self, manager: ModelManager, stream_interval_s: float = STREAM_INTERVAL_S):
+    def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None,
+                 stream_interval_s: float = STREAM_INTERVAL_S):
         self.manager = manager
+        self.monitor = monitor
         self.stream_interval_s = stream_interval_s
 
     # --- chat ------------------------------------------------------------------------------------
 
     def chat(self, message: str, history: Any, system_prompt: str = "", max_new_tokens: float = 512,
              temperature: float = 0.7, top_p: float = 0.95, top_k: float = 40, repetition_penalty: float = 1.0,
-             seed: float | None = -1, endpoint: str = "chat") -> Iterator[tuple[str, dict]]:
+             seed: float | None = -1, endpoint: str = "chat", client: str | None = None) -> Iterator[tuple[str, dict]]:
         """Yield (growing reply, stats). Stats are {} until the final item, which carries the
         request's timing and token counts."""
         t0 = time.perf_counter()
         request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
                                 repetition_penalty, seed)
         cancel = threading.Event()
-        gen = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0)
+        gen = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
         reply = ""
         last_sent = 0.0
         sent_len = -1
@@ -174,9 +179,38 @@ class Handlers:
     def model_status(self) -> dict:
         return self.manager.status()
 
+    def stats(self, last: int = 50) -> dict:
+        """Memory (process, system, GPUs, the loaded model) and the latency of the last requests."""
+        recent = [s.as_dict() for s in self.manager.metrics.recent(last)]
+        done = [r for r in recent if r["outcome"] == "ok"]
+        cur = self.manager.current
+        return {
+            "memory": self.monitor.latest() if self.monitor else None,
+            "model": cur.as_dict() if cur else None,
+            "state": self.manager.state,
+            "requests": {
+                "running": self.manager.metrics.running,
+                "waiting": self.manager.metrics.waiting,
+                "total": self.manager.metrics.total,
+                "ttft_p50_s": _percentile([r["ttft_s"] for r in done if r["ttft_s"] is not None], 50),
+                "tpot_p50_s": _percentile([r["tpot_s"] for r in done if r["tpot_s"] is not None], 50),
+                "tokens_per_s_p50": _percentile([r["tokens_per_s"] for r in done if r["tokens_per_s"]], 50),
+            },
+            "recent": recent,
+        }
+
     @staticmethod
     def quantizations(backend: str) -> list[str]:
         return list(quantize.MENU.get(backend, ()))
+
+
+def _percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def user_message(exc: BaseException) -> str:

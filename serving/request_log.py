@@ -1,0 +1,51 @@
+"""A structured request log: one JSON line per finished request (never the prompt text unless the
+operator asked for it with --log-prompts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from optimization.metrics import RequestStats
+
+FIELDS = ("request_id", "endpoint", "model", "quantization", "prompt_tokens", "completion_tokens", "ttft_s",
+          "tpot_s", "e2e_s", "queue_wait_s", "tokens_per_s", "finish_reason", "outcome", "error", "client",
+          "peak_rss_bytes")
+
+
+class RequestLog:
+    def __init__(self, target: str | None = "-"):
+        """``target``: "-" for stdout, a file path to append to, or None/"" for no log."""
+        self._lock = threading.Lock()
+        self._own = False
+        self._out: TextIO | None
+        if not target:
+            self._out = None
+        elif target == "-":
+            self._out = sys.stdout
+        else:
+            Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(Path(target).expanduser(), "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._own = True
+
+    def on_event(self, event: str, s: RequestStats) -> None:
+        if event != "finished" or self._out is None:
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.started_at)) + "Z"}
+        d = s.as_dict()
+        record.update({k: d.get(k) for k in FIELDS})
+        if s.prompt is not None:
+            record["prompt"] = s.prompt
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._own and self._out is not None:
+            self._out.close()
+            self._out = None

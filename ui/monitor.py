@@ -1,0 +1,99 @@
+"""The Monitor section: live memory (process, GPU, model) and latency of the last requests.
+
+A gr.Timer refreshes it once a second while the tab is open (and never otherwise); it only reads
+samples the background MemoryMonitor already took, so a tick costs no measurement.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import pandas as pd
+
+from ui.handlers import Handlers
+
+MIB = 2**20
+REQUEST_COLUMNS = ["id", "endpoint", "model", "quant", "prompt", "output", "TTFT ms", "TPOT ms", "tok/s", "s", "outcome"]
+
+
+def _fmt(v, scale=1.0, digits=0):
+    return None if v is None else round(v * scale, digits)
+
+
+def memory_frame(samples: list[dict]) -> pd.DataFrame:
+    now = time.time()
+    rows = []
+    for s in samples:
+        t = round(s["time"] - now, 1)
+        rows.append({"seconds ago": t, "MiB": s["process"]["rss_bytes"] / MIB, "series": "process RSS"})
+        for d in s["gpu"]["devices"]:
+            if "used_bytes" in d:
+                rows.append({"seconds ago": t, "MiB": d["used_bytes"] / MIB, "series": f"GPU {d['index']} used"})
+    return pd.DataFrame(rows, columns=["seconds ago", "MiB", "series"])
+
+
+def latency_frame(recent: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in recent:
+        if r["ttft_s"] is not None:
+            rows.append({"request": r["request_id"], "ms": r["ttft_s"] * 1000, "metric": "TTFT"})
+        if r["tpot_s"] is not None:
+            rows.append({"request": r["request_id"], "ms": r["tpot_s"] * 1000, "metric": "TPOT"})
+    return pd.DataFrame(rows, columns=["request", "ms", "metric"])
+
+
+def requests_frame(recent: list[dict]) -> pd.DataFrame:
+    rows = [[r["request_id"], r["endpoint"], r["model"], r["quantization"], r["prompt_tokens"], r["completion_tokens"],
+             _fmt(r["ttft_s"], 1000), _fmt(r["tpot_s"], 1000, 1), _fmt(r["tokens_per_s"], 1, 1), _fmt(r["e2e_s"], 1, 2),
+             r["outcome"]] for r in reversed(recent)]
+    return pd.DataFrame(rows, columns=REQUEST_COLUMNS)
+
+
+def figures_markdown(stats: dict) -> str:
+    mem = stats["memory"]
+    proc, system, gpu = mem["process"], mem["system"], mem["gpu"]
+    lines = [f"**Process** RSS {proc['rss_bytes'] / MIB:,.0f} MiB · CPU {proc['cpu_percent']:.0f}% "
+             f"(100% = one core, {system['cpu_count']} here) · system free {system['available_bytes'] / MIB:,.0f} "
+             f"of {system['total_bytes'] / MIB:,.0f} MiB"]
+    if gpu["available"]:
+        for d in gpu["devices"]:
+            if "used_bytes" in d:
+                lines.append(f"**GPU {d['index']}** {d['name']}: {d['used_bytes'] / MIB:,.0f} / "
+                             f"{d['total_bytes'] / MIB:,.0f} MiB · {d['utilization_percent']}% busy")
+        for t in gpu["torch"]:
+            lines.append(f"torch cuda:{t['index']}: allocated {t['allocated_bytes'] / MIB:,.0f} MiB · reserved "
+                         f"{t['reserved_bytes'] / MIB:,.0f} MiB · peak {t['peak_allocated_bytes'] / MIB:,.0f} MiB")
+    else:
+        lines.append(f"**GPU** none: {gpu['reason']} (CPU figures only)")
+    m = stats["model"]
+    lines.append(f"**Model** {m['name']} · {m['quantization']} · {m['footprint_mib']:,.0f} MiB · {m['device']}"
+                 if m else "**Model** none loaded")
+    q = stats["requests"]
+    p50 = (f" · p50 TTFT {q['ttft_p50_s'] * 1000:.0f} ms" if q["ttft_p50_s"] is not None else "") + \
+          (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")
+    lines.append(f"**Requests** {q['running']} running · {q['waiting']} waiting · {q['total']} done{p50}")
+    return "\n\n".join(lines)
+
+
+def build_monitor(h: Handlers):
+    """Returns the timer so the app can switch it on only while this tab is open."""
+    figures = gr.Markdown(elem_id="monitor-figures")
+    with gr.Row():
+        mem_plot = gr.LinePlot(x="seconds ago", y="MiB", color="series", title="Memory", height=280,
+                               elem_id="memory-plot")
+        lat_plot = gr.LinePlot(x="request", y="ms", color="metric", title="Latency per request", height=280,
+                               elem_id="latency-plot")
+    table = gr.Dataframe(headers=REQUEST_COLUMNS, label="Last requests", interactive=False, max_height=300)
+    timer = gr.Timer(1.0, active=False)
+
+    def refresh():
+        stats = h.stats(last=50)
+        samples = list(h.monitor.samples)[-300:] if h.monitor else []
+        return (figures_markdown(stats), memory_frame(samples), latency_frame(stats["recent"]),
+                requests_frame(stats["recent"]))
+
+    outputs = [figures, mem_plot, lat_plot, table]
+    timer.tick(refresh, None, outputs, concurrency_limit=None, api_visibility="private", show_progress="hidden",
+               trigger_mode="once")
+    return timer, refresh, outputs
