@@ -40,6 +40,7 @@ def create_app(settings, manager=None):
     from optimization.memory import MemoryMonitor
     from optimization.metrics import MetricsRecorder
     from serving.health import add_health
+    from serving.openai_api import add_openai_routes
     from serving.prometheus import PrometheusExporter, add_metrics_route
     from serving.request_log import RequestLog
     from ui.app_ui import build_blocks
@@ -69,6 +70,7 @@ def create_app(settings, manager=None):
     app.state.monitor = monitor
     add_health(app, manager)
     add_metrics_route(app, exporter)
+    add_openai_routes(app, manager)
     handlers = Handlers(manager, monitor)
     blocks = build_blocks(handlers, settings)
     app.state.blocks = blocks

@@ -1,0 +1,227 @@
+"""OpenAI-compatible /v1 on the same server: /v1/models and /v1/chat/completions (stream and not).
+
+Requests go through the same ModelManager.stream as the Gradio /chat, so metrics and the request
+log cover both. This module is the /v1 edge: every error leaves it as an OpenAI-style JSON body
+with the right status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from backends.base import ChatRequest, Message, SamplingParams
+from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
+from backends.manager import ModelManager
+from serving.openai_schema import ChatCompletionRequest
+from serving.stops import StopMatcher
+
+DEFAULT_MAX_TOKENS = 1024
+_END = object()
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def from_backend_error(exc: BackendError) -> JSONResponse:
+    headers = None
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        headers = {"Retry-After": str(max(1, int(retry + 0.999)))}
+    return error_response(exc.http_status, str(exc), exc.error_type, getattr(exc, "param", None), exc.code, headers)
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    return (f"{loc}: {msg}" if loc else msg), (str(err["loc"][0]) if err.get("loc") else None)
+
+
+def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
+    try:
+        messages = tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "messages") from exc
+    if messages[-1].role == "assistant":
+        raise InvalidRequest("The last message must not be from the assistant (prefill is not supported).", "messages")
+    params = SamplingParams(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=0 if body.top_k is None else body.top_k,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        seed=body.seed,
+    ).validated()
+    return ChatRequest(messages, params)
+
+
+class OpenAIRoutes:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def resolve_model(self, name: str) -> str:
+        cur = self.manager.current
+        if cur is None:
+            raise NoModelLoaded("No model is loaded on this server.")
+        if name not in (cur.name, "default", ""):
+            raise ModelNotFound(f"The model '{name}' does not exist on this server; it serves '{cur.name}'.")
+        return cur.name
+
+    def models(self) -> dict:
+        cur = self.manager.current
+        data = []
+        if cur is not None:
+            data.append({"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
+                         "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
+                         "context_length": cur.context_length})
+        return {"object": "list", "data": data}
+
+    async def chat_completions(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            raw = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
+        try:
+            body = ChatCompletionRequest.model_validate(raw)
+        except ValidationError as exc:
+            message, param = _validation_message(exc)
+            return error_response(400, message, "invalid_request_error", param)
+        try:
+            model = self.resolve_model(body.model)
+            chat = to_chat_request(body)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
+        cancel = threading.Event()
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        stops = StopMatcher(body.stop_list())
+        holder: dict = {}
+
+        def produce() -> None:
+            try:
+                gen = self.manager.stream(chat, cancel, endpoint="v1", t0=t0, client=client)
+                holder["gen"] = gen
+                try:
+                    for delta in gen:
+                        loop.call_soon_threadsafe(queue.put_nowait, delta)
+                        if cancel.is_set():
+                            break
+                finally:
+                    gen.close()
+            except BaseException as exc:  # delivered to the consumer, never lost
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        threading.Thread(target=produce, name="v1-generate", daemon=True).start()
+        first = await queue.get()
+        if isinstance(first, BaseException):
+            await queue.get()  # _END
+            if isinstance(first, BackendError):
+                return from_backend_error(first)
+            return error_response(500, f"Internal error ({type(first).__name__}).", "server_error")
+
+        async def deltas() -> AsyncIterator:
+            item = first
+            try:
+                while item is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    item = await queue.get()
+            finally:
+                cancel.set()  # client gone or done: the producer stops within one token
+
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(self._sse(deltas(), stops, rid, created, model, include_usage, holder, cancel),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text, finish = [], None
+        try:
+            async for d in deltas():
+                text.append(stops.push(d.text))
+                finish = d.finish_reason or finish
+                if stops.hit:
+                    cancel.set()
+                    finish = "stop"
+                    break
+        except BackendError as exc:
+            return from_backend_error(exc)
+        text.append(stops.flush())
+        stats = holder["gen"].stats
+        return JSONResponse({
+            "id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                         "finish_reason": _finish(finish), "logprobs": None}],
+            "usage": _usage(stats),
+        })
+
+    async def _sse(self, deltas, stops: StopMatcher, rid, created, model, include_usage, holder, cancel):
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+            body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []}
+            if usage is not None:
+                body["usage"] = usage
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        finish = None
+        try:
+            async for d in deltas:
+                out = stops.push(d.text)
+                if out:
+                    yield chunk({"content": out})
+                finish = d.finish_reason or finish
+                if stops.hit:
+                    cancel.set()
+                    finish = "stop"
+                    break
+            tail = stops.flush()
+            if tail:
+                yield chunk({"content": tail})
+            yield chunk({}, _finish(finish))
+            if include_usage:
+                yield chunk(None, usage=_usage(holder["gen"].stats))
+        except BackendError as exc:  # after the first token: report in-band, as OpenAI does
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': exc.error_type, 'code': exc.code}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def _finish(reason: str | None) -> str:
+    return {"length": "length", "cancelled": "stop", None: "stop"}.get(reason, "stop")
+
+
+def _usage(stats) -> dict:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+
+
+def add_openai_routes(app: FastAPI, manager: ModelManager) -> OpenAIRoutes:
+    routes = OpenAIRoutes(manager)
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    router.add_api_route("/models", routes.models, methods=["GET"])
+    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
+    app.include_router(router)
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    def unknown(rest: str) -> JSONResponse:
+        return error_response(404, f"Unknown endpoint /v1/{rest}.", "invalid_request_error", code="unknown_url")
+
+    return routes

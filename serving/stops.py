@@ -1,0 +1,36 @@
+"""Stop strings over a stream: text is released only once it cannot be the start of a stop string."""
+
+from __future__ import annotations
+
+
+class StopMatcher:
+    def __init__(self, stops: list[str] | None):
+        self.stops = [s for s in (stops or []) if s]
+        self._pending = ""
+        self.hit = False
+
+    def push(self, text: str) -> str:
+        """Add streamed text; return what can be released now ('' while a stop may be forming)."""
+        if not self.stops:
+            return text
+        if self.hit:
+            return ""
+        self._pending += text
+        cut = min((i for i in (self._pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit = True
+            out, self._pending = self._pending[:cut], ""
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self._pending)), 0, -1):
+                if self._pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.hit else self._pending), ""
+        return out
