@@ -23,7 +23,8 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             with gr.Tab("Chat", id="chat") as chat_tab:
                 build_chat(h)
             with gr.Tab("Model", id="model") as model_tab:
-                refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization)
+                refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization,
+                                                            settings.api_base)
             with gr.Tab("Monitor", id="monitor") as monitor_tab:
                 timer, refresh_monitor, monitor_outputs = build_monitor(h)
         blocks.load(refresh_model, None, model_outputs, api_visibility="private")

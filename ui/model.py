@@ -24,7 +24,8 @@ def describe(status: dict) -> str:
     return "\n\n".join(lines)
 
 
-def build_model(h: Handlers, default_model: str, default_backend: str, default_quant: str | None):
+def build_model(h: Handlers, default_model: str, default_backend: str, default_quant: str | None,
+                default_api_base: str | None = None):
     status = h.model_status()
     with gr.Row():
         with gr.Column(scale=3):
@@ -35,6 +36,10 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
                 quant = gr.Dropdown(list(quantize.MENU[default_backend]),
                                     value=default_quant or quantize.DEFAULTS[default_backend],
                                     label="Quantization", allow_custom_value=True)
+            with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
+                api_base = gr.Textbox(value=default_api_base or "", label="Base URL",
+                                      placeholder="http://vllm-host:8000/v1 (vLLM, TGI, llama.cpp server)")
+                api_key = gr.Textbox(label="API key", type="password", placeholder="optional")
             with gr.Row():
                 load = gr.Button("Load", variant="primary", elem_id="load")
                 unload = gr.Button("Unload", elem_id="unload")
@@ -49,8 +54,10 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
     backend.change(on_backend, backend, quant, api_visibility="private")
 
     @gradio_errors
-    def load_model(model: str, backend: str, quantization: str, progress=gr.Progress()):
-        for fraction, line in h.load_steps(model, backend, quantization):
+    def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
+                   progress=gr.Progress()):
+        remote = {"api_base": api_base or None, "api_key": api_key or None} if backend == "remote" else {}
+        for fraction, line in h.load_steps(model, backend, quantization, **remote):
             progress(fraction, desc=line)
             yield line
 
@@ -62,7 +69,7 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
         s = h.model_status()
         return describe(s), s
 
-    ev = load.click(load_model, [model, backend, quant], progress_text, api_name="load_model",
+    ev = load.click(load_model, [model, backend, quant, api_base, api_key], progress_text, api_name="load_model",
                     concurrency_id="load", concurrency_limit=1)
     ev.then(refresh, None, [current, details], api_visibility="private")
     uev = unload.click(unload_model, None, progress_text, api_name="unload_model", concurrency_id="load")

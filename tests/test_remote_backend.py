@@ -1,0 +1,133 @@
+"""The remote backend against a real OpenAI-compatible engine (llama-cpp-python's server on
+127.0.0.1 serving the embedded model), and the app fronting it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from gradio_client import Client
+
+from backends.base import ChatRequest, ModelSpec, SamplingParams
+from backends.errors import BackendUnavailable, ModelNotFound
+from backends.remote import RemoteBackend
+from tests.conftest import LiveServer, free_port, greedy, long_request, make_settings
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_gguf, tmp_path_factory):
+    """python -m llama_cpp.server on a free port (a real engine process)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("engine") / "engine.log", "w+")  # noqa: SIM115 - a pipe would fill up and block it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2-remote", "--api_key", "engine-secret"],
+        stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/models", headers={"Authorization": "Bearer engine-secret"}).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"engine died: {log.read()[-2000:]}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def spec(url: str, **kw) -> ModelSpec:
+    return ModelSpec(source="smollm2-remote", backend="remote", api_base=url, api_key="engine-secret", **kw)
+
+
+def test_streams_through_the_engine_and_matches_its_non_streamed_answer(engine):
+    b = RemoteBackend()
+    info = b.load(spec(engine))
+    assert info.device == "remote" and info.name == "smollm2-remote"
+    deltas = list(b.stream(greedy(32), threading.Event()))
+    text = "".join(d.text for d in deltas)
+    raw = openai.OpenAI(base_url=engine, api_key="engine-secret").chat.completions.create(
+        model="smollm2-remote", messages=[{"role": "user", "content": greedy().messages[0].content}],
+        max_tokens=32, temperature=0, top_p=0.95)
+    assert text == raw.choices[0].message.content
+    assert sum(d.tokens for d in deltas) == raw.usage.completion_tokens
+    # llama-cpp-python's server sends no usage in streams (vLLM and llama.cpp's server do): then the
+    # prompt size is honestly unknown (0), never guessed.
+    assert deltas[-1].prompt_tokens in (0, raw.usage.prompt_tokens)
+    b.unload()
+
+
+def test_cancel_closes_the_stream_quickly(engine):
+    b = RemoteBackend()
+    b.load(spec(engine))
+    cancel = threading.Event()
+    stream = b.stream(long_request(), cancel)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    t0 = time.perf_counter()
+    cancel.set()
+    rest = list(stream)
+    assert rest[-1].finish_reason == "cancelled"
+    assert time.perf_counter() - t0 < 1.0
+    b.unload()
+
+
+def test_clear_errors_for_wrong_model_bad_key_and_down_engine(engine):
+    with pytest.raises(ModelNotFound, match="serves: smollm2-remote"):
+        RemoteBackend().load(spec(engine).with_(source="llama-70b"))
+    with pytest.raises(BackendUnavailable, match="rejected the API key"):
+        RemoteBackend().load(spec(engine).with_(api_key="wrong"))
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(BackendUnavailable, match="Cannot reach the remote engine"):
+        RemoteBackend().load(spec(dead))
+
+
+def test_the_app_fronts_the_engine_with_its_ui_api_metrics_and_v1(engine, cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir)) as srv:
+        c = Client(srv.url, verbose=False)
+        try:
+            status = c.predict("smollm2-remote", "remote", "as served", engine, "engine-secret", api_name="/load_model")
+            assert "Loaded smollm2-remote" in status
+            reply, stats = c.predict("Say hello.", [], "", 16, 0.0, 1.0, 0, 1.0, 0, api_name="/chat")
+            assert reply.strip() and stats["completion_tokens"] > 0 and stats["ttft_s"] > 0
+            oai = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+            out = oai.chat.completions.create(model="smollm2-remote", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=8, temperature=0)
+            assert out.choices[0].message.content
+            assert "quantlab:generation_tokens_total" in httpx.get(srv.url + "/metrics").text
+            assert httpx.get(srv.url + "/health").json()["model"]["device"] == "remote"
+        finally:
+            c.close()
+
+
+def test_engine_going_down_mid_session_is_a_clear_error(embedded_gguf, cache_dir):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--port",
+                             str(port), "--n_ctx", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(url + "/models")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        b = RemoteBackend()
+        b.load(ModelSpec(source=url, backend="remote"))
+        assert "".join(d.text for d in b.stream(greedy(4), threading.Event()))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    with pytest.raises(BackendUnavailable, match="Lost the remote engine"):
+        list(b.stream(ChatRequest(greedy().messages, SamplingParams(max_new_tokens=4)), threading.Event()))
