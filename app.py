@@ -39,13 +39,16 @@ def create_app(settings, manager=None):
     from backends.manager import ModelManager
     from optimization.memory import MemoryMonitor
     from optimization.metrics import MetricsRecorder
+    from serving.auth import AccessPolicy, ApiKeyMiddleware
     from serving.health import add_health
+    from serving.ratelimit import RateLimiter
     from serving.openai_api import add_openai_routes
     from serving.prometheus import PrometheusExporter, add_metrics_route
     from serving.request_log import RequestLog
     from ui.app_ui import build_blocks
     from ui.handlers import Handlers
 
+    policy = AccessPolicy(settings.auth, settings.api_key, settings.protect_metrics)  # bad --auth fails here
     monitor = MemoryMonitor(interval=settings.monitor_interval)
     if manager is None:
         manager = ModelManager(cache_dir=settings.cache_dir,
@@ -70,23 +73,14 @@ def create_app(settings, manager=None):
     app.state.monitor = monitor
     add_health(app, manager)
     add_metrics_route(app, exporter)
-    add_openai_routes(app, manager)
-    handlers = Handlers(manager, monitor)
+    limiter = RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client)
+    add_openai_routes(app, manager, limiter)
+    handlers = Handlers(manager, monitor, limiter)
     blocks = build_blocks(handlers, settings)
     app.state.blocks = blocks
-    return gr.mount_gradio_app(app, blocks, path="/", auth=_auth_pairs(settings.auth))
-
-
-def _auth_pairs(auth: str | None):
-    if not auth:
-        return None
-    from pathlib import Path
-
-    lines = Path(auth).read_text().splitlines() if Path(auth).is_file() else [auth]
-    pairs = [tuple(line.strip().split(":", 1)) for line in lines if ":" in line]
-    if not pairs:
-        raise SystemExit("--auth needs USER:PASS or a file of USER:PASS lines")
-    return pairs
+    app.add_middleware(ApiKeyMiddleware, policy=policy)
+    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login,
+                               auth_message="QuantLab: log in (with --api-key, any user name and the key).")
 
 
 def load_in_background(manager, spec) -> threading.Thread:

@@ -22,6 +22,7 @@ from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
 from serving.openai_schema import ChatCompletionRequest
+from serving.ratelimit import RateLimiter
 from serving.stops import StopMatcher
 
 DEFAULT_MAX_TOKENS = 1024
@@ -68,8 +69,9 @@ def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
 
 
 class OpenAIRoutes:
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, limiter: RateLimiter):
         self.manager = manager
+        self.limiter = limiter
 
     def resolve_model(self, name: str) -> str:
         cur = self.manager.current
@@ -105,6 +107,11 @@ class OpenAIRoutes:
         except BackendError as exc:
             return from_backend_error(exc)
         client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
+        slot = self.limiter.slot(client)
+        try:
+            slot.__enter__()
+        except BackendError as exc:
+            return from_backend_error(exc)
         cancel = threading.Event()
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -125,6 +132,7 @@ class OpenAIRoutes:
             except BaseException as exc:  # delivered to the consumer, never lost
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
+                slot.__exit__(None, None, None)  # the client's slot is held until generation ends
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         threading.Thread(target=produce, name="v1-generate", daemon=True).start()
@@ -213,8 +221,8 @@ def _usage(stats) -> dict:
             "total_tokens": stats.prompt_tokens + stats.completion_tokens}
 
 
-def add_openai_routes(app: FastAPI, manager: ModelManager) -> OpenAIRoutes:
-    routes = OpenAIRoutes(manager)
+def add_openai_routes(app: FastAPI, manager: ModelManager, limiter: RateLimiter | None = None) -> OpenAIRoutes:
+    routes = OpenAIRoutes(manager, limiter or RateLimiter())
     router = APIRouter(prefix="/v1", tags=["openai"])
     router.add_api_route("/models", routes.models, methods=["GET"])
     router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])

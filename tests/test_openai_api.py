@@ -16,6 +16,14 @@ def oai(live_app):
     c.close()
 
 
+def wait_idle(manager, timeout: float = 5.0) -> None:
+    import time
+
+    end = time.time() + timeout
+    while (manager.metrics.running or manager.metrics.waiting) and time.time() < end:
+        time.sleep(0.01)
+
+
 def model_id(oai) -> str:
     return oai.models.list().data[0].id
 
@@ -61,6 +69,7 @@ def test_system_prompt_and_stop_sequences(oai):
 
 
 def test_requests_are_counted_like_gradio_ones(oai, live_app):
+    wait_idle(live_app.manager)  # a request cut short by a stop string may still be winding down
     before = live_app.manager.metrics.total
     oai.chat.completions.create(model=model_id(oai), messages=MSG, max_tokens=4, temperature=0)
     last = live_app.manager.metrics.recent(1)[-1]

@@ -52,7 +52,9 @@ def gradio_errors(fn):
 
 
 def client_of(request: gr.Request | None) -> str | None:
-    """Who is asking, for the request log: the client's address."""
-    if request is None or request.client is None:
+    """Who is asking, for the request log and rate limits: the logged-in user, else the address."""
+    if request is None:
         return None
-    return request.client.host
+    if getattr(request, "username", None):
+        return "user:" + request.username
+    return request.client.host if request.client else None

@@ -17,6 +17,7 @@ from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from optimization import quantize
 from optimization.memory import MemoryMonitor
+from serving.ratelimit import RateLimiter
 
 # A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
 # value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
@@ -108,9 +109,10 @@ class Handlers:
     """The operations of the app, bound to one ModelManager."""
 
     def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None,
-                 stream_interval_s: float = STREAM_INTERVAL_S):
+                 limiter: RateLimiter | None = None, stream_interval_s: float = STREAM_INTERVAL_S):
         self.manager = manager
         self.monitor = monitor
+        self.limiter = limiter or RateLimiter()
         self.stream_interval_s = stream_interval_s
 
     # --- chat ------------------------------------------------------------------------------------
@@ -124,20 +126,21 @@ class Handlers:
         request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
                                 repetition_penalty, seed)
         cancel = threading.Event()
-        gen = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
-        reply = ""
-        last_sent = 0.0
-        sent_len = -1
-        try:
-            for delta in gen:
-                reply += delta.text
-                now = time.perf_counter()
-                if delta.text and (sent_len <= 0 or now - last_sent >= self.stream_interval_s):
-                    last_sent, sent_len = now, len(reply)
-                    yield reply, {}
-        finally:
-            cancel.set()  # the client went away (GeneratorExit) or we are done: stop the model
-            gen.close()
+        with self.limiter.slot(client):
+            gen = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
+            reply = ""
+            last_sent = 0.0
+            sent_any = False
+            try:
+                for delta in gen:
+                    reply += delta.text
+                    now = time.perf_counter()
+                    if delta.text and (not sent_any or now - last_sent >= self.stream_interval_s):
+                        last_sent, sent_any = now, True
+                        yield reply, {}
+            finally:
+                cancel.set()  # the client went away (GeneratorExit) or we are done: stop the model
+                gen.close()
         yield reply, gen.stats.as_dict()
 
     # --- models ----------------------------------------------------------------------------------

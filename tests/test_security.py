@@ -1,0 +1,85 @@
+"""Auth, API keys and rate limits against every entry point of the real app."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from gradio_client import Client
+
+from backends.base import ModelSpec
+from tests.conftest import LiveServer, make_settings
+
+MSG = [{"role": "user", "content": "Hi"}]
+CHAT = ("Say hi.", [], "", 4, 0.0, 1.0, 0, 1.0, 0)
+
+
+@pytest.fixture(scope="module")
+def locked(cache_dir):
+    settings = make_settings(cache_dir=cache_dir, auth="alice:wonderland", api_key="sk-test-123")
+    with LiveServer(settings) as srv:
+        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512))
+        yield srv
+
+
+def test_health_stays_open(locked):
+    assert httpx.get(locked.url + "/health").status_code == 200
+
+
+def test_v1_needs_the_key(locked):
+    bad = openai.OpenAI(base_url=locked.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="default", messages=MSG, max_tokens=2)
+    r = httpx.post(locked.url + "/v1/chat/completions", json={"model": "default", "messages": MSG})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    good = openai.OpenAI(base_url=locked.url + "/v1", api_key="sk-test-123", max_retries=0)
+    assert good.chat.completions.create(model="default", messages=MSG, max_tokens=2).choices[0].message.content is not None
+    basic = httpx.get(locked.url + "/v1/models", auth=("alice", "wonderland"))
+    assert basic.status_code == 200
+
+
+def test_gradio_api_and_ui_need_a_login(locked):
+    with pytest.raises(Exception):
+        Client(locked.url, verbose=False)  # the app's config is behind the login
+    r = httpx.post(locked.url + "/gradio_api/call/chat", json={"data": list(CHAT)})
+    assert r.status_code in (401, 403)
+    page = httpx.get(locked.url + "/", follow_redirects=True)
+    assert "sk-test-123" not in page.text
+    for creds in (("alice", "wonderland"), ("anyone", "sk-test-123")):
+        c = Client(locked.url, auth=creds, verbose=False)
+        try:
+            reply, stats = c.predict(*CHAT, api_name="/chat")
+            assert stats["completion_tokens"] > 0
+        finally:
+            c.close()
+    with pytest.raises(Exception):
+        Client(locked.url, auth=("alice", "wrong"), verbose=False)
+
+
+def test_metrics_open_by_default_and_protectable(locked, cache_dir):
+    assert httpx.get(locked.url + "/metrics").status_code == 200
+    with LiveServer(make_settings(cache_dir=cache_dir, api_key="k", protect_metrics=True)) as srv:
+        assert httpx.get(srv.url + "/metrics").status_code == 401
+        assert httpx.get(srv.url + "/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert httpx.get(srv.url + "/health").status_code == 503  # open, and honest: no model
+
+
+def test_rate_limit_answers_429_with_retry_after_and_a_clear_ui_error(cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir, rate_limit_rpm=2)) as srv:
+        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512))
+        oai = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        for _ in range(2):
+            oai.chat.completions.create(model="default", messages=MSG, max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as err:
+            oai.chat.completions.create(model="default", messages=MSG, max_tokens=2)
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        assert "requests per minute" in err.value.response.json()["error"]["message"]
+        c = Client(srv.url, verbose=False)  # same client address: the UI/Gradio API shares the budget
+        try:
+            with pytest.raises(Exception, match="Rate limit"):
+                c.predict(*CHAT, api_name="/chat")
+        finally:
+            c.close()
+        assert httpx.get(srv.url + "/health").status_code == 200
