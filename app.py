@@ -97,7 +97,18 @@ def load_in_background(manager, spec) -> threading.Thread:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after a graceful shutdown (exit code -15); a requested stop that
+        drained cleanly is a success for orchestrators (Kubernetes, systemd, docker stop): exit 0."""
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
 
     from serving.settings import parse_args
 
@@ -107,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.no_model:
         load_in_background(app.state.manager, default_spec(settings))
     log.info("serving on http://%s:%d", settings.bind_host, settings.port)
-    uvicorn.run(app, host=settings.bind_host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=settings.bind_host, port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=settings.shutdown_timeout)
+    GracefulServer(config).run()
     return 0
 
 

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(False, description="allow transformers models' own code (off by default)")
     log_prompts: bool = Field(False, description="include prompt text in the request log")
     request_log: str | None = Field("-", description="JSON-lines request log: '-' for stdout, a file path, or '' for none")
+    shutdown_timeout: int = Field(30, description="on SIGTERM, seconds running streams get to finish")
     monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
 
     @field_validator("port")

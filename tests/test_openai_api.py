@@ -121,3 +121,31 @@ def test_no_model_loaded_is_503(cache_dir):
             c.chat.completions.create(model="default", messages=MSG)
         assert err.value.status_code == 503
         assert "No model" in err.value.response.json()["error"]["message"]
+
+
+def test_client_disconnect_mid_stream_stops_generation(live_app):
+    import time
+
+    wait_idle(live_app.manager)
+    body = {"model": "default", "messages": [{"role": "user", "content": "Count from 1 to 300, separated by commas."}],
+            "max_tokens": 1500, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", live_app.url + "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                if line.startswith("data:"):
+                    got += 1
+                if got == 5:
+                    break
+            assert live_app.manager.metrics.running == 1
+            t0 = time.perf_counter()
+        # leaving the block closes the connection mid-stream
+    while live_app.manager.metrics.running and time.perf_counter() - t0 < 5:
+        time.sleep(0.005)
+    took = time.perf_counter() - t0
+    print(f"\n/v1 SSE disconnect -> generation stopped: {took * 1000:.0f} ms")
+    assert live_app.manager.metrics.running == 0
+    assert took < 1.0
+    last = live_app.manager.metrics.recent(1)[-1]
+    assert last.outcome == "cancelled" and last.completion_tokens < 1500
