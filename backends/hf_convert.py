@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from backends.base import Progress, _no_progress
@@ -36,7 +37,7 @@ def hf_checkpoint_from_gguf(gguf: Path, cache_dir: Path, progress: Progress = _n
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress(0.1, f"Deriving a transformers checkpoint from {gguf.name} (first time only)")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = out.with_name(out.name + f".tmp-{uuid.uuid4().hex[:8]}")  # unique across replicas sharing a cache
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

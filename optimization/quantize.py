@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import uuid
 from pathlib import Path
 
 from backends.errors import ModelLoadError, UnsupportedQuantization
@@ -136,7 +137,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     if quant not in GGUF_FTYPES:
         raise UnsupportedQuantization(f"llama.cpp cannot produce {quant!r}.")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    tmp = dst.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")  # unique across replicas sharing a cache (all PID 1)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = GGUF_FTYPES[quant]
     params.allow_requantize = True

@@ -1,4 +1,6 @@
-"""GET /health: 200 with the serving model while one is ready, 503 (JSON) while loading or empty.
+"""GET /health (readiness) and GET /live (liveness).
+
+/health: 200 with the serving model while one is ready, 503 (JSON) while loading or empty.
 
 While a new model loads beside a serving one, the app is still ready (it keeps answering with the
 old model) and the body says what is loading.
@@ -17,3 +19,8 @@ def add_health(app: FastAPI, manager: ModelManager) -> None:
     def health() -> JSONResponse:
         body = manager.status()
         return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+    @app.get("/live", tags=["ops"])
+    def live() -> JSONResponse:
+        """Liveness: the process answers (whether or not a model is loaded)."""
+        return JSONResponse({"status": "alive", "model_state": manager.state})

@@ -141,6 +141,8 @@ def test_load_unload_and_switch_quantization_through_the_api(cache_dir):
             assert "Unloaded" in c.predict(api_name="/unload_model")
             r = httpx.get(srv.url + "/health")
             assert r.status_code == 503 and r.json()["status"] == "empty"
+            live = httpx.get(srv.url + "/live")  # liveness does not depend on a model
+            assert live.status_code == 200 and live.json()["model_state"] == "empty"
         finally:
             c.close()
 

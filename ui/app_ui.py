@@ -11,6 +11,7 @@ from ui.chat import build_chat
 from ui.edge import client_of, gradio_errors
 from ui.handlers import Handlers
 from ui.model import build_model
+from ui.lab import build_compare, build_evaluate
 from ui.monitor import build_monitor
 
 GENERATE_SLOTS = 1  # llama.cpp and transformers backends run one generation at a time today
@@ -27,11 +28,15 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
                                                             settings.api_base)
             with gr.Tab("Monitor", id="monitor") as monitor_tab:
                 timer, refresh_monitor, monitor_outputs = build_monitor(h)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                build_compare(h)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
+                build_evaluate(h)
         blocks.load(refresh_model, None, model_outputs, api_visibility="private")
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")
-        for tab in (chat_tab, model_tab):
+        for tab in (chat_tab, model_tab, compare_tab, evaluate_tab):
             tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
 
         @gradio_errors
@@ -57,5 +62,23 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             return h.stats(last=last)
 
         gr.api(stats, api_name="stats", concurrency_limit=None)
+
+        @gradio_errors
+        def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
+                    temperature: float = 0.0, seed: int = 0) -> list[dict]:
+            """Stream the same prompt through 2-4 variants at once (e.g. ["llamacpp:Q8_0", "transformers:nf4"]).
+            Yields one {variant, text, done, stats, footprint_mib} per variant."""
+            yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
+
+        gr.api(compare, api_name="compare", concurrency_id="lab", concurrency_limit=1)
+
+        @gradio_errors
+        def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
+                     reference: str = "transformers:fp32", window: int = 256) -> list[dict]:
+            """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
+            the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs)."""
+            return h.evaluate(variants, text_path, max_tokens, model, reference, window)
+
+        gr.api(evaluate, api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)
     return blocks

@@ -16,6 +16,7 @@ from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from optimization import quantize
+from optimization.lab import DEFAULT_REFERENCE, Lab
 from optimization.memory import MemoryMonitor
 from serving.ratelimit import RateLimiter
 
@@ -109,9 +110,11 @@ class Handlers:
     """The operations of the app, bound to one ModelManager."""
 
     def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None,
-                 limiter: RateLimiter | None = None, stream_interval_s: float = STREAM_INTERVAL_S):
+                 limiter: RateLimiter | None = None, stream_interval_s: float = STREAM_INTERVAL_S,
+                 lab: Lab | None = None):
         self.manager = manager
         self.monitor = monitor
+        self.lab = lab or Lab(manager, monitor)
         self.limiter = limiter or RateLimiter()
         self.stream_interval_s = stream_interval_s
 
@@ -205,6 +208,24 @@ class Handlers:
     @staticmethod
     def quantizations(backend: str) -> list[str]:
         return list(quantize.MENU.get(backend, ()))
+
+    # --- quantization lab ------------------------------------------------------------------------
+
+    def compare(self, prompt: str, variants: Any, model: str = "embedded", max_new_tokens: float = 128,
+                temperature: float = 0.0, seed: float | None = 0) -> Iterator[list[dict]]:
+        """Yield every variant's {variant, text, done, stats, footprint_mib} as they stream."""
+        params = SamplingParams(max_new_tokens=_int(max_new_tokens, "max_new_tokens"),
+                                temperature=_num(temperature, "temperature"), top_p=1.0, top_k=0,
+                                seed=None if seed is None else _int(seed, "seed"))
+        yield from self.lab.compare((model or "embedded").strip(), variants, text_of(prompt), params)
+
+    def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: float = 1024,
+                 model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: float = 256,
+                 progress=lambda f, m: None) -> list[dict]:
+        rows = self.lab.evaluate((model or "embedded").strip(), variants, reference or DEFAULT_REFERENCE,
+                                 text_path or None, _int(max_tokens, "max_tokens"), _int(window, "window"),
+                                 progress=progress)
+        return [r.as_dict() for r in rows]
 
 
 def _percentile(values: list[float], p: float) -> float | None:

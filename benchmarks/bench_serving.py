@@ -1,0 +1,802 @@
+#!/usr/bin/env python
+"""Serving overhead benchmark: the raw engine vs the app (Gradio /chat and OpenAI /v1), in ONE run.
+
+    python benchmarks/bench_serving.py                      # llama.cpp, 5 requests/path, 128 tokens, 1,4,8 clients
+    python benchmarks/bench_serving.py --short              # CI smoke: 2 requests, 32 tokens, 1,2 clients
+    python benchmarks/bench_serving.py --full               # adds 16 concurrent clients
+    python benchmarks/bench_serving.py --backend transformers
+
+Same model, same prompts, greedy decoding on every path. Phases run one after the other (never two
+at once, so they do not share the CPU): RAW engine in-process -> the real app (create_app + uvicorn
+in a thread, as tests/conftest.py's LiveServer) with the same model -> Gradio /chat through
+gradio_client -> /v1/chat/completions through the openai client -> a /v1 concurrency sweep.
+
+Definitions (DESIGN.md section 2, vLLM's bench): TTFT = request sent -> first non-empty text seen by
+the client; TPOT = (latency - TTFT) / (output tokens - 1); decode tok/s = (output tokens - 1) /
+(latency - TTFT) = 1 / TPOT. Output tokens are the server's count (stats / usage), never a count of
+chunks, except on the raw path (one chunk per token, see README). A path's tok/s and TTFT are the
+medians over its requests (robust to a burst of outside load on a shared machine; the pooled mean is
+in the JSON too). Ratios and differences are between paths measured in this run only; nothing here
+asserts on absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+WARMUP_PROMPT = "Say hello and introduce yourself in one sentence."
+# Open-ended prompts, so greedy replies tend to run to max_tokens (equal lengths across requests).
+PROMPTS = (
+    "Explain in detail why the sky is blue during the day and red at sunset.",
+    "Write a long story about a robot who learns to paint in a small seaside town.",
+    "Give a detailed list of tips for staying productive when working from home.",
+    "Describe step by step how a bicycle works, from the pedals to the wheels.",
+    "Compare cats and dogs as pets: temperament, care, costs and lifestyle fit.",
+)
+
+# The issue's goals, and what the plain alternatives reach on these machines (DESIGN.md section 5).
+GOAL_TOK_S_RATIO = 0.95
+GOAL_TTFT_ADDED_MS = 50.0
+GOAL_SCALING = {8: 2.5}  # aggregate tok/s at N clients / at 1 client, llama.cpp
+REFERENCE = {
+    "app_gradio": "plain Gradio app: 0.87, +110 ms",
+    "app_v1": "llama-cpp-python server: 0.87, +7 ms",
+}
+
+PATHS = ("raw", "app_gradio", "app_v1")
+PATH_LABELS = {"raw": "raw engine", "app_gradio": "app /chat (gradio_client)", "app_v1": "app /v1 (openai SSE)"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One streamed request, timed on the client side (perf_counter seconds from the send)."""
+
+    prompt_index: int
+    ttft_s: float
+    latency_s: float
+    tokens: int
+    text: str = field(default="", repr=False)
+    server: dict | None = None  # the app's own stats for this request (TTFT, tok/s, queue wait)
+
+    @property
+    def decode_s(self) -> float:
+        return self.latency_s - self.ttft_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        return self.decode_s / (self.tokens - 1) if self.tokens > 1 else None
+
+    @property
+    def tok_s(self) -> float | None:
+        return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else None
+
+    def as_dict(self) -> dict:
+        d = {"prompt_index": self.prompt_index, "ttft_ms": round(self.ttft_s * 1000, 3),
+             "latency_s": round(self.latency_s, 4), "tokens": self.tokens,
+             "tpot_ms": None if self.tpot_s is None else round(self.tpot_s * 1000, 3),
+             "decode_tok_s": None if self.tok_s is None else round(self.tok_s, 3), "chars": len(self.text)}
+        if self.server is not None:
+            d["server"] = {k: self.server.get(k) for k in ("ttft_s", "tokens_per_s", "queue_wait_s", "e2e_s",
+                                                           "prompt_tokens", "completion_tokens", "finish_reason")}
+        return d
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    k = (len(vals) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)
+
+
+def summarize(samples: list[Sample]) -> dict:
+    usable = [s for s in samples if s.tokens > 1 and s.decode_s > 0]
+    pooled = (sum(s.tokens - 1 for s in usable) / sum(s.decode_s for s in usable)) if usable else None
+    ttfts = [s.ttft_s * 1000 for s in samples]
+    return {
+        "requests": len(samples),
+        "tokens_total": sum(s.tokens for s in samples),
+        "tokens_mean": statistics.fmean(s.tokens for s in samples) if samples else 0,
+        "decode_tok_s": percentile([s.tok_s for s in usable], 50),  # median over requests: the one the ratios use
+        "decode_tok_s_pooled": pooled,
+        "decode_tok_s_per_request": [s.tok_s for s in samples],
+        # single-stream output throughput including TTFT: sum(tokens) / sum(latency)
+        "output_tok_s": (sum(s.tokens for s in samples) / sum(s.latency_s for s in samples)) if samples else None,
+        "ttft_ms_p50": percentile(ttfts, 50),
+        "ttft_ms_mean": statistics.fmean(ttfts) if ttfts else None,
+        "ttft_ms_min": min(ttfts) if ttfts else None,
+        "tpot_ms_p50": percentile([s.tpot_s * 1000 for s in samples if s.tpot_s is not None], 50),
+        "latency_s_mean": statistics.fmean(s.latency_s for s in samples) if samples else None,
+        "server_ttft_ms_p50": percentile([s.server["ttft_s"] * 1000 for s in samples
+                                          if s.server and s.server.get("ttft_s") is not None], 50),
+        "samples": [s.as_dict() for s in samples],
+    }
+
+
+class RssSampler:
+    """Process RSS: named snapshots plus the peak, sampled in a background thread."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.snapshots: dict[str, int] = {}
+        self.peak = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def rss(self) -> int:
+        return self._proc.memory_info().rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.rss())
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def mark(self, name: str) -> int:
+        gc.collect()
+        value = self.rss()
+        self.peak = max(self.peak, value)
+        self.snapshots[name] = value
+        log(f"RSS {name}: {value / 2**20:.0f} MiB")
+        return value
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def messages_for(prompt: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+
+
+def schedule(n: int) -> list[int]:
+    """Prompt indexes for n measured requests: the same sequence on every path."""
+    return [i % len(PROMPTS) for i in range(n)]
+
+
+# --- RAW engines -------------------------------------------------------------------------------------
+
+
+class RawLlamaCpp:
+    """llama-cpp-python directly, as a user of the library would call it."""
+
+    def __init__(self, model_path: Path, n_ctx: int, n_threads: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+
+    def run(self, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
+        t0 = time.perf_counter()
+        first, tokens, text = None, 0, []
+        stream = self.llm.create_chat_completion(messages_for(prompt), stream=True, max_tokens=max_tokens,
+                                                 temperature=0.0)
+        for chunk in stream:
+            content = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+            if content:
+                if first is None:
+                    first = time.perf_counter()
+                tokens += 1  # llama-cpp-python streams one chunk per generated token (no stop strings)
+                text.append(content)
+        end = time.perf_counter()
+        if first is None:
+            raise RuntimeError(f"raw llama.cpp produced no text for prompt {prompt_index}")
+        return Sample(prompt_index, first - t0, end - t0, tokens, "".join(text))
+
+    def close(self) -> None:
+        self.llm.close()
+        self.llm = None
+
+
+class RawTransformers:
+    """HF generate() with a TextIteratorStreamer, in a thread, at the dtype the app loads (bf16)."""
+
+    def __init__(self, checkpoint: Path, dtype: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(str(checkpoint))
+        self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=getattr(torch, dtype),
+                                                          device_map="cpu")
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos if eos is not None else self.tok.eos_token_id]
+        self.eos = [e for e in eos if e is not None]
+
+    def run(self, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
+        from transformers import TextIteratorStreamer
+
+        torch, eos = self.torch, self.eos
+        ids = self.tok.apply_chat_template(messages_for(prompt), add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        marks: dict = {"first": None, "tokens": 0}
+
+        class CountingStreamer(TextIteratorStreamer):
+            """Records when the first generated token exists and counts tokens (the text queue
+            itself releases whole words, so counting its pieces would undercount tokens)."""
+
+            def put(self, value):
+                if not self.next_tokens_are_prompt:
+                    new = [t for t in value.reshape(-1).tolist() if t not in eos]
+                    if new and marks["first"] is None:
+                        marks["first"] = time.perf_counter()
+                    marks["tokens"] += len(new)
+                super().put(value)
+
+        streamer = CountingStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def generate():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                                        max_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None,
+                                        top_k=None, streamer=streamer, eos_token_id=eos, pad_token_id=eos[0])
+            except BaseException as exc:  # re-raised below: a TextIteratorStreamer would wait forever
+                errors.append(exc)
+                streamer.end()
+
+        t0 = time.perf_counter()
+        worker = threading.Thread(target=generate, name="raw-hf-generate", daemon=True)
+        worker.start()
+        text = "".join(streamer)
+        end = time.perf_counter()
+        worker.join()
+        if errors:
+            raise errors[0]
+        if marks["first"] is None:
+            raise RuntimeError(f"raw transformers produced no tokens for prompt {prompt_index}")
+        return Sample(prompt_index, marks["first"] - t0, end - t0, marks["tokens"], text)
+
+    def close(self) -> None:
+        self.model = self.tok = None
+
+
+# --- the app -----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """The real app (create_app: FastAPI + Gradio + /v1) under uvicorn in a thread of this process,
+    like tests/conftest.py's LiveServer (replicated so the benchmark does not import pytest)."""
+
+    def __init__(self, n_ctx: int, n_threads: int | None):
+        import uvicorn
+
+        from app import create_app
+        from serving.settings import Settings
+
+        self.settings = Settings(port=free_port(), host="127.0.0.1", no_model=True, n_ctx=n_ctx, n_threads=n_threads,
+                                 request_log="", auth=None, api_key=None, rate_limit_rpm=0,
+                                 max_streams_per_client=0)
+        self.app = create_app(self.settings)
+        self.manager = self.app.state.manager
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.settings.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the app did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        try:
+            self.manager.unload()
+        except Exception:  # noqa: BLE001 - best effort at the end of a benchmark
+            pass
+
+
+def gradio_request(client, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
+    t0 = time.perf_counter()
+    job = client.submit(prompt, [], SYSTEM_PROMPT, max_tokens, 0.0, 1.0, 0, 1.0, 0, api_name="/chat")
+    first, last = None, None
+    for out in job:
+        reply = out[0] if isinstance(out, (list, tuple)) else out
+        if first is None and reply:
+            first = time.perf_counter()
+        last = out
+    end = time.perf_counter()
+    final = job.result()
+    reply, stats = (final[0], final[1]) if isinstance(final, (list, tuple)) else (final, None)
+    if not stats and isinstance(last, (list, tuple)):
+        stats = last[1]
+    if first is None or not stats:
+        raise RuntimeError(f"/chat returned no text or no stats for prompt {prompt_index}: {final!r:.200}")
+    return Sample(prompt_index, first - t0, end - t0, int(stats["completion_tokens"]), reply, server=stats)
+
+
+def v1_request(oai, model: str, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
+    t0 = time.perf_counter()
+    stream = oai.chat.completions.create(model=model, messages=messages_for(prompt), stream=True, max_tokens=max_tokens,
+                                         temperature=0.0, seed=0, stream_options={"include_usage": True})
+    first, usage, text = None, None, []
+    for chunk in stream:
+        if chunk.choices:
+            content = chunk.choices[0].delta.content
+            if content:
+                if first is None:
+                    first = time.perf_counter()
+                text.append(content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    end = time.perf_counter()
+    if first is None or usage is None:
+        raise RuntimeError(f"/v1 returned no text or no usage for prompt {prompt_index}")
+    return Sample(prompt_index, first - t0, end - t0, int(usage.completion_tokens), "".join(text))
+
+
+def openai_client(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+
+
+def concurrency_level(url: str, model: str, clients: int, total: int, max_tokens: int) -> dict:
+    """``clients`` closed-loop streaming clients (threads) share ``total`` requests; wall time runs
+    from the common start to the last request's end."""
+    work = list(enumerate(schedule(total)))
+    lock = threading.Lock()
+    samples: list[Sample] = []
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client_loop():
+        oai = openai_client(url)
+        barrier.wait()
+        while True:
+            with lock:
+                if not work:
+                    break
+                _, idx = work.pop(0)
+            try:
+                s = v1_request(oai, model, idx, PROMPTS[idx], max_tokens)
+                with lock:
+                    samples.append(s)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the sweep goes on
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        oai.close()
+
+    threads = [threading.Thread(target=client_loop, name=f"bench-client-{i}", daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    tokens = sum(s.tokens for s in samples)
+    ttft = [s.ttft_s * 1000 for s in samples]
+    tpot = [s.tpot_s * 1000 for s in samples if s.tpot_s is not None]
+    return {
+        "clients": clients,
+        "requests": total,
+        "completed": len(samples),
+        "errors": errors,
+        "wall_s": wall,
+        "output_tokens": tokens,
+        "aggregate_tok_s": tokens / wall if wall > 0 else None,
+        "requests_per_s": len(samples) / wall if wall > 0 else None,
+        "ttft_ms_p50": percentile(ttft, 50),
+        "ttft_ms_p99": percentile(ttft, 99),
+        "tpot_ms_p50": percentile(tpot, 50),
+        "tpot_ms_p99": percentile(tpot, 99),
+        "per_request_decode_tok_s_p50": percentile([s.tok_s for s in samples], 50),
+        "samples": [s.as_dict() for s in samples],
+    }
+
+
+# --- phases ------------------------------------------------------------------------------------------
+
+
+def run_raw(args, order: list[int], rss: RssSampler) -> tuple[list[Sample], dict]:
+    from backends.sources import default_cache_dir, embedded_model_path
+
+    if args.backend == "llamacpp":
+        path = Path(args.model) if args.model else embedded_model_path()
+        log(f"RAW: llama_cpp.Llama({path.name}, n_ctx={args.n_ctx}, n_threads={args.threads})")
+        engine = RawLlamaCpp(path, args.n_ctx, args.threads)
+        info = {"engine": "llama_cpp.Llama.create_chat_completion(stream=True)", "model_file": str(path)}
+    else:
+        from backends.hf_convert import hf_checkpoint_from_gguf
+
+        if args.model:
+            checkpoint = Path(args.model)
+        else:
+            log("RAW: deriving (or reusing) the HF checkpoint of the embedded GGUF")
+            checkpoint = hf_checkpoint_from_gguf(embedded_model_path(), default_cache_dir())
+        log(f"RAW: transformers {checkpoint.name} at {args.dtype}")
+        engine = RawTransformers(checkpoint, {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[args.dtype])
+        info = {"engine": "transformers generate + TextIteratorStreamer", "model_file": str(checkpoint)}
+    rss.mark("raw_loaded")
+    try:
+        engine.run(-1, WARMUP_PROMPT, args.max_tokens)
+        samples = []
+        for i, idx in enumerate(order):
+            s = engine.run(idx, PROMPTS[idx], args.max_tokens)
+            log(f"RAW {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
+            samples.append(s)
+        rss.mark("raw_done")
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    return samples, info
+
+
+def app_spec(args):
+    from backends.base import ModelSpec
+
+    source = args.model or "embedded"
+    if args.backend == "llamacpp":
+        return ModelSpec(source=source, backend="llamacpp", n_ctx=args.n_ctx, n_threads=args.threads)
+    return ModelSpec(source=source, backend="transformers", quantization=args.dtype, n_ctx=args.n_ctx)
+
+
+def run_app(args, order: list[int], rss: RssSampler) -> dict:
+    from gradio_client import Client
+
+    out: dict = {}
+    log("APP: starting create_app() under uvicorn in a thread")
+    with AppServer(args.n_ctx, args.threads if args.backend == "llamacpp" else None) as srv:
+        info = srv.manager.load(app_spec(args))
+        out["model"] = {"name": info.name, "backend": info.backend, "quantization": info.quantization,
+                        "device": info.device, "details": info.details}
+        log(f"APP: loaded {info.name} ({info.backend}, {info.quantization}) at {srv.url}")
+        rss.mark("app_loaded")
+
+        client = Client(srv.url, verbose=False)
+        try:
+            gradio_request(client, -1, WARMUP_PROMPT, args.max_tokens)
+            samples = []
+            for i, idx in enumerate(order):
+                s = gradio_request(client, idx, PROMPTS[idx], args.max_tokens)
+                log(f"APP /chat {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
+                samples.append(s)
+            out["app_gradio"] = samples
+        finally:
+            client.close()
+
+        oai = openai_client(srv.url)
+        try:
+            v1_request(oai, "default", -1, WARMUP_PROMPT, args.max_tokens)
+            rss.mark("app_warm")
+            samples = []
+            for i, idx in enumerate(order):
+                s = v1_request(oai, "default", idx, PROMPTS[idx], args.max_tokens)
+                log(f"APP /v1 {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
+                samples.append(s)
+            out["app_v1"] = samples
+        finally:
+            oai.close()
+
+        levels = []
+        for n in args.concurrency_levels:
+            total = max(args.requests, n)
+            log(f"SWEEP: {n} concurrent /v1 clients, {total} requests")
+            level = concurrency_level(srv.url, "default", n, total, args.max_tokens)
+            log(f"SWEEP {n}: {level['aggregate_tok_s'] or 0:.1f} tok/s aggregate, TTFT p50 "
+                f"{level['ttft_ms_p50'] or 0:.0f} ms, {len(level['errors'])} errors")
+            levels.append(level)
+        out["concurrency"] = levels
+        rss.mark("app_done")
+    return out
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def build_results(args, raw_samples, raw_info, app, rss: RssSampler, started: float) -> dict:
+    paths = {"raw": summarize(raw_samples), "app_gradio": summarize(app["app_gradio"]), "app_v1": summarize(app["app_v1"])}
+    paths["raw"].update(raw_info)
+    raw_text = {s.prompt_index: s.text for s in raw_samples}
+    for key in ("app_gradio", "app_v1"):  # greedy on the same prompt: the same reply is expected
+        paths[key]["same_text_as_raw"] = sum(1 for s in app[key] if raw_text.get(s.prompt_index) == s.text)
+    raw = paths["raw"]
+    ratios = {
+        "app_gradio_tok_s_vs_raw": ratio(paths["app_gradio"]["decode_tok_s"], raw["decode_tok_s"]),
+        "app_v1_tok_s_vs_raw": ratio(paths["app_v1"]["decode_tok_s"], raw["decode_tok_s"]),
+    }
+    ttft_added = {
+        "app_gradio_ms": paths["app_gradio"]["ttft_ms_p50"] - raw["ttft_ms_p50"],
+        "app_v1_ms": paths["app_v1"]["ttft_ms_p50"] - raw["ttft_ms_p50"],
+    }
+    levels = app["concurrency"]
+    base = next((lv for lv in levels if lv["clients"] == 1), levels[0] if levels else None)
+    for lv in levels:
+        lv["scaling_vs_1"] = ratio(lv["aggregate_tok_s"], base["aggregate_tok_s"] if base else None)
+    scaling = {str(lv["clients"]): lv["scaling_vs_1"] for lv in levels}
+    goals = {
+        "tok_s_ratio_min": GOAL_TOK_S_RATIO,
+        "ttft_added_ms_max": GOAL_TTFT_ADDED_MS,
+        "scaling_min": {str(k): v for k, v in GOAL_SCALING.items()} if args.backend == "llamacpp" else {},
+    }
+    verdict = {
+        "app_gradio_tok_s": _meets(ratios["app_gradio_tok_s_vs_raw"], GOAL_TOK_S_RATIO, higher=True),
+        "app_v1_tok_s": _meets(ratios["app_v1_tok_s_vs_raw"], GOAL_TOK_S_RATIO, higher=True),
+        "app_gradio_ttft": _meets(ttft_added["app_gradio_ms"], GOAL_TTFT_ADDED_MS, higher=False),
+        "app_v1_ttft": _meets(ttft_added["app_v1_ms"], GOAL_TTFT_ADDED_MS, higher=False),
+    }
+    for n, goal in goals["scaling_min"].items():
+        if n in scaling:
+            verdict[f"scaling_{n}"] = _meets(scaling[n], goal, higher=True)
+    snaps = rss.snapshots
+    mem = {
+        "rss_mib": {k: round(v / 2**20, 1) for k, v in snaps.items()},
+        "peak_mib": round(rss.peak / 2**20, 1),
+        "growth_run_mib": round((snaps["end"] - snaps["start"]) / 2**20, 1),
+        # After the app is loaded and warm: what serving requests added (a leak shows here).
+        "growth_serving_mib": round((snaps["app_done"] - snaps["app_warm"]) / 2**20, 1),
+    }
+    import llama_cpp
+
+    return {
+        "meta": {
+            "backend": args.backend, "model": app["model"], "n_ctx": args.n_ctx, "n_threads": args.threads,
+            "dtype": args.dtype if args.backend == "transformers" else None,
+            "requests_per_path": args.requests, "max_tokens": args.max_tokens, "concurrency": args.concurrency_levels,
+            "short": args.short, "prompts": list(PROMPTS), "system_prompt": SYSTEM_PROMPT, "decoding": "greedy",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "duration_s": time.time() - started, "python": platform.python_version(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "llama_cpp_python": llama_cpp.__version__,
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "definitions": {"ttft": "client-side: request sent -> first non-empty text",
+                            "decode_tok_s": "sum(tokens - 1) / sum(latency - ttft) over the path's requests",
+                            "tpot": "(latency - ttft) / (tokens - 1)",
+                            "aggregate_tok_s": "all output tokens at that level / wall time of the level"},
+        },
+        "paths": paths,
+        "concurrency": levels,
+        "ratios": ratios,
+        "scaling": scaling,
+        "ttft_added_ms": ttft_added,
+        "goals": goals,
+        "meets_goals": verdict,
+        "rss": mem,
+    }
+
+
+def _meets(value: float | None, goal: float, higher: bool) -> bool | None:
+    if value is None:
+        return None
+    return value >= goal if higher else value <= goal
+
+
+def _f(v, fmt: str, none: str = "-") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def _ok(v: bool | None) -> str:
+    return {True: "ok", False: "MISS", None: "?"}[v]
+
+
+def render(res: dict) -> str:
+    m, p = res["meta"], res["paths"]
+    lines = [
+        "",
+        f"QuantLab serving benchmark · {m['backend']} · {m['model']['name']} ({m['model']['quantization']}) · greedy",
+        f"{len(m['prompts'])} prompts · {m['requests_per_path']} requests/path (+1 warm-up) · max {m['max_tokens']} tokens"
+        f" · n_threads={m['n_threads']} · load avg {_f(m['load_avg_1m'], '.2f')} · {m['duration_s']:.0f} s",
+        "",
+        f"{'path':<28}{'reqs':>5}{'tok/req':>9}{'TTFT p50':>10}{'TTFT mean':>11}{'TPOT p50':>10}"
+        f"{'decode tok/s':>14}{'server TTFT':>13}{'same text':>11}",
+    ]
+    for key in PATHS:
+        s = p[key]
+        same = "-" if key == "raw" else f"{s['same_text_as_raw']}/{s['requests']}"
+        lines.append(f"{PATH_LABELS[key]:<28}{s['requests']:>5}{s['tokens_mean']:>9.1f}{_f(s['ttft_ms_p50'], '.1f'):>8} ms"
+                     f"{_f(s['ttft_ms_mean'], '.1f'):>8} ms{_f(s['tpot_ms_p50'], '.2f'):>7} ms"
+                     f"{_f(s['decode_tok_s'], '.1f'):>14}{_f(s['server_ttft_ms_p50'], '.1f'):>10} ms{same:>11}")
+    r, t, v, g = res["ratios"], res["ttft_added_ms"], res["meets_goals"], res["goals"]
+    lines += [
+        "(client-side; decode tok/s = median over requests of (tokens - 1) / (latency - TTFT); "
+        "server TTFT = the app's own measurement)",
+        "",
+        f"{'ratio (same run)':<36}{'measured':>10}{'goal':>10}{'':>6}  to beat (DESIGN.md section 5)",
+        f"{'app /chat tok/s / raw':<36}{_f(r['app_gradio_tok_s_vs_raw'], '.3f'):>10}{'>= ' + str(GOAL_TOK_S_RATIO):>10}"
+        f"{_ok(v['app_gradio_tok_s']):>6}  {REFERENCE['app_gradio']}",
+        f"{'app /v1 tok/s / raw':<36}{_f(r['app_v1_tok_s_vs_raw'], '.3f'):>10}{'>= ' + str(GOAL_TOK_S_RATIO):>10}"
+        f"{_ok(v['app_v1_tok_s']):>6}  {REFERENCE['app_v1']}",
+        f"{'app /chat TTFT added (p50, ms)':<36}{_f(t['app_gradio_ms'], '+.1f'):>10}{'<= ' + str(int(GOAL_TTFT_ADDED_MS)):>10}"
+        f"{_ok(v['app_gradio_ttft']):>6}",
+        f"{'app /v1 TTFT added (p50, ms)':<36}{_f(t['app_v1_ms'], '+.1f'):>10}{'<= ' + str(int(GOAL_TTFT_ADDED_MS)):>10}"
+        f"{_ok(v['app_v1_ttft']):>6}",
+    ]
+    for n, sc in res["scaling"].items():
+        if n == "1":
+            continue
+        goal = g["scaling_min"].get(n)
+        lines.append(f"{'/v1 scaling, ' + n + ' clients vs 1':<36}{_f(sc, '.2f') + 'x':>10}"
+                     f"{('>= ' + str(goal) + 'x') if goal else '-':>10}{_ok(v.get('scaling_' + n)) if goal else '':>6}")
+    lines += [
+        "",
+        f"/v1 concurrency sweep (streaming clients; TPOT = (latency - TTFT)/(tokens - 1))",
+        f"{'clients':>7}{'reqs':>6}{'errors':>7}{'agg tok/s':>11}{'scaling':>9}{'TTFT p50':>11}{'TTFT p99':>11}"
+        f"{'TPOT p50':>11}{'TPOT p99':>11}",
+    ]
+    for lv in res["concurrency"]:
+        lines.append(f"{lv['clients']:>7}{lv['requests']:>6}{len(lv['errors']):>7}{_f(lv['aggregate_tok_s'], '.1f'):>11}"
+                     f"{_f(lv['scaling_vs_1'], '.2f') + 'x':>9}{_f(lv['ttft_ms_p50'], '.0f'):>8} ms"
+                     f"{_f(lv['ttft_ms_p99'], '.0f'):>8} ms{_f(lv['tpot_ms_p50'], '.1f'):>8} ms"
+                     f"{_f(lv['tpot_ms_p99'], '.1f'):>8} ms")
+    if m["backend"] == "llamacpp" and m["n_threads"] >= (m["cpu_count"] or 0):
+        lines += ["", f"note: n_threads={m['n_threads']} = all {m['cpu_count']} CPUs: the app's own threads (event loop, "
+                      "SSE, this in-process client) compete with llama.cpp's; compare with --threads "
+                      f"{max(1, (m['cpu_count'] or 2) - 1)}."]
+    mem = res["rss"]
+    snaps = " -> ".join(f"{k} {v:.0f}" for k, v in mem["rss_mib"].items())
+    lines += [
+        "",
+        f"RSS (MiB): {snaps}; peak {mem['peak_mib']:.0f}; growth over the run {mem['growth_run_mib']:+.1f}, "
+        f"while serving (warm app -> end of sweep) {mem['growth_serving_mib']:+.1f}",
+    ]
+    if "plot" in res:
+        lines.append(f"results: {res['out']} · plot: {res['plot']}")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = res["concurrency"]
+    xs = [lv["clients"] for lv in levels]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(xs, [lv["aggregate_tok_s"] or 0 for lv in levels], "o-", label="app /v1 aggregate")
+    raw = res["paths"]["raw"]["output_tok_s"]
+    if raw:
+        ax1.axhline(raw, color="grey", ls=":", label="raw engine, 1 stream (tokens / latency)")
+    base = levels[0]["aggregate_tok_s"] if levels else None
+    if base and len(xs) > 1:
+        ax1.plot(xs, [base * x / xs[0] for x in xs], "--", color="lightgrey", label="linear scaling")
+    for n, goal in res["goals"]["scaling_min"].items():
+        if base and int(n) in xs:
+            ax1.plot([int(n)], [base * goal], "r*", ms=10, label=f"goal {goal}x at {n}")
+    ax1.set(xlabel="concurrent streaming clients", ylabel="output tokens/s", title="Throughput vs concurrency")
+    ax1.set_xticks(xs)
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.plot(xs, [lv["ttft_ms_p50"] or 0 for lv in levels], "o-", label="TTFT p50")
+    ax2.plot(xs, [lv["ttft_ms_p99"] or 0 for lv in levels], "s--", alpha=0.6, label="TTFT p99")
+    ax2.set(xlabel="concurrent streaming clients", ylabel="ms", title="Time to first token vs concurrency")
+    ax2.set_xticks(xs)
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    m = res["meta"]
+    fig.suptitle(f"QuantLab /v1 · {m['backend']} · {m['model']['name']} · max {m['max_tokens']} tokens", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=("llamacpp", "transformers"), default="llamacpp")
+    ap.add_argument("--model", default=None,
+                    help="llamacpp: a GGUF file; transformers: a checkpoint folder (default: the embedded SmolLM2 model)")
+    ap.add_argument("--requests", type=int, default=None, help="measured requests per path (default 5; --short: 2)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per reply (default 128; --short: 32)")
+    ap.add_argument("--concurrency", default=None, help="comma-separated client counts (default 1,4,8; --full adds 16; --short: 1,2)")
+    ap.add_argument("--short", action="store_true", help="CI smoke mode: 2 requests, 32 tokens, concurrency 1,2")
+    ap.add_argument("--full", action="store_true", help="add 16 clients to the default sweep")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads, raw and app alike (default: physical cores, as the app)")
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default="bf16", help="transformers: weights dtype (raw and app)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"),
+                    help="JSON results; the PNG plot goes beside it with the same stem")
+    args = ap.parse_args(argv)
+    args.requests = args.requests if args.requests is not None else (2 if args.short else 5)
+    args.max_tokens = args.max_tokens if args.max_tokens is not None else (32 if args.short else 128)
+    if args.concurrency is None:
+        args.concurrency = "1,2" if args.short else ("1,4,8,16" if args.full else "1,4,8")
+    try:
+        levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
+    except ValueError:
+        ap.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
+    if not levels or levels[0] < 1:
+        ap.error("--concurrency needs client counts >= 1")
+    if args.requests < 1 or args.max_tokens < 2:
+        ap.error("--requests must be >= 1 and --max-tokens >= 2 (TPOT needs two tokens)")
+    args.concurrency_levels = levels
+    if args.threads is None:
+        from backends.llamacpp import physical_cores
+
+        args.threads = physical_cores()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    started = time.time()
+    rss = RssSampler().start()
+    rss.mark("start")
+    order = schedule(args.requests)
+    try:
+        raw_samples, raw_info = run_raw(args, order, rss)  # the raw engine is closed before the app starts
+        rss.mark("raw_closed")
+        app = run_app(args, order, rss)
+        rss.mark("end")
+    finally:
+        rss.stop()
+    res = build_results(args, raw_samples, raw_info, app, rss, started)
+    plot(res, png)
+    res["plot"], res["out"] = str(png), str(out)
+    out.write_text(json.dumps(res, indent=2, default=_json_default))
+    print(render(res), flush=True)
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The quality meter: perplexity, KL divergence and top-1 agreement against a reference, computed on
+the SAME token ids for every variant, across both backends.
+
+The reference's log-probabilities are written once to a memory-mapped file, so variants are loaded
+one at a time and compared position by position without holding two models or two logit sets in RAM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backends.errors import InvalidRequest
+
+# Modules whose docstrings make the default evaluation text: English prose about code, shipped with
+# every Python, so the meter needs no download. Fixed order: the same text on every machine.
+STDLIB_MODULES = ("json", "collections", "functools", "itertools", "pathlib", "argparse", "logging", "textwrap",
+                  "dataclasses", "contextlib", "heapq", "bisect", "statistics", "fractions", "decimal", "string",
+                  "shutil", "tempfile", "csv", "datetime")
+
+
+def stdlib_text(max_chars: int = 200_000) -> str:
+    parts: list[str] = []
+    for name in STDLIB_MODULES:
+        mod = importlib.import_module(name)
+        if mod.__doc__:
+            parts.append(inspect.cleandoc(mod.__doc__))
+        for attr in sorted(dir(mod)):
+            if attr.startswith("_"):
+                continue
+            obj = getattr(mod, attr)
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == name:
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 80:
+                    parts.append(doc)
+        if sum(map(len, parts)) > max_chars:
+            break
+    return "\n\n".join(parts)[:max_chars]
+
+
+def load_text(path: str | None) -> str:
+    if not path:
+        return stdlib_text()
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidRequest(f"No evaluation text at {path!r}.", "text")
+    return p.read_text(encoding="utf-8", errors="replace")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=-1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class QualityRow:
+    variant: str
+    backend: str
+    quantization: str
+    ppl: float
+    kld_mean: float
+    kld_p99: float
+    top1_agreement: float
+    tokens: int
+    footprint_mib: float
+    eval_tokens_per_s: float
+    decode_tokens_per_s: float | None = None
+    is_reference: bool = False
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+class Reference:
+    """The reference's next-token log-probs at every scored position, on disk (float32 memmap),
+    allocated on the first write (when the vocabulary size is known)."""
+
+    def __init__(self, directory: Path | None = None):
+        self._dir = directory
+        self._file = None
+        self.logp: np.ndarray | None = None
+
+    def write(self, pos: int, lp: np.ndarray, total: int) -> None:
+        if self.logp is None:
+            self._file = tempfile.NamedTemporaryFile(dir=self._dir, prefix="quantlab-ref-", suffix=".f32")  # noqa: SIM115
+            self.logp = np.memmap(self._file.name, dtype=np.float32, mode="w+", shape=(total, lp.shape[1]))
+        self.logp[pos:pos + len(lp)] = lp
+
+    def close(self) -> None:
+        self.logp = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def windows_of(token_ids: Sequence[int], window: int, max_tokens: int) -> list[list[int]]:
+    ids = list(token_ids)[:max_tokens]
+    if window < 16:
+        raise InvalidRequest("The window must be at least 16 tokens.", "window")
+    if len(ids) < window:
+        raise InvalidRequest(f"The evaluation text is {len(ids)} tokens long; one window needs {window}. "
+                             "Give a longer text or a smaller window.", "text")
+    return [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
+
+
+def score(logits_fn: Callable[[list[int]], np.ndarray], windows: list[list[int]], ref: Reference,
+          build_reference: bool = False, progress: Callable[[float], None] = lambda f: None) -> dict:
+    """Perplexity of ``logits_fn`` over ``windows`` and, against ``ref``, KL divergence (mean, p99)
+    and top-1 agreement. With ``build_reference`` the log-probs are written into ``ref`` instead."""
+    import time
+
+    total = sum(len(w) - 1 for w in windows)
+    nll, klds, agree, pos = [], [], 0, 0
+    t0 = time.perf_counter()
+    for wi, w in enumerate(windows):
+        logits = np.asarray(logits_fn(w), dtype=np.float32)
+        if logits.shape[0] < len(w):
+            raise InvalidRequest("The backend returned fewer logits than tokens.")
+        lp = log_softmax(logits[: len(w) - 1])
+        targets = np.asarray(w[1:])
+        nll.append(-lp[np.arange(len(targets)), targets])
+        if build_reference:
+            ref.write(pos, lp, total)
+        else:
+            vocab = min(ref.logp.shape[1], lp.shape[1])
+            rp = np.asarray(ref.logp[pos:pos + len(targets), :vocab])
+            lpv = lp[:, :vocab]
+            klds.append(np.clip((np.exp(rp) * (rp - lpv)).sum(axis=1), 0.0, None))
+            agree += int((rp.argmax(axis=1) == lpv.argmax(axis=1)).sum())
+        pos += len(targets)
+        progress((wi + 1) / len(windows))
+    elapsed = time.perf_counter() - t0
+    all_nll = np.concatenate(nll)
+    out = {"ppl": float(np.exp(all_nll.mean())), "tokens": int(all_nll.size),
+           "eval_tokens_per_s": sum(map(len, windows)) / elapsed}
+    if not build_reference:
+        k = np.concatenate(klds)
+        out.update(kld_mean=float(k.mean()), kld_p99=float(np.percentile(k, 99)), top1_agreement=agree / pos)
+    return out
