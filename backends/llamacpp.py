@@ -156,6 +156,7 @@ class LlamaCppBackend(Backend):
                     "shorten the message, clear the chat, or load the model with a larger context."
                 )
             budget = min(params.max_new_tokens, n_ctx - n_prompt)
+            yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
             llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
             vocab = llm._model.vocab
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

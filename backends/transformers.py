@@ -268,6 +268,7 @@ class TransformersBackend(Backend):
                 q.put(_Failed(exc))
                 q.put(_END)
 
+        yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
         with self._lock:
             worker = threading.Thread(target=run, name="hf-generate", daemon=True)
             worker.start()

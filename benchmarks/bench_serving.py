@@ -30,6 +30,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -146,14 +147,14 @@ def summarize(samples: list[Sample]) -> dict:
 
 
 class RssSampler:
-    """Process RSS: named snapshots plus the peak, sampled in a background thread."""
+    """A process's RSS (this one by default): named snapshots plus the peak, sampled in a thread."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, pid: int | None = None, interval: float = 0.2, snapshots: dict | None = None):
         import psutil
 
-        self._proc = psutil.Process()
+        self._proc = psutil.Process(pid)
         self.interval = interval
-        self.snapshots: dict[str, int] = {}
+        self.snapshots: dict[str, int] = {} if snapshots is None else snapshots
         self.peak = self.rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -163,7 +164,10 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.rss())
+            try:
+                self.peak = max(self.peak, self.rss())
+            except Exception:  # noqa: BLE001 - the watched process ended
+                return
 
     def start(self) -> RssSampler:
         self._thread.start()
@@ -328,6 +332,15 @@ class AppServer:
             time.sleep(0.05)
         return self
 
+    def load(self, spec) -> dict:
+        info = self.manager.load(spec)
+        return {"name": info.name, "backend": info.backend, "quantization": info.quantization,
+                "device": info.device, "details": info.details}
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
@@ -335,6 +348,70 @@ class AppServer:
             self.manager.unload()
         except Exception:  # noqa: BLE001 - best effort at the end of a benchmark
             pass
+
+
+class AppSubprocess:
+    """``python app.py`` in its own process (--app-mode subprocess): the clients of this benchmark then
+    share no GIL with the server, as in a deployment. The model is the one the command line names."""
+
+    def __init__(self, args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                    "--request-log", "", "--n-ctx", str(args.n_ctx), "--backend", args.backend,
+                    "--model", args.model or "embedded"]
+        if args.backend == "llamacpp":
+            self.cmd += ["--n-threads", str(args.threads)]
+        else:
+            self.cmd += ["--quantization", args.dtype]
+        self.proc = None
+        self._log = None
+
+    def __enter__(self) -> AppSubprocess:
+        import tempfile
+
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def load(self, spec) -> dict:
+        """Wait for /health to say ready (the app loads --model in the background at start)."""
+        import httpx
+
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self._tail()}")
+            try:
+                r = httpx.get(f"{self.url}/health", timeout=5)
+                body = r.json()
+                if r.status_code == 200:
+                    m = body["model"]
+                    return {k: m.get(k) for k in ("name", "backend", "quantization", "device", "details")}
+                if body.get("last_error"):
+                    raise RuntimeError(f"the app could not load the model: {body['last_error']}")
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the app was not ready within 600 s:\n{self._tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _tail(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-3000:]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # app.py drains and exits 0 on SIGTERM
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
 
 
 def gradio_request(client, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
@@ -488,13 +565,20 @@ def run_app(args, order: list[int], rss: RssSampler) -> dict:
     from gradio_client import Client
 
     out: dict = {}
-    log("APP: starting create_app() under uvicorn in a thread")
-    with AppServer(args.n_ctx, args.threads if args.backend == "llamacpp" else None) as srv:
-        info = srv.manager.load(app_spec(args))
-        out["model"] = {"name": info.name, "backend": info.backend, "quantization": info.quantization,
-                        "device": info.device, "details": info.details}
-        log(f"APP: loaded {info.name} ({info.backend}, {info.quantization}) at {srv.url}")
-        rss.mark("app_loaded")
+    if args.app_mode == "inprocess":
+        log("APP: starting create_app() under uvicorn in a thread of this process")
+        server = AppServer(args.n_ctx, args.threads if args.backend == "llamacpp" else None)
+    else:
+        server = AppSubprocess(args)
+        log(f"APP: starting {' '.join(server.cmd[1:])}")
+    with server as srv:
+        out["model"] = info = srv.load(app_spec(args))
+        log(f"APP: loaded {info['name']} ({info['backend']}, {info['quantization']}) at {srv.url}")
+        app_rss = rss
+        if args.app_mode == "subprocess":  # the app's memory is the server process's
+            app_rss = RssSampler(srv.pid, snapshots=rss.snapshots).start()
+        out["app_rss"] = app_rss
+        app_rss.mark("app_loaded")
 
         client = Client(srv.url, verbose=False)
         try:
@@ -511,7 +595,7 @@ def run_app(args, order: list[int], rss: RssSampler) -> dict:
         oai = openai_client(srv.url)
         try:
             v1_request(oai, "default", -1, WARMUP_PROMPT, args.max_tokens)
-            rss.mark("app_warm")
+            app_rss.mark("app_warm")
             samples = []
             for i, idx in enumerate(order):
                 s = v1_request(oai, "default", idx, PROMPTS[idx], args.max_tokens)
@@ -530,7 +614,9 @@ def run_app(args, order: list[int], rss: RssSampler) -> dict:
                 f"{level['ttft_ms_p50'] or 0:.0f} ms, {len(level['errors'])} errors")
             levels.append(level)
         out["concurrency"] = levels
-        rss.mark("app_done")
+        app_rss.mark("app_done")
+        if app_rss is not rss:
+            app_rss.stop()
     return out
 
 
@@ -576,9 +662,13 @@ def build_results(args, raw_samples, raw_info, app, rss: RssSampler, started: fl
         if n in scaling:
             verdict[f"scaling_{n}"] = _meets(scaling[n], goal, higher=True)
     snaps = rss.snapshots
+    app_rss = app["app_rss"]
     mem = {
+        # app_* snapshots are the process that runs the app: this one, or the server subprocess
+        "app_process": "this process" if app_rss is rss else f"server subprocess (pid {app_rss._proc.pid})",
         "rss_mib": {k: round(v / 2**20, 1) for k, v in snaps.items()},
         "peak_mib": round(rss.peak / 2**20, 1),
+        "app_peak_mib": round(app_rss.peak / 2**20, 1),
         "growth_run_mib": round((snaps["end"] - snaps["start"]) / 2**20, 1),
         # After the app is loaded and warm: what serving requests added (a leak shows here).
         "growth_serving_mib": round((snaps["app_done"] - snaps["app_warm"]) / 2**20, 1),
@@ -587,7 +677,8 @@ def build_results(args, raw_samples, raw_info, app, rss: RssSampler, started: fl
 
     return {
         "meta": {
-            "backend": args.backend, "model": app["model"], "n_ctx": args.n_ctx, "n_threads": args.threads,
+            "backend": args.backend, "app_mode": args.app_mode, "model": app["model"], "n_ctx": args.n_ctx,
+            "n_threads": args.threads if args.backend == "llamacpp" else _torch_threads(),
             "dtype": args.dtype if args.backend == "transformers" else None,
             "requests_per_path": args.requests, "max_tokens": args.max_tokens, "concurrency": args.concurrency_levels,
             "short": args.short, "prompts": list(PROMPTS), "system_prompt": SYSTEM_PROMPT, "decoding": "greedy",
@@ -611,6 +702,15 @@ def build_results(args, raw_samples, raw_info, app, rss: RssSampler, started: fl
     }
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
+
+
 def _meets(value: float | None, goal: float, higher: bool) -> bool | None:
     if value is None:
         return None
@@ -631,7 +731,7 @@ def render(res: dict) -> str:
         "",
         f"QuantLab serving benchmark · {m['backend']} · {m['model']['name']} ({m['model']['quantization']}) · greedy",
         f"{len(m['prompts'])} prompts · {m['requests_per_path']} requests/path (+1 warm-up) · max {m['max_tokens']} tokens"
-        f" · n_threads={m['n_threads']} · load avg {_f(m['load_avg_1m'], '.2f')} · {m['duration_s']:.0f} s",
+        f" · app {m['app_mode']} · n_threads={m['n_threads']} · load avg {_f(m['load_avg_1m'], '.2f')} · {m['duration_s']:.0f} s",
         "",
         f"{'path':<28}{'reqs':>5}{'tok/req':>9}{'TTFT p50':>10}{'TTFT mean':>11}{'TPOT p50':>10}"
         f"{'decode tok/s':>14}{'server TTFT':>13}{'same text':>11}",
@@ -643,15 +743,16 @@ def render(res: dict) -> str:
                      f"{_f(s['ttft_ms_mean'], '.1f'):>8} ms{_f(s['tpot_ms_p50'], '.2f'):>7} ms"
                      f"{_f(s['decode_tok_s'], '.1f'):>14}{_f(s['server_ttft_ms_p50'], '.1f'):>10} ms{same:>11}")
     r, t, v, g = res["ratios"], res["ttft_added_ms"], res["meets_goals"], res["goals"]
+    ref = REFERENCE if m["backend"] == "llamacpp" else {"app_gradio": "", "app_v1": ""}  # llama.cpp figures only
     lines += [
         "(client-side; decode tok/s = median over requests of (tokens - 1) / (latency - TTFT); "
         "server TTFT = the app's own measurement)",
         "",
         f"{'ratio (same run)':<36}{'measured':>10}{'goal':>10}{'':>6}  to beat (DESIGN.md section 5)",
         f"{'app /chat tok/s / raw':<36}{_f(r['app_gradio_tok_s_vs_raw'], '.3f'):>10}{'>= ' + str(GOAL_TOK_S_RATIO):>10}"
-        f"{_ok(v['app_gradio_tok_s']):>6}  {REFERENCE['app_gradio']}",
+        f"{_ok(v['app_gradio_tok_s']):>6}  {ref['app_gradio']}",
         f"{'app /v1 tok/s / raw':<36}{_f(r['app_v1_tok_s_vs_raw'], '.3f'):>10}{'>= ' + str(GOAL_TOK_S_RATIO):>10}"
-        f"{_ok(v['app_v1_tok_s']):>6}  {REFERENCE['app_v1']}",
+        f"{_ok(v['app_v1_tok_s']):>6}  {ref['app_v1']}",
         f"{'app /chat TTFT added (p50, ms)':<36}{_f(t['app_gradio_ms'], '+.1f'):>10}{'<= ' + str(int(GOAL_TTFT_ADDED_MS)):>10}"
         f"{_ok(v['app_gradio_ttft']):>6}",
         f"{'app /v1 TTFT added (p50, ms)':<36}{_f(t['app_v1_ms'], '+.1f'):>10}{'<= ' + str(int(GOAL_TTFT_ADDED_MS)):>10}"
@@ -675,16 +776,24 @@ def render(res: dict) -> str:
                      f"{_f(lv['ttft_ms_p99'], '.0f'):>8} ms{_f(lv['tpot_ms_p50'], '.1f'):>8} ms"
                      f"{_f(lv['tpot_ms_p99'], '.1f'):>8} ms")
     if m["backend"] == "llamacpp" and m["n_threads"] >= (m["cpu_count"] or 0):
-        lines += ["", f"note: n_threads={m['n_threads']} = all {m['cpu_count']} CPUs: the app's own threads (event loop, "
-                      "SSE, this in-process client) compete with llama.cpp's; compare with --threads "
-                      f"{max(1, (m['cpu_count'] or 2) - 1)}."]
+        who = "SSE, the clients in this process" if m["app_mode"] == "inprocess" else "SSE; the client process"
+        lines += ["", f"note: n_threads={m['n_threads']} = all {m['cpu_count']} CPUs: the app's own work (event loop, "
+                      f"{who}) competes with llama.cpp's threads; compare with --threads "
+                      f"{max(1, (m['cpu_count'] or 2) - 1)}" + (" and --app-mode subprocess." if m["app_mode"] == "inprocess" else ".")]
     mem = res["rss"]
-    snaps = " -> ".join(f"{k} {v:.0f}" for k, v in mem["rss_mib"].items())
-    lines += [
-        "",
-        f"RSS (MiB): {snaps}; peak {mem['peak_mib']:.0f}; growth over the run {mem['growth_run_mib']:+.1f}, "
-        f"while serving (warm app -> end of sweep) {mem['growth_serving_mib']:+.1f}",
-    ]
+    mib = mem["rss_mib"]
+    if mem["app_process"] == "this process":
+        lines += ["", "RSS (MiB): " + " -> ".join(f"{k} {v:.0f}" for k, v in mib.items())
+                  + f"; peak {mem['peak_mib']:.0f}"]
+    else:
+        lines += ["", "RSS (MiB), this process: " + " -> ".join(f"{k} {v:.0f}" for k, v in mib.items()
+                                                             if not k.startswith("app_"))
+                  + f"; peak {mem['peak_mib']:.0f}",
+                  f"RSS (MiB), {mem['app_process']}: " + " -> ".join(f"{k} {v:.0f}" for k, v in mib.items()
+                                                                   if k.startswith("app_"))
+                  + f"; peak {mem['app_peak_mib']:.0f}"]
+    lines.append(f"RSS growth: over the run (this process) {mem['growth_run_mib']:+.1f} MiB; while serving "
+                 f"(warm app -> end of sweep) {mem['growth_serving_mib']:+.1f} MiB")
     if "plot" in res:
         lines.append(f"results: {res['out']} · plot: {res['plot']}")
     return "\n".join(lines)
@@ -742,6 +851,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="add 16 clients to the default sweep")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads, raw and app alike (default: physical cores, as the app)")
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--app-mode", choices=("inprocess", "subprocess"), default="inprocess",
+                    help="inprocess: create_app() under uvicorn in a thread here (default); subprocess: "
+                         "`python app.py` in its own process, so the clients share no GIL with the server")
     ap.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default="bf16", help="transformers: weights dtype (raw and app)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving.json"),
                     help="JSON results; the PNG plot goes beside it with the same stem")

@@ -7,6 +7,7 @@ waits behind a long reply.
 
 import gradio as gr
 
+from backends.zerogpu import gpu_task
 from ui.chat import build_chat
 from ui.edge import client_of, gradio_errors
 from ui.handlers import Handlers
@@ -14,25 +15,38 @@ from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
 from ui.monitor import build_monitor
 
-GENERATE_SLOTS = 1  # llama.cpp and transformers backends run one generation at a time today
+GENERATE_SLOTS = 1
+
+
+def badge_text(status: dict) -> str:
+    m = status.get("model")
+    if m:
+        return f"Serving **{m['name']}** · {m['backend']} · {m['quantization']} · {m['device']}"
+    return "Loading a model…" if status.get("loading") else "No model loaded: open the Model tab"  # llama.cpp and transformers backends run one generation at a time today
 
 
 def build_blocks(h: Handlers, settings) -> gr.Blocks:
     with gr.Blocks(title="QuantLab", analytics_enabled=False) as blocks:
-        gr.Markdown("## QuantLab · serve, monitor and compare quantized LLMs")
+        with gr.Row():
+            gr.Markdown("## QuantLab · serve, monitor and compare quantized LLMs")
+            badge = gr.Markdown(elem_id="model-badge")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat") as chat_tab:
-                build_chat(h)
+                chat_section = build_chat(h)
             with gr.Tab("Model", id="model") as model_tab:
                 refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization,
-                                                            settings.api_base)
+                                                            settings.api_base, badge, badge_text)
             with gr.Tab("Monitor", id="monitor") as monitor_tab:
                 timer, refresh_monitor, monitor_outputs = build_monitor(h)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 build_compare(h)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 build_evaluate(h)
-        blocks.load(refresh_model, None, model_outputs, api_visibility="private")
+        blocks.load(refresh_model, None, model_outputs, api_visibility="private", queue=False)
+        # Restore the saved conversation, unless the user already started one in this page.
+        blocks.load(lambda saved, current: gr.skip() if current else (saved or []),
+                    [chat_section.saved, chat_section.chatbot], chat_section.chatbot, api_visibility="private",
+                    queue=False)
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")
@@ -48,7 +62,7 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
                               repetition_penalty, seed, endpoint="chat", client=client_of(request))
 
-        gr.api(chat, api_name="chat", concurrency_id="generate", concurrency_limit=GENERATE_SLOTS)
+        gr.api(gpu_task(chat), api_name="chat", concurrency_id="generate", concurrency_limit=GENERATE_SLOTS)
 
         def status() -> dict:
             """The loaded model and the loading state (the same body as GET /health)."""
@@ -70,7 +84,7 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             Yields one {variant, text, done, stats, footprint_mib} per variant."""
             yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
 
-        gr.api(compare, api_name="compare", concurrency_id="lab", concurrency_limit=1)
+        gr.api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
 
         @gradio_errors
         def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
@@ -79,6 +93,6 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs)."""
             return h.evaluate(variants, text_path, max_tokens, model, reference, window)
 
-        gr.api(evaluate, api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
+        gr.api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)
     return blocks

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from backends.base import MAX_NEW_TOKENS_LIMIT
 from ui.edge import client_of, gradio_errors
-from ui.handlers import Handlers, text_of
+from backends.errors import InvalidRequest
+from backends.zerogpu import gpu_task
+from ui.handlers import Handlers, normalize_history, text_of
 
 
 @dataclass
@@ -21,6 +26,7 @@ class ChatSection:
     clear: gr.Button
     stats: gr.Markdown
     params: list  # system prompt + sampling components, in /chat's order
+    saved: gr.BrowserState
 
 
 def format_stats(stats: dict) -> str:
@@ -41,6 +47,9 @@ def format_stats(stats: dict) -> str:
 
 
 STATS_TITLE_MARK = "Stats:"
+EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],
+            ["Write a Python function that checks whether a string is a palindrome."],
+            ["Give me three ideas for a weekend project with a Raspberry Pi."]]
 
 
 def stats_message(stats: dict) -> dict:
@@ -65,7 +74,11 @@ def build_chat(h: Handlers) -> ChatSection:
             with gr.Row():
                 regenerate = gr.Button("Regenerate", size="sm", elem_id="regenerate")
                 clear = gr.Button("Clear", size="sm", elem_id="clear")
+                export = gr.DownloadButton("Export JSON", size="sm", elem_id="export")
+                import_ = gr.UploadButton("Import JSON", size="sm", file_types=[".json"], type="filepath",
+                                          elem_id="import")
             stats = gr.Markdown(elem_id="chat-stats")
+            gr.Examples(EXAMPLES, inputs=message, label="Try")
         with gr.Column(scale=2, min_width=260):
             system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
             max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=512, step=1, label="Max new tokens")
@@ -82,6 +95,7 @@ def build_chat(h: Handlers) -> ChatSection:
             raise gr.Error("The message is empty: type something to send.")
         return "", (history or []) + [{"role": "user", "content": text}]
 
+    @gpu_task
     @gradio_errors
     def bot_turn(history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
                  request: gr.Request):
@@ -113,5 +127,37 @@ def build_chat(h: Handlers) -> ChatSection:
     regen = regenerate.click(drop_last_reply, chatbot, chatbot, **private).then(
         bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
     stop.click(None, None, None, cancels=[submit, click, regen], **private)
-    clear.click(lambda: ([], ""), None, [chatbot, stats], cancels=[submit, click, regen], **private)
-    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params)
+    clear_ev = clear.click(lambda: ([], ""), None, [chatbot, stats], cancels=[submit, click, regen], **private)
+
+    # The conversation survives page reloads (kept in the browser's localStorage, never on the server)
+    # and can be exported: both are refreshed once per finished turn, not on every streamed token.
+    saved = gr.BrowserState([], storage_key="quantlab-chat")
+
+    def persist(history):
+        history = list(history or [])
+        path = Path(tempfile.mkdtemp(prefix="quantlab-chat-")) / "conversation.json"
+        path.write_text(json.dumps(conversation_of(history), ensure_ascii=False, indent=2))
+        return history, str(path)
+
+    for ev in (submit, click, regen):
+        ev.then(persist, chatbot, [saved, export], **private)
+    stop.click(persist, chatbot, [saved, export], **private)
+    clear_ev.then(persist, chatbot, [saved, export], **private)
+    import_.upload(gradio_errors(import_history), import_, chatbot, **private).then(
+        persist, chatbot, [saved, export], **private)
+    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved)
+
+
+def conversation_of(history) -> list[dict]:
+    """The exportable conversation: plain {role, content} messages, without UI annotations."""
+    return [{"role": m.role, "content": m.content} for m in normalize_history(history)]
+
+
+def import_history(path: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"That file is not a JSON conversation ({type(exc).__name__}).") from exc
+    if isinstance(data, dict):
+        data = data.get("messages", data.get("history"))
+    return [{"role": m.role, "content": m.content} for m in normalize_history(data)]

@@ -25,7 +25,7 @@ def describe(status: dict) -> str:
 
 
 def build_model(h: Handlers, default_model: str, default_backend: str, default_quant: str | None,
-                default_api_base: str | None = None):
+                default_api_base: str | None = None, badge: gr.Markdown | None = None, badge_text=None):
     status = h.model_status()
     with gr.Row():
         with gr.Column(scale=3):
@@ -39,7 +39,7 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
             with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
                 api_base = gr.Textbox(value=default_api_base or "", label="Base URL",
                                       placeholder="http://vllm-host:8000/v1 (vLLM, TGI, llama.cpp server)")
-                api_key = gr.Textbox(label="API key", type="password", placeholder="optional")
+                api_key = gr.Textbox(value="", label="API key", type="password", placeholder="optional")
             with gr.Row():
                 load = gr.Button("Load", variant="primary", elem_id="load")
                 unload = gr.Button("Unload", elem_id="unload")
@@ -67,11 +67,12 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
 
     def refresh():
         s = h.model_status()
-        return describe(s), s
+        return (describe(s), s, badge_text(s)) if badge is not None else (describe(s), s)
 
     ev = load.click(load_model, [model, backend, quant, api_base, api_key], progress_text, api_name="load_model",
                     concurrency_id="load", concurrency_limit=1)
-    ev.then(refresh, None, [current, details], api_visibility="private")
+    outputs = [current, details] + ([badge] if badge is not None else [])
+    ev.then(refresh, None, outputs, api_visibility="private")
     uev = unload.click(unload_model, None, progress_text, api_name="unload_model", concurrency_id="load")
-    uev.then(refresh, None, [current, details], api_visibility="private")
-    return refresh, [current, details]
+    uev.then(refresh, None, outputs, api_visibility="private")
+    return refresh, outputs

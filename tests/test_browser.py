@@ -1,0 +1,114 @@
+"""End to end in a real headless Chromium (Debian's package, driven by Playwright): what a person
+does in the UI. Screenshots go to $QUANTLAB_SCREENSHOTS (the README's come from here) or a tmp dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.base import ModelSpec
+from tests.conftest import LiveServer, make_settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def app_url(cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir, request_log="")) as srv:
+        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 960})
+        pg.set_default_timeout(60_000)
+        pg.goto(app_url)
+        pg.wait_for_selector("#message textarea")
+        pg.wait_for_selector("#model-badge :text('Serving')")  # the page's load events have run
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("QUANTLAB_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+REPLY_JS = "(document.querySelector('#chatbot .bot .message-content')?.innerText || '').replace('Loading content', '')"
+
+
+def bot_text(page) -> str:
+    """The first reply's own text (not its stats line)."""
+    replies = page.locator("#chatbot .bot .message-content")
+    text = replies.first.inner_text() if replies.count() else ""
+    return "" if text == "Loading content" else text  # Gradio's placeholder before the first token
+
+
+def test_send_see_the_reply_grow_and_stop(page, shots):
+    page.fill("#message textarea", "Count from 1 to 200, separated by commas.")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => {REPLY_JS}.length > 5")
+    lengths = []
+    for _ in range(6):
+        lengths.append(len(bot_text(page)))
+        time.sleep(0.25)
+    assert lengths[-1] > lengths[0], f"the reply does not grow while streaming: {lengths} {bot_text(page)!r}"
+    page.click("#stop")
+    time.sleep(0.8)
+    stopped = len(bot_text(page))
+    time.sleep(1.0)
+    assert len(bot_text(page)) == stopped, "the reply kept growing after Stop"
+    page.screenshot(path=str(shots / "chat.png"))
+
+
+def test_a_normal_chat_shows_its_stats_and_survives_a_reload(page, shots):
+    page.click("#clear")
+    page.fill("#message textarea", "Write a haiku about the sea.")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#chat-stats :text('tok/s')")
+    reply = bot_text(page)
+    assert reply.strip()
+    page.screenshot(path=str(shots / "chat-stats.png"))
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    page.wait_for_selector("#model-badge :text('Serving')")
+    page.wait_for_function(f"() => {REPLY_JS}.length > 0")
+    assert "haiku" in page.locator("#chatbot").inner_text()
+
+
+def test_load_another_quantization_and_see_the_monitor_update_live(page, shots, app_url):
+    page.get_by_role("tab", name="Model").click()
+    quant = page.locator("input[aria-label='Quantization']")
+    quant.fill("Q8_0")
+    quant.press("Enter")
+    page.click("#load")
+    page.wait_for_selector("#model-current :text('Q8_0')", timeout=120_000)
+    assert "Loaded" in page.locator("#load-status textarea").input_value()
+    page.screenshot(path=str(shots / "model.png"))
+    page.get_by_role("tab", name="Monitor").click()
+    page.wait_for_selector("#monitor-figures :text('Q8_0')")
+    figures = page.locator("#monitor-figures").inner_text()
+    assert "RSS" in figures
+    done = int(re.search(r"(\d+) done", figures).group(1))
+    # a request from another client shows up without touching the page: the timer refreshes it
+    httpx.post(app_url + "/v1/chat/completions", timeout=60,
+               json={"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
+    page.wait_for_selector(f"#monitor-figures :text('{done + 1} done')", timeout=10_000)
+    page.screenshot(path=str(shots / "monitor.png"))
