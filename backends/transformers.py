@@ -103,7 +103,7 @@ class TransformersBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def _checkpoint(self, spec: ModelSpec, progress: Progress) -> Path:
-        path = sources.resolve(spec.source)
+        path = sources.resolve(spec.source, gguf_file=spec.gguf_file, progress=sources.scaled(progress, 0.0, 0.1))
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelLoadError(f"{path.name} is not a model: give a checkpoint folder, a GGUF file or a repo id.")

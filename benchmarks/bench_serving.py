@@ -361,7 +361,7 @@ class AppSubprocess:
                     "--request-log", "", "--n-ctx", str(args.n_ctx), "--backend", args.backend,
                     "--model", args.model or "embedded"]
         if args.backend == "llamacpp":
-            self.cmd += ["--n-threads", str(args.threads)]
+            self.cmd += ["--n-threads", str(args.threads), "--parallel", str(args.parallel)]
         else:
             self.cmd += ["--quantization", args.dtype]
         self.proc = None
@@ -557,7 +557,8 @@ def app_spec(args):
 
     source = args.model or "embedded"
     if args.backend == "llamacpp":
-        return ModelSpec(source=source, backend="llamacpp", n_ctx=args.n_ctx, n_threads=args.threads)
+        return ModelSpec(source=source, backend="llamacpp", n_ctx=args.n_ctx, n_threads=args.threads,
+                         parallel=args.parallel)
     return ModelSpec(source=source, backend="transformers", quantization=args.dtype, n_ctx=args.n_ctx)
 
 
@@ -851,6 +852,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="add 16 clients to the default sweep")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads, raw and app alike (default: physical cores, as the app)")
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--parallel", type=int, default=4, help="llama.cpp batch slots in the app (the app's default: 4)")
     ap.add_argument("--app-mode", choices=("inprocess", "subprocess"), default="inprocess",
                     help="inprocess: create_app() under uvicorn in a thread here (default); subprocess: "
                          "`python app.py` in its own process, so the clients share no GIL with the server")

@@ -15,9 +15,6 @@ from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
 from ui.monitor import build_monitor
 
-GENERATE_SLOTS = 1
-
-
 def badge_text(status: dict) -> str:
     m = status.get("model")
     if m:
@@ -26,13 +23,17 @@ def badge_text(status: dict) -> str:
 
 
 def build_blocks(h: Handlers, settings) -> gr.Blocks:
+    # Generations at once = the backend's batch slots (llama.cpp --parallel); the queue holds the rest and
+    # shows each waiting user their position. The manager's per-model semaphore is the real guard, so a
+    # model switched at run time to fewer slots still queues correctly.
+    slots = max(1, settings.parallel)
     with gr.Blocks(title="QuantLab", analytics_enabled=False) as blocks:
         with gr.Row():
             gr.Markdown("## QuantLab · serve, monitor and compare quantized LLMs")
             badge = gr.Markdown(elem_id="model-badge")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat") as chat_tab:
-                chat_section = build_chat(h)
+                chat_section = build_chat(h, slots)
             with gr.Tab("Model", id="model") as model_tab:
                 refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization,
                                                             settings.api_base, badge, badge_text)
@@ -62,7 +63,7 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
                               repetition_penalty, seed, endpoint="chat", client=client_of(request))
 
-        gr.api(gpu_task(chat), api_name="chat", concurrency_id="generate", concurrency_limit=GENERATE_SLOTS)
+        gr.api(gpu_task(chat), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
 
         def status() -> dict:
             """The loaded model and the loading state (the same body as GET /health)."""
@@ -76,6 +77,23 @@ def build_blocks(h: Handlers, settings) -> gr.Blocks:
             return h.stats(last=last)
 
         gr.api(stats, api_name="stats", concurrency_limit=None)
+
+        @gradio_errors
+        def cached_models() -> list[dict]:
+            """Models on disk: Hub repos in the Hugging Face cache (HF_HUB_CACHE / HF_HOME) and the GGUF variants
+            and derived checkpoints in the app's --cache-dir, most recently used first. One
+            {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item."""
+            return h.cached_models()
+
+        gr.api(cached_models, api_name="cached_models", concurrency_limit=None)
+
+        @gradio_errors
+        def delete_cached(item_id: str) -> str:
+            """Delete one cached model by its `id` from /cached_models (hub:org/name, gguf:<folder>, hf:<folder>).
+            Refuses the folder of the loaded model, ids outside the caches, and deletes nothing while a model loads."""
+            return h.delete_cached(item_id)
+
+        gr.api(delete_cached, api_name="delete_cached", concurrency_id="load", concurrency_limit=1)
 
         @gradio_errors
         def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,

@@ -62,7 +62,7 @@ def stats_message(stats: dict) -> dict:
     return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
 
 
-def build_chat(h: Handlers) -> ChatSection:
+def build_chat(h: Handlers, slots: int = 1) -> ChatSection:
     with gr.Row():
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"], elem_id="chatbot")
@@ -119,7 +119,7 @@ def build_chat(h: Handlers) -> ChatSection:
         return history
 
     private = {"api_visibility": "private"}
-    model_bound = {"concurrency_id": "generate", "api_visibility": "private"}
+    model_bound = {"concurrency_id": "generate", "concurrency_limit": slots, "api_visibility": "private"}
     submit = message.submit(add_user_turn, [message, chatbot], [message, chatbot], **private).then(
         bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
     click = send.click(add_user_turn, [message, chatbot], [message, chatbot], **private).then(

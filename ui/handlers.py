@@ -111,8 +111,9 @@ class Handlers:
 
     def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None,
                  limiter: RateLimiter | None = None, stream_interval_s: float = STREAM_INTERVAL_S,
-                 lab: Lab | None = None):
+                 lab: Lab | None = None, spec_defaults: dict | None = None):
         self.manager = manager
+        self.spec_defaults = spec_defaults or {}
         self.monitor = monitor
         self.lab = lab or Lab(manager, monitor)
         self.limiter = limiter or RateLimiter()
@@ -152,7 +153,7 @@ class Handlers:
                    **options: Any) -> Iterator[tuple[float, str]]:
         """Yield (fraction, status line) while loading; the last line says what was loaded."""
         spec = self.manager.validate(ModelSpec(source=(model or "").strip(), backend=(backend or "").strip(),
-                                               quantization=quantization, **options))
+                                               quantization=quantization, **{**self.spec_defaults, **options}))
         updates: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}
 
@@ -204,6 +205,32 @@ class Handlers:
             },
             "recent": recent,
         }
+
+    # --- downloaded and derived models -----------------------------------------------------------
+
+    def cached_models(self) -> list[dict]:
+        """Models in the Hugging Face cache and this app's derived models (GGUF variants, derived
+        checkpoints), most recently used first."""
+        from backends import hub_cache
+
+        return hub_cache.list_cached(self._cache_dir())
+
+    def delete_cached(self, item_id: str) -> str:
+        """Delete one cached model by its id (from ``cached_models``). Refuses the loaded model's
+        folder and deletes nothing while a model is loading."""
+        from backends import hub_cache
+
+        if self.manager.loading is not None:
+            raise InvalidRequest("A model is loading: delete cached models once it has finished.", "item_id")
+        cur = self.manager.current
+        in_use = [cur.source] if cur is not None and cur.backend != "remote" else []
+        item = hub_cache.delete_cached(item_id, self._cache_dir(), in_use=in_use)
+        return f"Deleted {item['id']} ({item['size_bytes'] / 2**20:.1f} MiB freed)."
+
+    def _cache_dir(self):
+        from backends.sources import default_cache_dir
+
+        return self.manager.cache_dir or default_cache_dir()
 
     @staticmethod
     def quantizations(backend: str) -> list[str]:

@@ -1,6 +1,9 @@
-"""The Model section: choose a file/repo, backend and quantization; load with progress; unload."""
+"""The Model section: choose a file/repo, backend and quantization; load with progress (a Hub
+download's bytes included); unload; list and delete downloaded and derived models."""
 
 from __future__ import annotations
+
+import time
 
 import gradio as gr
 
@@ -24,6 +27,17 @@ def describe(status: dict) -> str:
     return "\n\n".join(lines)
 
 
+CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used"]
+
+
+def cache_table(items: list[dict]) -> dict:
+    """Rows for the "Downloaded and derived models" table."""
+    rows = [[i["id"], i["kind"], round(i["size_bytes"] / 2**20, 1), i["nb_files"],
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_accessed"])) if i["last_accessed"] else ""]
+            for i in items]
+    return {"data": rows, "headers": CACHE_HEADERS}
+
+
 def build_model(h: Handlers, default_model: str, default_backend: str, default_quant: str | None,
                 default_api_base: str | None = None, badge: gr.Markdown | None = None, badge_text=None):
     status = h.model_status()
@@ -31,6 +45,9 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
         with gr.Column(scale=3):
             model = gr.Textbox(value=default_model, label="Model",
                                info="A GGUF file, a transformers folder, a Hub repo id, or 'embedded' (SmolLM2-135M)")
+            gguf_file = gr.Textbox(value="", label="GGUF file (optional)", elem_id="gguf-file",
+                                   placeholder="e.g. model-Q4_K_M.gguf",
+                                   info="For a Hub repo holding several .gguf files: the one to download and load")
             with gr.Row():
                 backend = gr.Dropdown(list(quantize.MENU), value=default_backend, label="Backend")
                 quant = gr.Dropdown(list(quantize.MENU[default_backend]),
@@ -47,6 +64,18 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
         with gr.Column(scale=2):
             current = gr.Markdown(describe(status), elem_id="model-current")
             details = gr.JSON(value=status, label="Details")
+    with gr.Accordion("Downloaded and derived models", open=False) as cache_box:
+        gr.Markdown("Hub downloads (Hugging Face cache) and the GGUF variants / checkpoints this app derived "
+                    "(its cache dir). An interrupted download resumes when the model is loaded again.")
+        cached = gr.Dataframe(value={"data": [], "headers": CACHE_HEADERS}, headers=CACHE_HEADERS,
+                              datatype=["str", "str", "number", "number", "str"], interactive=False,
+                              label="Cached models", elem_id="cache-table")
+        with gr.Row():
+            cache_refresh = gr.Button("Refresh", elem_id="cache-refresh")
+            cache_pick = gr.Dropdown(choices=[], value=None, label="Item to delete", allow_custom_value=True,
+                                     elem_id="cache-pick", scale=3)
+            cache_delete = gr.Button("Delete", variant="stop", elem_id="cache-delete")
+        cache_status = gr.Textbox(label="", show_label=False, interactive=False, elem_id="cache-status")
 
     def on_backend(b):
         return gr.update(choices=list(quantize.MENU.get(b, ())), value=quantize.DEFAULTS.get(b))
@@ -55,9 +84,11 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
 
     @gradio_errors
     def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
-                   progress=gr.Progress()):
-        remote = {"api_base": api_base or None, "api_key": api_key or None} if backend == "remote" else {}
-        for fraction, line in h.load_steps(model, backend, quantization, **remote):
+                   gguf_file: str = "", progress=gr.Progress()):
+        options = {"api_base": api_base or None, "api_key": api_key or None} if backend == "remote" else {}
+        if (gguf_file or "").strip():
+            options["gguf_file"] = gguf_file.strip()
+        for fraction, line in h.load_steps(model, backend, quantization, **options):
             progress(fraction, desc=line)
             yield line
 
@@ -69,10 +100,30 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
         s = h.model_status()
         return (describe(s), s, badge_text(s)) if badge is not None else (describe(s), s)
 
-    ev = load.click(load_model, [model, backend, quant, api_base, api_key], progress_text, api_name="load_model",
+    ev = load.click(load_model, [model, backend, quant, api_base, api_key, gguf_file], progress_text, api_name="load_model",
                     concurrency_id="load", concurrency_limit=1)
     outputs = [current, details] + ([badge] if badge is not None else [])
     ev.then(refresh, None, outputs, api_visibility="private")
     uev = unload.click(unload_model, None, progress_text, api_name="unload_model", concurrency_id="load")
     uev.then(refresh, None, outputs, api_visibility="private")
+
+    @gradio_errors
+    def list_cache():
+        items = h.cached_models()
+        return cache_table(items), gr.update(choices=[i["id"] for i in items])
+
+    @gradio_errors
+    def delete_item(item_id: str) -> str:
+        return h.delete_cached(item_id)
+
+    def picked(evt: gr.SelectData):
+        return evt.row_value[0] if evt.row_value else gr.skip()
+
+    cache_outputs = [cached, cache_pick]
+    cache_box.expand(list_cache, None, cache_outputs, api_visibility="private")
+    cache_refresh.click(list_cache, None, cache_outputs, api_visibility="private")
+    ev.then(list_cache, None, cache_outputs, api_visibility="private")  # a load may have downloaded or derived
+    cached.select(picked, None, cache_pick, api_visibility="private")
+    dev = cache_delete.click(delete_item, cache_pick, cache_status, api_visibility="private", concurrency_id="load")
+    dev.then(list_cache, None, cache_outputs, api_visibility="private")
     return refresh, outputs

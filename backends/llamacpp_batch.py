@@ -1,0 +1,238 @@
+"""Batched decoding for the llama.cpp backend: several requests decoded together in one llama_batch.
+
+One model, one llama context holding a KV cache per sequence (``n_seq_max`` = slots). A scheduler
+thread owns the context: between decode steps it admits waiting requests into free slots (their
+prompts are prefilled in chunks inside the same batches), gives every running sequence its next
+token in one ``llama_decode``, samples each sequence with its own sampler chain (its own
+temperature, top-k/p, repetition penalty and seed), and retires sequences that finish or are
+cancelled, freeing their KV cells. Requests join and leave between steps; nobody waits for the
+longest reply.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from backends.base import SamplingParams, TextDelta
+from backends.errors import BackendError, OutOfMemory
+
+_END = object()
+
+
+@dataclass
+class _Seq:
+    tokens: list[int]  # the prompt
+    params: SamplingParams
+    budget: int
+    cancel: threading.Event
+    out: queue.Queue = field(default_factory=queue.Queue)
+    slot: int = -1
+    pos: int = 0  # tokens already in the KV cache
+    prefill: int = 0  # prompt tokens already sent
+    last: int = -1  # the token to feed next
+    generated: int = 0
+    sampler: object = None
+    decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+
+class BatchEngine:
+    def __init__(self, llm, slots: int, n_ctx_per_seq: int, n_threads: int, n_batch: int = 512):
+        import llama_cpp as L
+
+        self.L = L
+        self.llm = llm  # the Llama object: model, vocab and tokenizer (its own context is not used here)
+        self.slots = slots
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.n_batch = n_batch
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx_per_seq * slots
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = slots
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = False  # a KV stream per sequence: same cell layout as alone, so same numerics
+        params.no_perf = True
+        self.ctx = L.llama_init_from_model(llm._model.model, params)
+        if not self.ctx:
+            raise OutOfMemory(f"llama.cpp could not allocate a context for {slots} sequences of {n_ctx_per_seq} tokens.")
+        self.mem = L.llama_get_memory(self.ctx)
+        self.vocab = llm._model.vocab
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._free = list(range(slots))
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
+        self._thread.start()
+
+    # --- client side -----------------------------------------------------------------------------
+
+    def submit(self, tokens: list[int], params: SamplingParams, budget: int, cancel: threading.Event) -> Iterator:
+        seq = _Seq(tokens, params, budget, cancel)
+        with self._wake:
+            if self._stop:
+                raise BackendError("The model is being unloaded.")
+            self._waiting.append(seq)
+            self._wake.notify()
+        return self._drain(seq)
+
+    def _drain(self, seq: _Seq) -> Iterator:
+        try:
+            while True:
+                item = seq.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            seq.cancel.set()  # the consumer left: the scheduler retires the sequence at the next step
+            with self._wake:
+                self._wake.notify()
+
+    @property
+    def busy(self) -> int:
+        return len(self._running) + len(self._waiting)
+
+    def close(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        L = self.L
+        L.llama_batch_free(self.batch)
+        L.llama_free(self.ctx)
+        self.ctx = None
+
+    # --- scheduler -------------------------------------------------------------------------------
+
+    def _sampler(self, p: SamplingParams):
+        L = self.L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if p.repetition_penalty != 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(64, p.repetition_penalty, 0.0, 0.0))
+        if p.greedy:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            if p.top_k:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(p.top_k))
+            if p.top_p < 1.0:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(p.top_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(p.temperature))
+            seed = p.seed if p.seed is not None else secrets.randbits(31)
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
+        return chain
+
+    def _retire(self, seq: _Seq, finish: str) -> None:
+        L = self.L
+        tail = seq.decoder.decode(b"", final=True)
+        seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens)))
+        seq.out.put(_END)
+        L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        if seq.sampler is not None:
+            L.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        self._running.remove(seq)
+        self._free.append(seq.slot)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            seq = self._waiting.popleft()
+            if seq.cancel.is_set():
+                seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
+                seq.out.put(_END)
+                continue
+            seq.slot = self._free.pop(0)
+            seq.sampler = self._sampler(seq.params)
+            seq.out.put(TextDelta("", prompt_tokens=len(seq.tokens)))
+            self._running.append(seq)
+
+    def _loop(self) -> None:
+        L = self.L
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stop:
+                    for seq in list(self._running):
+                        self._retire(seq, "cancelled")
+                    for seq in self._waiting:
+                        seq.out.put(TextDelta("", finish_reason="cancelled"))
+                        seq.out.put(_END)
+                    self._waiting.clear()
+                    return
+                self._admit()
+            for seq in [s for s in self._running if s.cancel.is_set()]:
+                self._retire(seq, "cancelled")
+            if not self._running:
+                continue
+            try:
+                self._step()
+            except BaseException as exc:  # every running request hears about it; the engine goes on
+                err = exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp decode failed: {exc}")
+                for seq in list(self._running):
+                    seq.out.put(err)
+                    seq.out.put(_END)
+                    L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                    self._free.append(seq.slot)
+                    if seq.sampler is not None:
+                        L.llama_sampler_free(seq.sampler)
+                self._running.clear()
+
+    def _step(self) -> None:
+        """One llama_decode: a token for every generating sequence, plus prompt chunks."""
+        L, b = self.L, self.batch
+        n = 0
+        sample_at: list[tuple[_Seq, int]] = []
+
+        def add(token: int, pos: int, slot: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n] = token
+            b.pos[n] = pos
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = slot
+            b.logits[n] = logits
+            n += 1
+
+        # decoding sequences first (one token each), so prompts never starve them
+        for seq in self._running:
+            if seq.prefill == len(seq.tokens) and n < self.n_batch:
+                add(seq.last, seq.pos, seq.slot, True)
+                sample_at.append((seq, n - 1))
+                seq.pos += 1
+        for seq in self._running:
+            if seq.prefill < len(seq.tokens) and n < self.n_batch:
+                take = min(len(seq.tokens) - seq.prefill, self.n_batch - n)
+                for i in range(take):
+                    last = seq.prefill + i == len(seq.tokens) - 1
+                    add(seq.tokens[seq.prefill + i], seq.pos + i, seq.slot, last)
+                    if last:
+                        sample_at.append((seq, n - 1))
+                seq.prefill += take
+                seq.pos += take
+        b.n_tokens = n
+        rc = L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise OutOfMemory("llama.cpp found no room in the KV cache for this batch." if rc == 1 else
+                              f"llama_decode returned {rc}")
+        for seq, idx in sample_at:
+            token = L.llama_sampler_sample(seq.sampler, self.ctx, idx)
+            if L.llama_vocab_is_eog(self.vocab, token):
+                self._retire(seq, "stop")
+                continue
+            seq.generated += 1
+            seq.last = token
+            text = seq.decoder.decode(self.llm.detokenize([token]))
+            seq.out.put(TextDelta(text, tokens=1))
+            if seq.cancel.is_set():
+                self._retire(seq, "cancelled")
+            elif seq.generated >= seq.budget or seq.pos >= self.n_ctx_per_seq:
+                self._retire(seq, "length")
