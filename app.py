@@ -23,7 +23,7 @@ def default_spec(settings):
     from backends.base import ModelSpec
 
     return ModelSpec(source=settings.model, backend=settings.backend, quantization=settings.quantization,
-                     api_base=settings.api_base, api_key=settings.remote_api_key, **spec_defaults(settings))
+                     gguf_file=settings.gguf_file, api_base=settings.api_base, api_key=settings.remote_api_key, **spec_defaults(settings))
 
 
 def create_app(settings, manager=None):

@@ -120,10 +120,16 @@ def _delete_hub(repo_id: str, hub_cache: Path, in_use: Iterable[str]) -> dict:
     folder = Path(item["folder"])
     _refuse_if_in_use(folder, in_use, repo_id)
     if item["revisions"]:
+        import dataclasses
+
         from huggingface_hub import scan_cache_dir
 
-        # all revisions of the repo: huggingface_hub deletes the whole models--org--name folder
-        scan_cache_dir(hub_cache).delete_revisions(*item["revisions"]).execute()
+        # All revisions of the repo: huggingface_hub deletes the whole models--org--name folder. The scan
+        # is narrowed to this repo first: delete_revisions matches commit hashes across every cached repo
+        # (a duplicated repo shares its commits), and would take the first repo holding the hash.
+        info = scan_cache_dir(hub_cache)
+        mine = frozenset(r for r in info.repos if r.repo_path == folder)
+        dataclasses.replace(info, repos=mine).delete_revisions(*item["revisions"]).execute()
     if folder.exists():  # no revision (interrupted first download), or leftovers the scan did not cover
         _check_inside(folder, hub_cache, repo_id)
         shutil.rmtree(folder)

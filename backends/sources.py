@@ -120,7 +120,7 @@ def repo_files(repo_id: str, revision: str | None = None, cache_dir: Path | None
 
     if not constants.is_offline_mode():
         try:
-            return HfApi().list_repo_files(repo_id, revision=revision), True
+            return HfApi(endpoint=hub_endpoint()).list_repo_files(repo_id, revision=revision), True
         except (RepositoryNotFoundError, RevisionNotFoundError):
             raise
         except (HfHubHTTPError, httpx2.HTTPError, OSError):  # no network, proxy, Hub down: use the cache
@@ -132,8 +132,9 @@ class _ByteProgress:
     """Adds up the byte bars of one download and forwards (fraction, message) to a Progress
     callback, at most once per ``min_interval`` seconds (the last update, at 100%, always)."""
 
-    def __init__(self, progress: Progress, label: str, min_interval: float):
+    def __init__(self, progress: Progress, label: str, min_interval: float, total: int | None = None):
         self.progress, self.label, self.min_interval = progress, label, min_interval
+        self.total = total  # known up front when several files download one after the other
         self.bars: list = []
         self.lock = threading.Lock()
         self.last_time = float("-inf")
@@ -146,7 +147,7 @@ class _ByteProgress:
 
     def changed(self, force: bool = False) -> None:
         with self.lock:
-            total = sum(int(b.total or 0) for b in self.bars)
+            total = self.total or sum(int(b.total or 0) for b in self.bars)
             done = min(sum(b.quantlab_bytes for b in self.bars), total)
             resumed = sum(b.quantlab_initial for b in self.bars)
             if total <= 0 or self.last_sent == (done, total):
@@ -161,7 +162,7 @@ class _ByteProgress:
         self.progress(done / total, text)
 
 
-def progress_tqdm(progress: Progress, label: str, min_interval: float = 0.1) -> type:
+def progress_tqdm(progress: Progress, label: str, min_interval: float = 0.1, total: int | None = None) -> type:
     """A tqdm class for huggingface_hub's ``tqdm_class`` argument that reports a download's bytes
     to ``progress`` (throttled to ``min_interval``). huggingface_hub creates the bars and calls
     ``update(n)`` on them; this class counts the bytes itself, so it works when bars are hidden
@@ -169,10 +170,11 @@ def progress_tqdm(progress: Progress, label: str, min_interval: float = 0.1) -> 
 
     Counted: byte bars (``unit="B"``) except the network-transfer twins that snapshot and Xet
     downloads keep beside the bytes-written bar (their names end in ``.transfer``); a resumed
-    download's bar starts at ``initial`` = the bytes already on disk."""
+    download's bar starts at ``initial`` = the bytes already on disk. ``total``: the bytes of all
+    the files to come, when known (else the sum of the bars' totals so far)."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    reporter = _ByteProgress(progress, label, min_interval)
+    reporter = _ByteProgress(progress, label, min_interval, total)
 
     class DownloadProgress(hf_tqdm):
         def __init__(self, *args, **kwargs):
@@ -223,16 +225,23 @@ def download_from_hub(repo_id: str, filename: str | None = None, revision: str |
     - Otherwise a transformers checkpoint: config, tokenizer and safetensors (``snapshot_download``);
       the snapshot folder is returned.
 
-    Resumable: huggingface_hub writes each file to ``blobs/<etag>.incomplete`` and, on the next
-    call (after a crash, a cancel or a network error), asks the Hub for the missing byte range only
-    (HTTP Range; it also retries dropped connections itself). Loading the same repo again is
-    how a user resumes. Honours HF_HUB_OFFLINE (cache only), HF_TOKEN and HF_ENDPOINT.
+    Resumable across calls: huggingface_hub 2.x resumes a dropped connection within one call (HTTP
+    Range, 5 tries) but deletes its partial file when the call fails, and a killed process's
+    partial file is never reused. So, online, each missing file is first fetched here into
+    ``blobs/<etag>.resumable.incomplete`` (kept on failure; the next call asks only for the missing
+    range) and moved to ``blobs/<etag>`` when complete; huggingface_hub then finds the blob and only
+    links it into the snapshot. Loading the same repo again is how a user resumes. Files stored
+    with Xet, when hf_xet is installed, are left to huggingface_hub (Xet keeps a chunk cache).
+    Honours HF_HUB_OFFLINE (cache only), HF_TOKEN and HF_ENDPOINT (read at call time).
     """
+    import httpx2  # huggingface_hub 2.x's HTTP client
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     cache = hub_cache_dir()
+    endpoint = hub_endpoint()
     try:
         files, online = repo_files(repo_id, revision, cache)
         where = "on the Hugging Face Hub" if online else f"in the local Hugging Face cache ({cache})"
@@ -262,12 +271,16 @@ def download_from_hub(repo_id: str, filename: str | None = None, revision: str |
             filename = ggufs[0]
         label = f"{repo_id}/{filename}" if filename else repo_id
         progress(0.0, f"Fetching {label}")
+        if online:
+            wanted = [filename] if filename else list(filter_repo_objects(files, allow_patterns=_CHECKPOINT_PATTERNS))
+            prefetch_resumable(repo_id, wanted, revision, cache, endpoint, progress, label)
         tqdm_class = progress_tqdm(progress, label)
         if filename:
-            path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, tqdm_class=tqdm_class)
+            path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, endpoint=endpoint,
+                                   tqdm_class=tqdm_class)
         else:
-            path = snapshot_download(repo_id, revision=revision, cache_dir=cache, tqdm_class=tqdm_class,
-                                     allow_patterns=_CHECKPOINT_PATTERNS)
+            path = snapshot_download(repo_id, revision=revision, cache_dir=cache, endpoint=endpoint,
+                                     tqdm_class=tqdm_class, allow_patterns=_CHECKPOINT_PATTERNS)
     except GatedRepoError as exc:
         raise ModelNotFound(f"{repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN.") from exc
     except RepositoryNotFoundError as exc:
@@ -281,12 +294,69 @@ def download_from_hub(repo_id: str, filename: str | None = None, revision: str |
         ) from exc
     except EntryNotFoundError as exc:
         raise ModelNotFound(f"No file {filename!r} in {repo_id} on the Hugging Face Hub.") from exc
-    except HfHubHTTPError as exc:
-        raise ModelLoadError(f"Downloading {repo_id} failed: {exc}. Loading it again resumes the download.") from exc
-    except OSError as exc:  # disk full, dropped connection after huggingface_hub's own retries
-        raise ModelLoadError(f"Downloading {repo_id} failed: {exc}. Loading it again resumes the download.") from exc
+    except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:  # Hub error, network gone after 5 tries, disk full
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise ModelLoadError(f"Downloading {repo_id} failed: {reason}. Loading it again resumes the download.") from exc
     progress(1.0, f"{label} is in the local cache")
     return Path(path)
+
+
+RESUMABLE_SUFFIX = ".resumable.incomplete"
+
+
+def prefetch_resumable(repo_id: str, filenames: list[str], revision: str | None, cache: Path,
+                       endpoint: str | None, progress: Progress = _no_progress, label: str = "") -> None:
+    """Download the files of ``repo_id`` that are missing from the cache's ``blobs/``, resuming
+    from ``blobs/<etag>.resumable.incomplete`` when an earlier try left one. Best effort: a file
+    whose metadata cannot be fetched is left to huggingface_hub, which then reports the error
+    (or serves it from the cache)."""
+    import importlib.util
+
+    import httpx2
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    xet_ok = importlib.util.find_spec("hf_xet") is not None and not constants.HF_HUB_DISABLE_XET
+    folder = hub_repo_folder(repo_id, cache)
+    todo = []
+    for name in filenames:
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint),
+                                        endpoint=endpoint)
+        except (HfHubHTTPError, httpx2.HTTPError, OSError):
+            continue
+        if not meta.etag or meta.size is None or not meta.location or (meta.xet_file_data is not None and xet_ok):
+            continue
+        if not (folder / "blobs" / meta.etag).exists():
+            todo.append((name, meta))
+    if not todo:
+        return
+    tqdm_class = progress_tqdm(progress, label or repo_id, total=sum(meta.size for _, meta in todo))
+    headers = build_hf_headers()
+    for name, meta in todo:
+        blob = folder / "blobs" / meta.etag
+        partial = blob.with_name(meta.etag + RESUMABLE_SUFFIX)
+        lock = cache / ".locks" / folder.name / f"{meta.etag}.lock"  # the lock huggingface_hub takes
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(lock):
+            if blob.exists():
+                continue
+            have = partial.stat().st_size if partial.exists() else 0
+            if have > meta.size:  # not this file after all
+                partial.unlink()
+                have = 0
+            with partial.open("ab") as f:
+                http_get(meta.location, f, resume_size=have, headers=headers, expected_size=meta.size,
+                         displayed_filename=name, tqdm_class=tqdm_class)
+            os.replace(partial, blob)
+
+
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT read at call time (a mirror, or a local server in tests); None = huggingface_hub's."""
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
 
 
 def _offline() -> bool:

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     model: str = Field(EMBEDDED_ALIAS, description="model to load at start: a GGUF file, a checkpoint folder, a Hub repo id, or 'embedded'")
     backend: Literal["llamacpp", "transformers", "remote"] = Field("llamacpp", description="backend for --model")
     quantization: str | None = Field(None, description="quantization for --model (default: the backend's default)")
+    gguf_file: str | None = Field(None, description="for a Hub repo holding several GGUF files: which one to load")
     no_model: bool = Field(False, description="start with no model loaded")
     host: str = Field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), description="address to bind")
     port: int = Field(default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", "7860")), description="port to bind")

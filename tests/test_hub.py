@@ -1,13 +1,21 @@
 """Models from the Hugging Face Hub, offline: a hand-built hub-cache layout (the real
 ``models--org--name/{blobs,snapshots/<commit>,refs/main}`` structure) under HF_HUB_CACHE, read by
 the real huggingface_hub. Loading a repo id, the errors, the cache listing, deleting (and what is
-refused), and the byte-progress adapter huggingface_hub drives through ``tqdm_class``."""
+refused), and the byte-progress adapter huggingface_hub drives through ``tqdm_class``.
+
+The download path itself (listing, HEAD, GET with Range) runs against a small local stand-in for
+the Hub's HTTP endpoints (HF_ENDPOINT), with huggingface_hub unpatched: byte progress through a
+real download, and a download cut off in one call that resumes in the next."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -176,6 +184,17 @@ def test_delete_cached_removes_a_hub_repo_and_leaves_the_original_file_alone(ggu
         hub_cache.delete_cached("hub:" + REPO, app_cache)
 
 
+def test_deleting_a_repo_leaves_a_repo_with_the_same_commit_alone(gguf_repo, hub, app_cache):
+    """A duplicated repo shares its commit hashes: huggingface_hub's delete_revisions matches hashes
+    across the whole cache, so deleting one repo must be narrowed to it."""
+    twin = add_repo(hub, "quantlab-test/twin", {"config.json": CONFIG})  # same COMMIT as gguf_repo
+    for _ in range(3):  # the scan's repo order is a frozenset's: try more than once
+        hub_cache.delete_cached("hub:quantlab-test/twin", app_cache)
+        assert not twin.exists() and gguf_repo.exists()
+        assert "hub:" + REPO in ids(hub_cache.list_cached(app_cache))
+        twin = add_repo(hub, "quantlab-test/twin", {"config.json": CONFIG})
+
+
 def test_delete_cached_removes_derived_folders(app_cache):
     hub_cache.delete_cached("gguf:SmolLM2-abc123", app_cache)
     hub_cache.delete_cached("hf:SmolLM2-def456", app_cache)
@@ -320,3 +339,224 @@ def test_the_app_loads_a_repo_id_lists_and_deletes_through_the_api(gguf_repo, ap
             assert httpx.get(srv.url + "/health").status_code == 503
         finally:
             c.close()
+
+
+# --- the real download path, against a local stand-in for the Hub ------------------------------------
+
+
+class FakeHub:
+    """The Hub endpoints huggingface_hub uses to download: the tree listing
+    (GET /api/models/<repo>/tree/<rev>) and files (HEAD/GET /<repo>/resolve/<rev>/<file>, with
+    Range). ``cut_after``: the first GET of a file sends that many bytes and drops the connection;
+    until ``healthy`` is set again, later GETs get a 503 (a Hub outage)."""
+
+    def __init__(self, repos: dict[str, dict[str, Path | bytes]]):
+        self.repos = {repo: {name: (c if isinstance(c, Path) else c) for name, c in files.items()}
+                      for repo, files in repos.items()}
+        self.etags = {(repo, name): hashlib.sha256(self._read(c)).hexdigest()
+                      for repo, files in self.repos.items() for name, c in files.items()}
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.cut_after: int | None = None
+        self.healthy = True
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                hub.handle(self, head=True)
+
+            def do_GET(self):
+                hub.handle(self, head=False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def _read(content: Path | bytes) -> bytes:
+        return content.read_bytes() if isinstance(content, Path) else content
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, req: BaseHTTPRequestHandler, head: bool) -> None:
+        path = req.path.split("?", 1)[0]
+        self.requests.append((req.command, path, req.headers.get("Range")))
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path):
+            files = self.repos.get(m.group(1))
+            if files is None:
+                return self._error(req, 404, "RepoNotFound")
+            body = json.dumps([{"type": "file", "path": n, "size": len(self._read(c)), "oid": self.etags[m.group(1), n]}
+                               for n, c in files.items()]).encode()
+            return self._send(req, 200, {"Content-Type": "application/json"}, body, head)
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if not m or m.group(1) not in self.repos:
+            return self._error(req, 404, "RepoNotFound")
+        repo, name = m.group(1), m.group(3)
+        if name not in self.repos[repo]:
+            return self._error(req, 404, "EntryNotFound")
+        data = self._read(self.repos[repo][name])
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{self.etags[repo, name]}"', "Accept-Ranges": "bytes"}
+        if head:
+            return self._send(req, 200, {**headers, "Content-Length": str(len(data))}, b"", head=True)
+        if not self.healthy:
+            return self._error(req, 503, None)
+        start = int(re.fullmatch(r"bytes=(\d+)-", req.headers["Range"]).group(1)) if req.headers.get("Range") else 0
+        status = 206 if start else 200
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        if self.cut_after is not None:  # send part of it, then drop the connection
+            self.healthy = False
+            req.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                req.send_header(k, v)
+            req.end_headers()
+            req.wfile.write(body[: self.cut_after])
+            req.wfile.flush()
+            req.close_connection = True
+            self.cut_after = None
+            return None
+        return self._send(req, status, headers, body, head=False)
+
+    @staticmethod
+    def _send(req, status, headers, body, head):
+        req.send_response(status)
+        headers = {**headers}
+        headers.setdefault("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            req.send_header(k, v)
+        req.end_headers()
+        if not head:
+            req.wfile.write(body)
+
+    def _error(self, req, status, code):
+        body = json.dumps({"error": code or "unavailable"}).encode()
+        headers = {"Content-Type": "application/json"}
+        if code:
+            headers["X-Error-Code"] = code
+        self._send(req, status, headers, body, head=req.command == "HEAD")
+
+
+@pytest.fixture
+def online(hub, monkeypatch):
+    """huggingface_hub online, against FakeHub at HF_ENDPOINT."""
+    from huggingface_hub import constants
+
+    def start(repos):
+        fake = FakeHub(repos).__enter__()
+        started.append(fake)
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        return fake
+
+    started: list[FakeHub] = []
+    yield start
+    for fake in started:
+        fake.__exit__(None, None, None)
+
+
+def test_an_online_download_reports_byte_progress_and_lands_in_the_cache(online, hub):
+    payload = os.urandom(25 * 2**20 + 123)  # > 2 chunks of huggingface_hub's 10 MiB
+    fake = online({"quantlab-test/online": {"m.Q4_K_M.gguf": payload, "README.md": b"# hi\n"}})
+    seen: list[tuple[float, str]] = []
+    path = sources.download_from_hub("quantlab-test/online", progress=lambda f, m: seen.append((f, m)))
+    assert path.read_bytes() == payload
+    assert path == hub / "models--quantlab-test--online" / "snapshots" / COMMIT / "m.Q4_K_M.gguf"
+    byte_steps = [f for f, m in seen if m.startswith("Downloading")]
+    assert byte_steps and byte_steps == sorted(byte_steps) and byte_steps[-1] == 1.0, seen
+    assert "25.0 of 25.0 MiB" in [m for _, m in seen if m.startswith("Downloading")][-1]
+    assert ("GET", "/api/models/quantlab-test/online/tree/main", None) in fake.requests
+    assert "hub:quantlab-test/online" in ids(hub_cache.list_cached(hub / "none"))
+    # the second time: from the cache, nothing downloaded
+    fake.requests.clear()
+    assert sources.download_from_hub("quantlab-test/online") == path
+    assert not [r for r in fake.requests if r[0] == "GET" and "/resolve/" in r[1]]
+
+
+def test_online_errors_are_clear(online):
+    online({"quantlab-test/two": {"a.gguf": b"GGUF-a", "b.gguf": b"GGUF-b"}})
+    with pytest.raises(ModelLoadError, match="2 GGUF files on the Hugging Face Hub.*a.gguf, b.gguf"):
+        sources.download_from_hub("quantlab-test/two")
+    with pytest.raises(ModelNotFound, match="No repository 'quantlab-test/nope' on the Hugging Face Hub"):
+        sources.download_from_hub("quantlab-test/nope")
+    with pytest.raises(ModelNotFound, match="No file 'c.gguf' in quantlab-test/two on the Hugging Face Hub"):
+        sources.download_from_hub("quantlab-test/two", "c.gguf")
+
+
+def test_a_cut_download_resumes_on_the_next_load_and_the_model_answers(online, hub, app_cache, embedded_gguf):
+    name = embedded_gguf.name
+    fake = online({REPO: {name: embedded_gguf, "config.json": CONFIG}})
+    fake.cut_after = 40 * 2**20
+    manager = ModelManager(cache_dir=app_cache)
+    with pytest.raises(ModelLoadError, match="Loading it again resumes the download"):
+        manager.load(ModelSpec(source=REPO, backend="llamacpp", n_ctx=512))
+    partials = list((hub / ("models--" + REPO.replace("/", "--")) / "blobs").glob("*.resumable.incomplete"))
+    assert len(partials) == 1 and 0 < partials[0].stat().st_size <= 40 * 2**20
+    kept = partials[0].stat().st_size
+    listed = {i["id"]: i for i in hub_cache.list_cached(app_cache)}["hub:" + REPO]
+    assert listed["kind"] == "hub (download incomplete)" and listed["size_bytes"] >= kept
+
+    fake.healthy = True
+    fake.requests.clear()
+    steps: list[tuple[float, str]] = []
+    info = manager.load(ModelSpec(source=REPO, backend="llamacpp", n_ctx=512), lambda f, m: steps.append((f, m)))
+    try:
+        gets = [r for r in fake.requests if r[0] == "GET" and r[1].endswith("/" + name)]
+        assert gets == [("GET", f"/{REPO}/resolve/main/{name}", f"bytes={kept}-")], fake.requests
+        assert any("resumed at" in m for _, m in steps), steps
+        fractions = [f for f, _ in steps]
+        assert fractions == sorted(fractions)
+        blob = Path(info.source).resolve()
+        assert blob.stat().st_size == embedded_gguf.stat().st_size
+        assert hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256(embedded_gguf.read_bytes()).digest()
+        assert manager.generate(greedy(6))[0].strip()
+    finally:
+        manager.unload()
+    assert not list(blob.parent.glob("*.incomplete"))
+
+
+def test_the_model_tab_lists_and_deletes_cached_models_in_a_browser(gguf_repo, app_cache, hub):
+    """Open the accordion, pick a row, press Delete: the row goes, the files go."""
+    from tests.test_browser import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    add_repo(hub, "quantlab-test/spare", {"config.json": CONFIG})
+    with LiveServer(make_settings(cache_dir=app_cache, request_log="")) as srv, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(60_000)
+            page.goto(srv.url)
+            page.get_by_role("tab", name="Model").click()
+            assert page.locator("#gguf-file textarea, #gguf-file input").count() == 1
+            page.get_by_text("Downloaded and derived models").click()
+            table = page.locator("#cache-table")
+            table.get_by_text("hub:quantlab-test/spare").wait_for()
+            for item in ("hub:" + REPO, "gguf:SmolLM2-abc123", "hf:SmolLM2-def456"):
+                assert table.get_by_text(item).count() >= 1
+            table.get_by_text("hub:quantlab-test/spare").click()
+            pick = page.locator("#cache-pick input")
+            page.wait_for_function("document.querySelector('#cache-pick input').value === 'hub:quantlab-test/spare'")
+            if os.environ.get("QUANTLAB_SCREENSHOTS"):
+                page.screenshot(path=str(Path(os.environ["QUANTLAB_SCREENSHOTS"]) / "model-cache.png"), full_page=True)
+            page.click("#cache-delete")
+            page.wait_for_function(
+                "(document.querySelector('#cache-status textarea')?.value || '').startsWith('Deleted hub:quantlab-test/spare')")
+            page.wait_for_function("!document.querySelector('#cache-table').innerText.includes('quantlab-test/spare')")
+            assert table.get_by_text("hub:" + REPO).count() >= 1
+            assert pick.input_value() in ("", "hub:quantlab-test/spare")
+        finally:
+            browser.close()
+    assert not (hub / "models--quantlab-test--spare").exists() and gguf_repo.exists()

@@ -32,7 +32,7 @@ CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used"]
 
 def cache_table(items: list[dict]) -> dict:
     """Rows for the "Downloaded and derived models" table."""
-    rows = [[i["id"], i["kind"], round(i["size_bytes"] / 2**20, 1), i["nb_files"],
+    rows = [[i["id"], i["kind"], round(i["size_bytes"] / 2**20, 2), i["nb_files"],
              time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_accessed"])) if i["last_accessed"] else ""]
             for i in items]
     return {"data": rows, "headers": CACHE_HEADERS}
