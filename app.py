@@ -16,7 +16,8 @@ log = logging.getLogger("quantlab")
 def spec_defaults(settings) -> dict:
     """The load options every model gets from the server's settings (the UI and API choose the rest)."""
     return {"n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
-            "parallel": settings.parallel, "trust_remote_code": settings.trust_remote_code}
+            "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
+            "trust_remote_code": settings.trust_remote_code}
 
 
 def default_spec(settings):

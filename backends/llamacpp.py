@@ -106,7 +106,7 @@ class LlamaCppBackend(Backend):
             from backends.llamacpp_batch import BatchEngine
 
             try:
-                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads)
+                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, prefix_cache=spec.prefix_cache)
             except BaseException:
                 llm.close()
                 raise

@@ -38,11 +38,13 @@ class _Seq:
     last: int = -1  # the token to feed next
     generated: int = 0
     sampler: object = None
+    in_kv: list[int] = field(default_factory=list)  # the tokens whose cells this sequence's KV holds
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
 
 class BatchEngine:
-    def __init__(self, llm, slots: int, n_ctx_per_seq: int, n_threads: int, n_batch: int = 512):
+    def __init__(self, llm, slots: int, n_ctx_per_seq: int, n_threads: int, n_batch: int = 512,
+                 prefix_cache: bool = True):
         import llama_cpp as L
 
         self.L = L
@@ -50,7 +52,9 @@ class BatchEngine:
         self.slots = slots
         self.n_ctx_per_seq = n_ctx_per_seq
         self.n_batch = n_batch
-        params = L.llama_context_default_params()
+        # Start from the Llama object's own context settings (flash attention, KV types, ...) so a
+        # request decodes with the same numerics here as through the unbatched path.
+        params = L.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx = n_ctx_per_seq * slots
         params.n_batch = n_batch
         params.n_ubatch = min(n_batch, 512)
@@ -68,6 +72,15 @@ class BatchEngine:
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._free = list(range(slots))
+        # What each slot's KV cache still holds from its last request: a new request goes to the free
+        # slot sharing the longest prefix with it and only its new tokens are prefilled (the chat
+        # template's system prompt, and in a conversation every earlier turn).
+        self._kept: dict[int, list[int]] = {i: [] for i in range(slots)}
+        # Reusing a prefix changes how the rest of the prompt is batched, and llama.cpp's kernels are not
+        # bit-identical across batch shapes: greedy output can then differ from a cold run's (as with
+        # llama.cpp's own cache_prompt). prefix_cache=False trades that TTFT for exact repeatability.
+        self.prefix_cache = prefix_cache
+        self.prefix_hits = 0  # tokens not recomputed thanks to kept prefixes
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
@@ -136,7 +149,7 @@ class BatchEngine:
         tail = seq.decoder.decode(b"", final=True)
         seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens)))
         seq.out.put(_END)
-        L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        self._kept[seq.slot] = seq.in_kv  # kept for the next request's prefix; cells freed on reuse
         if seq.sampler is not None:
             L.llama_sampler_free(seq.sampler)
             seq.sampler = None
@@ -150,7 +163,17 @@ class BatchEngine:
                 seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
                 seq.out.put(_END)
                 continue
-            seq.slot = self._free.pop(0)
+            seq.slot, reuse = max(((slot, _common(self._kept[slot], seq.tokens)) for slot in self._free),
+                                  key=lambda x: x[1])
+            self._free.remove(seq.slot)
+            reuse = min(reuse, len(seq.tokens) - 1) if self.prefix_cache else 0  # the last prompt token is evaluated
+            L = self.L
+            if not L.llama_memory_seq_rm(self.mem, seq.slot, reuse, -1):
+                L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                reuse = 0
+            seq.prefill = seq.pos = reuse
+            seq.in_kv = list(seq.tokens[:reuse])
+            self.prefix_hits += reuse
             seq.sampler = self._sampler(seq.params)
             seq.out.put(TextDelta("", prompt_tokens=len(seq.tokens)))
             self._running.append(seq)
@@ -182,6 +205,7 @@ class BatchEngine:
                     seq.out.put(err)
                     seq.out.put(_END)
                     L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                    self._kept[seq.slot] = []
                     self._free.append(seq.slot)
                     if seq.sampler is not None:
                         L.llama_sampler_free(seq.sampler)
@@ -207,6 +231,7 @@ class BatchEngine:
             if seq.prefill == len(seq.tokens) and n < self.n_batch:
                 add(seq.last, seq.pos, seq.slot, True)
                 sample_at.append((seq, n - 1))
+                seq.in_kv.append(seq.last)
                 seq.pos += 1
         for seq in self._running:
             if seq.prefill < len(seq.tokens) and n < self.n_batch:
@@ -216,6 +241,7 @@ class BatchEngine:
                     add(seq.tokens[seq.prefill + i], seq.pos + i, seq.slot, last)
                     if last:
                         sample_at.append((seq, n - 1))
+                seq.in_kv.extend(seq.tokens[seq.prefill:seq.prefill + take])
                 seq.prefill += take
                 seq.pos += take
         b.n_tokens = n
@@ -236,3 +262,12 @@ class BatchEngine:
                 self._retire(seq, "cancelled")
             elif seq.generated >= seq.budget or seq.pos >= self.n_ctx_per_seq:
                 self._retire(seq, "length")
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(0, description="requests per minute per client (API key, user or IP); 0 = no limit")
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
     n_ctx: int = Field(2048, description="context length per conversation (llama.cpp; caps transformers)")
+    no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
     parallel: int = Field(4, description="llama.cpp: conversations decoded together in one batch (KV cache for each)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")

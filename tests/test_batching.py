@@ -27,7 +27,8 @@ def text(backend, request, cancel=None) -> str:
 @pytest.fixture(scope="module")
 def batched(cache_dir):
     b = LlamaCppBackend(cache_dir)
-    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=1024, parallel=4))
+    # exact repeatability is promised without prefix reuse (see BatchEngine.prefix_cache)
+    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=1024, parallel=4, prefix_cache=False))
     yield b
     b.unload()
 
@@ -98,3 +99,21 @@ def test_a_consumer_that_walks_away_frees_its_slot(batched):
         time.sleep(0.01)
     assert batched._engine.busy == 0
     assert text(batched, req("What is 2+2?", 8)).strip()
+
+
+def test_a_shared_prompt_prefix_is_not_recomputed(cache_dir):
+    b = LlamaCppBackend(cache_dir)
+    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=1024, parallel=2))
+    try:
+        first = req("My name is Zanzibar. What is 2+2?", 16)
+        reply = text(b, first)
+        follow_up = ChatRequest(first.messages + (Message("assistant", reply), Message("user", "And my name?")),
+                                SamplingParams(max_new_tokens=16, temperature=0.0))
+        before = b._engine.prefix_hits
+        answer = text(b, follow_up)
+        reused = b._engine.prefix_hits - before
+        print(f"\nfollow-up turn: {reused} of {len(b.prompt_tokens(follow_up))} prompt tokens reused from the KV cache")
+        assert reused >= len(b.prompt_tokens(first)) - 1  # the whole first turn
+        assert answer.strip()
+    finally:
+        b.unload()
