@@ -92,20 +92,16 @@ def _hub_items(hub_cache: Path) -> list[dict]:
     for folder in sorted(hub_cache.glob("models--*")):
         if folder.name in seen or not folder.is_dir() or folder.is_symlink():
             continue
-        size, count, last = _folder_usage(folder)
-        items.append({
-            "id": HUB_PREFIX + folder.name[len("models--"):].replace("--", "/"),
-            "kind": "hub (download incomplete)",
-            "repo_id": folder.name[len("models--"):].replace("--", "/"),
-            "repo_type": "model",
-            "size_bytes": size,
-            "nb_files": count,
-            "last_accessed": last,
-            "revisions": [],
-            "refs": [],
-            "folder": str(folder),
-        })
+        repo_id = folder.name[len("models--"):].replace("--", "/")
+        items.append(_folder_item(HUB_PREFIX + repo_id, "hub (download incomplete)", repo_id, "model", folder))
     return items
+
+
+def _folder_item(item_id: str, kind: str, repo_id: str, repo_type: str, folder: Path) -> dict:
+    """A listing row for a plain folder (no Hub revisions)."""
+    size, count, last = _folder_usage(folder)
+    return {"id": item_id, "kind": kind, "repo_id": repo_id, "repo_type": repo_type, "size_bytes": size,
+            "nb_files": count, "last_accessed": last, "revisions": [], "refs": [], "folder": str(folder)}
 
 
 def _incomplete_bytes(repo_path: Path) -> tuple[int, int]:
@@ -148,19 +144,8 @@ def _derived_items(cache_dir: Path) -> list[dict]:
         for folder in sorted(base.iterdir()):
             if folder.is_symlink() or not folder.is_dir():
                 continue
-            size, count, last = _folder_usage(folder)
-            items.append({
-                "id": f"{sub}:{folder.name}",
-                "kind": kind if ".tmp-" not in folder.name else kind + " (unfinished)",
-                "repo_id": folder.name,
-                "repo_type": kind,
-                "size_bytes": size,
-                "nb_files": count,
-                "last_accessed": last,
-                "revisions": [],
-                "refs": [],
-                "folder": str(folder),
-            })
+            label = kind if ".tmp-" not in folder.name else kind + " (unfinished)"
+            items.append(_folder_item(f"{sub}:{folder.name}", label, folder.name, kind, folder))
     return items
 
 

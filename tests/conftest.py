@@ -32,6 +32,22 @@ def long_request() -> ChatRequest:
                        SamplingParams(max_new_tokens=1500, temperature=0.0))
 
 
+def cancel_mid_stream(backend, after: int = 3):
+    """Start a long generation, set its cancel event after ``after`` deltas; returns (the deltas
+    that still came, seconds from cancel to the end of the stream)."""
+    import threading
+
+    cancel = threading.Event()
+    stream = backend.stream(long_request(), cancel)
+    for i, _ in enumerate(stream):
+        if i == after:
+            break
+    t0 = time.perf_counter()
+    cancel.set()
+    rest = list(stream)
+    return rest, time.perf_counter() - t0
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """Derived models are reused across runs (CI on the same machine included)."""

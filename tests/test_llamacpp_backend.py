@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import psutil
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import ContextLengthExceeded, ModelLoadError, ModelNotFound
 from backends.llamacpp import LlamaCppBackend
-from tests.conftest import greedy, long_request
+from tests.conftest import cancel_mid_stream, greedy
 
 
 def collect(backend, request, cancel=None):
@@ -50,15 +49,7 @@ def test_multibyte_characters_survive_streaming(llama_backend):
 
 
 def test_cancel_stops_generation_within_a_second(llama_backend):
-    cancel = threading.Event()
-    stream = llama_backend.stream(long_request(), cancel)
-    for i, _ in enumerate(stream):
-        if i == 5:
-            break
-    t0 = time.perf_counter()
-    cancel.set()
-    rest = list(stream)
-    took = time.perf_counter() - t0
+    rest, took = cancel_mid_stream(llama_backend, after=5)
     print(f"\ncancel -> stop: {took * 1000:.1f} ms")
     assert rest[-1].finish_reason == "cancelled"
     assert sum(d.tokens for d in rest) <= 1

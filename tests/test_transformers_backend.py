@@ -11,7 +11,7 @@ import pytest
 from backends.base import ChatRequest, ModelSpec, SamplingParams
 from backends.errors import BackendError, UnsupportedQuantization
 from backends.transformers import TransformersBackend, bnb_support
-from tests.conftest import greedy, long_request
+from tests.conftest import cancel_mid_stream, greedy, long_request
 
 torch = pytest.importorskip("torch")
 
@@ -47,15 +47,7 @@ def test_streamed_greedy_equals_non_streamed_generate(hf_fp32):
 
 
 def test_cancel_stops_generate_thread_within_a_second(hf_fp32):
-    cancel = threading.Event()
-    stream = hf_fp32.stream(long_request(), cancel)
-    for i, _ in enumerate(stream):
-        if i == 3:
-            break
-    t0 = time.perf_counter()
-    cancel.set()
-    rest = list(stream)
-    took = time.perf_counter() - t0
+    rest, took = cancel_mid_stream(hf_fp32)
     print(f"\ncancel -> generate() stopped: {took * 1000:.0f} ms")
     assert rest[-1].finish_reason == "cancelled"
     assert took < 1.0
