@@ -161,7 +161,7 @@ class ModelManager:
                 raise NoModelLoaded()
             with r.idle:
                 r.active.add(cancel)
-        timer = RequestTimer(endpoint, r.info.name, r.info.quantization, t0)
+        timer = RequestTimer(self.metrics.next_id(), endpoint, r.info.name, r.info.quantization, t0)
         timer.stats.client = client
         if self.log_prompts:
             timer.stats.prompt = request.messages[-1].content

@@ -17,9 +17,6 @@ from dataclasses import asdict, dataclass, field
 
 from backends.base import TextDelta
 
-_ids = itertools.count(1)
-
-
 @dataclass
 class RequestStats:
     request_id: int
@@ -74,9 +71,9 @@ class RequestTimer:
     """Measures one request. Call ``started_generating`` when the model lock is held, ``chunk``
     for every delta, and ``finish`` once."""
 
-    def __init__(self, endpoint: str, model: str, quantization: str, t0: float | None = None):
+    def __init__(self, request_id: int, endpoint: str, model: str, quantization: str, t0: float | None = None):
         self.t0 = time.perf_counter() if t0 is None else t0
-        self.stats = RequestStats(next(_ids), endpoint, model, quantization, time.time() - (time.perf_counter() - self.t0))
+        self.stats = RequestStats(request_id, endpoint, model, quantization, time.time() - (time.perf_counter() - self.t0))
         self._last: float | None = None
 
     def started_generating(self) -> None:
@@ -124,9 +121,13 @@ class MetricsRecorder:
         self._recent: deque[RequestStats] = deque(maxlen=keep)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, RequestStats], None]] = []
+        self._ids = itertools.count(1)
         self.running = 0
         self.waiting = 0
         self.total = 0
+
+    def next_id(self) -> int:
+        return next(self._ids)
 
     def add_listener(self, fn: Callable[[str, RequestStats], None]) -> None:
         self._listeners.append(fn)
