@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,12 +207,3 @@ class Generation:
 
     def close(self) -> None:
         self._deltas.close()
-
-
-def wait_until_ready(manager: ModelManager, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if manager.state == "ready":
-            return True
-        time.sleep(0.05)
-    return False

@@ -767,7 +767,7 @@ def render(res: dict) -> str:
                      f"{('>= ' + str(goal) + 'x') if goal else '-':>10}{_ok(v.get('scaling_' + n)) if goal else '':>6}")
     lines += [
         "",
-        f"/v1 concurrency sweep (streaming clients; TPOT = (latency - TTFT)/(tokens - 1))",
+        "/v1 concurrency sweep (streaming clients; TPOT = (latency - TTFT)/(tokens - 1))",
         f"{'clients':>7}{'reqs':>6}{'errors':>7}{'agg tok/s':>11}{'scaling':>9}{'TTFT p50':>11}{'TTFT p99':>11}"
         f"{'TPOT p50':>11}{'TPOT p99':>11}",
     ]

@@ -75,6 +75,15 @@ def test_compare_streams_two_variants_through_gradio_client(client, live_app):
         client.predict("hi", ["llamacpp:Q9_9", "llamacpp:Q4_0"], api_name="/compare")
 
 
+def test_compared_variants_are_kept_until_released(cache_dir):
+    from backends.base import SamplingParams
+
+    lab = Lab(ModelManager(cache_dir=cache_dir))
+    list(lab.compare("embedded", ["llamacpp:Q8_0"], "Hi", SamplingParams(max_new_tokens=4, temperature=0.0)))
+    list(lab.compare("embedded", ["llamacpp:Q8_0"], "Hi", SamplingParams(max_new_tokens=4, temperature=0.0)))
+    assert lab.release() == 1 and lab.release() == 0
+
+
 def test_evaluate_through_gradio_client(client):
     rows = client.predict(["llamacpp:Q8_0", "llamacpp:Q2_K"], "", 128, "embedded", "llamacpp:F16", 64,
                           api_name="/evaluate")

@@ -246,6 +246,10 @@ class Handlers:
                                 seed=None if seed is None else _int(seed, "seed"))
         yield from self.lab.compare((model or "embedded").strip(), variants, text_of(prompt), params)
 
+    def release_lab(self) -> str:
+        n = self.lab.release()
+        return f"Unloaded {n} compared variant{'s' if n != 1 else ''}." if n else "No compared variant was loaded."
+
     def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: float = 1024,
                  model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: float = 256,
                  progress=lambda f, m: None) -> list[dict]:

@@ -65,6 +65,7 @@ def build_compare(h: Handlers):
     with gr.Row():
         run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         stop = gr.Button("Stop", variant="stop")
+        free = gr.Button("Unload compared variants", elem_id="compare-free")
     divergence = gr.Markdown(elem_id="compare-divergence")
     with gr.Row():
         panes = [gr.Markdown(elem_id=f"pane-{i}", visible=i < 2, container=True) for i in range(MAX_COMPARE)]
@@ -85,6 +86,8 @@ def build_compare(h: Handlers):
     ev = run.click(compare_ui, [prompt, variants, model, max_new, temperature, seed], [divergence, *panes],
                    api_visibility="private", concurrency_id="lab", concurrency_limit=1)
     stop.click(None, None, None, cancels=[ev], api_visibility="private")
+    # Compared variants stay loaded (up to 4) so the next comparison starts at once; this frees them.
+    free.click(h.release_lab, None, divergence, api_visibility="private", concurrency_id="lab")
 
 
 def build_evaluate(h: Handlers):
