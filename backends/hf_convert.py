@@ -7,7 +7,6 @@ download. transformers dequantizes the GGUF weights on load; the result is re-ho
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -15,17 +14,13 @@ from pathlib import Path
 
 from backends.base import Progress, _no_progress
 from backends.errors import ModelLoadError
+from optimization.quantize import source_key
 
 MARKER = "quantlab-derived.txt"
 
 
-def _key(gguf: Path) -> str:
-    st = gguf.stat()
-    return hashlib.sha1(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-
-
 def derived_checkpoint_dir(gguf: Path, cache_dir: Path) -> Path:
-    return cache_dir / "hf" / f"{gguf.stem}-{_key(gguf)}"
+    return cache_dir / "hf" / f"{gguf.stem}-{source_key(gguf)}"
 
 
 def hf_checkpoint_from_gguf(gguf: Path, cache_dir: Path, progress: Progress = _no_progress) -> Path:

@@ -19,7 +19,7 @@ from backends import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from optimization import quantize
-from optimization.memory import release_memory
+from optimization.memory import kv_cache_bytes, release_memory
 
 # Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
 CHATML_TEMPLATE = (
@@ -111,7 +111,8 @@ class LlamaCppBackend(Backend):
                 llm.close()
                 raise
         n_ctx = spec.n_ctx
-        own_type = quantize.gguf_file_type(path) or quant
+        ftype = meta.get("general.file_type")
+        own_type = quantize.GGUF_NAMES_BY_FTYPE.get(int(ftype), quant) if ftype is not None else quant
         weights = int(llm._model.size())
         details = {
             "file": path.name,
@@ -132,7 +133,7 @@ class LlamaCppBackend(Backend):
             quantization=own_type,
             source=str(path),
             context_length=n_ctx,
-            footprint_bytes=weights + _kv_cache_bytes(meta, n_ctx * spec.parallel),
+            footprint_bytes=weights + kv_cache_bytes(meta, n_ctx * spec.parallel),
             load_seconds=time.perf_counter() - t0,
             device="cuda" if n_gpu_layers and gpu_offload else "cpu",
             details=details,
@@ -237,7 +238,7 @@ class LlamaCppBackend(Backend):
         import numpy as np
         from llama_cpp import Llama
 
-        llm = self._require()
+        self._require()
         with self._lock:
             if self._logits_llm is None:
                 self._logits_llm = Llama(
@@ -251,9 +252,7 @@ class LlamaCppBackend(Backend):
                 raise ContextLengthExceeded(f"{len(token_ids)} tokens do not fit the {lg.n_ctx()}-token context.")
             lg.reset()
             lg.eval(list(token_ids))
-            out = np.array(lg.scores[: len(token_ids)], dtype=np.float32, copy=True)
-        del llm
-        return out
+            return np.array(lg.scores[: len(token_ids)], dtype=np.float32, copy=True)
 
     def _require(self):
         if self._llm is None:
@@ -270,17 +269,3 @@ def _gpu_offload_supported() -> bool:
         return bool(llama_cpp.llama_supports_gpu_offload())
     except AttributeError:  # pragma: no cover - very old builds
         return False
-
-
-def _kv_cache_bytes(meta: dict, n_ctx: int) -> int:
-    """f16 K and V for every layer at ``n_ctx`` (what llama.cpp allocates by default)."""
-    arch = meta.get("general.architecture", "llama")
-    try:
-        n_layer = int(meta[f"{arch}.block_count"])
-        n_embd = int(meta[f"{arch}.embedding_length"])
-        n_head = int(meta[f"{arch}.attention.head_count"])
-        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-    except (KeyError, ValueError):
-        return 0
-    head_dim = n_embd // max(n_head, 1)
-    return 2 * n_layer * n_ctx * n_head_kv * head_dim * 2

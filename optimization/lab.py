@@ -19,7 +19,7 @@ from backends.base import Backend, ChatRequest, LoadedModel, Message, ModelSpec,
 from backends.errors import BackendError, InvalidRequest, OutOfMemory, UnsupportedQuantization
 from backends.manager import ModelManager, backend_class
 from optimization import quality, quantize
-from optimization.memory import BITS_PER_WEIGHT, MemoryMonitor, estimate_model_bytes, fits
+from optimization.memory import BITS_PER_WEIGHT, MemoryMonitor, estimate_model_bytes, fits, kv_cache_bytes
 
 LAB_BACKENDS = ("llamacpp", "transformers")
 DEFAULT_REFERENCE = "transformers:fp32"
@@ -120,7 +120,8 @@ class Lab:
         n_params = estimate_params(path) if path else 0
         if not n_params:
             return [0 for _ in variants]
-        kv = 2 * 30 * n_ctx * 192 * 2 if n_ctx else 0  # small-model default; refined after load
+        meta = quantize.read_gguf_metadata(path) if path.is_file() and path.suffix == ".gguf" else {}
+        kv = kv_cache_bytes(meta, n_ctx)  # 0 when the architecture is not in the metadata
         need = [estimate_model_bytes(n_params, v.quantization if v.quantization in BITS_PER_WEIGHT else "Q8_0", kv)
                 for v in variants]
         pooled = sum(info.footprint_bytes for _, info in self._pool.values())

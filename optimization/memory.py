@@ -183,11 +183,25 @@ BITS_PER_WEIGHT = {
 OVERHEAD_BYTES = 64 * 2**20  # runtime buffers, scratch, the tokenizer
 
 
-def estimate_model_bytes(n_params: int, quantization: str, kv_cache_bytes: int = 0) -> int:
+def kv_cache_bytes(meta: dict, n_ctx: int) -> int:
+    """f16 K and V for every layer at ``n_ctx`` (what llama.cpp allocates by default)."""
+    arch = meta.get("general.architecture", "llama")
+    try:
+        n_layer = int(meta[f"{arch}.block_count"])
+        n_embd = int(meta[f"{arch}.embedding_length"])
+        n_head = int(meta[f"{arch}.attention.head_count"])
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+    except (KeyError, ValueError):
+        return 0
+    head_dim = n_embd // max(n_head, 1)
+    return 2 * n_layer * n_ctx * n_head_kv * head_dim * 2
+
+
+def estimate_model_bytes(n_params: int, quantization: str, kv_bytes: int = 0) -> int:
     bpw = BITS_PER_WEIGHT.get(quantization)
     if bpw is None:
         raise KeyError(quantization)
-    return int(n_params * bpw / 8) + kv_cache_bytes + OVERHEAD_BYTES
+    return int(n_params * bpw / 8) + kv_bytes + OVERHEAD_BYTES
 
 
 def fits(needed_bytes: int, on_gpu: bool = False, monitor: MemoryMonitor | None = None) -> tuple[bool, int]:

@@ -125,7 +125,8 @@ def gguf_file_type(path: Path) -> str | None:
     return GGUF_NAMES_BY_FTYPE.get(int(ftype), f"ftype {ftype}")
 
 
-def _source_key(path: Path) -> str:
+def source_key(path: Path) -> str:
+    """Names a derived model after its source file's identity (path, size, mtime)."""
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
@@ -161,7 +162,7 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
     own = gguf_file_type(src)
     if own == quant:
         return src
-    base = cache_dir / "gguf" / f"{src.stem}-{_source_key(src)}"
+    base = cache_dir / "gguf" / f"{src.stem}-{source_key(src)}"
     target = base / f"{src.stem}.{quant}.gguf"
     if target.exists():
         return target

@@ -45,7 +45,7 @@ def from_backend_error(exc: BackendError) -> JSONResponse:
 
 def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+    loc = ".".join(str(p) for p in err.get("loc", ()))
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     return (f"{loc}: {msg}" if loc else msg), (str(err["loc"][0]) if err.get("loc") else None)
 
