@@ -88,8 +88,10 @@ def test_memory_rises_on_load_and_falls_on_unload_and_requests_are_logged(tmp_pa
             c.predict(api_name="/unload_model")
             unloaded = rss()
             print(f"\nRSS MiB: empty {empty / 2**20:.0f}, bf16 loaded {loaded / 2**20:.0f}, unloaded {unloaded / 2**20:.0f}")
-            assert loaded - empty > footprint  # the weights plus torch itself
-            assert loaded - unloaded > 0.5 * footprint  # torch's own libraries stay; the weights go
+            # Other tests in this process may already have torch's libraries resident (and glibc may
+            # reuse pages it kept), so only the weights' share is certain: most of the footprint.
+            assert loaded - empty > 0.5 * footprint
+            assert loaded - unloaded > 0.5 * footprint  # the weights go back to the OS
             assert gauge() == 0
         finally:
             c.close()
