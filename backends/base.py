@@ -38,7 +38,7 @@ class ModelSpec:
     quantization: str | None = None  # backend-specific name; None = the backend's default
     n_ctx: int = 4096
     n_threads: int | None = None  # None = the backend picks (physical cores)
-    parallel: int = 1  # llama.cpp: sequences decoded together in one batch (continuous batching)
+    parallel: int = 1  # sequences decoded together in one batch (continuous batching), both local backends
     prefix_cache: bool = True  # llama.cpp batched: reuse a slot's KV for a shared prompt prefix
     n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
     device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU

@@ -7,6 +7,7 @@ criterion tied to the cancel event stops it within one token.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from backends.hf_convert import hf_checkpoint_from_gguf
 from optimization import quantize
 from optimization.memory import release_memory
 
+log = logging.getLogger(__name__)
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _END = object()
 
@@ -99,6 +101,7 @@ class TransformersBackend(Backend):
         self._lock = threading.Lock()
         self._max_ctx = 2048
         self._device = "cpu"
+        self._batcher = None  # ContinuousBatcher when spec.parallel > 1 and the model supports it
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class TransformersBackend(Backend):
         self._max_ctx = int(getattr(cfg, "max_position_embeddings", None) or tok.model_max_length or 2048)
         self._max_ctx = min(self._max_ctx, spec.n_ctx) if spec.n_ctx else self._max_ctx
         self._device = str(next(model.parameters()).device)
+        batching = self._start_batching(spec, model, tok) if spec.parallel > 1 else "off (parallel=1)"
         progress(1.0, "Loaded")
         return LoadedModel(
             name=spec.served_name or path.name,
@@ -180,11 +184,35 @@ class TransformersBackend(Backend):
                 "device_map": device_map,
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                 "trust_remote_code": spec.trust_remote_code,
+                "batching": batching,
                 **({"double_quant": spec.double_quant, "compute_dtype": spec.compute_dtype} if quant in ("nf4", "fp4") else {}),
             },
         )
 
+    def _start_batching(self, spec: ModelSpec, model, tok) -> str:
+        """Continuous batching through transformers' own manager; a model or quantization it cannot run
+        keeps the one-at-a-time path (said in the load details, never a failed load)."""
+        if not 1 <= spec.parallel <= 64:
+            raise InvalidRequest(f"parallel must be between 1 and 64, got {spec.parallel}.", "parallel")
+        from backends.transformers_batch import ContinuousBatcher
+
+        try:
+            self._batcher = ContinuousBatcher(model, spec.parallel, self._max_ctx, _eos_ids(model, tok),
+                                              prefix_cache=spec.prefix_cache)
+        except Exception as exc:  # an attention implementation or cache layout the manager rejects
+            log.warning("continuous batching unavailable for this model, generating one at a time: %s", exc)
+            self._batcher = None
+            return f"off ({type(exc).__name__}: {exc})"
+        return f"continuous ({spec.parallel} slots)"
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._batcher.slots if self._batcher is not None else 1
+
     def unload(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
         with self._lock:
             self._model = self._tok = None
         release_memory()
@@ -269,6 +297,10 @@ class TransformersBackend(Backend):
                 q.put(_END)
 
         yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
+        batcher = self._batcher
+        if batcher is not None and batcher.accepts(params):
+            yield from self._stream_batched(batcher, ids, budget, params, cancel)
+            return
         with self._lock:
             worker = threading.Thread(target=run, name="hf-generate", daemon=True)
             worker.start()
@@ -295,6 +327,19 @@ class TransformersBackend(Backend):
                 cancel.set()  # stops generate() if the consumer went away
                 worker.join()
             yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt)
+
+    def _stream_batched(self, batcher, ids, budget, params, cancel) -> Iterator[TextDelta]:
+        decoder = IncrementalDecoder(self._tok)
+        finish = "stop"
+        try:
+            for token, reason in batcher.stream(ids, params, budget, cancel):
+                if token is None:
+                    finish = reason
+                    break
+                yield TextDelta(decoder.push(token), tokens=1)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=len(ids))
 
     def tokenize(self, text: str) -> list[int]:
         _, tok = self._require()

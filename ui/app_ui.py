@@ -19,11 +19,11 @@ def badge_text(status: dict) -> str:
     m = status.get("model")
     if m:
         return f"Serving **{m['name']}** · {m['backend']} · {m['quantization']} · {m['device']}"
-    return "Loading a model…" if status.get("loading") else "No model loaded: open the Model tab"  # llama.cpp and transformers backends run one generation at a time today
+    return "Loading a model…" if status.get("loading") else "No model loaded: open the Model tab"
 
 
 def build_blocks(h: Handlers, settings) -> gr.Blocks:
-    # Generations at once = the backend's batch slots (llama.cpp --parallel); the queue holds the rest and
+    # Generations at once = the backend's batch slots (--parallel); the queue holds the rest and
     # shows each waiting user their position. The manager's per-model semaphore is the real guard, so a
     # model switched at run time to fewer slots still queues correctly.
     slots = max(1, settings.parallel)

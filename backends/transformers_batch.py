@@ -1,0 +1,127 @@
+"""Continuous batching for the transformers backend, on transformers' own ContinuousBatchingManager.
+
+The manager owns a paged KV cache and one generation thread that steps every running request in one
+forward pass; requests join and leave between steps. This module adapts it to the backend's
+``stream()`` contract: a dispatcher thread reads the manager's shared output queue and routes each
+streamed result to its request's own queue (the manager's ``request_id_iter`` re-queues foreign
+results, which churns with many readers), cancellation goes through ``cancel_request``, and a
+generation thread that dies fails every waiting request instead of hanging it.
+
+Per-request sampling uses the manager's per-request logits processors (temperature, top-k, top-p).
+Greedy is top-k 1. What the manager cannot do per request (repetition penalty, a seed for sampled
+text) is reported by ``accepts`` so the backend runs that request on its unbatched path.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+from backends.base import SamplingParams
+from backends.errors import BackendError
+
+PAGE_SIZE = 64  # tokens per KV page: small pages waste less on short chats
+_POLL_S = 0.25
+
+
+class ContinuousBatcher:
+    def __init__(self, model, slots: int, n_ctx: int, eos: Sequence[int], prefix_cache: bool = True):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        self.slots = slots
+        self.eos = frozenset(eos)
+        self.vocab = int(model.config.get_text_config().vocab_size)
+        # The processors exist only if the config asks for them (a temperature of 1.0 or no top-k would
+        # create none); every request then overrides all three with its own values.
+        generation_config = GenerationConfig(do_sample=True, temperature=0.7, top_k=40, top_p=0.95,
+                                             eos_token_id=list(eos), max_new_tokens=n_ctx)
+        config = ContinuousBatchingConfig(
+            per_request_processors=True,
+            page_size=PAGE_SIZE,
+            num_blocks=max(4, math.ceil(slots * n_ctx / PAGE_SIZE)),  # every slot can fill its context
+            max_requests_per_batch=slots,
+            max_batch_tokens=512,  # prompt prefill is chunked into the decode steps of the others
+            allow_block_sharing=prefix_cache,
+            use_cuda_graph=False,  # graphs per batch shape cost a warm-up a chat server does not amortise
+        )
+        self._mgr = model.init_continuous_batching(generation_config=generation_config,
+                                                   continuous_batching_config=config)
+        self._routes: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._mgr.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="hf-cb-dispatch", daemon=True)
+        self._dispatcher.start()
+
+    @staticmethod
+    def accepts(params: SamplingParams) -> bool:
+        """Whether the batch can honour these parameters exactly."""
+        return params.repetition_penalty == 1.0 and (params.greedy or params.seed is None)
+
+    def _dispatch(self) -> None:
+        for out in self._mgr:  # ends when the generation thread stops
+            with self._lock:
+                q = self._routes.get(out.request_id)
+            if q is not None:
+                q.put(out)
+
+    def _processor_kwargs(self, params: SamplingParams) -> dict:
+        if params.greedy:
+            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+        return {"temperature": float(params.temperature), "top_k": int(params.top_k or self.vocab),
+                "top_p": float(params.top_p)}
+
+    def stream(self, ids: list[int], params: SamplingParams, budget: int,
+               cancel: threading.Event) -> Iterator[tuple[int | None, str | None]]:
+        """Yield each new token id, then ``(None, finish_reason)``."""
+        with self._lock:
+            self._counter += 1
+            rid = f"quantlab-{self._counter}"
+            q: queue.Queue = queue.Queue()
+            self._routes[rid] = q
+        done = False
+        try:
+            if self._mgr.add_request(ids, request_id=rid, max_new_tokens=budget, streaming=True,
+                                     eos_token_id=sorted(self.eos), **self._processor_kwargs(params)) is None:
+                raise BackendError("The batch engine refused the request (it is stopping).")
+            sent = 0
+            while True:
+                if cancel.is_set():
+                    yield None, "cancelled"
+                    return
+                try:
+                    out = q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not self._mgr.is_running():
+                        raise BackendError(f"The batch engine stopped: {self._fatal() or 'shut down'}.") from None
+                    continue
+                if out.error:
+                    raise BackendError(f"Generation failed: {out.error}")
+                tokens = out.generated_tokens
+                for t in tokens[sent:]:
+                    if t in self.eos:
+                        done = out.is_finished()
+                        yield None, "stop"
+                        return
+                    yield t, None
+                sent = len(tokens)
+                if out.is_finished():
+                    done = True
+                    yield None, "length" if sent >= budget else "stop"
+                    return
+        finally:
+            if not done:  # cancelled, failed, or the consumer went away: free its slot and KV pages
+                self._mgr.cancel_request(rid)
+            with self._lock:
+                self._routes.pop(rid, None)
+
+    def _fatal(self) -> str | None:
+        err = self._mgr.background_thread_status.fatal_error
+        return f"{type(err).__name__}: {err}" if err is not None else None
+
+    def close(self) -> None:
+        self._mgr.stop(block=True, hard_stop=True)
+        self._dispatcher.join(timeout=5)

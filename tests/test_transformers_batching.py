@@ -1,0 +1,99 @@
+"""Continuous batching in the transformers backend (transformers' ContinuousBatchingManager): concurrent
+greedy requests get exactly their solo text, a cancelled or abandoned request leaves the others
+intact and frees its slot, and what the batch cannot honour runs unbatched beside it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from backends.base import ModelSpec
+from backends.transformers import TransformersBackend
+from tests.conftest import long_request
+from tests.test_batching import PROMPTS, concurrently, req, text
+
+
+@pytest.fixture(scope="module")
+def batched(cache_dir):
+    b = TransformersBackend(cache_dir)
+    # fp32: batched kernels at lower precision are not bit-identical across batch shapes (as in vLLM/TGI)
+    info = b.load(ModelSpec(source="embedded", backend="transformers", quantization="fp32", n_ctx=1024, parallel=4,
+                            prefix_cache=False))
+    assert info.details["batching"] == "continuous (4 slots)"
+    yield b
+    b.unload()
+
+
+def test_concurrent_greedy_requests_get_exactly_their_solo_text(batched):
+    assert batched.max_concurrency == 4
+    alone = [text(batched, req(p, 32)) for p in PROMPTS]
+    together = concurrently(lambda p: text(batched, req(p, 32)), [(p,) for p in PROMPTS])  # 6 requests, 4 slots
+    assert together == alone
+    assert all(t.strip() for t in alone)
+
+
+def test_what_the_batch_cannot_honour_runs_unbatched_beside_it(batched):
+    penalised = req("Describe a cat.", 24, repetition_penalty=1.3)  # no per-request penalty in the manager
+    alone = text(batched, penalised)
+    mixed = concurrently(lambda r: text(batched, r), [(penalised,), (req("What is 2+2?", 24),)])
+    assert mixed[0] == alone
+    assert mixed[1] == text(batched, req("What is 2+2?", 24))
+    assert alone != text(batched, req("Describe a cat.", 24))  # the penalty was applied
+
+
+def test_sampled_requests_stream_with_their_own_parameters(batched):
+    hot = req("Tell me a short story.", 24, temperature=1.5, top_k=0, top_p=1.0)
+    cold = req("Tell me a short story.", 24, temperature=0.01, top_k=1)
+    outs = concurrently(lambda r: text(batched, r), [(hot,), (cold,), (hot,)])
+    assert outs[1] == text(batched, req("Tell me a short story.", 24))  # top-k 1 is greedy
+    assert all(o.strip() for o in outs)
+
+
+def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):
+    expected = [text(batched, req(p, 32)) for p in PROMPTS[:3]]
+    cancel = threading.Event()
+    got: dict = {}
+
+    def long_one():
+        n = 0
+        for d in batched.stream(long_request(), cancel):
+            n += d.tokens
+            if n == 5:
+                cancel.set()
+            if d.finish_reason:
+                got["finish"] = d.finish_reason
+        got["tokens"] = n
+
+    t = threading.Thread(target=long_one)
+    t.start()
+    time.sleep(0.05)
+    others = concurrently(lambda p: text(batched, req(p, 32)), [(p,) for p in PROMPTS[:3]])
+    t.join(timeout=60)
+    assert got["finish"] == "cancelled" and got["tokens"] < 20
+    assert others == expected
+
+
+def test_a_consumer_that_walks_away_frees_its_slot(batched):
+    streams = [batched.stream(long_request(), threading.Event()) for _ in range(4)]
+    for s in streams:
+        next(s), next(s)  # all 4 slots busy
+    for s in streams:
+        s.close()  # what a disconnect does
+    mgr = batched._batcher._mgr
+    deadline = time.time() + 10
+    while mgr.batch_processor.scheduler.has_pending_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not mgr.batch_processor.scheduler.has_pending_requests()
+    assert text(batched, req("What is 2+2?", 8)).strip()
+
+
+def test_parallel_1_generates_one_at_a_time(cache_dir):
+    b = TransformersBackend(cache_dir)
+    info = b.load(ModelSpec(source="embedded", backend="transformers", quantization="fp32", n_ctx=512, parallel=1))
+    try:
+        assert b.max_concurrency == 1 and info.details["batching"].startswith("off")
+        assert text(b, req("What is 2+2?", 8)).strip()
+    finally:
+        b.unload()
