@@ -29,7 +29,7 @@ def test_short_benchmark_writes_every_path_level_ratio_and_plot(tmp_path):
     res = json.loads(out.read_text())
 
     assert res["meta"]["short"] is True
-    for path in ("raw", "app_gradio", "app_v1"):
+    for path in ("raw", "app_gradio", "app_rest", "app_v1"):
         p = res["paths"][path]
         assert p["requests"] == 2 and len(p["samples"]) == 2, path
         assert all(s["tokens"] > 0 for s in p["samples"]), path
@@ -45,7 +45,7 @@ def test_short_benchmark_writes_every_path_level_ratio_and_plot(tmp_path):
         assert _positive_finite(lv["ttft_ms_p50"]) and _positive_finite(lv["ttft_ms_p99"])
         assert _positive_finite(lv["tpot_ms_p50"]) and _positive_finite(lv["tpot_ms_p99"])
 
-    assert set(res["ratios"]) == {"app_gradio_tok_s_vs_raw", "app_v1_tok_s_vs_raw"}
+    assert set(res["ratios"]) == {"app_gradio_tok_s_vs_raw", "app_rest_tok_s_vs_raw", "app_v1_tok_s_vs_raw"}
     assert all(_positive_finite(v) for v in res["ratios"].values()), res["ratios"]
     assert set(res["scaling"]) == {"1", "2"}
     assert all(_positive_finite(v) for v in res["scaling"].values()), res["scaling"]
