@@ -176,7 +176,7 @@ class TransformersBackend(Backend):
             quantization=quant,
             source=str(path),
             context_length=self._max_ctx,
-            footprint_bytes=int(model.get_memory_footprint()),
+            footprint_bytes=int(model.get_memory_footprint()) + (self._batcher.kv_bytes if self._batcher else 0),
             load_seconds=time.perf_counter() - t0,
             device=self._device,
             details={
@@ -185,6 +185,7 @@ class TransformersBackend(Backend):
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                 "trust_remote_code": spec.trust_remote_code,
                 "batching": batching,
+                **({"kv_cache_bytes": self._batcher.kv_bytes} if self._batcher else {}),
                 **({"double_quant": spec.double_quant, "compute_dtype": spec.compute_dtype} if quant in ("nf4", "fp4") else {}),
             },
         )

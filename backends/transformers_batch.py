@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from backends.base import SamplingParams
@@ -53,6 +54,16 @@ class ContinuousBatcher:
         self._lock = threading.Lock()
         self._counter = 0
         self._mgr.start()
+        # The generation thread allocates the paged cache first thing: wait for it, so a cache that does not
+        # fit fails the load (and the backend falls back) instead of the first request.
+        deadline = time.monotonic() + 120
+        while self._mgr.batch_processor is None and self._mgr.is_running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._mgr.batch_processor is None:
+            fatal = self._fatal()
+            self._mgr.stop(block=True, hard_stop=True)
+            raise BackendError(f"The batch engine did not start: {fatal or 'timed out allocating its cache'}.")
+        self.kv_bytes = int(self._mgr.batch_processor.cache.cache_tensor.nbytes)
         self._dispatcher = threading.Thread(target=self._dispatch, name="hf-cb-dispatch", daemon=True)
         self._dispatcher.start()
 
