@@ -616,39 +616,32 @@ def run_app(args, order: list[int], rss: RssSampler) -> dict:
         out["app_rss"] = app_rss
         app_rss.mark("app_loaded")
 
-        client = Client(srv.url, verbose=False)
-        try:
-            gradio_request(client, -1, WARMUP_PROMPT, args.max_tokens)
+        def measure(label: str, request, warm_mark: str | None = None) -> list[Sample]:
+            """One warm-up, then every prompt in order, one after the other."""
+            request(-1, WARMUP_PROMPT)
+            if warm_mark:
+                app_rss.mark(warm_mark)
             samples = []
             for i, idx in enumerate(order):
-                s = gradio_request(client, idx, PROMPTS[idx], args.max_tokens)
-                log(f"APP /chat {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
+                s = request(idx, PROMPTS[idx])
+                log(f"APP {label} {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
                 samples.append(s)
-            out["app_gradio"] = samples
+            return samples
+
+        client = Client(srv.url, verbose=False)
+        try:
+            out["app_gradio"] = measure("/chat", lambda i, p: gradio_request(client, i, p, args.max_tokens))
         finally:
             client.close()
 
         import httpx
 
         with httpx.Client(base_url=srv.url, timeout=600) as http:
-            rest_request(http, -1, WARMUP_PROMPT, args.max_tokens)
-            samples = []
-            for i, idx in enumerate(order):
-                s = rest_request(http, idx, PROMPTS[idx], args.max_tokens)
-                log(f"APP /chat REST {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
-                samples.append(s)
-            out["app_rest"] = samples
+            out["app_rest"] = measure("/chat REST", lambda i, p: rest_request(http, i, p, args.max_tokens))
 
         oai = openai_client(srv.url)
         try:
-            v1_request(oai, "default", -1, WARMUP_PROMPT, args.max_tokens)
-            app_rss.mark("app_warm")
-            samples = []
-            for i, idx in enumerate(order):
-                s = v1_request(oai, "default", idx, PROMPTS[idx], args.max_tokens)
-                log(f"APP /v1 {i + 1}/{len(order)}: {s.tokens} tok, TTFT {s.ttft_s * 1000:.1f} ms, {s.tok_s or 0:.1f} tok/s")
-                samples.append(s)
-            out["app_v1"] = samples
+            out["app_v1"] = measure("/v1", lambda i, p: v1_request(oai, "default", i, p, args.max_tokens), "app_warm")
         finally:
             oai.close()
 

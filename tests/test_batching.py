@@ -64,14 +64,16 @@ def test_per_request_sampling_parameters_and_seeds_hold_under_batching(batched):
     assert mixed[1] == text(batched, req("Describe a cat."))
 
 
-def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):
-    expected = [text(batched, req(p)) for p in PROMPTS[:3]]
+def cancel_one_mid_batch(backend, n_tokens: int = 48) -> tuple[dict, list[str], list[str]]:
+    """A long request cancelled after 5 tokens while 3 others run beside it: (what the long one saw,
+    the others' texts, the others' solo texts)."""
+    expected = [text(backend, req(p, n_tokens)) for p in PROMPTS[:3]]
     cancel = threading.Event()
     got: dict = {}
 
     def long_one():
         n = 0
-        for d in batched.stream(long_request(), cancel):
+        for d in backend.stream(long_request(), cancel):
             n += d.tokens
             if n == 5:
                 cancel.set()
@@ -82,18 +84,27 @@ def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):
     t = threading.Thread(target=long_one)
     t.start()
     time.sleep(0.05)
-    others = concurrently(lambda p: text(batched, req(p)), [(p,) for p in PROMPTS[:3]])
+    others = concurrently(lambda p: text(backend, req(p, n_tokens)), [(p,) for p in PROMPTS[:3]])
     t.join(timeout=60)
+    return got, others, expected
+
+
+def walk_away_from_all_slots(backend, slots: int = 4) -> None:
+    streams = [backend.stream(long_request(), threading.Event()) for _ in range(slots)]
+    for s in streams:
+        next(s), next(s)  # every slot busy
+    for s in streams:
+        s.close()  # what a disconnect does
+
+
+def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):
+    got, others, expected = cancel_one_mid_batch(batched)
     assert got["finish"] == "cancelled" and got["tokens"] < 20
     assert others == expected
 
 
 def test_a_consumer_that_walks_away_frees_its_slot(batched):
-    streams = [batched.stream(long_request(), threading.Event()) for _ in range(4)]
-    for s in streams:
-        next(s), next(s)  # all 4 slots busy
-    for s in streams:
-        s.close()  # what a disconnect does
+    walk_away_from_all_slots(batched)
     deadline = time.time() + 5
     while batched._engine.busy and time.time() < deadline:
         time.sleep(0.01)

@@ -4,15 +4,13 @@ intact and frees its slot, and what the batch cannot honour runs unbatched besid
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from backends.base import ModelSpec
 from backends.transformers import TransformersBackend
-from tests.conftest import long_request
-from tests.test_batching import PROMPTS, concurrently, req, text
+from tests.test_batching import PROMPTS, cancel_one_mid_batch, concurrently, req, text, walk_away_from_all_slots
 
 
 @pytest.fixture(scope="module")
@@ -53,35 +51,13 @@ def test_sampled_requests_stream_with_their_own_parameters(batched):
 
 
 def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):
-    expected = [text(batched, req(p, 32)) for p in PROMPTS[:3]]
-    cancel = threading.Event()
-    got: dict = {}
-
-    def long_one():
-        n = 0
-        for d in batched.stream(long_request(), cancel):
-            n += d.tokens
-            if n == 5:
-                cancel.set()
-            if d.finish_reason:
-                got["finish"] = d.finish_reason
-        got["tokens"] = n
-
-    t = threading.Thread(target=long_one)
-    t.start()
-    time.sleep(0.05)
-    others = concurrently(lambda p: text(batched, req(p, 32)), [(p,) for p in PROMPTS[:3]])
-    t.join(timeout=60)
+    got, others, expected = cancel_one_mid_batch(batched, 32)
     assert got["finish"] == "cancelled" and got["tokens"] < 20
     assert others == expected
 
 
 def test_a_consumer_that_walks_away_frees_its_slot(batched):
-    streams = [batched.stream(long_request(), threading.Event()) for _ in range(4)]
-    for s in streams:
-        next(s), next(s)  # all 4 slots busy
-    for s in streams:
-        s.close()  # what a disconnect does
+    walk_away_from_all_slots(batched)
     mgr = batched._batcher._mgr
     deadline = time.time() + 10
     while mgr.batch_processor.scheduler.has_pending_requests() and time.time() < deadline:
