@@ -20,6 +20,7 @@ from backends.errors import InvalidRequest
 MAX_NEW_TOKENS_LIMIT = 32768
 MAX_TEMPERATURE = 5.0
 MAX_REPETITION_PENALTY = 5.0
+MAX_PARALLEL = 64  # batch slots per model
 
 Progress = Callable[[float, str], None]
 """Progress callback: (fraction in [0, 1], message)."""

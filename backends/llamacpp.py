@@ -72,8 +72,6 @@ class LlamaCppBackend(Backend):
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
-        if not 1 <= spec.parallel <= 64:
-            raise InvalidRequest(f"parallel must be between 1 and 64, got {spec.parallel}.", "parallel")
         batched = spec.parallel > 1
         gpu_offload = _gpu_offload_supported()
         asked = spec.n_gpu_layers

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
-from backends.errors import BackendError, Busy, ModelLoadError, NoModelLoaded
+from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.errors import BackendError, Busy, InvalidRequest, ModelLoadError, NoModelLoaded
 from optimization import quantize
 from optimization.metrics import MetricsRecorder, RequestStats, RequestTimer
 
@@ -90,6 +90,8 @@ class ModelManager:
         from backends import sources
 
         cls = backend_class(spec.backend, self.registry)
+        if not 1 <= spec.parallel <= MAX_PARALLEL:
+            raise InvalidRequest(f"parallel must be between 1 and {MAX_PARALLEL}, got {spec.parallel}.", "parallel")
         quant = quantize.normalize_quantization(spec.backend, spec.quantization, cls.quantizations,
                                                 cls.default_quantization)
         if "files" in cls.capabilities and not sources.looks_like_repo_id(spec.source.strip()):

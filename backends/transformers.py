@@ -193,8 +193,6 @@ class TransformersBackend(Backend):
     def _start_batching(self, spec: ModelSpec, model, tok) -> str:
         """Continuous batching through transformers' own manager; a model or quantization it cannot run
         keeps the one-at-a-time path (said in the load details, never a failed load)."""
-        if not 1 <= spec.parallel <= 64:
-            raise InvalidRequest(f"parallel must be between 1 and 64, got {spec.parallel}.", "parallel")
         from backends.transformers_batch import ContinuousBatcher
 
         try:
@@ -237,11 +235,7 @@ class TransformersBackend(Backend):
         return list(ids)
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
-
-        model, tok = self._require()
+        self._require()
         params = request.params
         ids = self.prompt_ids(request)
         n_prompt = len(ids)
@@ -251,6 +245,21 @@ class TransformersBackend(Backend):
                 "shorten the message or clear the chat."
             )
         budget = min(params.max_new_tokens, self._max_ctx - n_prompt)
+        yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
+        batcher = self._batcher
+        if batcher is not None and batcher.accepts(params):
+            yield from self._stream_batched(batcher, ids, budget, params, cancel)
+        else:
+            yield from self._stream_generate(ids, budget, params, cancel)
+
+    def _stream_generate(self, ids: list[int], budget: int, params, cancel: threading.Event) -> Iterator[TextDelta]:
+        """One request at a time: generate() in a worker thread, under the model's lock."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        model, tok = self._require()
+        n_prompt = len(ids)
         q: queue.Queue = queue.Queue()
 
         class _Streamer(BaseStreamer):
@@ -297,11 +306,6 @@ class TransformersBackend(Backend):
                 q.put(_Failed(exc))
                 q.put(_END)
 
-        yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
-        batcher = self._batcher
-        if batcher is not None and batcher.accepts(params):
-            yield from self._stream_batched(batcher, ids, budget, params, cancel)
-            return
         with self._lock:
             worker = threading.Thread(target=run, name="hf-generate", daemon=True)
             worker.start()

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backends.base import MAX_PARALLEL
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
 
 
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
     n_ctx: int = Field(2048, description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
-    parallel: int = Field(4, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
+    parallel: int = Field(4, ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")

@@ -167,3 +167,17 @@ def test_cancelling_a_job_stops_generation(client, live_app):
     last = manager.metrics.recent(1)[-1]
     assert last.outcome == "cancelled"
     assert last.completion_tokens < 1500
+
+
+@pytest.mark.parametrize("parallel", [0, 65])
+def test_bad_parallel_is_refused_before_loading_and_the_model_keeps_serving(client, live_app, parallel):
+    from backends.base import ModelSpec
+    from backends.errors import InvalidRequest
+
+    before = httpx.get(live_app.url + "/health").json()["model"]
+    for backend in ("llamacpp", "transformers"):
+        with pytest.raises(InvalidRequest, match="parallel must be between 1 and 64"):
+            live_app.manager.load(ModelSpec(source="embedded", backend=backend, parallel=parallel))
+    assert httpx.get(live_app.url + "/health").json()["model"] == before
+    reply, _ = chat(client, "Say hello.", max_new_tokens=8).result()
+    assert reply.strip()
