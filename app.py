@@ -13,20 +13,6 @@ import threading
 log = logging.getLogger("quantlab")
 
 
-def spec_defaults(settings) -> dict:
-    """The load options every model gets from the server's settings (the UI and API choose the rest)."""
-    return {"n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
-            "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
-            "trust_remote_code": settings.trust_remote_code}
-
-
-def default_spec(settings):
-    from backends.base import ModelSpec
-
-    return ModelSpec(source=settings.model, backend=settings.backend, quantization=settings.quantization,
-                     gguf_file=settings.gguf_file, api_base=settings.api_base, api_key=settings.remote_api_key, **spec_defaults(settings))
-
-
 def create_app(settings, manager=None):
     """The FastAPI app with the Gradio Blocks mounted at / and the HTTP extras beside it."""
     from contextlib import asynccontextmanager
@@ -34,27 +20,33 @@ def create_app(settings, manager=None):
     import gradio as gr
     from fastapi import FastAPI
 
+    from backends.base import ModelSpec
     from backends.manager import ModelManager
-    from optimization.memory import MemoryMonitor
-    from optimization.metrics import MetricsRecorder
+    from monitoring.memory import MemoryMonitor
+    from monitoring.metrics import MetricsRecorder
+    from monitoring.prometheus import PrometheusExporter
+    from monitoring.request_log import RequestLog
+    from optimization.lab import Lab
     from serving.auth import AccessPolicy, ApiKeyMiddleware
-    from serving.health import add_health
-    from serving.ratelimit import RateLimiter
+    from serving.chat_service import ChatService
     from serving.openai_api import add_openai_routes
-    from serving.prometheus import PrometheusExporter, add_metrics_route
-    from serving.request_log import RequestLog
+    from serving.ops import add_ops_routes
+    from serving.ratelimit import RateLimiter
+    from serving.services import Services
     from ui.app_ui import build_blocks
-    from ui.handlers import Handlers
 
     policy = AccessPolicy(settings.auth, settings.api_key, settings.protect_metrics)  # bad --auth fails here
     monitor = MemoryMonitor(interval=settings.monitor_interval)
     if manager is None:
-        manager = ModelManager(cache_dir=settings.cache_dir,
+        manager = ModelManager(metrics=MetricsRecorder(rss=monitor.rss), cache_dir=settings.cache_dir,
                                allowed_dir=settings.models_dir if settings.exposed else None,
-                               metrics=MetricsRecorder(rss=monitor.rss), log_prompts=settings.log_prompts)
+                               log_prompts=settings.log_prompts)
     request_log = RequestLog(settings.request_log)
     manager.metrics.add_listener(request_log.on_event)
     exporter = PrometheusExporter(manager, monitor)
+    base_spec = ModelSpec.from_settings(settings)
+    chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client))
+    services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -69,12 +61,9 @@ def create_app(settings, manager=None):
     app.state.manager = manager
     app.state.settings = settings
     app.state.monitor = monitor
-    add_health(app, manager)
-    add_metrics_route(app, exporter)
-    limiter = RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client)
-    add_openai_routes(app, manager, limiter)
-    handlers = Handlers(manager, monitor, limiter, spec_defaults=spec_defaults(settings))
-    blocks = build_blocks(handlers, settings)
+    add_ops_routes(app, manager, exporter)
+    add_openai_routes(app, manager, chat)
+    blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(ApiKeyMiddleware, policy=policy)
     return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login,
@@ -108,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             if sig == signal.SIGTERM and sig in self._captured_signals:
                 self._captured_signals.remove(sig)
 
+    from backends.base import ModelSpec
     from serving.settings import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
     app = create_app(settings)
     if not settings.no_model:
-        load_in_background(app.state.manager, default_spec(settings))
+        load_in_background(app.state.manager, ModelSpec.from_settings(settings))
     log.info("serving on http://%s:%d", settings.bind_host, settings.port)
     config = uvicorn.Config(app, host=settings.bind_host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=settings.shutdown_timeout)

@@ -1,8 +1,8 @@
 """The one contract every backend implements, and the dataclasses it speaks in.
 
 A backend holds at most one model. The manager (``backends/manager.py``) owns backend
-instances; the timing of every stream is done once, outside the backends
-(``optimization/metrics.py``).
+instances and runs every stream through one ``Recorder`` (``monitoring/metrics.py`` implements
+it; the manager only knows this protocol, so imports keep pointing down).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from backends.errors import InvalidRequest
+from backends.errors import InvalidRequest, UnsupportedQuantization
 
 # Bounds for user-supplied sampling parameters. Anything outside is a clear InvalidRequest.
 MAX_NEW_TOKENS_LIMIT = 32768
@@ -37,9 +37,9 @@ class ModelSpec:
     source: str
     backend: str
     quantization: str | None = None  # backend-specific name; None = the backend's default
-    n_ctx: int = 4096
+    n_ctx: int = 2048  # per conversation
     n_threads: int | None = None  # None = the backend picks (physical cores)
-    parallel: int = 1  # sequences decoded together in one batch (continuous batching), both local backends
+    parallel: int = 4  # sequences decoded together in one batch (continuous batching), both local backends
     prefix_cache: bool = True  # llama.cpp batched: reuse a slot's KV for a shared prompt prefix
     n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
     device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU
@@ -54,6 +54,20 @@ class ModelSpec:
 
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> ModelSpec:
+        """The one place server settings (``serving.settings.Settings``, read by attribute) become a
+        spec; ``overrides`` (the UI's or the API's choices) win."""
+        fields = {
+            "source": settings.model, "backend": settings.backend, "quantization": settings.quantization,
+            "gguf_file": settings.gguf_file, "api_base": settings.api_base, "api_key": settings.remote_api_key,
+            "n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
+            "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
+            "trust_remote_code": settings.trust_remote_code,
+        }
+        fields.update(overrides)
+        return cls(**fields)
 
     def __repr__(self) -> str:  # keep api_key out of logs and tracebacks
         shown = {k: v for k, v in self.__dict__.items() if k != "api_key" and v is not None}
@@ -111,6 +125,7 @@ class Message:
 class ChatRequest:
     messages: tuple[Message, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()  # stop strings: the reply ends before the first one (finish_reason "stop")
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -164,10 +179,29 @@ class Backend(abc.ABC):
     """One model, one backend instance. Subclasses set the class attributes and the methods."""
 
     name: ClassVar[str]
-    # subset of {"stream", "logits", "batch", "tokenize", "files" (loads local files / Hub repos)}
+    # subset of {"stream", "logits", "tokenize", "files" (loads local files / Hub repos)}
     capabilities: ClassVar[frozenset[str]]
-    quantizations: ClassVar[tuple[str, ...]]
+    quantizations: ClassVar[tuple[str, ...]]  # the menu
     default_quantization: ClassVar[str]
+    pseudo_quantizations: ClassVar[tuple[str, ...]] = ()  # menu entries that are no variant ("as file")
+
+    @classmethod
+    def normalize_quantization(cls, quantization: str | None) -> str:
+        """The canonical menu name for ``quantization`` (None or "" = the default), or
+        UnsupportedQuantization naming the choices."""
+        if quantization is None or str(quantization).strip() == "":
+            return cls.default_quantization
+        q = str(quantization).strip()
+        for name in cls.quantizations:
+            if name.lower() == q.lower():
+                return name
+        raise UnsupportedQuantization(
+            f"Unknown quantization {q!r} for the {cls.name} backend: choose one of {', '.join(cls.quantizations)}.")
+
+    @classmethod
+    def variant_quantizations(cls) -> tuple[str, ...]:
+        """The quantizations that each make a distinct model (the lab's variants)."""
+        return tuple(q for q in cls.quantizations if q not in cls.pseudo_quantizations)
 
     def __init__(self, cache_dir: Path | None = None):
         """``cache_dir``: where the backend may write derived models."""
@@ -196,3 +230,16 @@ class Backend(abc.ABC):
     def logits(self, token_ids: Sequence[int]) -> Any:
         """Next-token logits for every position of ``token_ids``: float32 array [len, vocab]."""
         raise InvalidRequest(f"The {self.name} backend does not expose logits.")
+
+
+class Recorder(Protocol):
+    """Times and records generations (``monitoring.metrics.MetricsRecorder``); the manager runs every
+    stream, chat or lab, through one."""
+
+    def start(self, endpoint: str, model: str, quantization: str, t0: float | None = None,
+              client: str | None = None, prompt: str | None = None) -> Any:
+        """A timer for one request; its ``stats`` fill in as the stream runs."""
+
+    def timed(self, timer: Any, stream_factory: Callable[[], Iterator[TextDelta]],
+              acquire: Callable[[], bool] | None = None) -> Iterator[TextDelta]:
+        """Run ``stream_factory()`` under ``timer``; ``acquire`` waits for a model slot."""

@@ -1,5 +1,5 @@
 """Typed errors. Every layer raises these; exactly one edge per transport converts them
-(``ui/handlers.py`` to ``gr.Error``, ``serving/openai_api.py`` to OpenAI-style JSON).
+(``ui/edge.py`` to ``gr.Error``, ``serving/openai_api.py`` to OpenAI-style JSON).
 
 Each error carries a user-facing sentence (``str(exc)``), an HTTP status and an OpenAI error type.
 """
@@ -79,3 +79,10 @@ class Busy(BackendError):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def user_message(exc: BaseException) -> str:
+    """The sentence shown for an error (typed errors carry their own)."""
+    if isinstance(exc, BackendError):
+        return str(exc)
+    return f"Internal error ({type(exc).__name__}). The server is still running; see its log for details."

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backends.base import Progress, _no_progress
 from backends.errors import ModelLoadError
-from optimization.quantize import source_key
+from backends.gguf import source_key
 
 MARKER = "quantlab-derived.txt"
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from backends import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
-from optimization import quantize
-from optimization.memory import kv_cache_bytes, release_memory
+from backends import gguf
+from backends.gguf import kv_cache_bytes
+from backends.llamacpp_open import open_llama
+from backends.memory import release_memory
 
 # Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
 CHATML_TEMPLATE = (
@@ -40,8 +42,17 @@ def physical_cores() -> int:
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     capabilities = frozenset({"stream", "logits", "tokenize", "files"})
-    quantizations = quantize.LLAMACPP_QUANTS
-    default_quantization = quantize.GGUF_AS_FILE
+    quantizations = gguf.GGUF_MENU
+    default_quantization = gguf.GGUF_AS_FILE
+    pseudo_quantizations = (gguf.GGUF_AS_FILE,)
+
+    @classmethod
+    def normalize_quantization(cls, quantization: str | None) -> str:
+        """Any GGUF type llama.cpp can make, beyond the menu (e.g. "q3_k_s" -> "Q3_K_S")."""
+        q = str(quantization or "").strip()
+        if q.upper() in gguf.GGUF_FTYPES:
+            return q.upper()
+        return super().normalize_quantization(quantization)
 
     def __init__(self, cache_dir: Path | None = None):
         self._cache_dir = cache_dir or sources.default_cache_dir()
@@ -57,18 +68,17 @@ class LlamaCppBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
         path = sources.find_gguf(sources.resolve(spec.source, gguf_file=spec.gguf_file,
                                                  progress=sources.scaled(progress, 0.05, 0.15)), spec.gguf_file)
-        quantize.check_gguf(path)
-        quant = quantize.normalize_quantization(self.name, spec.quantization)
-        if quant != quantize.GGUF_AS_FILE:
+        gguf.check_gguf(path)
+        quant = self.normalize_quantization(spec.quantization)
+        if quant != gguf.GGUF_AS_FILE:
             progress(0.15, f"Making the {quant} variant (cached after the first time)")
-            path = quantize.gguf_variant(path, quant, self._cache_dir)
+            path = gguf.gguf_variant(path, quant, self._cache_dir)
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
@@ -77,8 +87,8 @@ class LlamaCppBackend(Backend):
         asked = spec.n_gpu_layers
         n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
         try:
-            llm = Llama(
-                model_path=str(path),
+            llm = open_llama(
+                str(path),
                 n_ctx=64 if batched else spec.n_ctx,  # batched: the engine's context holds the KV caches
                 n_threads=spec.n_threads or physical_cores(),
                 n_gpu_layers=n_gpu_layers,
@@ -110,7 +120,7 @@ class LlamaCppBackend(Backend):
                 raise
         n_ctx = spec.n_ctx
         ftype = meta.get("general.file_type")
-        own_type = quantize.GGUF_NAMES_BY_FTYPE.get(int(ftype), quant) if ftype is not None else quant
+        own_type = gguf.GGUF_NAMES_BY_FTYPE.get(int(ftype), quant) if ftype is not None else quant
         weights = int(llm._model.size())
         details = {
             "file": path.name,
@@ -234,13 +244,12 @@ class LlamaCppBackend(Backend):
         """Logits at every position, from a second context created with logits_all=True (the
         chat context keeps logits off, which is what makes generation fast)."""
         import numpy as np
-        from llama_cpp import Llama
 
         self._require()
         with self._lock:
             if self._logits_llm is None:
-                self._logits_llm = Llama(
-                    model_path=str(self._path), n_ctx=max(len(token_ids), 512), logits_all=True,
+                self._logits_llm = open_llama(
+                    str(self._path), n_ctx=max(len(token_ids), 512), logits_all=True,
                     n_threads=(self._spec.n_threads if self._spec else None) or physical_cores(),
                     n_gpu_layers=self._n_gpu_layers,
                     verbose=False,

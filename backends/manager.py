@@ -1,63 +1,51 @@
 """ModelManager: the app's one piece of mutable state.
 
-It owns the resident model (one at a time for chat; the quantization lab borrows extra backends
-through ``open_backend``), loads and switches under a lock, and runs every generation through
-one timing path (``optimization/metrics.py``). A failed load leaves the previous model serving:
-the new model is loaded beside the old one and swapped in only once it works.
+It owns the chat's resident model and the models the quantization lab leases (``open_variant``).
+Every generation, chat or lab, runs through one path here: the model's slots (granted in arrival
+order), stop strings, and the injected Recorder (timing, /metrics, the request log, the Monitor).
+A failed load leaves the previous model serving: the new model is loaded beside the old one and
+swapped in only once it works.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
-from backends.errors import BackendError, Busy, InvalidRequest, ModelLoadError, NoModelLoaded
-from optimization import quantize
-from optimization.metrics import MetricsRecorder, RequestStats, RequestTimer
-
-BACKENDS: dict[str, tuple[str, str]] = {
-    "llamacpp": ("backends.llamacpp", "LlamaCppBackend"),
-    "transformers": ("backends.transformers", "TransformersBackend"),
-    "remote": ("backends.remote", "RemoteBackend"),
-}
+from backends import sources
+from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta, _no_progress
+from backends.errors import BackendError, Busy, InvalidRequest, ModelLoadError, NoModelLoaded, OutOfMemory
+from backends.registry import BackendRegistry, default_registry
+from backends.slots import FairSlots
+from backends.stops import apply_stops
 
 
-def backend_class(name: str, registry: dict[str, tuple[str, str]] = BACKENDS) -> type[Backend]:
-    if name not in registry:
-        raise ModelLoadError(f"Unknown backend {name!r}: choose one of {', '.join(registry)}.")
-    module, cls = registry[name]
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        raise ModelLoadError(f"The {name} backend is not installed here ({exc.name} is missing).") from exc
-
-
-@dataclass
+@dataclass(eq=False)  # identity: held in a set
 class _Resident:
     backend: Backend
     info: LoadedModel
     spec: ModelSpec
-    slots: threading.Semaphore
+    slots: FairSlots
     active: set[threading.Event] = field(default_factory=set)
     idle: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
 
 
 class ModelManager:
-    def __init__(self, cache_dir: Path | None = None, allowed_dir: Path | None = None,
-                 registry: dict[str, tuple[str, str]] = BACKENDS, metrics: MetricsRecorder | None = None,
-                 log_prompts: bool = False):
-        self.registry = registry  # backend name -> (module, class); tests add a fake one
+    def __init__(self, *, metrics: Recorder, cache_dir: Path | None = None, allowed_dir: Path | None = None,
+                 registry: BackendRegistry | None = None, log_prompts: bool = False):
+        self.registry = registry or default_registry()  # tests register a fake backend
         self.cache_dir = cache_dir
         self.allowed_dir = allowed_dir  # set when serving beyond loopback: local paths confined here
-        self.metrics = metrics or MetricsRecorder()
+        self.metrics = metrics
         self.log_prompts = log_prompts
         self._resident: _Resident | None = None
-        self._swap = threading.Lock()  # guards self._resident
-        self._loading_lock = threading.Lock()  # one load at a time
+        self._leases: set[_Resident] = set()  # lab variants, each with its own backend
+        self._swap = threading.Lock()  # guards self._resident and self._leases
+        self._loading_lock = threading.Lock()  # one chat load at a time
         self.loading: ModelSpec | None = None
         self.last_error: str | None = None
 
@@ -74,6 +62,11 @@ class ModelManager:
             return "ready"
         return "loading" if self.loading is not None else "empty"
 
+    def leased(self) -> list[LoadedModel]:
+        """The lab's variants held right now."""
+        with self._swap:
+            return [r.info for r in self._leases]
+
     def status(self) -> dict:
         cur = self.current
         return {
@@ -81,50 +74,65 @@ class ModelManager:
             "model": cur.as_dict() if cur else None,
             "loading": repr(self.loading) if self.loading else None,
             "last_error": self.last_error,
+            "lab_models": [info.as_dict() for info in self.leased()],
         }
+
+    def in_use_sources(self) -> list[str]:
+        """Files and folders of every model held (chat and lab): the caches never delete these."""
+        with self._swap:
+            held = ([self._resident] if self._resident else []) + list(self._leases)
+        return [r.info.source for r in held if "files" in type(r.backend).capabilities]
 
     # --- load / unload ---------------------------------------------------------------------------
 
     def validate(self, spec: ModelSpec) -> ModelSpec:
-        """Cheap checks done before anything is touched: backend, quantization, path."""
-        from backends import sources
-
-        cls = backend_class(spec.backend, self.registry)
+        """Cheap checks done before anything is touched: backend, quantization, slots, path."""
+        cls = self.registry.get(spec.backend)
         if not 1 <= spec.parallel <= MAX_PARALLEL:
             raise InvalidRequest(f"parallel must be between 1 and {MAX_PARALLEL}, got {spec.parallel}.", "parallel")
-        quant = quantize.normalize_quantization(spec.backend, spec.quantization, cls.quantizations,
-                                                cls.default_quantization)
+        quant = cls.normalize_quantization(spec.quantization)
         if "files" in cls.capabilities and not sources.looks_like_repo_id(spec.source.strip()):
             sources.resolve_local(spec.source, self.allowed_dir)  # Hub repo ids are resolved on load
         return spec.with_(quantization=quant)
+
+    def _open(self, spec: ModelSpec, progress: Progress) -> _Resident:
+        """Load ``spec`` into a new backend instance; on any failure free what it took."""
+        cls = self.registry.get(spec.backend)
+        backend = cls(cache_dir=self.cache_dir)
+        try:
+            info = backend.load(spec, progress)
+        except BackendError:
+            backend.unload()
+            raise
+        except MemoryError as exc:
+            backend.unload()
+            raise OutOfMemory(f"Not enough memory to load {spec.source}.") from exc
+        except ImportError as exc:
+            backend.unload()
+            raise ModelLoadError(f"The {spec.backend} backend is not installed here ({exc.name} is missing).") from exc
+        except BaseException:
+            backend.unload()
+            raise
+        return _Resident(backend, info, spec, FairSlots(backend.max_concurrency))
 
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
         spec = self.validate(spec)
         if not self._loading_lock.acquire(blocking=False):
             raise Busy(f"Another model is loading ({self.loading.source if self.loading else '?'}); try again when it is done.")
-        backend: Backend | None = None
         try:
             self.loading = spec
             self.last_error = None
-            backend = backend_class(spec.backend, self.registry)(cache_dir=self.cache_dir)
-            info = backend.load(spec, progress)
-            old = self._swap_in(_Resident(backend, info, spec, threading.Semaphore(backend.max_concurrency)))
-            backend = None
+            new = self._open(spec, progress)
+            with self._swap:
+                old, self._resident = self._resident, new
             if old is not None:
                 progress(0.97, f"Unloading {old.info.name}")
                 self._retire(old)
-            return info
+            return new.info
         except BackendError as exc:
             self.last_error = str(exc)
             raise
-        except MemoryError as exc:
-            from backends.errors import OutOfMemory
-
-            self.last_error = "Out of memory while loading."
-            raise OutOfMemory(f"Not enough memory to load {spec.source}.") from exc
         finally:
-            if backend is not None:  # the load failed half-way: free what it took
-                backend.unload()
             self.loading = None
             self._loading_lock.release()
 
@@ -136,14 +144,25 @@ class ModelManager:
         self._retire(old)
         return old.info
 
-    def _swap_in(self, new: _Resident) -> _Resident | None:
+    def open_variant(self, spec: ModelSpec, progress: Progress = _no_progress) -> Lease:
+        """Load a model beside the chat's (for the lab) with the same checks; generations on it go
+        through the same slots and timing path. Close the lease to free it."""
+        r = self._open(self.validate(spec), progress)
         with self._swap:
-            old, self._resident = self._resident, new
-        return old
+            self._leases.add(r)
+        return Lease(self, r)
+
+    def _close_lease(self, r: _Resident) -> None:
+        with self._swap:
+            if r not in self._leases:
+                return
+            self._leases.discard(r)
+        self._retire(r)
 
     def _retire(self, old: _Resident, grace: float = 5.0) -> None:
         """Cancel the streams still running on ``old``, wait for them, free its memory."""
         with old.idle:
+            old.closed = True
             for ev in old.active:
                 ev.set()
             old.idle.wait_for(lambda: not old.active, timeout=grace)
@@ -153,34 +172,36 @@ class ModelManager:
 
     def stream(self, request: ChatRequest, cancel: threading.Event, endpoint: str = "chat",
                t0: float | None = None, client: str | None = None) -> Generation:
-        """Stream a reply from the resident model, timed and recorded. Raises NoModelLoaded when
+        """Stream a reply from the chat's model, timed and recorded. Raises NoModelLoaded when
         nothing is loaded (before the first yield)."""
-        request = ChatRequest(request.messages, request.params.validated())
         with self._swap:
             r = self._resident
             if r is None:
                 raise NoModelLoaded()
-            with r.idle:
-                r.active.add(cancel)
-        timer = RequestTimer(self.metrics.next_id(), endpoint, r.info.name, r.info.quantization, t0)
-        timer.stats.client = client
-        if self.log_prompts:
-            timer.stats.prompt = request.messages[-1].content
+            return self._generation(r, request, cancel, endpoint, t0, client)
+
+    def _generation(self, r: _Resident, request: ChatRequest, cancel: threading.Event, endpoint: str,
+                    t0: float | None, client: str | None) -> Generation:
+        request = replace(request, params=request.params.validated())
+        with r.idle:
+            if r.closed:
+                raise NoModelLoaded("That model was unloaded.")
+            r.active.add(cancel)
+        prompt = request.messages[-1].content if self.log_prompts else None
+        timer = self.metrics.start(endpoint, r.info.name, r.info.quantization, t0, client, prompt)
         return Generation(self._run(r, request, cancel, timer), timer.stats)
 
-    def _run(self, r: _Resident, request: ChatRequest, cancel: threading.Event, timer: RequestTimer) -> Iterator[TextDelta]:
+    def _run(self, r: _Resident, request: ChatRequest, cancel: threading.Event, timer: Any) -> Iterator[TextDelta]:
         acquired = False
 
         def acquire() -> bool:
             nonlocal acquired
-            while not r.slots.acquire(timeout=0.05):
-                if cancel.is_set():
-                    return False
-            acquired = True
-            return True
+            acquired = r.slots.acquire(cancel)
+            return acquired
 
         try:
-            yield from self.metrics.timed(timer, lambda: r.backend.stream(request, cancel), acquire)
+            yield from self.metrics.timed(
+                timer, lambda: apply_stops(r.backend.stream(request, cancel), request.stop, cancel), acquire)
         finally:
             cancel.set()
             if acquired:
@@ -196,11 +217,49 @@ class ModelManager:
         return text, gen.stats.as_dict()
 
 
+class Lease:
+    """A model the lab holds beside the chat's. Its generations are timed and slotted like chat ones
+    (``endpoint`` labels them in /metrics and the request log)."""
+
+    def __init__(self, manager: ModelManager, resident: _Resident):
+        self._manager = manager
+        self._r = resident
+
+    @property
+    def info(self) -> LoadedModel:
+        return self._r.info
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._r.spec
+
+    def stream(self, request: ChatRequest, cancel: threading.Event, endpoint: str = "lab",
+               t0: float | None = None) -> Generation:
+        return self._manager._generation(self._r, request, cancel, endpoint, t0, None)
+
+    def tokenize(self, text: str) -> list[int]:
+        self._manager.registry.require(self._r.spec.backend, "tokenize", "tokenize text")
+        return self._r.backend.tokenize(text)
+
+    def logits(self, token_ids) -> Any:
+        self._manager.registry.require(self._r.spec.backend, "logits", "give logits (the quality meter needs them)")
+        return self._r.backend.logits(token_ids)
+
+    def close(self) -> None:
+        self._manager._close_lease(self._r)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Generation:
     """A running generation: iterate it for TextDeltas; ``stats`` fills in as it goes and is final
     once iteration ends. Closing it (or dropping it) cancels the generation."""
 
-    def __init__(self, deltas: Iterator[TextDelta], stats: RequestStats):
+    def __init__(self, deltas: Iterator[TextDelta], stats: Any):
         self._deltas = deltas
         self.stats = stats
 

@@ -53,6 +53,7 @@ class RemoteBackend(Backend):
     capabilities = frozenset({"stream"})
     quantizations = ("as served",)
     default_quantization = "as served"
+    pseudo_quantizations = ("as served",)
 
     def __init__(self, cache_dir=None):
         self._client: httpx.Client | None = None

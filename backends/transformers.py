@@ -25,8 +25,8 @@ from backends.errors import (
     UnsupportedQuantization,
 )
 from backends.hf_convert import hf_checkpoint_from_gguf
-from optimization import quantize
-from optimization.memory import release_memory
+from backends import gguf
+from backends.memory import release_memory
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -91,8 +91,8 @@ def _bnb_cpu_ok() -> bool:
 class TransformersBackend(Backend):
     name = "transformers"
     capabilities = frozenset({"stream", "logits", "tokenize", "files"})
-    quantizations = quantize.TRANSFORMERS_QUANTS
-    default_quantization = quantize.TRANSFORMERS_DEFAULT
+    quantizations = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+    default_quantization = "bf16"
 
     def __init__(self, cache_dir: Path | None = None):
         self._cache_dir = cache_dir or sources.default_cache_dir()
@@ -110,7 +110,7 @@ class TransformersBackend(Backend):
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelLoadError(f"{path.name} is not a model: give a checkpoint folder, a GGUF file or a repo id.")
-            quantize.check_gguf(path)
+            gguf.check_gguf(path)
             return hf_checkpoint_from_gguf(path, self._cache_dir, progress)
         if (path / "config.json").exists():
             return path
@@ -127,7 +127,7 @@ class TransformersBackend(Backend):
 
         hf_logging.disable_progress_bar()  # per-tensor bars flood the server log
         t0 = time.perf_counter()
-        quant = quantize.normalize_quantization(self.name, spec.quantization)
+        quant = self.normalize_quantization(spec.quantization)
         on_gpu = torch.cuda.is_available()
         device_map = spec.device_map or ("auto" if on_gpu else "cpu")
         if quant in ("int8", "nf4", "fp4") and not bnb_support()[quant]:

@@ -205,11 +205,12 @@ class RawLlamaCpp:
     """llama-cpp-python directly, as a user of the library would call it."""
 
     def __init__(self, model_path: Path, n_ctx: int, n_threads: int):
-        from llama_cpp import Llama
+        from backends.llamacpp_open import open_llama
 
         # n_threads_batch as the app's engine uses it (llama-cpp-python would default it to every CPU,
-        # which gives the raw path a faster prefill than the app's whenever --threads < CPUs)
-        self.llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+        # which gives the raw path a faster prefill than the app's whenever --threads < CPUs); the
+        # same model parameters as the app (no AMX buffers where llama.cpp crashes in them)
+        self.llm = open_llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                          verbose=False)
 
     def run(self, prompt_index: int, prompt: str, max_tokens: int) -> Sample:

@@ -1,8 +1,11 @@
 """The quantization lab: variants of one model across both backends, compared side by side and
 measured against a reference.
 
-Variants are loaded as extra backend instances, apart from the chat's resident model, which is
-never touched. Memory is checked against free RAM/VRAM before any variant is loaded.
+Variants are leased from the ModelManager (``open_variant``) with the server's load options, beside
+the chat's model, which is never touched: their generations take the same slots and timing path, so
+Compare and Evaluate show in the Monitor, /metrics (endpoint "compare" / "evaluate") and the request
+log, and the caches never delete a variant the lab holds. Memory is checked against free RAM/VRAM
+before any variant is loaded.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends import sources
-from backends.base import Backend, ChatRequest, LoadedModel, Message, ModelSpec, SamplingParams
+from backends import gguf, sources
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest, OutOfMemory, UnsupportedQuantization
-from backends.manager import ModelManager, backend_class
-from optimization import quality, quantize
-from optimization.memory import BITS_PER_WEIGHT, MemoryMonitor, estimate_model_bytes, fits, kv_cache_bytes
+from backends.manager import Lease, ModelManager
+from backends.registry import BackendRegistry
+from monitoring.memory import MemoryMonitor
+from optimization import quality
+from optimization.estimates import BITS_PER_WEIGHT, estimate_model_bytes, fits
 
-LAB_BACKENDS = ("llamacpp", "transformers")
+LAB_CAPABILITY = "logits"  # a backend the quality meter can score
 DEFAULT_REFERENCE = "transformers:fp32"
 MAX_COMPARE = 4
+COMPARE_CTX = 2048
 
 
 @dataclass(frozen=True)
@@ -36,23 +42,24 @@ class Variant:
         return f"{self.backend}:{self.quantization}"
 
     @classmethod
-    def parse(cls, text: str) -> Variant:
-        backend, sep, quant = (text or "").strip().partition(":")
-        if not sep or backend not in LAB_BACKENDS:
+    def parse(cls, text: str, registry: BackendRegistry) -> Variant:
+        backend, sep, quant = (text if isinstance(text, str) else "").strip().partition(":")
+        if not sep or backend not in registry.names() or not registry.supports(backend, LAB_CAPABILITY):
             raise UnsupportedQuantization(
                 f"Unknown variant {text!r}: write backend:quantization, e.g. llamacpp:Q8_0 or transformers:nf4.")
-        return cls(backend, quantize.normalize_quantization(backend, quant))
+        return cls(backend, registry.normalize(backend, quant))
 
 
-def variant_menu() -> list[str]:
-    return [f"llamacpp:{q}" for q in quantize.LLAMACPP_QUANTS if q != quantize.GGUF_AS_FILE] + \
-           [f"transformers:{q}" for q in quantize.TRANSFORMERS_QUANTS]
+def variant_menu(registry: BackendRegistry) -> list[str]:
+    return registry.variant_menu(LAB_CAPABILITY)
 
 
-def parse_variants(texts, at_least: int = 1, at_most: int | None = None) -> list[Variant]:
+def parse_variants(texts, registry: BackendRegistry, at_least: int = 1, at_most: int | None = None) -> list[Variant]:
     if isinstance(texts, str):
         texts = [t for t in texts.split(",") if t.strip()]
-    variants = list(dict.fromkeys(Variant.parse(t) for t in (texts or [])))
+    if not isinstance(texts, (list, tuple)):
+        raise InvalidRequest("variants must be a list such as [\"llamacpp:Q8_0\", \"transformers:nf4\"].", "variants")
+    variants = list(dict.fromkeys(Variant.parse(t, registry) for t in texts))
     if len(variants) < at_least:
         raise InvalidRequest(f"Choose at least {at_least} variant{'s' if at_least > 1 else ''}.", "variants")
     if at_most is not None and len(variants) > at_most:
@@ -64,7 +71,7 @@ def estimate_params(path: Path) -> int:
     """Parameter count of a source, from its files (no load): GGUF size / its bits per weight, or
     the safetensors' bytes / their dtype size."""
     if path.is_file() and path.suffix == ".gguf":
-        own = quantize.gguf_file_type(path) or "Q8_0"
+        own = gguf.gguf_file_type(path) or "Q8_0"
         return int(path.stat().st_size * 8 / BITS_PER_WEIGHT.get(own, 8.5))
     weights = list(path.glob("*.safetensors")) if path.is_dir() else []
     if weights:
@@ -73,35 +80,39 @@ def estimate_params(path: Path) -> int:
 
 
 class Lab:
-    def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None, keep: int = MAX_COMPARE):
+    def __init__(self, manager: ModelManager, monitor: MemoryMonitor | None = None, keep: int = MAX_COMPARE,
+                 base_spec: ModelSpec | None = None):
+        """``base_spec``: the server's load options (threads, GPU layers, trust_remote_code, ...);
+        each variant overrides the source, backend and quantization and decodes one sequence."""
         self.manager = manager
         self.monitor = monitor
         self.keep = keep
-        self._pool: OrderedDict[tuple[str, str, int], tuple[Backend, LoadedModel]] = OrderedDict()
+        self.base_spec = base_spec
+        self._pool: OrderedDict[tuple[str, str, int], Lease] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> BackendRegistry:
+        return self.manager.registry
 
     # --- loading ---------------------------------------------------------------------------------
 
-    def _spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
-        return ModelSpec(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx)
+    def spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
+        base = self.base_spec or ModelSpec(source=source, backend=v.backend)
+        return base.with_(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx, parallel=1,
+                          served_name=None)
 
-    def _open(self, source: str, v: Variant, n_ctx: int) -> tuple[Backend, LoadedModel]:
-        spec = self.manager.validate(self._spec(source, v, n_ctx))  # same path rules as the chat model
-        backend = backend_class(v.backend, self.manager.registry)(cache_dir=self.manager.cache_dir)
-        try:
-            return backend, backend.load(spec)
-        except BaseException:
-            backend.unload()
-            raise
+    def _open(self, source: str, v: Variant, n_ctx: int) -> Lease:
+        return self.manager.open_variant(self.spec(source, v, n_ctx))
 
-    def _pooled(self, source: str, v: Variant, n_ctx: int) -> tuple[Backend, LoadedModel]:
+    def _pooled(self, source: str, v: Variant, n_ctx: int) -> Lease:
         key = (source, v.label, n_ctx)
         if key in self._pool:
             self._pool.move_to_end(key)
             return self._pool[key]
         while len(self._pool) >= self.keep:
-            _, (old, _) = self._pool.popitem(last=False)
-            old.unload()
+            _, old = self._pool.popitem(last=False)
+            old.close()
         self._pool[key] = self._open(source, v, n_ctx)
         return self._pool[key]
 
@@ -109,8 +120,8 @@ class Lab:
         """Unload every pooled variant; returns how many."""
         with self._lock:
             n = len(self._pool)
-            for backend, _ in self._pool.values():
-                backend.unload()
+            for lease in self._pool.values():
+                lease.close()
             self._pool.clear()
             return n
 
@@ -120,11 +131,11 @@ class Lab:
         n_params = estimate_params(path) if path else 0
         if not n_params:
             return [0 for _ in variants]
-        meta = quantize.read_gguf_metadata(path) if path.is_file() and path.suffix == ".gguf" else {}
-        kv = kv_cache_bytes(meta, n_ctx)  # 0 when the architecture is not in the metadata
+        meta = gguf.read_gguf_metadata(path) if path.is_file() and path.suffix == ".gguf" else {}
+        kv = gguf.kv_cache_bytes(meta, n_ctx)  # 0 when the architecture is not in the metadata
         need = [estimate_model_bytes(n_params, v.quantization if v.quantization in BITS_PER_WEIGHT else "Q8_0", kv)
                 for v in variants]
-        pooled = sum(info.footprint_bytes for _, info in self._pool.values())
+        pooled = sum(lease.info.footprint_bytes for lease in self._pool.values())
         total = (sum(need) if together else max(need)) - (pooled if together else 0)
         ok, free = fits(max(total, 0), monitor=self.monitor)
         if not ok:
@@ -140,42 +151,43 @@ class Lab:
         {variant, text, done, stats} (stats filled when that variant is done)."""
         if not (prompt or "").strip():
             raise InvalidRequest("The prompt is empty.", "prompt")
-        variants = parse_variants(variant_texts, at_least=1, at_most=MAX_COMPARE)
+        variants = parse_variants(variant_texts, self.registry, at_least=1, at_most=MAX_COMPARE)
         params = params.validated()
         request = ChatRequest((Message("user", prompt),), params)
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
         try:
-            self.check_memory(source, variants, 2048, together=True)
-            loaded = [self._pooled(source, v, 2048) for v in variants]
+            self.check_memory(source, variants, COMPARE_CTX, together=True)
+            leases = [self._pooled(source, v, COMPARE_CTX) for v in variants]
             state = [{"variant": v.label, "text": "", "done": False, "stats": {},
-                      "footprint_mib": round(info.footprint_bytes / 2**20, 1)} for v, (_, info) in zip(variants, loaded)]
+                      "footprint_mib": round(lease.info.footprint_bytes / 2**20, 1)}
+                     for v, lease in zip(variants, leases)]
             cancel = threading.Event()
             errors: list[BaseException] = []
 
-            def run(i: int, backend: Backend) -> None:
-                t0 = time.perf_counter()
-                first, tokens, prompt_tokens = None, 0, 0
+            def run(i: int, lease: Lease) -> None:
+                gen = None
                 try:
-                    for d in backend.stream(request, cancel):
-                        if d.tokens and first is None:
-                            first = time.perf_counter()
-                        tokens += d.tokens
-                        prompt_tokens = d.prompt_tokens or prompt_tokens
+                    gen = lease.stream(request, threading.Event(), endpoint="compare")
+                    for d in gen:
                         state[i]["text"] += d.text
+                        if cancel.is_set():
+                            break
                 except BaseException as exc:  # reported in the pane and re-raised once all stop
                     errors.append(exc)
                     state[i]["text"] += f"\n[error: {exc}]"
-                end = time.perf_counter()
-                decode = end - first if first else 0
-                state[i]["stats"] = {
-                    "ttft_s": round(first - t0, 4) if first else None,
-                    "tokens_per_s": round((tokens - 1) / decode, 2) if tokens > 1 and decode > 0 else None,
-                    "completion_tokens": tokens, "prompt_tokens": prompt_tokens, "e2e_s": round(end - t0, 3)}
-                state[i]["done"] = True
+                finally:
+                    if gen is not None:
+                        gen.close()
+                        s = gen.stats
+                        state[i]["stats"] = {
+                            "ttft_s": s.ttft_s, "tokens_per_s": s.tokens_per_s, "completion_tokens": s.completion_tokens,
+                            "prompt_tokens": s.prompt_tokens, "e2e_s": round(s.e2e_s, 3),
+                            "finish_reason": s.finish_reason}
+                    state[i]["done"] = True
 
-            threads = [threading.Thread(target=run, args=(i, b), daemon=True, name=f"compare-{i}")
-                       for i, (b, _) in enumerate(loaded)]
+            threads = [threading.Thread(target=run, args=(i, lease), daemon=True, name=f"compare-{i}")
+                       for i, lease in enumerate(leases)]
             for t in threads:
                 t.start()
             try:
@@ -197,8 +209,8 @@ class Lab:
     def evaluate(self, source: str, variant_texts, reference: str = DEFAULT_REFERENCE, text_path: str | None = None,
                  max_tokens: int = 1024, window: int = 256, decode_tokens: int = 32,
                  progress: Callable[[float, str], None] = lambda f, m: None) -> list[quality.QualityRow]:
-        variants = parse_variants(variant_texts, at_least=1)
-        ref_variant = Variant.parse(reference)
+        variants = parse_variants(variant_texts, self.registry, at_least=1)
+        ref_variant = Variant.parse(reference, self.registry)
         max_tokens, window = int(max_tokens), int(window)
         if not 16 <= window <= 4096:
             raise InvalidRequest("window must be between 16 and 4096 tokens.", "window")
@@ -214,24 +226,19 @@ class Lab:
             self.check_memory(source, [ref_variant, *variants], window, together=False)
             steps = len(variants) + 1
             progress(0.0, f"Reference {ref_variant.label}: loading")
-            backend, info = self._open(source, ref_variant, max(window, 512))
-            try:
-                windows = quality.windows_of(backend.tokenize(text), window, max_tokens)
+            with self._open(source, ref_variant, max(window, 512)) as lease:
+                windows = quality.windows_of(lease.tokenize(text), window, max_tokens)
                 progress(0.02, f"Reference {ref_variant.label}: scoring {len(windows)} windows of {window} tokens")
-                ref_scores = quality.score(backend.logits, windows, ref, build_reference=True,
-                                           progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
-            finally:
-                backend.unload()
+                quality.score(lease.logits, windows, ref, build_reference=True,
+                              progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
             rows = []
             for i, v in enumerate(variants, start=1):
                 progress(i / steps, f"{v.label}: loading")
-                backend, info = self._open(source, v, max(window, 512))
-                try:
-                    s = quality.score(backend.logits, windows, ref,
+                with self._open(source, v, max(window, 512)) as lease:
+                    s = quality.score(lease.logits, windows, ref,
                                       progress=lambda f, i=i, v=v: progress((i + f) / steps, f"{v.label}: scoring"))
-                    decode = _decode_speed(backend, decode_tokens) if decode_tokens > 1 else None
-                finally:
-                    backend.unload()
+                    decode = _decode_speed(lease, decode_tokens) if decode_tokens > 1 else None
+                    info = lease.info
                 rows.append(quality.QualityRow(
                     variant=v.label, backend=v.backend, quantization=info.quantization, ppl=s["ppl"],
                     kld_mean=s["kld_mean"], kld_p99=s["kld_p99"], top1_agreement=s["top1_agreement"], tokens=s["tokens"],
@@ -239,22 +246,17 @@ class Lab:
                     decode_tokens_per_s=decode, is_reference=(v == ref_variant)))
             progress(1.0, "Done")
             rows.sort(key=lambda r: (r.kld_mean, -r.footprint_mib))
-            del ref_scores
             return rows
         finally:
             ref.close()
             self._lock.release()
 
 
-def _decode_speed(backend: Backend, tokens: int = 32) -> float | None:
-
+def _decode_speed(lease: Lease, tokens: int = 32) -> float | None:
+    """Greedy decode speed of a variant, measured by the manager's one timing path."""
     request = ChatRequest((Message("user", "Write a short paragraph about rivers."),),
                           SamplingParams(max_new_tokens=tokens, temperature=0.0))
-    first, n = None, 0
-    for d in backend.stream(request, threading.Event()):
-        if d.tokens:
-            n += d.tokens
-            if first is None:
-                first = time.perf_counter()
-    end = time.perf_counter()
-    return (n - 1) / (end - first) if first and n > 1 and end > first else None
+    gen = lease.stream(request, threading.Event(), endpoint="evaluate")
+    for _ in gen:
+        pass
+    return gen.stats.tokens_per_s

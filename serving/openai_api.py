@@ -1,8 +1,9 @@
 """OpenAI-compatible /v1 on the same server: /v1/models and /v1/chat/completions (stream and not).
 
-Requests go through the same ModelManager.stream as the Gradio /chat, so metrics and the request
-log cover both. This module is the /v1 edge: every error leaves it as an OpenAI-style JSON body
-with the right status code.
+This module only translates: an OpenAI body becomes a ChatRequest for the shared ChatService (the
+same path as the UI and Gradio's /chat: limits, slots, stop strings, timing), and its deltas become
+OpenAI chunks. It is the /v1 edge: every error leaves it as an OpenAI-style JSON body with the right
+status code.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from pydantic import ValidationError
 from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
+from serving.chat_service import ChatService
 from serving.openai_schema import ChatCompletionRequest
-from serving.ratelimit import RateLimiter
-from serving.stops import StopMatcher
 
 DEFAULT_MAX_TOKENS = 1024
 _END = object()
@@ -65,13 +65,13 @@ def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         seed=body.seed,
     ).validated()
-    return ChatRequest(messages, params)
+    return ChatRequest(messages, params, tuple(body.stop_list()))
 
 
 class OpenAIRoutes:
-    def __init__(self, manager: ModelManager, limiter: RateLimiter):
+    def __init__(self, manager: ModelManager, chat: ChatService):
         self.manager = manager
-        self.limiter = limiter
+        self.chat = chat
 
     def resolve_model(self, name: str) -> str:
         cur = self.manager.current
@@ -101,38 +101,23 @@ class OpenAIRoutes:
         except ValidationError as exc:
             message, param = _validation_message(exc)
             return error_response(400, message, "invalid_request_error", param)
+        client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
         try:
             model = self.resolve_model(body.model)
-            chat = to_chat_request(body)
+            stream = self.chat.open(to_chat_request(body), endpoint="v1", client=client, t0=t0)
         except BackendError as exc:
             return from_backend_error(exc)
-        client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
-        slot = self.limiter.slot(client)
-        try:
-            slot.__enter__()
-        except BackendError as exc:
-            return from_backend_error(exc)
-        cancel = threading.Event()
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        stops = StopMatcher(body.stop_list())
-        holder: dict = {}
 
         def produce() -> None:
             try:
-                gen = self.manager.stream(chat, cancel, endpoint="v1", t0=t0, client=client)
-                holder["gen"] = gen
-                try:
-                    for delta in gen:
-                        loop.call_soon_threadsafe(queue.put_nowait, delta)
-                        if cancel.is_set():
-                            break
-                finally:
-                    gen.close()
+                for delta in stream:
+                    loop.call_soon_threadsafe(queue.put_nowait, delta)
             except BaseException as exc:  # delivered to the consumer, never lost
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
-                slot.__exit__(None, None, None)  # the client's slot is held until generation ends
+                stream.close()  # frees the model slot and the client's rate-limit slot
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
         threading.Thread(target=produce, name="v1-generate", daemon=True).start()
@@ -152,36 +137,30 @@ class OpenAIRoutes:
                     yield item
                     item = await queue.get()
             finally:
-                cancel.set()  # client gone or done: the producer stops within one token
+                stream.cancel.set()  # client gone or done: the producer stops within one token
 
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._sse(deltas(), stops, rid, created, model, include_usage, holder, cancel),
+            return StreamingResponse(self._sse(deltas(), rid, created, model, include_usage, stream),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         text, finish = [], None
         try:
             async for d in deltas():
-                text.append(stops.push(d.text))
+                text.append(d.text)
                 finish = d.finish_reason or finish
-                if stops.hit:
-                    cancel.set()
-                    finish = "stop"
-                    break
         except BackendError as exc:
             return from_backend_error(exc)
-        text.append(stops.flush())
-        stats = holder["gen"].stats
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
                          "finish_reason": _finish(finish), "logprobs": None}],
-            "usage": _usage(stats),
+            "usage": _usage(stream.stats),
         })
 
-    async def _sse(self, deltas, stops: StopMatcher, rid, created, model, include_usage, holder, cancel):
+    async def _sse(self, deltas, rid, created, model, include_usage, stream):
         def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
             body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []}
@@ -193,20 +172,12 @@ class OpenAIRoutes:
         finish = None
         try:
             async for d in deltas:
-                out = stops.push(d.text)
-                if out:
-                    yield chunk({"content": out})
+                if d.text:
+                    yield chunk({"content": d.text})
                 finish = d.finish_reason or finish
-                if stops.hit:
-                    cancel.set()
-                    finish = "stop"
-                    break
-            tail = stops.flush()
-            if tail:
-                yield chunk({"content": tail})
             yield chunk({}, _finish(finish))
             if include_usage:
-                yield chunk(None, usage=_usage(holder["gen"].stats))
+                yield chunk(None, usage=_usage(stream.stats))
         except BackendError as exc:  # after the first token: report in-band, as OpenAI does
             yield f"data: {json.dumps({'error': {'message': str(exc), 'type': exc.error_type, 'code': exc.code}})}\n\n"
         yield "data: [DONE]\n\n"
@@ -221,8 +192,8 @@ def _usage(stats) -> dict:
             "total_tokens": stats.prompt_tokens + stats.completion_tokens}
 
 
-def add_openai_routes(app: FastAPI, manager: ModelManager, limiter: RateLimiter | None = None) -> OpenAIRoutes:
-    routes = OpenAIRoutes(manager, limiter or RateLimiter())
+def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
+    routes = OpenAIRoutes(manager, chat)
     router = APIRouter(prefix="/v1", tags=["openai"])
     router.add_api_route("/models", routes.models, methods=["GET"])
     router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])

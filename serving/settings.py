@@ -9,20 +9,24 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backends.base import MAX_PARALLEL
+from backends.base import MAX_PARALLEL, ModelSpec
+from backends.registry import default_registry
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+
+
+# Load defaults are declared once, on ModelSpec; the flags show them.
+_SPEC = {name: f.default for name, f in ModelSpec.__dataclass_fields__.items()}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUANTLAB_", extra="ignore")
 
     model: str = Field(EMBEDDED_ALIAS, description="model to load at start: a GGUF file, a checkpoint folder, a Hub repo id, or 'embedded'")
-    backend: Literal["llamacpp", "transformers", "remote"] = Field("llamacpp", description="backend for --model")
+    backend: str = Field("llamacpp", description=f"backend for --model: {' | '.join(default_registry().names())}")
     quantization: str | None = Field(None, description="quantization for --model (default: the backend's default)")
     gguf_file: str | None = Field(None, description="for a Hub repo holding several GGUF files: which one to load")
     no_model: bool = Field(False, description="start with no model loaded")
@@ -34,9 +38,9 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(False, description="require the /v1 credentials on /metrics too")
     rate_limit_rpm: int = Field(0, description="requests per minute per client (API key, user or IP); 0 = no limit")
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
-    n_ctx: int = Field(2048, description="context length per conversation (llama.cpp; caps transformers)")
+    n_ctx: int = Field(_SPEC["n_ctx"], description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
-    parallel: int = Field(4, ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
+    parallel: int = Field(_SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
@@ -48,6 +52,14 @@ class Settings(BaseSettings):
     request_log: str | None = Field("-", description="JSON-lines request log: '-' for stdout, a file path, or '' for none")
     shutdown_timeout: int = Field(30, description="on SIGTERM, seconds running streams get to finish")
     monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        names = default_registry().names()
+        if v not in names:
+            raise ValueError(f"backend must be one of {', '.join(names)}")
+        return v
 
     @field_validator("port")
     @classmethod

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# A fresh cache per test session (derived checkpoints, GGUF variants), so the code that makes them runs
+# every time; removed at the end. Subprocesses (python app.py, the engine) inherit it.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="quantlab-test-cache-")
+os.environ["QUANTLAB_CACHE_DIR"] = _SESSION_CACHE
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
@@ -48,9 +57,28 @@ def cancel_mid_stream(backend, after: int = 3):
     return rest, time.perf_counter() - t0
 
 
+def make_manager(**kwargs):
+    """A ModelManager with its own MetricsRecorder (what create_app gives it)."""
+    from backends.manager import ModelManager
+    from monitoring.metrics import MetricsRecorder
+
+    return ModelManager(metrics=MetricsRecorder(), **kwargs)
+
+
+def make_services(manager, stream_interval_s: float | None = None):
+    """The UI/API operations over ``manager``, wired as create_app wires them."""
+    from optimization.lab import Lab
+    from serving.chat_service import ChatService
+    from serving.services import Services
+
+    chat = ChatService(manager) if stream_interval_s is None else ChatService(manager, stream_interval_s=stream_interval_s)
+    base = ModelSpec(source="embedded", backend="llamacpp")
+    return Services(manager, chat, Lab(manager, base_spec=base), base)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    """Derived models are reused across runs (CI on the same machine included)."""
+    """This session's fresh cache directory (see QUANTLAB_CACHE_DIR above)."""
     return default_cache_dir()
 
 
@@ -64,7 +92,7 @@ def llama_backend(cache_dir):
     from backends.llamacpp import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
-    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
+    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1))
     yield b
     b.unload()
 
@@ -128,3 +156,46 @@ def client(live_app):
     c = Client(live_app.url, verbose=False)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def engine(embedded_gguf, tmp_path_factory):
+    """python -m llama_cpp.server on a free port (a real engine process)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("engine") / "engine.log", "w+")  # noqa: SIM115 - a pipe would fill up and block it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.llama_cpp_server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2-remote", "--api_key", "engine-secret"],
+        stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/models", headers={"Authorization": "Bearer engine-secret"}).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"engine died: {log.read()[-2000:]}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+# The end-to-end tier: a test that uses a real model, engine or server is "slow", by the fixtures it
+# asks for (so the mark cannot drift from what a test really does); modules that start their own
+# servers or browsers mark themselves with ``pytestmark = pytest.mark.slow``.
+HEAVY_FIXTURES = {"live_app", "client", "llama_backend", "engine", "cache_dir", "embedded_gguf", "hf_fp32", "batched"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

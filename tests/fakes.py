@@ -1,4 +1,7 @@
-"""A scripted backend for UI-logic tests (beside, never instead of, the real-model tests)."""
+"""A scripted backend for UI-logic tests (beside, never instead of, the real-model tests).
+
+Each test makes its own ``FakeScript`` and registry: nothing is shared through class attributes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,21 @@ from collections import deque
 from collections.abc import Iterator
 
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, TextDelta, _no_progress
-from backends.errors import BackendError
+from backends.errors import BackendError, ContextLengthExceeded
+from backends.registry import BackendRegistry
+
+
+class FakeScript:
+    """The replies a test queues and the requests its fake backend saw."""
+
+    def __init__(self, token_delay: float = 0.0):
+        self.replies: deque = deque()
+        self.seen: list[ChatRequest] = []
+        self.token_delay = token_delay
+
+    def enqueue(self, *replies) -> None:
+        """Each reply: a list of text pieces (one token each), or an exception to raise."""
+        self.replies.extend(replies)
 
 
 class FakeBackend(Backend):
@@ -16,41 +33,50 @@ class FakeBackend(Backend):
     capabilities = frozenset({"stream"})
     quantizations = ("none",)
     default_quantization = "none"
-    scripts: deque = deque()  # replies queued with enqueue(); shared by instances of one test
-    seen: list[ChatRequest] = []
-    token_delay = 0.0
 
-    def __init__(self, cache_dir=None):
+    def __init__(self, script: FakeScript, cache_dir=None):
+        self.script = script
         self.loaded = False
-
-    @classmethod
-    def enqueue(cls, *replies) -> None:
-        """Each reply: a list of text pieces (one token each), or an exception to raise."""
-        cls.scripts.extend(replies)
+        self.n_ctx = 4096
 
     def load(self, spec: ModelSpec, progress=_no_progress) -> LoadedModel:
         if spec.source == "fail":
             raise BackendError("scripted load failure")
         self.loaded = True
-        return LoadedModel(spec.source, self.name, "none", spec.source, 4096, 1234, 0.0, "cpu")
+        self.n_ctx = spec.n_ctx
+        return LoadedModel(spec.source, self.name, "none", spec.source, spec.n_ctx, 1234, 0.0, "cpu")
 
     def unload(self) -> None:
         self.loaded = False
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
-        self.seen.append(request)
-        script = self.scripts.popleft() if self.scripts else ["ok"]
+        """One token per scripted piece; a prompt token per word (7 at least); the budget and the
+        context are honoured like a real backend's."""
+        self.script.seen.append(request)
+        script = self.script.replies.popleft() if self.script.replies else ["ok"]
         if isinstance(script, BaseException):
             raise script
-        n = 0
-        for piece in script:
+        n_prompt = max(7, sum(len(m.content.split()) for m in request.messages))
+        if n_prompt >= self.n_ctx:
+            raise ContextLengthExceeded(f"The conversation is {n_prompt} tokens long but the context holds {self.n_ctx}.")
+        budget = min(request.params.max_new_tokens, self.n_ctx - n_prompt)
+        for i, piece in enumerate(script):
             if cancel.is_set():
-                yield TextDelta("", finish_reason="cancelled", prompt_tokens=7)
+                yield TextDelta("", finish_reason="cancelled", prompt_tokens=n_prompt)
                 return
-            time.sleep(self.token_delay)
-            n += 1
+            if i == budget:
+                yield TextDelta("", finish_reason="length", prompt_tokens=n_prompt)
+                return
+            time.sleep(self.script.token_delay)
             yield TextDelta(piece, tokens=1)
-        yield TextDelta("", finish_reason="stop", prompt_tokens=7)
+        yield TextDelta("", finish_reason="stop", prompt_tokens=n_prompt)
 
 
-REGISTRY = {"fake": ("tests.fakes", "FakeBackend")}
+def fake_registry(script: FakeScript) -> BackendRegistry:
+    """A registry whose one backend, "fake", plays ``script``."""
+
+    class ScriptedBackend(FakeBackend):
+        def __init__(self, cache_dir=None):
+            super().__init__(script, cache_dir)
+
+    return BackendRegistry([ScriptedBackend])

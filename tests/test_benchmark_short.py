@@ -5,11 +5,15 @@ Structure and sanity only: absolute times depend on the machine and are never as
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

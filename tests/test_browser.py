@@ -19,8 +19,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+# In CI (QUANTLAB_REQUIRE_E2E=1, set by .ci/run) a missing browser fails the run instead of skipping.
+REQUIRED = os.environ.get("QUANTLAB_REQUIRE_E2E") == "1"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not REQUIRED and not Path(CHROMIUM).exists(),
+    reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,11 @@ def app_url(cache_dir):
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    if REQUIRED:
+        assert Path(CHROMIUM).exists(), "QUANTLAB_REQUIRE_E2E=1 but Chromium is not installed"
+        from playwright import sync_api
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         pg = browser.new_page(viewport={"width": 1280, "height": 960})

@@ -24,8 +24,7 @@ import pytest
 from backends import hub_cache, sources
 from backends.base import ModelSpec
 from backends.errors import InvalidRequest, ModelLoadError, ModelNotFound
-from backends.manager import ModelManager
-from tests.conftest import LiveServer, greedy, make_settings
+from tests.conftest import LiveServer, greedy, make_manager, make_services, make_settings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "quantlab-test/smollm2-gguf"
@@ -96,7 +95,7 @@ def ids(items: list[dict]) -> list[str]:
 
 
 def test_repo_id_loads_offline_from_the_hub_cache_and_answers(gguf_repo, app_cache, embedded_gguf):
-    manager = ModelManager(cache_dir=app_cache)
+    manager = make_manager(cache_dir=app_cache)
     steps: list[tuple[float, str]] = []
     info = manager.load(ModelSpec(source=REPO, backend="llamacpp", n_ctx=512), lambda f, m: steps.append((f, m)))
     try:
@@ -115,7 +114,7 @@ def test_repo_id_loads_offline_from_the_hub_cache_and_answers(gguf_repo, app_cac
 
 
 def test_repo_not_in_the_cache_offline_is_a_clear_model_not_found(hub, app_cache):
-    manager = ModelManager(cache_dir=app_cache)
+    manager = make_manager(cache_dir=app_cache)
     with pytest.raises(ModelNotFound, match="not in the local Hugging Face cache") as err:
         manager.load(ModelSpec(source="quantlab-test/not-downloaded", backend="llamacpp"))
     assert "quantlab-test/not-downloaded" in str(err.value)
@@ -204,10 +203,8 @@ def test_delete_cached_removes_derived_folders(app_cache):
 
 
 def test_deleting_the_loaded_model_is_refused(gguf_repo, app_cache):
-    from ui.handlers import Handlers
-
-    manager = ModelManager(cache_dir=app_cache)
-    h = Handlers(manager)
+    manager = make_manager(cache_dir=app_cache)
+    h = make_services(manager)
     manager.load(ModelSpec(source=REPO, backend="llamacpp", n_ctx=512))
     try:
         with pytest.raises(InvalidRequest, match="loaded now.*unload it first"):
@@ -497,7 +494,7 @@ def test_a_cut_download_resumes_on_the_next_load_and_the_model_answers(online, h
     name = embedded_gguf.name
     fake = online({REPO: {name: embedded_gguf, "config.json": CONFIG}})
     fake.cut_after = 40 * 2**20
-    manager = ModelManager(cache_dir=app_cache)
+    manager = make_manager(cache_dir=app_cache)
     with pytest.raises(ModelLoadError, match="Loading it again resumes the download"):
         manager.load(ModelSpec(source=REPO, backend="llamacpp", n_ctx=512))
     partials = list((hub / ("models--" + REPO.replace("/", "--")) / "blobs").glob("*.resumable.incomplete"))

@@ -7,14 +7,14 @@ import httpx
 import pytest
 
 from backends.errors import InvalidRequest, OutOfMemory, UnsupportedQuantization
-from backends.manager import ModelManager
 from optimization.lab import Lab, Variant, parse_variants
+from tests.conftest import make_manager
 from ui.lab import first_divergence
 
 
 @pytest.fixture(scope="module")
 def lab(cache_dir):
-    return Lab(ModelManager(cache_dir=cache_dir))
+    return Lab(make_manager(cache_dir=cache_dir))
 
 
 def test_quality_meter_orders_quants_and_puts_both_backends_in_one_table(lab):
@@ -39,11 +39,11 @@ def test_quality_meter_orders_quants_and_puts_both_backends_in_one_table(lab):
 
 def test_bad_lab_input_fails_before_any_work(lab, tmp_path):
     with pytest.raises(UnsupportedQuantization, match="Unknown quantization"):
-        parse_variants(["llamacpp:Q9_9"])
+        parse_variants(["llamacpp:Q9_9"], lab.registry)
     with pytest.raises(UnsupportedQuantization, match="backend:quantization"):
-        Variant.parse("Q4_0")
+        Variant.parse("Q4_0", lab.registry)
     with pytest.raises(InvalidRequest, match="at most 4"):
-        parse_variants(["llamacpp:Q8_0", "llamacpp:Q6_K", "llamacpp:Q4_0", "llamacpp:Q2_K", "transformers:nf4"], at_most=4)
+        parse_variants(["llamacpp:Q8_0", "llamacpp:Q6_K", "llamacpp:Q4_0", "llamacpp:Q2_K", "transformers:nf4"], lab.registry, at_most=4)
     short = tmp_path / "short.txt"
     short.write_text("Too short to score.")
     with pytest.raises(InvalidRequest, match="one window needs 128"):
@@ -78,7 +78,7 @@ def test_compare_streams_two_variants_through_gradio_client(client, live_app):
 def test_compared_variants_are_kept_until_released(cache_dir):
     from backends.base import SamplingParams
 
-    lab = Lab(ModelManager(cache_dir=cache_dir))
+    lab = Lab(make_manager(cache_dir=cache_dir))
     list(lab.compare("embedded", ["llamacpp:Q8_0"], "Hi", SamplingParams(max_new_tokens=4, temperature=0.0)))
     list(lab.compare("embedded", ["llamacpp:Q8_0"], "Hi", SamplingParams(max_new_tokens=4, temperature=0.0)))
     assert lab.release() == 1 and lab.release() == 0

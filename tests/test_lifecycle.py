@@ -11,8 +11,11 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
 
 
 def test_python_app_py_serves_the_embedded_model_and_stops_gracefully(tmp_path, cache_dir):

@@ -66,7 +66,7 @@ def test_prompt_longer_than_context_is_a_clear_error(llama_backend):
 
 def test_load_unload_load_returns_memory(cache_dir):
     proc = psutil.Process()
-    spec = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048)
+    spec = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1)
     rss0 = proc.memory_info().rss
     b = LlamaCppBackend(cache_dir)
     info = b.load(spec)
@@ -88,7 +88,7 @@ def test_load_unload_load_returns_memory(cache_dir):
 
 def test_gguf_variant_is_made_from_the_embedded_model(cache_dir):
     b = LlamaCppBackend(cache_dir)
-    info = b.load(ModelSpec(source="embedded", backend="llamacpp", quantization="Q8_0", n_ctx=1024))
+    info = b.load(ModelSpec(source="embedded", backend="llamacpp", quantization="Q8_0", n_ctx=1024, parallel=1))
     try:
         assert info.quantization == "Q8_0"
         assert str(cache_dir) in info.source
@@ -108,7 +108,7 @@ def test_bad_sources_are_clear_errors(tmp_path, cache_dir):
 
 def test_gpu_layers_requested_without_gpu_degrade_to_cpu(cache_dir):
     b = LlamaCppBackend(cache_dir)
-    info = b.load(ModelSpec(source="embedded", backend="llamacpp", n_gpu_layers=-1, n_ctx=512))
+    info = b.load(ModelSpec(source="embedded", backend="llamacpp", n_gpu_layers=-1, n_ctx=512, parallel=1))
     try:
         if info.details["gpu_offload_supported"]:
             pytest.skip("this llama.cpp build has GPU offload: covered on the GPU machine")

@@ -112,3 +112,34 @@ def test_prompts_are_logged_only_when_asked(tmp_path, cache_dir):
         httpx.get(f"{srv.url}/gradio_api/call/chat/{event_id}", timeout=60)
     rec = json.loads(log.read_text().splitlines()[-1])
     assert rec["prompt"] == "Tell me a secret."
+
+
+def test_a_compare_is_counted_like_a_chat_and_its_variant_is_protected(client, live_app):
+    """Lab generations go through the ModelManager: /metrics (endpoint "compare"), the Monitor's request
+    table (/stats recent) and the cache guard all see them."""
+    import pytest
+
+    from pathlib import Path
+
+    def compare_tokens(values):
+        return sum(v for k, v in values.items()
+                   if k.startswith("quantlab:generation_tokens_total") and '"endpoint": "compare"' in k)
+
+    before = scrape(live_app.url)
+    final = client.predict("Name three colours.", ["llamacpp:Q8_0"], "embedded", 16, 0.0, 0, api_name="/compare")
+    after = scrape(live_app.url)
+    produced = final[0]["stats"]["completion_tokens"]
+    assert produced > 0
+    assert compare_tokens(after) - compare_tokens(before) == produced
+
+    recent = client.predict(20, api_name="/stats")["recent"]
+    row = [r for r in recent if r["endpoint"] == "compare"][-1]
+    assert row["completion_tokens"] == produced and row["quantization"] == "Q8_0" and row["outcome"] == "ok"
+
+    held = httpx.get(live_app.url + "/health").json()["lab_models"]
+    q8 = [m for m in held if m["quantization"] == "Q8_0"]
+    assert q8, held
+    folder_id = "gguf:" + Path(q8[0]["source"]).parent.name
+    with pytest.raises(Exception, match="holds the model that is loaded now"):
+        client.predict(folder_id, api_name="/delete_cached")
+    assert Path(q8[0]["source"]).exists()

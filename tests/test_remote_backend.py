@@ -19,33 +19,6 @@ from backends.remote import RemoteBackend
 from tests.conftest import LiveServer, cancel_mid_stream, free_port, greedy, make_settings
 
 
-@pytest.fixture(scope="module")
-def engine(embedded_gguf, tmp_path_factory):
-    """python -m llama_cpp.server on a free port (a real engine process)."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("engine") / "engine.log", "w+")  # noqa: SIM115 - a pipe would fill up and block it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2-remote", "--api_key", "engine-secret"],
-        stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/models", headers={"Authorization": "Bearer engine-secret"}).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"engine died: {log.read()[-2000:]}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
-
-
 def spec(url: str, **kw) -> ModelSpec:
     return ModelSpec(source="smollm2-remote", backend="remote", api_base=url, api_key="engine-secret", **kw)
 
@@ -106,7 +79,7 @@ def test_the_app_fronts_the_engine_with_its_ui_api_metrics_and_v1(engine, cache_
 
 def test_engine_going_down_mid_session_is_a_clear_error(embedded_gguf, cache_dir):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "tests.llama_cpp_server", "--model", str(embedded_gguf), "--port",
                              str(port), "--n_ctx", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from backends.zerogpu import gpu_task
+from serving.zerogpu import gpu_task
 
 ROOT = Path(__file__).resolve().parent.parent
 

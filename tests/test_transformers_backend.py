@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def hf_fp32(cache_dir):
     b = TransformersBackend(cache_dir)
-    b.load(ModelSpec(source="embedded", backend="transformers", quantization="fp32"))
+    b.load(ModelSpec(source="embedded", backend="transformers", quantization="fp32", parallel=1))
     yield b
     b.unload()
 
@@ -85,7 +85,7 @@ def test_bitsandbytes_quantizations_load_and_answer_on_cpu(cache_dir, quant):
     if not bnb_support()[quant]:
         pytest.skip(f"bitsandbytes {quant} unavailable here")
     b = TransformersBackend(cache_dir)
-    info = b.load(ModelSpec(source="embedded", backend="transformers", quantization=quant))
+    info = b.load(ModelSpec(source="embedded", backend="transformers", quantization=quant, parallel=1))
     try:
         text, deltas = collect(b, greedy(12))
         print(f"\n{quant}: footprint {info.footprint_bytes / 2**20:.0f} MiB, load {info.load_seconds:.1f} s: {text!r}")
@@ -103,7 +103,7 @@ def test_unknown_quantization_is_rejected_before_loading(cache_dir):
 def test_load_unload_load_returns_memory(cache_dir):
     """bf16 forces a real copy of the weights (fp32 safetensors would be mmap'd lazily)."""
     proc = psutil.Process()
-    spec = ModelSpec(source="embedded", backend="transformers", quantization="bf16")
+    spec = ModelSpec(source="embedded", backend="transformers", quantization="bf16", parallel=1)
     warm = TransformersBackend(cache_dir)  # derive the checkpoint and import everything first
     warm.load(spec)
     warm.unload()

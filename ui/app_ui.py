@@ -7,13 +7,14 @@ waits behind a long reply.
 
 import gradio as gr
 
-from backends.zerogpu import gpu_task
 from ui.chat import build_chat
 from ui.edge import client_of, gradio_errors
-from ui.handlers import Handlers
+from serving.services import Services
+from serving.zerogpu import gpu_task
 from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
 from ui.monitor import build_monitor
+
 
 def badge_text(status: dict) -> str:
     m = status.get("model")
@@ -22,7 +23,7 @@ def badge_text(status: dict) -> str:
     return "Loading a model…" if status.get("loading") else "No model loaded: open the Model tab"
 
 
-def build_blocks(h: Handlers, settings) -> gr.Blocks:
+def build_blocks(h: Services, settings) -> gr.Blocks:
     # Generations at once = the backend's batch slots (--parallel); the queue holds the rest and
     # shows each waiting user their position. The manager's per-model semaphore is the real guard, so a
     # model switched at run time to fewer slots still queues correctly.

@@ -10,10 +10,11 @@ from pathlib import Path
 import gradio as gr
 
 from backends.base import MAX_NEW_TOKENS_LIMIT
-from ui.edge import client_of, gradio_errors
 from backends.errors import InvalidRequest
-from backends.zerogpu import gpu_task
-from ui.handlers import Handlers, normalize_history, text_of
+from serving.chat_service import normalize_history, text_of
+from serving.services import Services
+from serving.zerogpu import gpu_task
+from ui.edge import client_of, gradio_errors
 
 
 @dataclass
@@ -62,7 +63,7 @@ def stats_message(stats: dict) -> dict:
     return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
 
 
-def build_chat(h: Handlers, slots: int = 1) -> ChatSection:
+def build_chat(h: Services, slots: int = 1) -> ChatSection:
     with gr.Row():
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"], elem_id="chatbot")

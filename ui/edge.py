@@ -12,8 +12,7 @@ import logging
 
 import gradio as gr
 
-from backends.errors import BackendError
-from ui.handlers import user_message
+from backends.errors import BackendError, user_message
 
 log = logging.getLogger("quantlab.ui")
 

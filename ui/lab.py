@@ -11,7 +11,7 @@ import pandas as pd
 
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from ui.edge import gradio_errors
-from ui.handlers import Handlers
+from serving.services import Services
 
 TABLE_COLUMNS = ["variant", "ppl", "kld_mean", "kld_p99", "top1_agreement", "footprint_mib", "eval_tokens_per_s",
                  "decode_tokens_per_s", "is_reference"]
@@ -51,11 +51,11 @@ def _esc(t: str) -> str:
     return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
 
 
-def build_compare(h: Handlers):
+def build_compare(h: Services):
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", lines=3, scale=4, value="Explain what quantization does to a neural network.")
         with gr.Column(scale=2):
-            variants = gr.Dropdown(variant_menu(), value=["llamacpp:Q8_0", "llamacpp:Q4_0"], multiselect=True,
+            variants = gr.Dropdown(variant_menu(h.registry), value=["llamacpp:Q8_0", "llamacpp:Q4_0"], multiselect=True,
                                    label=f"Variants (up to {MAX_COMPARE})", max_choices=MAX_COMPARE)
             model = gr.Textbox(value="embedded", label="Model source")
     with gr.Row():
@@ -90,11 +90,11 @@ def build_compare(h: Handlers):
     free.click(h.release_lab, None, divergence, api_visibility="private", concurrency_id="lab")
 
 
-def build_evaluate(h: Handlers):
+def build_evaluate(h: Services):
     with gr.Row():
-        variants = gr.Dropdown(variant_menu(), multiselect=True, label="Variants",
+        variants = gr.Dropdown(variant_menu(h.registry), multiselect=True, label="Variants",
                                value=["llamacpp:Q8_0", "llamacpp:Q4_K_M", "llamacpp:Q2_K", "transformers:nf4"])
-        reference = gr.Dropdown(variant_menu(), value=DEFAULT_REFERENCE, label="Reference (unquantized)")
+        reference = gr.Dropdown(variant_menu(h.registry), value=DEFAULT_REFERENCE, label="Reference (unquantized)")
     with gr.Row():
         model = gr.Textbox(value="embedded", label="Model source")
         text_file = gr.File(label="Evaluation text (optional .txt; default: Python standard-library docstrings)",

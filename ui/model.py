@@ -7,9 +7,8 @@ import time
 
 import gradio as gr
 
-from optimization import quantize
+from serving.services import Services
 from ui.edge import gradio_errors
-from ui.handlers import Handlers
 
 
 def describe(status: dict) -> str:
@@ -38,7 +37,7 @@ def cache_table(items: list[dict]) -> dict:
     return {"data": rows, "headers": CACHE_HEADERS}
 
 
-def build_model(h: Handlers, default_model: str, default_backend: str, default_quant: str | None,
+def build_model(h: Services, default_model: str, default_backend: str, default_quant: str | None,
                 default_api_base: str | None = None, badge: gr.Markdown | None = None, badge_text=None):
     status = h.model_status()
     with gr.Row():
@@ -49,9 +48,9 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
                                    placeholder="e.g. model-Q4_K_M.gguf",
                                    info="For a Hub repo holding several .gguf files: the one to download and load")
             with gr.Row():
-                backend = gr.Dropdown(list(quantize.MENU), value=default_backend, label="Backend")
-                quant = gr.Dropdown(list(quantize.MENU[default_backend]),
-                                    value=default_quant or quantize.DEFAULTS[default_backend],
+                backend = gr.Dropdown(h.registry.names(), value=default_backend, label="Backend")
+                quant = gr.Dropdown(h.registry.menu(default_backend),
+                                    value=default_quant or h.registry.default_quantization(default_backend),
                                     label="Quantization", allow_custom_value=True)
             with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
                 api_base = gr.Textbox(value=default_api_base or "", label="Base URL",
@@ -78,7 +77,7 @@ def build_model(h: Handlers, default_model: str, default_backend: str, default_q
         cache_status = gr.Textbox(label="", show_label=False, interactive=False, elem_id="cache-status")
 
     def on_backend(b):
-        return gr.update(choices=list(quantize.MENU.get(b, ())), value=quantize.DEFAULTS.get(b))
+        return gr.update(choices=h.registry.menu(b), value=h.registry.default_quantization(b))
 
     backend.change(on_backend, backend, quant, api_visibility="private")
 

@@ -11,7 +11,7 @@ import time
 import gradio as gr
 import pandas as pd
 
-from ui.handlers import Handlers
+from serving.services import Services
 
 MIB = 2**20
 REQUEST_COLUMNS = ["id", "endpoint", "model", "quant", "prompt", "output", "TTFT ms", "TPOT ms", "tok/s", "s", "outcome"]
@@ -76,7 +76,7 @@ def figures_markdown(stats: dict) -> str:
     return "\n\n".join(lines)
 
 
-def build_monitor(h: Handlers):
+def build_monitor(h: Services):
     """Returns the timer so the app can switch it on only while this tab is open."""
     figures = gr.Markdown(elem_id="monitor-figures")
     with gr.Row():

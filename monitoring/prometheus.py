@@ -1,20 +1,18 @@
 """GET /metrics in Prometheus text format, names following vLLM's where one exists
 (``vllm:time_to_first_token_seconds`` -> ``quantlab:time_to_first_token_seconds``), labelled by
-model. The exporter has its own CollectorRegistry (no process-global registry) and listens to the
+model and endpoint (chat, ui, v1, compare, evaluate). The exporter has its own CollectorRegistry (no process-global registry) and listens to the
 manager's MetricsRecorder, so every entry point (UI, Gradio API, /v1) is counted once.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from backends.manager import ModelManager
-from optimization.memory import MemoryMonitor
-from optimization.metrics import RequestStats
+from monitoring.memory import MemoryMonitor
+from monitoring.metrics import RequestStats
 
 P = "quantlab:"
 _LAT = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -25,7 +23,7 @@ class PrometheusExporter:
     def __init__(self, manager: ModelManager, monitor: MemoryMonitor):
         self.manager, self.monitor = manager, monitor
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model_name", "quantization"]
+        labels = ["model_name", "quantization", "endpoint"]
         r = self.registry
         self.ttft = Histogram(P + "time_to_first_token_seconds", "Time to first token", labels, buckets=_LAT, registry=r)
         self.itl = Histogram(P + "inter_token_latency_seconds", "Gap between streamed tokens", labels, buckets=_ITL, registry=r)
@@ -44,7 +42,7 @@ class PrometheusExporter:
     def on_event(self, event: str, s: RequestStats) -> None:
         if event != "finished":
             return
-        lab = (s.model, s.quantization)
+        lab = (s.model, s.quantization, s.endpoint)
         if s.ttft_s is not None:
             self.ttft.labels(*lab).observe(s.ttft_s)
         for gap in s.itls:
@@ -60,6 +58,8 @@ class PrometheusExporter:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    content_type = CONTENT_TYPE_LATEST
 
 
 class _LiveGauges:
@@ -107,9 +107,3 @@ class _LiveGauges:
         yield gpu_used
         yield gpu_total
         yield gpu_util
-
-
-def add_metrics_route(app: FastAPI, exporter: PrometheusExporter) -> None:
-    @app.get("/metrics", tags=["ops"])
-    def metrics() -> Response:
-        return Response(exporter.render(), media_type=CONTENT_TYPE_LATEST)

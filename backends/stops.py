@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
+from backends.base import TextDelta
+
 
 class StopMatcher:
     def __init__(self, stops: list[str] | None):
@@ -34,3 +39,25 @@ class StopMatcher:
     def flush(self) -> str:
         out, self._pending = ("" if self.hit else self._pending), ""
         return out
+
+
+def apply_stops(deltas: Iterator[TextDelta], stops: tuple[str, ...], cancel: threading.Event) -> Iterator[TextDelta]:
+    """``deltas`` cut before the first stop string: the backend is cancelled there, its remaining
+    deltas drained (for the prompt token count), and the stream ends with finish_reason "stop"."""
+    if not stops:
+        yield from deltas
+        return
+    matcher = StopMatcher(list(stops))
+    for d in deltas:
+        out = matcher.push(d.text)
+        if matcher.hit:
+            cancel.set()
+            prompt_tokens = d.prompt_tokens
+            for rest in deltas:
+                prompt_tokens = rest.prompt_tokens or prompt_tokens
+            yield TextDelta(out, tokens=d.tokens, finish_reason="stop", prompt_tokens=prompt_tokens)
+            return
+        if d.finish_reason:
+            out += matcher.flush()
+        if out or d.tokens or d.finish_reason or d.prompt_tokens:
+            yield TextDelta(out, d.tokens, d.finish_reason, d.prompt_tokens)

@@ -1,7 +1,5 @@
-"""The quantization menu per backend, and GGUF variants made from one source.
-
-Pure data at import time: the UI reads the menus without importing torch or llama_cpp. The
-conversion functions import llama_cpp lazily.
+"""GGUF files: the fast header reader, the quant types llama.cpp can make, and variants made from one
+source with llama.cpp's own quantizer (cached). llama_cpp is imported lazily, only to quantize.
 """
 
 from __future__ import annotations
@@ -14,9 +12,6 @@ from pathlib import Path
 
 from backends.errors import ModelLoadError, UnsupportedQuantization
 
-TRANSFORMERS_QUANTS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
-TRANSFORMERS_DEFAULT = "bf16"
-
 # GGUF quant name -> llama.cpp ftype number (enum llama_ftype, stable across releases).
 GGUF_FTYPES: dict[str, int] = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
@@ -25,40 +20,8 @@ GGUF_FTYPES: dict[str, int] = {
 }
 GGUF_NAMES_BY_FTYPE = {v: k for k, v in GGUF_FTYPES.items()}
 GGUF_AS_FILE = "as file"  # use the GGUF exactly as given
-LLAMACPP_QUANTS: tuple[str, ...] = (GGUF_AS_FILE, "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M",
-                                    "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS", "BF16", "F32")
-REMOTE_QUANTS: tuple[str, ...] = ("as served",)
-
-MENU: dict[str, tuple[str, ...]] = {
-    "llamacpp": LLAMACPP_QUANTS,
-    "transformers": TRANSFORMERS_QUANTS,
-    "remote": REMOTE_QUANTS,
-}
-DEFAULTS: dict[str, str] = {"llamacpp": GGUF_AS_FILE, "transformers": TRANSFORMERS_DEFAULT, "remote": "as served"}
-
-
-def normalize_quantization(backend: str, quantization: str | None, menu: tuple[str, ...] | None = None,
-                           default: str | None = None) -> str:
-    """Canonical name for ``quantization`` on ``backend`` (its ``menu``, by default the one above)
-    or UnsupportedQuantization."""
-    if menu is None:
-        if backend not in MENU:
-            raise ModelLoadError(f"Unknown backend {backend!r}: choose one of {', '.join(MENU)}.")
-        menu, default = MENU[backend], DEFAULTS[backend]
-    if quantization is None or str(quantization).strip() == "":
-        return default or menu[0]
-    q = str(quantization).strip()
-    for name in menu:
-        if name.lower() == q.lower():
-            return name
-    if backend == "llamacpp" and q.upper() in GGUF_FTYPES:
-        return q.upper()
-    raise UnsupportedQuantization(
-        f"Unknown quantization {q!r} for the {backend} backend: choose one of {', '.join(menu)}."
-    )
-
-
-# --- GGUF files -----------------------------------------------------------------------------------
+GGUF_MENU: tuple[str, ...] = (GGUF_AS_FILE, "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M",
+                              "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS", "BF16", "F32")
 
 GGUF_MAGIC = b"GGUF"
 
@@ -170,3 +133,18 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
         return quantize_gguf(src, target, quant)
     f16 = gguf_variant(src, "F16", cache_dir)
     return quantize_gguf(f16, target, quant)
+
+
+def kv_cache_bytes(meta: dict, n_ctx: int, bytes_per_element: float = 2.0) -> int:
+    """K and V for every layer at ``n_ctx`` tokens, from the GGUF's metadata (f16 by default, what
+    llama.cpp allocates unless told otherwise); 0 when the architecture's keys are missing."""
+    arch = meta.get("general.architecture", "llama")
+    try:
+        n_layer = int(meta[f"{arch}.block_count"])
+        n_embd = int(meta[f"{arch}.embedding_length"])
+        n_head = int(meta[f"{arch}.attention.head_count"])
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
+    except (KeyError, ValueError):
+        return 0
+    head_dim = n_embd // max(n_head, 1)
+    return int(2 * n_layer * n_ctx * n_head_kv * head_dim * bytes_per_element)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from optimization.metrics import RequestStats
+from monitoring.metrics import RequestStats
 
 FIELDS = ("request_id", "endpoint", "model", "quantization", "prompt_tokens", "completion_tokens", "ttft_s",
           "tpot_s", "e2e_s", "queue_wait_s", "tokens_per_s", "finish_reason", "outcome", "error", "client",

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from backends.base import TextDelta
 
+
 @dataclass
 class RequestStats:
     request_id: int
@@ -113,8 +114,8 @@ RSS_EVERY = 32
 
 
 class MetricsRecorder:
-    """Keeps the last requests and notifies listeners (e.g. the Prometheus exporter). Owned by the
-    ModelManager: there is no module-level state here."""
+    """Implements ``backends.base.Recorder``: keeps the last requests and notifies listeners (the
+    Prometheus exporter, the request log). Given to the ModelManager; no module-level state here."""
 
     def __init__(self, keep: int = 200, rss: Callable[[], int] | None = None):
         self._rss = rss
@@ -128,6 +129,14 @@ class MetricsRecorder:
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def start(self, endpoint: str, model: str, quantization: str, t0: float | None = None,
+              client: str | None = None, prompt: str | None = None) -> RequestTimer:
+        """A timer for one request (the ModelManager calls this for every generation)."""
+        timer = RequestTimer(self.next_id(), endpoint, model, quantization, t0)
+        timer.stats.client = client
+        timer.stats.prompt = prompt
+        return timer
 
     def add_listener(self, fn: Callable[[str, RequestStats], None]) -> None:
         self._listeners.append(fn)

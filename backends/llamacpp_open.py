@@ -1,0 +1,77 @@
+"""Construct ``llama_cpp.Llama`` objects safely on every CPU.
+
+llama.cpp puts weights in "extra" CPU buffer types when the CPU has them. On CPUs with Intel AMX
+(Sapphire Rapids and later) that selects the AMX matmul kernels, and the llama.cpp vendored by the
+pinned llama-cpp-python crashes in ``ggml_backend_amx_mul_mat`` on the first prompt (a segfault that
+takes the whole server down). ``Llama()`` has no argument for it, so the model parameters'
+``use_extra_bufts`` is switched off while the object is built, on AMX CPUs only: elsewhere the extra
+buffers (weight repacking) stay on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_BUILD_LOCK = threading.Lock()  # the override below is process-wide while a model is being built
+
+
+@functools.cache
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(f.startswith("amx") for f in flags)
+
+
+@contextlib.contextmanager
+def model_params_override(**fields) -> Iterator[None]:
+    """Within the block, ``llama_model_default_params()`` (what ``Llama.__init__`` starts from) returns
+    params with ``fields`` set."""
+    import llama_cpp.llama_cpp as C
+
+    with _BUILD_LOCK:
+        original = C.llama_model_default_params
+        C.llama_model_default_params = _with_fields(original, fields)
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = original
+
+
+def safe_model_params() -> dict:
+    """The model-parameter fields this CPU needs (empty where the defaults are safe)."""
+    return {"use_extra_bufts": False} if cpu_has_amx() else {}
+
+
+def open_llama(model_path: str, **kwargs):
+    """``llama_cpp.Llama(model_path, **kwargs)`` with the safe model parameters for this CPU."""
+    from llama_cpp import Llama
+
+    with model_params_override(**safe_model_params()):
+        return Llama(model_path=model_path, **kwargs)
+
+
+def patch_for_this_process() -> None:
+    """For a process that builds its own Llama objects (llama-cpp-python's server in the tests and
+    the raw-engine benchmark): apply the safe parameters for good."""
+    import llama_cpp.llama_cpp as C
+
+    fields = safe_model_params()
+    if fields:
+        C.llama_model_default_params = _with_fields(C.llama_model_default_params, fields)
+
+
+def _with_fields(default_params, fields: dict):
+    def patched():
+        params = default_params()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    return patched

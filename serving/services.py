@@ -1,0 +1,130 @@
+"""The operations the UI and the Gradio API call, primitives in and primitives out: chat (the shared
+ChatService), loading models, the caches, the Monitor's figures and the quantization lab.
+
+Typed BackendErrors go up unchanged; ``ui/edge.py`` turns them into ``gr.Error``. Nothing here
+imports gradio, torch or llama_cpp.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backends import hub_cache
+from backends.base import ModelSpec, SamplingParams
+from backends.errors import InvalidRequest
+from backends.manager import ModelManager
+from backends.sources import default_cache_dir
+from monitoring import stats as monitor_stats
+from monitoring.memory import MemoryMonitor
+from optimization.lab import DEFAULT_REFERENCE, Lab
+from serving.chat_service import ChatService, as_int, as_number, text_of
+
+
+class Services:
+    def __init__(self, manager: ModelManager, chat: ChatService, lab: Lab, base_spec: ModelSpec,
+                 monitor: MemoryMonitor | None = None):
+        """``base_spec``: the server's load options (``ModelSpec.from_settings``); a load from the UI
+        or the API overrides the model, backend and quantization."""
+        self.manager = manager
+        self.chat_service = chat
+        self.lab = lab
+        self.base_spec = base_spec
+        self.monitor = monitor
+
+    @property
+    def registry(self):
+        return self.manager.registry
+
+    def chat(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
+        """``ChatService.chat``: (reply so far, {}) then (reply, stats)."""
+        yield from self.chat_service.chat(*args, **kwargs)
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def load_steps(self, model: str, backend: str, quantization: str | None,
+                   **options: Any) -> Iterator[tuple[float, str]]:
+        """Yield (fraction, status line) while loading; the last line says what was loaded."""
+        spec = self.manager.validate(self.base_spec.with_(
+            source=(model or "").strip(), backend=(backend or "").strip(), quantization=quantization, **options))
+        updates: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["info"] = self.manager.load(spec, lambda f, text: updates.put((f, text)))
+            except BaseException as exc:  # re-raised below, on the caller's thread
+                result["error"] = exc
+            finally:
+                updates.put(None)
+
+        threading.Thread(target=run, name="load-model", daemon=True).start()
+        yield 0.0, f"Loading {spec.source} ({spec.backend}, {spec.quantization})…"
+        while (item := updates.get()) is not None:
+            fraction, text = item
+            yield fraction, f"{int(fraction * 100)}% · {text}"
+        if "error" in result:
+            raise result["error"]
+        info = result["info"]
+        yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
+                    f"{info.footprint_bytes / 2**20:.0f} MiB · {info.load_seconds:.1f} s · {info.device}")
+
+    def unload_model(self) -> str:
+        info = self.manager.unload()
+        return f"Unloaded {info.name}." if info else "No model was loaded."
+
+    def model_status(self) -> dict:
+        return self.manager.status()
+
+    def stats(self, last: Any = 50) -> dict:
+        """Memory (process, system, GPUs, the models held) and the latency of the last requests."""
+        n = as_int(last, "last")
+        if not 1 <= n <= 1000:
+            raise InvalidRequest(f"last must be between 1 and 1000, got {n}.", "last")
+        return monitor_stats.stats(self.manager, self.monitor, n)
+
+    def quantizations(self, backend: str) -> list[str]:
+        return self.registry.menu(backend)
+
+    # --- downloaded and derived models -----------------------------------------------------------
+
+    def cached_models(self) -> list[dict]:
+        """Models in the Hugging Face cache and this app's derived models (GGUF variants, derived
+        checkpoints), most recently used first."""
+        return hub_cache.list_cached(self._cache_dir())
+
+    def delete_cached(self, item_id: str) -> str:
+        """Delete one cached model by its id (from ``cached_models``). Refuses the folder of any model
+        held (the chat's and the lab's) and deletes nothing while a model is loading."""
+        if self.manager.loading is not None:
+            raise InvalidRequest("A model is loading: delete cached models once it has finished.", "item_id")
+        item = hub_cache.delete_cached(item_id, self._cache_dir(), in_use=self.manager.in_use_sources())
+        return f"Deleted {item['id']} ({item['size_bytes'] / 2**20:.1f} MiB freed)."
+
+    def _cache_dir(self) -> Path:
+        return self.manager.cache_dir or default_cache_dir()
+
+    # --- quantization lab ------------------------------------------------------------------------
+
+    def compare(self, prompt: str, variants: Any, model: str = "embedded", max_new_tokens: Any = 128,
+                temperature: Any = 0.0, seed: Any = 0) -> Iterator[list[dict]]:
+        """Yield every variant's {variant, text, done, stats, footprint_mib} as they stream."""
+        params = SamplingParams(max_new_tokens=as_int(max_new_tokens, "max_new_tokens"),
+                                temperature=as_number(temperature, "temperature"), top_p=1.0, top_k=0,
+                                seed=None if seed is None else as_int(seed, "seed"))
+        yield from self.lab.compare((model or "embedded").strip(), variants, text_of(prompt), params)
+
+    def release_lab(self) -> str:
+        n = self.lab.release()
+        return f"Unloaded {n} compared variant{'s' if n != 1 else ''}." if n else "No compared variant was loaded."
+
+    def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: Any = 1024,
+                 model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: Any = 256,
+                 progress=lambda f, m: None) -> list[dict]:
+        rows = self.lab.evaluate((model or "embedded").strip(), variants, reference or DEFAULT_REFERENCE,
+                                 text_path or None, as_int(max_tokens, "max_tokens"), as_int(window, "window"),
+                                 progress=progress)
+        return [r.as_dict() for r in rows]

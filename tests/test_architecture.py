@@ -1,0 +1,61 @@
+"""The package layering holds: every import points down, and the UI never touches an engine.
+
+backends <- monitoring <- optimization <- serving <- ui <- app.py (each may import those to its left).
+Every import counts, including the ones inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ["backends", "monitoring", "optimization", "serving", "ui"]
+ENGINES = {"torch", "llama_cpp", "transformers", "bitsandbytes"}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def python_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_every_import_points_down():
+    wrong = []
+    for rank, package in enumerate(LAYERS):
+        assert python_files(package), f"{package}/ has no modules"
+        above = set(LAYERS[rank + 1:]) | {"app", "tests", "benchmarks"}
+        for path in python_files(package):
+            for line, module in imported_modules(path):
+                if module.split(".")[0] in above:
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert wrong == [], "imports that point up:\n" + "\n".join(wrong)
+
+
+def test_the_ui_and_the_service_layer_never_import_an_engine():
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}"
+             for package in ("ui", "serving", "monitoring", "optimization") for p in python_files(package)
+             for line, m in imported_modules(p) if m.split(".")[0] in ENGINES]
+    assert wrong == []
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The rule above is live: a module importing a higher layer inside a function is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from serving.settings import Settings\n    return Settings\n")
+    assert (2, "serving.settings") in imported_modules(bad)
+
+
+def test_backends_know_nothing_of_web_frameworks():
+    web = {"gradio", "fastapi", "starlette", "uvicorn"}
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}" for package in ("backends", "monitoring", "optimization")
+             for p in python_files(package) for line, m in imported_modules(p) if m.split(".")[0] in web]
+    assert wrong == []
