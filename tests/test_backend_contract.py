@@ -119,7 +119,7 @@ SUBJECTS = ["fake"] + [pytest.param(name, marks=pytest.mark.slow)
 
 
 @pytest.fixture(scope="module", params=SUBJECTS)
-def subject(request, cache_dir):
+def subject(request):
     name = request.param
     if name == "fake":
         return _fake_subject()
@@ -129,7 +129,7 @@ def subject(request, cache_dir):
     if backend == "transformers":
         pytest.importorskip("torch")
     quant = "fp32" if backend == "transformers" else None
-    return _local(cache_dir, backend, quant, int(parallel), request)
+    return _local(request.getfixturevalue("cache_dir"), backend, quant, int(parallel), request)
 
 
 def deltas_of(backend: Backend, req: ChatRequest, cancel: threading.Event | None = None):
