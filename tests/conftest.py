@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -97,48 +95,7 @@ def llama_backend(cache_dir):
     b.unload()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """The real app (FastAPI + Gradio) under uvicorn on 127.0.0.1:<free port>, in a thread."""
-
-    def __init__(self, settings):
-        import uvicorn
-
-        from app import create_app
-
-        self.settings = settings
-        self.app = create_app(settings)
-        self.manager = self.app.state.manager
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{settings.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def make_settings(**overrides):
-    from serving.settings import Settings
-
-    base = dict(port=free_port(), no_model=True, n_ctx=2048)
-    base.update(overrides)
-    return Settings(**base)
+from tests.live_server import LiveServer, free_port, make_settings  # noqa: E402,F401 - re-exported for the tests
 
 
 @pytest.fixture(scope="session")

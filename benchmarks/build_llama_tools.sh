@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own tools (llama-server, llama-perplexity, llama-batched-bench, llama-bench) from the
+# llama.cpp that the pinned llama-cpp-python sdist vendors: the same source as the app's engine, so the
+# benchmark's anchor measures the same kernels.
+#
+#   benchmarks/build_llama_tools.sh [OUT_DIR]      # default: $QUANTLAB_TOOLS_DIR or ~/.cache/quantlab-tools
+#
+# Sources go to OUT_DIR/src, binaries to OUT_DIR/bin; nothing is written into the repository. About 10
+# minutes on 2 cores. Environment: LLAMA_CPP_PYTHON_VERSION (default: the pin, 0.3.36), PYTHON (pip's
+# interpreter; default the repo's .venv), JOBS (default: all CPUs), NICE (default 19: the machines are shared).
+#
+# CPUs with Intel AMX: llama.cpp's AMX matmul kernels crash in this version (the app turns them off at
+# run time, backends/llamacpp_open.py). GGML_NATIVE's -march=native would compile them in, and the
+# GGML_AMX_* options only add AMX, so the AMX ISA is switched off at compile time with -mno-amx-*
+# (GCC lets an explicit -mno-<isa> win over -march=native); the script then checks that no AMX backend
+# symbol made it into the binaries.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-${QUANTLAB_TOOLS_DIR:-$HOME/.cache/quantlab-tools}}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+JOBS="${JOBS:-$(nproc)}"
+NICE="${NICE:-19}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
+fi
+case "$(realpath -m "$OUT")/" in
+  "$REPO"/*) echo "error: OUT_DIR must be outside the repository ($REPO)" >&2; exit 2 ;;
+esac
+TARGETS=(llama-server llama-perplexity llama-batched-bench llama-bench)
+
+SRC="$OUT/src"
+TREE="$SRC/llama_cpp_python-$VERSION"
+mkdir -p "$SRC" "$OUT/bin"
+if [[ ! -d "$TREE/vendor/llama.cpp" ]]; then
+  echo "== downloading the llama-cpp-python $VERSION sdist into $SRC"
+  "$PYTHON" -m pip download --no-deps --no-binary :all: -d "$SRC" "llama-cpp-python==$VERSION"
+  tar -xzf "$SRC/llama_cpp_python-$VERSION.tar.gz" -C "$SRC"
+fi
+LLAMA="$TREE/vendor/llama.cpp"
+
+CMAKE_ARGS=(
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF   # no network at configure time; the web UI is not needed
+  -DGGML_NATIVE=ON
+)
+AMX=0
+if grep -qw -e amx_tile -e amx_int8 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then
+  AMX=1
+  echo "== this CPU has AMX: building without llama.cpp's AMX kernels"
+  NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+               "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+fi
+
+BUILD="$OUT/build-$VERSION"
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+echo "== configuring in $BUILD"
+cmake -S "$LLAMA" -B "$BUILD" "${GEN[@]}" "${CMAKE_ARGS[@]}" >"$OUT/configure.log" 2>&1 \
+  || { tail -40 "$OUT/configure.log"; exit 1; }
+echo "== building ${TARGETS[*]} with $JOBS jobs (nice $NICE); log: $OUT/build.log"
+start=$(date +%s)
+nice -n "$NICE" cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" >"$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+echo "== built in $(( $(date +%s) - start )) s"
+
+for t in "${TARGETS[@]}"; do
+  install -m 755 "$BUILD/bin/$t" "$OUT/bin/$t"
+done
+if (( AMX )); then
+  for t in "${TARGETS[@]}"; do
+    syms="$(nm "$OUT/bin/$t" 2>/dev/null || true)"
+    if ! grep -q ggml_backend_cpu <<<"$syms"; then
+      echo "error: cannot read the symbols of $t to check for AMX (nm missing, or stripped)" >&2; exit 1
+    fi
+    if grep -q ggml_backend_amx <<<"$syms"; then
+      echo "error: $t still contains llama.cpp's AMX backend" >&2; exit 1
+    fi
+  done
+  echo "== checked: no AMX backend in the binaries"
+fi
+"$OUT/bin/llama-server" --version 2>&1 | grep -m1 '^version' || true
+for t in "${TARGETS[@]}"; do echo "$OUT/bin/$t"; done

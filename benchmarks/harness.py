@@ -1,0 +1,210 @@
+"""What the benchmark measures: the app (in this process or as ``python app.py``), llama.cpp's own
+llama-server, and the memory of the process that serves.
+
+The in-process app is the tests' ``LiveServer`` (tests/live_server.py); memory is sampled with the
+monitor the app itself uses (``monitoring.memory.MemoryMonitor``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.workload import log
+from monitoring.memory import MemoryMonitor
+from tests.live_server import LiveServer, free_port, make_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RssTracker(MemoryMonitor):
+    """The app's memory monitor, sampling every 0.2 s, plus the peak RSS and named snapshots.
+
+    ``pid``: another process to watch (the server subprocess) instead of this one."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.2, snapshots: dict | None = None):
+        super().__init__(interval=interval, keep=8)  # only the peak is kept, not a history
+        self.pid = os.getpid() if pid is None else pid
+        if self.pid != os.getpid():
+            import psutil
+
+            self._proc = psutil.Process(self.pid)  # MemoryMonitor watches its own process otherwise
+            self._proc.cpu_percent(None)
+        self.snapshots: dict[str, int] = {} if snapshots is None else snapshots
+        self.peak = self.rss()
+
+    def sample(self) -> dict:
+        snap = super().sample()
+        self.peak = max(self.peak, snap["process"]["rss_bytes"])
+        return snap
+
+    def start(self) -> RssTracker:
+        super().start()
+        return self
+
+    def mark(self, name: str) -> int:
+        gc.collect()
+        value = self.rss()
+        self.peak = max(self.peak, value)
+        self.snapshots[name] = value
+        log(f"RSS {name}: {value / 2**20:.0f} MiB")
+        return value
+
+
+def app_spec(args):
+    from backends.base import ModelSpec
+
+    source = args.model or "embedded"
+    if args.backend == "llamacpp":
+        return ModelSpec(source=source, backend="llamacpp", n_ctx=args.n_ctx, n_threads=args.threads,
+                         parallel=args.parallel)
+    return ModelSpec(source=source, backend="transformers", quantization=args.dtype, n_ctx=args.n_ctx,
+                     parallel=args.parallel)
+
+
+class InProcessApp(LiveServer):
+    """The real app (create_app: FastAPI + Gradio + /v1) under uvicorn in a thread of this process."""
+
+    def __init__(self, n_ctx: int, n_threads: int | None):
+        super().__init__(make_settings(host="127.0.0.1", n_ctx=n_ctx, n_threads=n_threads, request_log="",
+                                       auth=None, api_key=None, rate_limit_rpm=0, max_streams_per_client=0))
+
+    def load(self, spec) -> dict:
+        info = self.manager.load(spec)
+        return {"name": info.name, "backend": info.backend, "quantization": info.quantization,
+                "device": info.device, "details": info.details}
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        try:
+            self.manager.unload()
+        except Exception:  # noqa: BLE001 - best effort at the end of a benchmark
+            pass
+
+
+class _ServerProcess:
+    """A server command in its own process, its output in a temporary file; stopped with SIGTERM."""
+
+    name = "server"
+    cmd: list[str]
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self):
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _tail(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-3000:]
+
+    def _wait_healthy(self, ready, timeout: float) -> dict:
+        """Poll GET /health until ``ready(response)`` returns a value (not None)."""
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self._tail()}")
+            try:
+                value = ready(httpx.get(f"{self.url}/health", timeout=5))
+                if value is not None:
+                    return value
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f} s:\n{self._tail()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # app.py drains and exits 0 on SIGTERM; so does llama-server
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class AppSubprocess(_ServerProcess):
+    """``python app.py`` in its own process (--app-mode subprocess): the clients of this benchmark then
+    share no GIL with the server, as in a deployment. The model is the one the command line names."""
+
+    name = "the app"
+
+    def __init__(self, args):
+        super().__init__()
+        self.cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                    "--request-log", "", "--n-ctx", str(args.n_ctx), "--backend", args.backend,
+                    "--model", args.model or "embedded"]
+        self.cmd += ["--parallel", str(args.parallel)]
+        if args.backend == "llamacpp":
+            self.cmd += ["--n-threads", str(args.threads)]
+        else:
+            self.cmd += ["--quantization", args.dtype]
+
+    def load(self, spec) -> dict:
+        """Wait for /health to say ready (the app loads --model in the background at start)."""
+
+        def ready(r):
+            body = r.json()
+            if r.status_code == 200:
+                m = body["model"]
+                return {k: m.get(k) for k in ("name", "backend", "quantization", "device", "details")}
+            if body.get("last_error"):
+                raise RuntimeError(f"the app could not load the model: {body['last_error']}")
+            return None
+
+        return self._wait_healthy(ready, 600)
+
+
+class LlamaServer(_ServerProcess):
+    """llama.cpp's own llama-server (benchmarks/build_llama_tools.sh builds it from the llama.cpp that the
+    pinned llama-cpp-python vendors) with the app's GGUF, threads and batch slots: ``-np`` slots of
+    ``n_ctx`` tokens each (llama-server splits ``-c`` between its slots), flash attention off (llama-cpp-python's
+    default, which the app keeps; llama-server's ``auto`` turns it on, and the different kernel flips some
+    greedy tokens), and weight repacking off where the app turns it off (AMX CPUs, see
+    backends/llamacpp_open.py)."""
+
+    name = "llama-server"
+    model_name = "default"
+
+    def __init__(self, binary: str | Path, model_path: Path, n_ctx: int, n_threads: int, parallel: int):
+        from backends.llamacpp_open import cpu_has_amx
+
+        super().__init__()
+        self.binary = Path(binary)
+        self.cmd = [str(self.binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(self.port),
+                    "-t", str(n_threads), "-tb", str(n_threads), "-np", str(parallel), "-c", str(n_ctx * parallel),
+                    "-fa", "off", "-a", self.model_name, "--no-webui"]
+        if cpu_has_amx():
+            self.cmd.append("--no-repack")
+
+    def wait_ready(self) -> None:
+        self._wait_healthy(lambda r: True if r.status_code == 200 else None, 300)
+
+    def version(self) -> str | None:
+        try:
+            out = subprocess.run([str(self.binary), "--version"], capture_output=True, text=True, timeout=30)
+            return next((line.strip() for line in (out.stdout + out.stderr).splitlines()
+                         if line.startswith("version")), None)
+        except (OSError, subprocess.SubprocessError):
+            return None
