@@ -28,13 +28,7 @@ class RssTracker(MemoryMonitor):
     ``pid``: another process to watch (the server subprocess) instead of this one."""
 
     def __init__(self, pid: int | None = None, interval: float = 0.2, snapshots: dict | None = None):
-        super().__init__(interval=interval, keep=8)  # only the peak is kept, not a history
-        self.pid = os.getpid() if pid is None else pid
-        if self.pid != os.getpid():
-            import psutil
-
-            self._proc = psutil.Process(self.pid)  # MemoryMonitor watches its own process otherwise
-            self._proc.cpu_percent(None)
+        super().__init__(interval=interval, keep=8, pid=pid)  # only the peak is kept, not a history
         self.snapshots: dict[str, int] = {} if snapshots is None else snapshots
         self.peak = self.rss()
 

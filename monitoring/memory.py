@@ -81,11 +81,13 @@ class MemoryMonitor:
     keeping the last ``keep`` samples for the charts. Reading is cheap: the UI and /stats never
     trigger a measurement of their own."""
 
-    def __init__(self, interval: float = 1.0, keep: int = 600):
+    def __init__(self, interval: float = 1.0, keep: int = 600, pid: int | None = None):
+        """``pid``: the process to watch (default: this one; the benchmark watches a server it started)."""
         import psutil
 
         self.interval = interval
-        self._proc = psutil.Process(os.getpid())
+        self.pid = os.getpid() if pid is None else pid
+        self._proc = psutil.Process(self.pid)
         self._proc.cpu_percent(None)  # prime: the first call always returns 0.0
         self.gpu = GpuProbe()
         self.samples: deque[dict] = deque(maxlen=keep)
