@@ -68,7 +68,15 @@ def bot_text(page) -> str:
     return "" if text == "Loading content" else text  # Gradio's placeholder before the first token
 
 
+def set_greedy(page) -> None:
+    """Temperature 0: a sampled reply may end after a few tokens, which the streaming checks cannot use."""
+    box = page.locator("input[aria-label='number input for Temperature (0 = greedy)']")
+    box.fill("0")
+    box.press("Enter")
+
+
 def test_send_see_the_reply_grow_and_stop(page, shots):
+    set_greedy(page)
     page.fill("#message textarea", "Count from 1 to 200, separated by commas.")
     page.keyboard.press("Enter")
     page.wait_for_function(f"() => {REPLY_JS}.length > 5")
@@ -87,12 +95,15 @@ def test_send_see_the_reply_grow_and_stop(page, shots):
 
 def test_a_normal_chat_shows_its_stats_and_survives_a_reload(page, shots):
     page.click("#clear")
+    saved_before = page.evaluate("() => localStorage.getItem('quantlab-chat')")
     page.fill("#message textarea", "Write a haiku about the sea.")
     page.keyboard.press("Enter")
     page.wait_for_selector("#chat-stats :text('tok/s')")
     reply = bot_text(page)
     assert reply.strip()
     page.screenshot(path=str(shots / "chat-stats.png"))
+    # the finished turn is saved in the browser (one step after the reply): then reload
+    page.wait_for_function("(b) => localStorage.getItem('quantlab-chat') !== b", arg=saved_before)
     page.reload()
     page.wait_for_selector("#message textarea")
     page.wait_for_selector("#model-badge :text('Serving')")
@@ -184,7 +195,8 @@ def test_evaluate_shows_a_table_and_a_plot(page, shots):
     page.get_by_role("tab", name="Evaluate").click()
     page.click("#evaluate-run")
     table = page.locator("#evaluate-table")
-    table.locator(":text('llamacpp:Q2_K')").first.wait_for(timeout=400_000)
+    page.wait_for_function("() => { const t = document.querySelector('#evaluate-table').innerText;"
+                           " return t.includes('transformers:nf4') && !t.includes('%'); }", timeout=400_000)
     text = table.inner_text()
     for variant in ("llamacpp:Q8_0", "llamacpp:Q4_K_M", "llamacpp:Q2_K", "transformers:nf4"):
         assert variant in text
