@@ -281,7 +281,7 @@ REST_CASES = [
      "surrogate"),
     ("REST /chat surrogate in system prompt", lambda s: rest(s, "chat", raw=(
         b'{"data": ["Hi", [], "\\ud83d", 4, 0, 1, 0, 1, 0]}')), "event:error", "surrogate"),
-    ("REST /compare surrogate prompt", lambda s: rest(s, "compare", raw=b'{"data": ["\\ud800", ["llamacpp:Q4_1"]]}'),
+    ("REST /compare surrogate prompt", lambda s: rest(s, "compare", raw=b'{"data": ["\\ud800", ["llamacpp:Q4_1"], "embedded", 4, 0, 0]}'),
      "event:error", "surrogate"),
     ("REST /chat missing inputs", lambda s: rest(s, "chat", []), "event:error", "input"),
     ("REST /chat temperature 99", lambda s: rest(s, "chat", chat_args(temperature=99)), "event:error", "temperature"),
