@@ -24,7 +24,7 @@ from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
 from serving.chat_service import ChatService, RequestLimits, chat_request
-from serving.openai_schema import ChatCompletionRequest
+from serving.openai_schema import ChatCompletionRequest, openapi_body
 
 log = logging.getLogger("quantlab.v1")
 
@@ -220,7 +220,8 @@ def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) ->
     routes = OpenAIRoutes(manager, chat)
     router = APIRouter(prefix="/v1", tags=["openai"])
     router.add_api_route("/models", routes.models, methods=["GET"])
-    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
+    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"],
+                         openapi_extra=openapi_body(ChatCompletionRequest))
     app.include_router(router)
 
     allowed = {"models": "GET", "chat/completions": "POST"}

@@ -104,3 +104,23 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def openapi_body(model: type[BaseModel]) -> dict:
+    """``model``'s JSON schema with its $defs inlined, as an OpenAPI requestBody (the /v1 routes
+    read the raw body themselves, so FastAPI cannot derive it; the schema still documents it and
+    lets schema-driven fuzzers such as schemathesis generate requests)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
