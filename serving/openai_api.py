@@ -159,9 +159,9 @@ class OpenAIRoutes:
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._sse(deltas(), rid, created, model, include_usage, stream),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return GenerationResponse(self._sse(deltas(), rid, created, model, include_usage, stream), stream.cancel,
+                                      media_type="text/event-stream",
+                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         text, finish = [], None
         try:
             async for d in deltas():
@@ -205,6 +205,22 @@ class OpenAIRoutes:
             yield f"data: {json.dumps({'error': {'message': f'Internal error ({type(exc).__name__}).', 'type': 'server_error', 'code': None}})}\n\n"
             yield chunk({}, "error")
         yield "data: [DONE]\n\n"
+
+
+class GenerationResponse(StreamingResponse):
+    """A streamed reply that cancels its generation when the response ends for any reason: a
+    client that disconnects stops the model within a token, without waiting for the garbage
+    collector to close the abandoned async generators."""
+
+    def __init__(self, content, cancel: threading.Event, **kwargs):
+        super().__init__(content, **kwargs)
+        self._cancel = cancel
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cancel.set()
 
 
 def _finish(reason: str | None) -> str:
