@@ -3,7 +3,9 @@ process, so its RSS is the server's alone), a third of the clients walking away 
 
 Passes when there are 0 unexplained errors, ``num_requests_running`` is back to 0 within 2 s of
 the end, and RSS grew <= 5 % over the run (measured after a warm-up under the same load).
-QUANTLAB_LOAD_SECONDS sets the duration (CI: 20 s; the figures in the report: a 60 s manual run).
+QUANTLAB_LOAD_SECONDS sets the duration (CI: 20 s). A manual 60 s run on a shared 2-core machine
+(embedded Q4_1, --parallel 4): 90 /v1 streams completed + 66 walked away, 27 /chat completed + 11
+walked away, 0 errors, num_requests_running 0 after 0.03 s, RSS 493.7 -> 503.6 MiB (+2.0 %).
 """
 
 from __future__ import annotations
