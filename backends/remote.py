@@ -137,39 +137,50 @@ class RemoteBackend(Backend):
         if p.seed is not None:
             body["seed"] = p.seed
         counted, usage, finish = 0, None, None
-        try:
-            with self._client.stream("POST", "/chat/completions", json=body) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    _raise_for(r, self._base)
-                for line in r.iter_lines():
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError as exc:
-                        raise BackendUnavailable("The remote engine sent a malformed stream.") from exc
-                    if not isinstance(chunk, dict):
-                        raise BackendUnavailable("The remote engine sent a malformed stream.")
-                    if "error" in chunk:
-                        log.warning("remote engine %s failed mid-stream: %.300s", self._base, chunk["error"])
-                        raise BackendUnavailable("The remote engine failed while generating (details in the server log).")
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        if text:
-                            counted += 1
-                            yield TextDelta(text, tokens=1)
-                        finish = choice.get("finish_reason") or finish
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"Lost the remote engine at {self._base}: {_why(exc)}") from exc
+        for attempt in (1, 2):
+            try:
+                with self._client.stream("POST", "/chat/completions", json=body) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        _raise_for(r, self._base)
+                    for line in r.iter_lines():
+                        if cancel.is_set():
+                            finish = "cancelled"
+                            break
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError as exc:
+                            raise BackendUnavailable("The remote engine sent a malformed stream.") from exc
+                        if not isinstance(chunk, dict):
+                            raise BackendUnavailable("The remote engine sent a malformed stream.")
+                        if "error" in chunk:  # its body goes to the log, not to the user (issue 12)
+                            log.warning("remote engine %s failed mid-stream: %.300s", self._base, chunk["error"])
+                            raise BackendUnavailable("The remote engine failed while generating (details in the server log).")
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                        for choice in chunk.get("choices") or []:
+                            text = (choice.get("delta") or {}).get("content") or ""
+                            if text:
+                                counted += 1
+                                yield TextDelta(text, tokens=1)
+                            finish = choice.get("finish_reason") or finish
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                # A kept-alive connection the engine had already dropped (e.g. after it aborted the
+                # previous stream) fails before any byte: one fresh try is safe then, never mid-answer.
+                if attempt == 2 or counted or finish is not None:
+                    raise BackendUnavailable(f"Lost the remote engine at {self._base}: {_why(exc)}") from exc
+            except httpx.HTTPError as exc:
+                raise BackendUnavailable(f"Lost the remote engine at {self._base}: {_why(exc)}") from exc
+        if finish is None:  # an OpenAI stream always ends with a finish_reason: the engine gave up
+            raise BackendUnavailable(
+                f"The remote engine closed the stream without finishing ({counted} tokens in); it may have refused "
+                "the request, e.g. a conversation longer than its context.")
         extra = max(0, (usage or {}).get("completion_tokens", counted) - counted)
         yield TextDelta("", tokens=extra, finish_reason=finish or "stop",
                         prompt_tokens=(usage or {}).get("prompt_tokens", 0))

@@ -25,11 +25,19 @@ from serving.chat_service import MAX_MESSAGE_CHARS, RequestLimits
 _SPEC = {name: f.default for name, f in ModelSpec.__dataclass_fields__.items()}
 
 
+def _zero_gpu() -> bool:
+    """On a ZeroGPU Space each @spaces.GPU call runs in a forked worker: no engine threads there, so
+    transformers one request at a time (the generate() path) is the default."""
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUANTLAB_", extra="ignore")
 
     model: str = Field(EMBEDDED_ALIAS, description="model to load at start: a GGUF file, a checkpoint folder, a Hub repo id, or 'embedded'")
-    backend: str = Field("llamacpp", description=f"backend for --model: {' | '.join(default_registry().names())}")
+    backend: str = Field(default_factory=lambda: "transformers" if _zero_gpu() else "llamacpp",
+                         description=f"backend for --model: {' | '.join(default_registry().names())} (default llamacpp; "
+                                     "transformers on a ZeroGPU Space, where torch gets the GPU)")
     quantization: str | None = Field(None, description="quantization for --model (default: the backend's default)")
     gguf_file: str | None = Field(None, description="for a Hub repo holding several GGUF files: which one to load")
     no_model: bool = Field(False, description="start with no model loaded")
@@ -43,7 +51,7 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
     n_ctx: int = Field(_SPEC["n_ctx"], description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
-    parallel: int = Field(_SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
+    parallel: int = Field(default_factory=lambda: 1 if _zero_gpu() else _SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")

@@ -18,7 +18,8 @@ from backends.registry import BackendRegistry
 class FakeScript:
     """The replies a test queues and the requests its fake backend saw."""
 
-    def __init__(self, token_delay: float = 0.0):
+    def __init__(self, token_delay: float = 0.0, slots: int = 1):
+        self.slots = slots  # the backend's max_concurrency
         self.replies: deque = deque()
         self.seen: list[ChatRequest] = []
         self.token_delay = token_delay
@@ -48,6 +49,10 @@ class FakeBackend(Backend):
 
     def unload(self) -> None:
         self.loaded = False
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.script.slots
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         """One token per scripted piece; a prompt token per word (7 at least); the budget and the

@@ -119,3 +119,73 @@ def test_load_another_quantization_and_see_the_monitor_update_live(page, shots, 
                json={"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
     page.wait_for_selector(f"#monitor-figures :text('{done + 1} done')", timeout=10_000)
     page.screenshot(path=str(shots / "monitor.png"))
+
+
+def user_turns(page) -> int:
+    return page.locator("#chatbot .user .message-content").count()
+
+
+def clear_chat(page) -> None:
+    page.click("#clear")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0"
+                           " && !document.querySelector('#chat-stats').innerText.includes('tok/s')")
+
+
+def test_regenerate_replaces_the_last_reply_and_keeps_the_question(page, shots):
+    page.get_by_role("tab", name="Chat").click()
+    clear_chat(page)
+    page.fill("#message textarea", "Give me one word that rhymes with cat.")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#chat-stats :text('tok/s')")
+    assert user_turns(page) == 1 and bot_text(page).strip()
+    before = page.locator("#chat-stats").inner_text()
+    page.click("#regenerate")
+    # a new request's stats line (its timings differ from the first one's)
+    page.wait_for_function("(b) => { const t = document.querySelector('#chat-stats').innerText;"
+                           " return t.includes('tok/s') && t !== b; }", arg=before)
+    page.wait_for_selector("#chatbot .bot-row :text('Stats:')")  # the chatbot renders after the stats line
+    page.screenshot(path=str(shots / "regenerate.png"))
+    assert user_turns(page) == 1, "Regenerate must not repeat the question"
+    # one answer (with its stats line), not the old one beside the new (a sampled reply may be short)
+    assert page.locator("#chatbot .bot-row").count() == 1
+    assert "Stats:" in page.locator("#chatbot .bot-row").inner_text()
+    assert "cat" in page.locator("#chatbot .user").first.inner_text()
+
+
+def test_export_then_import_restores_the_conversation(page, tmp_path):
+    import json
+
+    with page.expect_download() as dl:
+        page.click("#export")
+    exported = tmp_path / "conversation.json"
+    dl.value.save_as(exported)
+    messages = json.loads(exported.read_text())
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert "rhymes with cat" in messages[0]["content"] and messages[1]["content"].strip()
+    clear_chat(page)
+    with page.expect_file_chooser() as chooser:
+        page.click("#import")
+    chooser.value.set_files(str(exported))
+    page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 1")
+    assert "rhymes with cat" in page.locator("#chatbot").inner_text()
+
+
+def test_compare_two_quantizations_side_by_side(page, shots):
+    page.get_by_role("tab", name="Compare").click()
+    page.click("#compare-run")
+    page.wait_for_selector("#compare-divergence :text-matches('identical|diverge')", timeout=180_000)
+    panes = [page.locator(f"#pane-{i}").inner_text() for i in range(2)]
+    assert "llamacpp:Q8_0" in panes[0] and "llamacpp:Q4_0" in panes[1]
+    assert all("tokens" in p and "MiB" in p for p in panes)
+    page.screenshot(path=str(shots / "compare.png"))
+
+
+def test_evaluate_shows_a_table_and_a_plot(page, shots):
+    page.get_by_role("tab", name="Evaluate").click()
+    page.click("#evaluate-run")
+    table = page.locator("#evaluate-table")
+    table.locator(":text('llamacpp:Q2_K')").first.wait_for(timeout=400_000)
+    text = table.inner_text()
+    for variant in ("llamacpp:Q8_0", "llamacpp:Q4_K_M", "llamacpp:Q2_K", "transformers:nf4"):
+        assert variant in text
+    page.screenshot(path=str(shots / "evaluate.png"), full_page=True)

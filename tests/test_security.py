@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -12,6 +14,8 @@ from tests.conftest import LiveServer, make_settings
 
 MSG = [{"role": "user", "content": "Hi"}]
 CHAT = ("Say hi.", [], "", 4, 0.0, 1.0, 0, 1.0, 0)
+ENDPOINTS = ["load_model", "unload_model", "chat", "model_status", "stats", "cached_models", "delete_cached",
+             "compare", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +45,17 @@ def test_v1_needs_the_key(locked):
 
 
 def test_gradio_api_and_ui_need_a_login(locked):
-    with pytest.raises(Exception):
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(locked.url, verbose=False)  # the app's config is behind the login
-    r = httpx.post(locked.url + "/gradio_api/call/chat", json={"data": list(CHAT)})
-    assert r.status_code in (401, 403)
+    for endpoint in ENDPOINTS:  # every Gradio API endpoint, over plain REST, without credentials
+        r = httpx.post(locked.url + f"/gradio_api/call/{endpoint}", json={"data": []})
+        assert r.status_code == 401, endpoint
+        assert r.json()["detail"]["error"] == "Not authenticated", endpoint
+    for path, method in (("/v1/models", "GET"), ("/v1/chat/completions", "POST")):
+        r = httpx.request(method, locked.url + path, json={"model": "default", "messages": MSG})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
     page = httpx.get(locked.url + "/", follow_redirects=True)
     assert "sk-test-123" not in page.text
     for creds in (("alice", "wonderland"), ("anyone", "sk-test-123")):
@@ -54,7 +65,7 @@ def test_gradio_api_and_ui_need_a_login(locked):
             assert stats["completion_tokens"] > 0
         finally:
             c.close()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Could not login"):
         Client(locked.url, auth=("alice", "wrong"), verbose=False)
 
 
@@ -83,3 +94,37 @@ def test_rate_limit_answers_429_with_retry_after_and_a_clear_ui_error(cache_dir)
         finally:
             c.close()
         assert httpx.get(srv.url + "/health").status_code == 200
+
+
+def test_the_api_page_lists_exactly_the_endpoints_the_auth_test_covers(locked):
+    c = Client(locked.url, auth=("alice", "wonderland"), verbose=False)
+    try:
+        named = c.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    finally:
+        c.close()
+    assert sorted(n.lstrip("/") for n in named) == sorted(ENDPOINTS)
+
+
+def test_concurrent_stream_limit_answers_429_on_the_second_stream(cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir, max_streams_per_client=1)) as srv:
+        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512))
+        body = {"model": "default", "messages": [{"role": "user", "content": "Count from 1 to 300."}],
+                "max_tokens": 400, "temperature": 0, "stream": True}
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", srv.url + "/v1/chat/completions", json=body) as first:
+                next(first.iter_lines())  # the first stream is running
+                second = http.post(srv.url + "/v1/chat/completions", json={**body, "stream": False})
+                assert second.status_code == 429
+                assert "Too many concurrent requests" in second.json()["error"]["message"]
+                assert int(second.headers["retry-after"]) >= 1
+        # the first one's slot is freed when it ends: the next request goes through
+        deadline = time.time() + 5
+        while srv.manager.metrics.running and time.time() < deadline:
+            time.sleep(0.01)
+        ok = http_post_ok(srv.url)
+        assert ok.status_code == 200
+
+
+def http_post_ok(url: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", json={"model": "default", "messages": MSG, "max_tokens": 2},
+                      timeout=60)

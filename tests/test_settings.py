@@ -51,3 +51,13 @@ def test_help_lists_every_flag_with_its_env_var():
                  "--no-model"):
         assert flag in out
     assert "QUANTLAB_API_KEY" in out
+
+
+def test_a_zerogpu_space_defaults_to_transformers_one_request_at_a_time(monkeypatch):
+    from serving.settings import parse_args
+
+    assert (parse_args([]).backend, parse_args([]).parallel) == ("llamacpp", 4)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    s = parse_args([])
+    assert (s.backend, s.parallel) == ("transformers", 1)
+    assert parse_args(["--backend", "llamacpp", "--parallel", "2"]).backend == "llamacpp"

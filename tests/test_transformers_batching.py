@@ -40,6 +40,10 @@ def test_what_the_batch_cannot_honour_runs_unbatched_beside_it(batched):
     # sharing torch's intra-op pool can change the summation order of fp32 matmuls.)
     mixed = concurrently(lambda r: text(batched, r), [(penalised,), (req("What is 2+2?", 24),)])
     assert all(m and m.strip() for m in mixed)
+    # The penalty still holds beside the batch: the reply starts as its solo run does, and is not the
+    # unpenalised greedy text.
+    assert mixed[0][:20] == alone[:20]
+    assert mixed[0] != text(batched, req("Describe a cat.", 24))
 
 
 def test_sampled_requests_stream_with_their_own_parameters(batched):
@@ -48,6 +52,10 @@ def test_sampled_requests_stream_with_their_own_parameters(batched):
     outs = concurrently(lambda r: text(batched, r), [(hot,), (cold,), (hot,)])
     assert outs[1] == text(batched, req("Tell me a short story.", 24))  # top-k 1 is greedy
     assert all(o.strip() for o in outs)
+    # The hot requests really sampled (24 tokens at temperature 1.5 over the full vocabulary): neither
+    # is the greedy text, and the two independent samples differ.
+    assert outs[0] != outs[1] and outs[2] != outs[1]
+    assert outs[0] != outs[2]
 
 
 def test_cancelling_one_request_mid_batch_leaves_the_others_intact(batched):

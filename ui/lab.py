@@ -102,7 +102,8 @@ def build_evaluate(h: Services):
         max_tokens = gr.Slider(128, 8192, value=1024, step=64, label="Tokens to score")
         window = gr.Slider(64, 2048, value=256, step=64, label="Window")
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False)
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False,
+                         elem_id="evaluate-table")
     plot = gr.ScatterPlot(x="footprint_mib", y="kld_mean", color="backend", title="Quality loss (KLD) vs memory",
                           height=320, tooltip=["variant", "ppl", "top1_agreement"])
     with gr.Row():
