@@ -11,6 +11,7 @@ import sys
 import threading
 
 log = logging.getLogger("quantlab")
+CUT_GRACE_S = 3  # after --shutdown-timeout: time for cut streams to send their error event and finish
 
 
 def create_app(settings, manager=None):
@@ -28,6 +29,8 @@ def create_app(settings, manager=None):
     from monitoring.request_log import RequestLog
     from optimization.lab import Lab
     from serving.auth import AccessPolicy, ApiKeyMiddleware
+    from serving.body_limit import BodyLimitMiddleware
+    from serving.gradio_guard import GradioGuardMiddleware
     from serving.chat_service import ChatService
     from serving.openai_api import add_openai_routes
     from serving.ops import add_ops_routes
@@ -40,12 +43,14 @@ def create_app(settings, manager=None):
     if manager is None:
         manager = ModelManager(metrics=MetricsRecorder(rss=monitor.rss), cache_dir=settings.cache_dir,
                                allowed_dir=settings.models_dir if settings.exposed else None,
+                               allowed_remote=tuple(settings.allow_remote) if settings.exposed else None,
                                log_prompts=settings.log_prompts)
     request_log = RequestLog(settings.request_log)
     manager.metrics.add_listener(request_log.on_event)
     exporter = PrometheusExporter(manager, monitor)
     base_spec = ModelSpec.from_settings(settings)
-    chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client))
+    chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client),
+                       limits=settings.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor)
 
     @asynccontextmanager
@@ -61,11 +66,14 @@ def create_app(settings, manager=None):
     app.state.manager = manager
     app.state.settings = settings
     app.state.monitor = monitor
-    add_ops_routes(app, manager, exporter)
+    app.state.chat = chat
+    add_ops_routes(app, manager, exporter, policy)
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
+    app.add_middleware(GradioGuardMiddleware, blocks=blocks)
     app.add_middleware(ApiKeyMiddleware, policy=policy)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before any parsing
     return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login,
                                auth_message="QuantLab: log in (with --api-key, any user name and the key).")
 
@@ -90,12 +98,27 @@ def main(argv: list[str] | None = None) -> int:
 
     class GracefulServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM after a graceful shutdown (exit code -15); a requested stop that
-        drained cleanly is a success for orchestrators (Kubernetes, systemd, docker stop): exit 0."""
+        drained cleanly is a success for orchestrators (Kubernetes, systemd, docker stop): exit 0.
+        Streams still running ``--shutdown-timeout`` seconds after the signal are cut by the chat
+        service (each gets an in-band error and a finish reason), logged, and the exit code is 1."""
+
+        cut = 0
+        deadline: threading.Timer | None = None
 
         def handle_exit(self, sig, frame):
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM and sig in self._captured_signals:
                 self._captured_signals.remove(sig)
+            if self.deadline is None:
+                self.deadline = threading.Timer(settings.shutdown_timeout, self.cut_streams)
+                self.deadline.daemon = True
+                self.deadline.start()
+
+        def cut_streams(self):
+            self.cut = app.state.chat.cut_all()
+            if self.cut:
+                log.error("shutdown: %d stream(s) still running after --shutdown-timeout %d s were cut",
+                          self.cut, settings.shutdown_timeout)
 
     from backends.base import ModelSpec
     from serving.settings import parse_args
@@ -106,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.no_model:
         load_in_background(app.state.manager, ModelSpec.from_settings(settings))
     log.info("serving on http://%s:%d", settings.bind_host, settings.port)
+    # uvicorn's own deadline comes a little later, so the cut streams can send their last events.
     config = uvicorn.Config(app, host=settings.bind_host, port=settings.port, log_level="warning",
-                            timeout_graceful_shutdown=settings.shutdown_timeout)
-    GracefulServer(config).run()
-    return 0
+                            timeout_graceful_shutdown=settings.shutdown_timeout + CUT_GRACE_S)
+    server = GracefulServer(config)
+    server.run()
+    if server.deadline is not None:
+        server.deadline.cancel()
+    return 1 if server.cut else 0
 
 
 if __name__ == "__main__":

@@ -96,8 +96,12 @@ class SamplingParams:
             top_k = int(self.top_k)
             rep = float(self.repetition_penalty)
             seed = None if self.seed is None or int(self.seed) < 0 else int(self.seed)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"Sampling parameters must be numbers ({exc}).") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRequest(f"Sampling parameters must be finite numbers ({exc}).") from exc
+        if seed is not None and seed >= 2**63:
+            raise InvalidRequest(f"seed must be below 2**63, got {seed}.", "seed")
+        if seed is not None:
+            seed %= 2**32  # what the engines' samplers take (a 32-bit seed)
         if not 1 <= mnt <= MAX_NEW_TOKENS_LIMIT:
             raise InvalidRequest(
                 f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {mnt}.", "max_new_tokens"
@@ -126,6 +130,7 @@ class ChatRequest:
     messages: tuple[Message, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()  # stop strings: the reply ends before the first one (finish_reason "stop")
+    max_prompt_tokens: int = 0  # the prompt's token limit (--max-prompt-tokens); 0 = the model's context
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -203,6 +208,12 @@ class Backend(abc.ABC):
         """The quantizations that each make a distinct model (the lab's variants)."""
         return tuple(q for q in cls.quantizations if q not in cls.pseudo_quantizations)
 
+    @classmethod
+    def remote_base(cls, spec: ModelSpec) -> str | None:
+        """The network address a load of ``spec`` would contact (checked against --allow-remote
+        before loading), or None for a backend that runs the model here."""
+        return None
+
     def __init__(self, cache_dir: Path | None = None):
         """``cache_dir``: where the backend may write derived models."""
 
@@ -217,7 +228,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         """Generate a reply. Stops within one token once ``cancel`` is set (finish_reason
-        "cancelled"). Raises ContextLengthExceeded before generating if the prompt does not fit."""
+        "cancelled"). Raises ContextLengthExceeded before generating if the prompt does not fit
+        the context or exceeds ``request.max_prompt_tokens`` (``check_prompt_tokens``)."""
 
     @property
     def max_concurrency(self) -> int:
@@ -243,3 +255,18 @@ class Recorder(Protocol):
     def timed(self, timer: Any, stream_factory: Callable[[], Iterator[TextDelta]],
               acquire: Callable[[], bool] | None = None) -> Iterator[TextDelta]:
         """Run ``stream_factory()`` under ``timer``; ``acquire`` waits for a model slot."""
+
+
+def check_prompt_tokens(request: ChatRequest, n_prompt: int, n_ctx: int) -> None:
+    """Raise ContextLengthExceeded, before anything is generated, when the prompt's ``n_prompt``
+    tokens exceed the request's limit or do not leave room in the ``n_ctx``-token context."""
+    from backends.errors import ContextLengthExceeded
+
+    limit = request.max_prompt_tokens
+    if limit and n_prompt > limit:
+        raise ContextLengthExceeded(
+            f"The conversation is {n_prompt} tokens long; this server accepts at most {limit} prompt tokens.")
+    if n_prompt >= n_ctx:
+        raise ContextLengthExceeded(
+            f"The conversation is {n_prompt} tokens long but the model's context holds {n_ctx}: "
+            "shorten the message, clear the chat, or load the model with a larger context.")

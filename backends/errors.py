@@ -69,6 +69,19 @@ class NoModelLoaded(BackendUnavailable):
         super().__init__(message)
 
 
+class ServerShuttingDown(BackendUnavailable):
+    """The server stopped a generation because it is shutting down (past --shutdown-timeout)."""
+
+    code = "server_shutting_down"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body over --max-body-bytes."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
 class Busy(BackendError):
     """Too many requests for this client (rate limit) or the server (queue full)."""
 

@@ -38,6 +38,7 @@ def check_gguf(path: Path) -> None:
     (version,) = struct.unpack("<I", head[4:8])
     if version not in (2, 3):
         raise ModelLoadError(f"{path.name} is GGUF version {version}, which this llama.cpp cannot read.")
+    read_gguf_metadata(path)  # the whole header, bounds-checked: a corrupt one fails here, by name
 
 
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -45,34 +46,55 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 
 def read_gguf_metadata(path: Path) -> dict:
     """The key/value header of a GGUF file (arrays skipped), read without touching the tensors:
-    milliseconds, where gguf.GGUFReader maps and parses every tensor (seconds)."""
+    milliseconds, where gguf.GGUFReader maps and parses every tensor (seconds). Every count and
+    length is checked against the file's size first: a corrupt header is a ModelLoadError naming
+    the file, never a huge allocation (which would read as "not enough memory")."""
+    try:
+        return _read_metadata(path)
+    except (struct.error, EOFError, ValueError, OverflowError, MemoryError, RecursionError, KeyError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid GGUF file: its header is corrupt.") from exc
+
+
+def _read_metadata(path: Path) -> dict:
     out: dict = {}
+    size = path.stat().st_size
     with open(path, "rb") as f:
+        def read(n: int) -> bytes:
+            if n < 0 or f.tell() + n > size:
+                raise EOFError(f"{n} bytes past the end of the file")
+            return f.read(n)
+
         def take(fmt: str):
-            size = struct.calcsize(fmt)
-            return struct.unpack(fmt, f.read(size))[0]
+            return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
 
         def string() -> str:
-            return f.read(take("<Q")).decode("utf-8", errors="replace")
+            return read(take("<Q")).decode("utf-8", errors="replace")
 
-        def value(vtype: int):
+        def value(vtype: int, depth: int = 0):
             if vtype == 8:
                 return string()
             if vtype == 9:
                 itype, n = take("<I"), take("<Q")
+                if depth > 8 or n > size:
+                    raise ValueError("implausible array")
                 if itype in _SCALAR:
-                    f.seek(struct.calcsize(_SCALAR[itype]) * n, 1)
+                    skip = struct.calcsize(_SCALAR[itype]) * n
+                    if f.tell() + skip > size:
+                        raise EOFError("array past the end of the file")
+                    f.seek(skip, 1)
                 else:
                     for _ in range(n):
-                        value(itype)
+                        value(itype, depth + 1)
                 return None
             return take(_SCALAR[vtype])
 
-        if f.read(4) != GGUF_MAGIC:
+        if read(4) != GGUF_MAGIC:
             raise ModelLoadError(f"{path.name} is not a GGUF model file.")
         take("<I")
-        take("<Q")
-        for _ in range(take("<Q")):
+        n_tensors, n_kv = take("<Q"), take("<Q")
+        if n_tensors > size // 24 or n_kv > size // 12:  # each needs at least that many bytes
+            raise ValueError("implausible tensor or key count")
+        for _ in range(n_kv):
             key = string()
             val = value(take("<I"))
             if val is not None:

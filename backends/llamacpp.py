@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from backends import sources
-from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends import gguf
 from backends.gguf import kv_cache_bytes
@@ -185,11 +185,7 @@ class LlamaCppBackend(Backend):
         with self._lock:
             tokens = self.prompt_tokens(request)
             n_prompt, n_ctx = len(tokens), llm.n_ctx()
-            if n_prompt >= n_ctx:
-                raise ContextLengthExceeded(
-                    f"The conversation is {n_prompt} tokens long but the model's context holds {n_ctx}: "
-                    "shorten the message, clear the chat, or load the model with a larger context."
-                )
+            check_prompt_tokens(request, n_prompt, n_ctx)
             budget = min(params.max_new_tokens, n_ctx - n_prompt)
             yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
             llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
@@ -229,11 +225,7 @@ class LlamaCppBackend(Backend):
     def _stream_batched(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         tokens = self.prompt_tokens(request)
         n_ctx = self._engine.n_ctx_per_seq
-        if len(tokens) >= n_ctx:
-            raise ContextLengthExceeded(
-                f"The conversation is {len(tokens)} tokens long but the model's context holds {n_ctx}: "
-                "shorten the message, clear the chat, or load the model with a larger context."
-            )
+        check_prompt_tokens(request, len(tokens), n_ctx)
         budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
         yield from self._engine.submit(tokens, request.params, budget, cancel)
 

@@ -21,6 +21,7 @@ from backends.errors import BackendError, Busy, InvalidRequest, ModelLoadError, 
 from backends.registry import BackendRegistry, default_registry
 from backends.slots import FairSlots
 from backends.stops import apply_stops
+from backends.urls import remote_allowed
 
 
 @dataclass(eq=False)  # identity: held in a set
@@ -36,10 +37,12 @@ class _Resident:
 
 class ModelManager:
     def __init__(self, *, metrics: Recorder, cache_dir: Path | None = None, allowed_dir: Path | None = None,
-                 registry: BackendRegistry | None = None, log_prompts: bool = False):
+                 registry: BackendRegistry | None = None, log_prompts: bool = False,
+                 allowed_remote: tuple[str, ...] | None = None):
         self.registry = registry or default_registry()  # tests register a fake backend
         self.cache_dir = cache_dir
         self.allowed_dir = allowed_dir  # set when serving beyond loopback: local paths confined here
+        self.allowed_remote = allowed_remote  # set when serving beyond loopback: remote bases must match one
         self.metrics = metrics
         self.log_prompts = log_prompts
         self._resident: _Resident | None = None
@@ -91,9 +94,18 @@ class ModelManager:
         if not 1 <= spec.parallel <= MAX_PARALLEL:
             raise InvalidRequest(f"parallel must be between 1 and {MAX_PARALLEL}, got {spec.parallel}.", "parallel")
         quant = cls.normalize_quantization(spec.quantization)
-        if "files" in cls.capabilities and not sources.looks_like_repo_id(spec.source.strip()):
-            sources.resolve_local(spec.source, self.allowed_dir)  # Hub repo ids are resolved on load
-        return spec.with_(quantization=quant)
+        spec = spec.with_(quantization=quant)
+        source = (spec.source or "").strip()
+        if ("files" in cls.capabilities and source != sources.EMBEDDED_ALIAS
+                and not sources.looks_like_repo_id(source, self.allowed_dir)):
+            # Resolved once, here: the backend opens exactly this absolute path (a relative name
+            # is never looked up again against the working directory). Hub ids resolve on load.
+            path = sources.resolve_local(source, self.allowed_dir)
+            spec = spec.with_(source=str(path))
+        base = cls.remote_base(spec)
+        if base is not None and self.allowed_remote is not None and not remote_allowed(base, self.allowed_remote):
+            raise InvalidRequest("This server does not allow that remote engine (see --allow-remote).", "api_base")
+        return spec
 
     def _open(self, spec: ModelSpec, progress: Progress) -> _Resident:
         """Load ``spec`` into a new backend instance; on any failure free what it took."""

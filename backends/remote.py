@@ -8,15 +8,16 @@ connection, which stops the generation on vLLM/TGI/llama.cpp.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
 from backends.errors import (
-    BackendError,
     BackendUnavailable,
     Busy,
     ContextLengthExceeded,
@@ -25,6 +26,8 @@ from backends.errors import (
     ModelNotFound,
     NoModelLoaded,
 )
+
+log = logging.getLogger("quantlab.remote")
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 300.0  # between two chunks: long prompts on a busy engine can take a while
@@ -41,7 +44,15 @@ def split_source(spec: ModelSpec) -> tuple[str, str]:
     if not base:
         raise ModelLoadError("The remote backend needs the engine's base URL (e.g. http://host:8000/v1).")
     if not base.startswith(("http://", "https://")):
-        raise ModelLoadError(f"{base!r} is not an http(s) URL.")
+        raise ModelLoadError(f"{base[:200]!r} is not an http(s) URL.")
+    try:
+        parts = urlsplit(base)
+        parts.port  # noqa: B018 - raises on a bad port
+        httpx.URL(base)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ModelLoadError(f"{base[:200]!r} is not a valid URL.") from exc
+    if not parts.hostname:
+        raise ModelLoadError(f"{base[:200]!r} is not a valid URL.")
     base = base.rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
@@ -54,6 +65,10 @@ class RemoteBackend(Backend):
     quantizations = ("as served",)
     default_quantization = "as served"
     pseudo_quantizations = ("as served",)
+
+    @classmethod
+    def remote_base(cls, spec: ModelSpec) -> str | None:
+        return split_source(spec)[0]
 
     def __init__(self, cache_dir=None):
         self._client: httpx.Client | None = None
@@ -69,15 +84,15 @@ class RemoteBackend(Backend):
         progress(0.3, f"Asking {base} for its models")
         try:
             r = client.get("/models")
-            _raise_for(r, base)
-            served = r.json().get("data", [])
-        except (httpx.HTTPError, ValueError) as exc:
+            r.raise_for_status()
+            served = [m for m in r.json().get("data", []) if isinstance(m, dict)]
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            # One answer for every failure (refused, timed out, an error status, not JSON) and none of
+            # the target's body: a load must not map ports or read internal services. Details: the log.
             client.close()
-            raise BackendUnavailable(f"Cannot reach the remote engine at {base}: {_why(exc)}") from exc
-        except BackendError:
-            client.close()
-            raise
-        ids = [m.get("id", "") for m in served]
+            log.warning("remote engine %s: %s", base, _why(exc))
+            raise BackendUnavailable(unreachable(base)) from exc
+        ids = [str(m.get("id", "")) for m in served]
         if model in ("", "default") and ids:
             model = ids[0]
         if model not in ids:
@@ -137,9 +152,15 @@ class RemoteBackend(Backend):
                         data = line[5:].strip()
                         if data == "[DONE]":
                             break
-                        chunk = json.loads(data)
-                        if "error" in chunk:
-                            raise BackendUnavailable(f"The remote engine failed: {chunk['error'].get('message', chunk['error'])}")
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError as exc:
+                            raise BackendUnavailable("The remote engine sent a malformed stream.") from exc
+                        if not isinstance(chunk, dict):
+                            raise BackendUnavailable("The remote engine sent a malformed stream.")
+                        if "error" in chunk:  # its body goes to the log, not to the user (issue 12)
+                            log.warning("remote engine %s failed mid-stream: %.300s", self._base, chunk["error"])
+                            raise BackendUnavailable("The remote engine failed while generating (details in the server log).")
                         if chunk.get("usage"):
                             usage = chunk["usage"]
                         for choice in chunk.get("choices") or []:
@@ -165,6 +186,11 @@ class RemoteBackend(Backend):
                         prompt_tokens=(usage or {}).get("prompt_tokens", 0))
 
 
+def unreachable(base: str) -> str:
+    return (f"Remote engine unreachable at {base}: check the URL, that it serves an OpenAI-compatible /v1, "
+            "and its API key (details in the server log).")
+
+
 def _why(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host unreachable"
@@ -174,25 +200,21 @@ def _why(exc: Exception) -> str:
 
 
 def _raise_for(r: httpx.Response, base: str) -> None:
+    """A typed error for the engine's error status; its body goes to the log, never to the user."""
     if r.status_code < 400:
         return
-    try:
-        err = r.json().get("error") or {}
-        message = err.get("message") if isinstance(err, dict) else str(err)
-    except ValueError:
-        message = r.text[:300]
-    message = message or r.reason_phrase
+    log.warning("remote engine %s answered %d: %.300s", base, r.status_code, r.text)
     if r.status_code in (401, 403):
-        raise BackendUnavailable(f"The remote engine at {base} rejected the API key ({r.status_code}).")
+        raise BackendUnavailable(unreachable(base))
     if r.status_code == 404:
-        raise ModelNotFound(f"The remote engine says: {message}")
+        raise ModelNotFound("The remote engine no longer serves this model.")
     if r.status_code == 429:
-        raise Busy(f"The remote engine is rate limiting: {message}", retry_after=_retry_after(r))
-    if r.status_code in (400, 422):
-        if "context" in message.lower() or "too long" in message.lower():
-            raise ContextLengthExceeded(f"The remote engine says: {message}")
-        raise InvalidRequest(f"The remote engine says: {message}")
-    raise BackendUnavailable(f"The remote engine at {base} failed ({r.status_code}): {message}")
+        raise Busy("The remote engine is rate limiting; try again shortly.", retry_after=_retry_after(r))
+    if r.status_code in (400, 413, 422):
+        if "context" in r.text.lower() or "too long" in r.text.lower():
+            raise ContextLengthExceeded("The conversation does not fit the remote engine's context: shorten it.")
+        raise InvalidRequest(f"The remote engine rejected the request ({r.status_code}).")
+    raise BackendUnavailable(f"The remote engine at {base} failed ({r.status_code}).")
 
 
 def _retry_after(r: httpx.Response) -> float | None:

@@ -46,19 +46,32 @@ def embedded_model_path() -> Path:
     return path
 
 
-def looks_like_repo_id(source: str) -> bool:
-    return bool(_REPO_ID.match(source)) and not Path(source).expanduser().exists()
+def looks_like_repo_id(source: str, base_dir: Path | None = None) -> bool:
+    """``org/name`` that is not a local path (relative to ``base_dir`` when given, else to the
+    working directory)."""
+    local = Path(source).expanduser()
+    if base_dir is not None and not local.is_absolute():
+        local = base_dir.expanduser() / local
+    return bool(_REPO_ID.match(source)) and not local.exists()
 
 
 def resolve_local(source: str, allowed_dir: Path | None = None) -> Path:
-    """A local file or folder for ``source`` (the alias, a path, or a Hub repo id already in the
-    local Hub cache when offline). With ``allowed_dir`` (the server listens beyond loopback), local
-    paths must lie inside it."""
+    """The absolute, resolved local file or folder for ``source`` (the alias or a path). With
+    ``allowed_dir`` (the server listens beyond loopback), a relative path is taken inside it and the
+    result (symlinks followed) must lie inside it. Callers open exactly the path returned, never
+    ``source`` again: a relative name must not be re-read against the working directory."""
     source = (source or "").strip()
     if not source:
         raise ModelNotFound("No model given: enter a file path, a folder or a Hugging Face repo id.")
     if source == EMBEDDED_ALIAS:
         return embedded_model_path()
+    try:
+        return _confined(source, allowed_dir)
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a loop of links
+        raise ModelNotFound(f"No model at {source[:200]!r}: not a usable path.") from exc
+
+
+def _confined(source: str, allowed_dir: Path | None) -> Path:
     path = Path(source).expanduser()
     if allowed_dir is not None:
         root = allowed_dir.expanduser().resolve()
@@ -69,7 +82,7 @@ def resolve_local(source: str, allowed_dir: Path | None = None) -> Path:
         path = candidate
     if path.exists():
         return path.resolve()
-    raise ModelNotFound(f"No model at {source!r}: the path does not exist.")
+    raise ModelNotFound(f"No model at {source[:200]!r}: the path does not exist.")
 
 
 def hub_cache_dir() -> Path:
@@ -370,7 +383,7 @@ def resolve(source: str, allowed_dir: Path | None = None, gguf_file: str | None 
     """Local path for a path, the embedded alias, or a Hub repo id (downloaded if needed, with its
     byte progress reported to ``progress``)."""
     source = (source or "").strip()
-    if looks_like_repo_id(source) and source != EMBEDDED_ALIAS:
+    if looks_like_repo_id(source, allowed_dir) and source != EMBEDDED_ALIAS:
         return download_from_hub(source, (gguf_file or "").strip() or None, progress=progress)
     return resolve_local(source, allowed_dir)
 

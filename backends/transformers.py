@@ -15,9 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from backends import sources
-from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import (
-    ContextLengthExceeded,
     InvalidRequest,
     ModelLoadError,
     NoModelLoaded,
@@ -239,11 +238,7 @@ class TransformersBackend(Backend):
         params = request.params
         ids = self.prompt_ids(request)
         n_prompt = len(ids)
-        if n_prompt >= self._max_ctx:
-            raise ContextLengthExceeded(
-                f"The conversation is {n_prompt} tokens long but the model's context holds {self._max_ctx}: "
-                "shorten the message or clear the chat."
-            )
+        check_prompt_tokens(request, n_prompt, self._max_ctx)
         budget = min(params.max_new_tokens, self._max_ctx - n_prompt)
         yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
         batcher = self._batcher

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from backends import gguf, sources
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
-from backends.errors import BackendError, InvalidRequest, OutOfMemory, UnsupportedQuantization
+from backends.errors import BackendError, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
 from backends.registry import BackendRegistry
 from monitoring.memory import MemoryMonitor
@@ -216,8 +216,12 @@ class Lab:
             raise InvalidRequest("window must be between 16 and 4096 tokens.", "window")
         if max_tokens < window:
             raise InvalidRequest(f"max tokens ({max_tokens}) must be at least one window ({window}).", "max_tokens")
-        if text_path and self.manager.allowed_dir is not None:
-            sources.resolve_local(text_path, self.manager.allowed_dir)  # exposed server: no reading outside
+        if text_path:  # resolved once (inside --models-dir on an exposed server); exactly that file is read
+            try:
+                text_path = str(sources.resolve_local(text_path, self.manager.allowed_dir))
+            except ModelNotFound as exc:
+                raise InvalidRequest(str(exc).replace("Models must", "Evaluation texts must").replace(
+                    "No model at", "No evaluation text at"), "text_path") from exc
         text = quality.load_text(text_path)
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")

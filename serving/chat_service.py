@@ -12,19 +12,70 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from backends.base import ChatRequest, Message, SamplingParams
-from backends.errors import InvalidRequest
+from backends.errors import InvalidRequest, ServerShuttingDown
 from backends.manager import Generation, ModelManager
 from serving.ratelimit import RateLimiter
 
 # A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
 # value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
 STREAM_INTERVAL_S = 0.04
-MAX_MESSAGE_CHARS = 200_000
+MAX_MESSAGE_CHARS = 200_000  # the default of --max-prompt-chars
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 200
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The size limits every entry point applies (the UI, Gradio's /chat, /v1, the lab's Compare):
+    ``max_prompt_chars`` over the whole conversation, checked before anything is tokenized;
+    ``max_prompt_tokens`` (0 = the model's context) checked by the backend before generating."""
+
+    max_prompt_chars: int = MAX_MESSAGE_CHARS
+    max_prompt_tokens: int = 0
+
+
+def clean_text(text: str, name: str) -> str:
+    """``text`` unchanged if it is valid Unicode (encodable as UTF-8), else InvalidRequest naming
+    ``name``: a lone UTF-16 surrogate (JSON allows "\\ud800") cannot reach a tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{name} contains an invalid character at position {exc.start} (a lone UTF-16 "
+                             "surrogate): send valid Unicode text.", name) from None
+    return text
+
+
+def as_text(v: Any, name: str, max_chars: int = 4096) -> str:
+    """A short text parameter (a model path, a backend, an id): a string (None = ""), valid Unicode,
+    at most ``max_chars``; else InvalidRequest naming ``name``."""
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}.", name)
+    if len(v) > max_chars:
+        raise InvalidRequest(f"{name} is {len(v):,} characters long; at most {max_chars:,}.", name)
+    return clean_text(v, name)
+
+
+def chat_request(messages: Sequence[Message], params: SamplingParams, stop: Any = (),
+                 limits: RequestLimits | None = None) -> ChatRequest:
+    """The one place a ChatRequest is made from user input (``build_request`` for Gradio-style
+    inputs, the /v1 translation for OpenAI bodies): valid text, the size limits, the sampling
+    bounds and the stop strings, so every entry point refuses the same things the same way."""
+    limits = limits or RequestLimits()
+    total = 0
+    for i, m in enumerate(messages):
+        clean_text(m.content, "message" if i == len(messages) - 1 else f"messages[{i}].content")
+        total += len(m.content)
+    if total > limits.max_prompt_chars:
+        raise InvalidRequest(f"The conversation is {total:,} characters long; this server accepts at most "
+                             f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "messages")
+    return ChatRequest(tuple(messages), params.validated(), stop_strings(stop), limits.max_prompt_tokens)
 
 
 def text_of(content: Any) -> str:
@@ -49,11 +100,13 @@ def normalize_history(history: Any) -> list[Message]:
     out: list[Message] = []
     for item in history:
         if isinstance(item, dict):
-            if (item.get("metadata") or {}).get("title"):
+            metadata = item.get("metadata")
+            if isinstance(metadata, dict) and metadata.get("title"):
                 continue  # UI annotations (the stats line under a reply) are not conversation
             role = item.get("role")
-            if role not in ("user", "assistant", "system"):
-                raise InvalidRequest(f"Unknown role {role!r} in history.", "history")
+            if not isinstance(role, str) or role not in ("user", "assistant", "system"):
+                raise InvalidRequest(f"Unknown role {_shown(role)} in history: use user, assistant or system.",
+                                     "history")
             text = text_of(item.get("content"))
             if text or role == "user":
                 out.append(Message(role, text))
@@ -69,15 +122,19 @@ def normalize_history(history: Any) -> list[Message]:
 
 def build_request(message: str, history: Any, system_prompt: str, max_new_tokens: float, temperature: float,
                   top_p: float, top_k: float, repetition_penalty: float, seed: float | None,
-                  stop: Any = ()) -> ChatRequest:
+                  stop: Any = (), limits: RequestLimits | None = None) -> ChatRequest:
     message = text_of(message)
     if not message.strip():
         raise InvalidRequest("The message is empty: type something to send.", "message")
-    if len(message) > MAX_MESSAGE_CHARS:
-        raise InvalidRequest(f"The message is {len(message):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.", "message")
+    limits = limits or RequestLimits()
+    if len(message) > limits.max_prompt_chars:  # before the history is even looked at
+        raise InvalidRequest(f"The message is {len(message):,} characters long; this server accepts at most "
+                             f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "message")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise InvalidRequest("system_prompt must be a string.", "system_prompt")
     messages = []
     if system_prompt and system_prompt.strip():
-        messages.append(Message("system", system_prompt.strip()))
+        messages.append(Message("system", clean_text(system_prompt, "system_prompt").strip()))
     messages += [m for m in normalize_history(history) if m.role != "system" or not messages]
     messages.append(Message("user", message))
     params = SamplingParams(
@@ -87,8 +144,8 @@ def build_request(message: str, history: Any, system_prompt: str, max_new_tokens
         top_k=as_int(top_k, "top_k"),
         repetition_penalty=as_number(repetition_penalty, "repetition_penalty"),
         seed=None if seed is None or seed == "" else as_int(seed, "seed"),
-    ).validated()
-    return ChatRequest(tuple(messages), params, stop_strings(stop))
+    )
+    return chat_request(messages, params, stop, limits)
 
 
 def stop_strings(stop: Any) -> tuple[str, ...]:
@@ -103,17 +160,21 @@ def stop_strings(stop: Any) -> tuple[str, ...]:
         raise InvalidRequest("stop must be a string or a list of strings.", "stop")
     if not all(isinstance(s, str) for s in items):
         raise InvalidRequest("stop must be a string or a list of strings.", "stop")
-    out = tuple(s for s in items if s)
+    out = tuple(clean_text(s, "stop") for s in items if s)
     if len(out) > MAX_STOP_STRINGS:
         raise InvalidRequest(f"At most {MAX_STOP_STRINGS} stop strings.", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in out):
+        raise InvalidRequest(f"A stop string may be at most {MAX_STOP_CHARS} characters.", "stop")
     return out
 
 
 def as_number(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise InvalidRequest(f"{name} must be a number, got {_shown(v)}.", name)
     try:
         f = float(v)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{name} must be a number, got {v!r}.", name) from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest(f"{name} must be a number, got {_shown(v)}.", name) from None
     if f != f or f in (float("inf"), float("-inf")):
         raise InvalidRequest(f"{name} must be a finite number.", name)
     return f
@@ -122,8 +183,15 @@ def as_number(v: Any, name: str) -> float:
 def as_int(v: Any, name: str) -> int:
     f = as_number(v, name)
     if f != int(f):
-        raise InvalidRequest(f"{name} must be a whole number, got {v!r}.", name)
+        raise InvalidRequest(f"{name} must be a whole number, got {_shown(v)}.", name)
     return int(f)
+
+
+def _shown(v: Any) -> str:
+    """A value quoted in an error message: its repr, shortened (and safe to encode)."""
+    text = repr(v)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ChatStream:
@@ -135,10 +203,13 @@ class ChatStream:
         self.cancel = cancel
         self._release = release
         self.stats = generation.stats
+        self.cut: str | None = None  # why the server ended it (``ChatService.cut_all``), if it did
 
     def __iter__(self):
         try:
             yield from self._generation
+            if self.cut:  # the stream ended because the server cut it: say so, in band
+                raise ServerShuttingDown(self.cut)
         finally:
             self.close()
 
@@ -150,10 +221,13 @@ class ChatStream:
 
 class ChatService:
     def __init__(self, manager: ModelManager, limiter: RateLimiter | None = None,
-                 stream_interval_s: float = STREAM_INTERVAL_S):
+                 stream_interval_s: float = STREAM_INTERVAL_S, limits: RequestLimits | None = None):
         self.manager = manager
         self.limiter = limiter or RateLimiter()
         self.stream_interval_s = stream_interval_s
+        self.limits = limits or RequestLimits()
+        self._open: set[ChatStream] = set()  # for the shutdown deadline (cut_all)
+        self._open_lock = threading.Lock()
 
     def open(self, request: ChatRequest, *, endpoint: str, client: str | None = None,
              t0: float | None = None) -> ChatStream:
@@ -167,7 +241,30 @@ class ChatService:
         except BaseException:
             release.close()
             raise
-        return ChatStream(generation, cancel, release)
+        stream = ChatStream(generation, cancel, release)
+        with self._open_lock:
+            self._open.add(stream)
+        release.callback(self._forget, stream)
+        return stream
+
+    def _forget(self, stream: ChatStream) -> None:
+        with self._open_lock:
+            self._open.discard(stream)
+
+    @property
+    def running(self) -> int:
+        with self._open_lock:
+            return len(self._open)
+
+    def cut_all(self, reason: str = "The server is shutting down: the reply was cut short.") -> int:
+        """End every open stream now (the shutdown deadline passed): each stops within a token and
+        its transport reports ``reason`` in band. Returns how many were cut."""
+        with self._open_lock:
+            streams = list(self._open)
+        for stream in streams:
+            stream.cut = reason
+            stream.cancel.set()
+        return len(streams)
 
     def chat(self, message: str, history: Any, system_prompt: str = "", max_new_tokens: float = 512,
              temperature: float = 0.7, top_p: float = 0.95, top_k: float = 40, repetition_penalty: float = 1.0,
@@ -177,7 +274,7 @@ class ChatService:
         request's timing and token counts."""
         t0 = time.perf_counter()
         request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                                repetition_penalty, seed, stop)
+                                repetition_penalty, seed, stop, self.limits)
         stream = self.open(request, endpoint=endpoint, client=client, t0=t0)
         reply, last_sent, sent_any = "", 0.0, False
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -22,8 +23,10 @@ from pydantic import ValidationError
 from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.chat_service import ChatService
-from serving.openai_schema import ChatCompletionRequest
+from serving.chat_service import ChatService, RequestLimits, chat_request
+from serving.openai_schema import ChatCompletionRequest, openapi_body
+
+log = logging.getLogger("quantlab.v1")
 
 DEFAULT_MAX_TOKENS = 1024
 _END = object()
@@ -31,6 +34,7 @@ _END = object()
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
                    headers: dict | None = None) -> JSONResponse:
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # may quote the client's bad text
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
                         status_code=status, headers=headers)
 
@@ -50,7 +54,11 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return (f"{loc}: {msg}" if loc else msg), (str(err["loc"][0]) if err.get("loc") else None)
 
 
-def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
+def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = None) -> ChatRequest:
+    refused = body.unsupported()
+    if refused is not None:
+        field, why = refused
+        raise InvalidRequest(f"{field}: {why}.", field)
     try:
         messages = tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
     except ValueError as exc:
@@ -64,8 +72,8 @@ def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
         top_k=0 if body.top_k is None else body.top_k,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         seed=body.seed,
-    ).validated()
-    return ChatRequest(messages, params, tuple(body.stop_list()))
+    )
+    return chat_request(messages, params, body.stop_list(), limits)  # the same checks as every entry point
 
 
 class OpenAIRoutes:
@@ -96,15 +104,22 @@ class OpenAIRoutes:
             raw = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
+        except RecursionError:
+            return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
+        if not isinstance(raw, dict):
+            return error_response(400, "The request body must be a JSON object with model and messages.",
+                                  "invalid_request_error")
         try:
             body = ChatCompletionRequest.model_validate(raw)
         except ValidationError as exc:
             message, param = _validation_message(exc)
             return error_response(400, message, "invalid_request_error", param)
+        except RecursionError:
+            return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
         client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
         try:
             model = self.resolve_model(body.model)
-            stream = self.chat.open(to_chat_request(body), endpoint="v1", client=client, t0=t0)
+            stream = self.chat.open(to_chat_request(body, self.chat.limits), endpoint="v1", client=client, t0=t0)
         except BackendError as exc:
             return from_backend_error(exc)
         queue: asyncio.Queue = asyncio.Queue()
@@ -126,6 +141,7 @@ class OpenAIRoutes:
             await queue.get()  # _END
             if isinstance(first, BackendError):
                 return from_backend_error(first)
+            log.error("v1 generation failed", exc_info=first)
             return error_response(500, f"Internal error ({type(first).__name__}).", "server_error")
 
         async def deltas() -> AsyncIterator:
@@ -143,9 +159,9 @@ class OpenAIRoutes:
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._sse(deltas(), rid, created, model, include_usage, stream),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return GenerationResponse(self._sse(deltas(), rid, created, model, include_usage, stream), stream.cancel,
+                                      media_type="text/event-stream",
+                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         text, finish = [], None
         try:
             async for d in deltas():
@@ -153,6 +169,9 @@ class OpenAIRoutes:
                 finish = d.finish_reason or finish
         except BackendError as exc:
             return from_backend_error(exc)
+        except Exception as exc:  # a bug: logged, and still an OpenAI-shaped answer
+            log.error("v1 generation failed", exc_info=exc)
+            return error_response(500, f"Internal error ({type(exc).__name__}).", "server_error")
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
@@ -178,9 +197,30 @@ class OpenAIRoutes:
             yield chunk({}, _finish(finish))
             if include_usage:
                 yield chunk(None, usage=_usage(stream.stats))
-        except BackendError as exc:  # after the first token: report in-band, as OpenAI does
+        except BackendError as exc:  # after the first token: report in-band, as OpenAI does, then a finish reason
             yield f"data: {json.dumps({'error': {'message': str(exc), 'type': exc.error_type, 'code': exc.code}})}\n\n"
+            yield chunk({}, "error")
+        except Exception as exc:  # a bug: logged, and still reported in band
+            log.error("v1 stream failed", exc_info=exc)
+            yield f"data: {json.dumps({'error': {'message': f'Internal error ({type(exc).__name__}).', 'type': 'server_error', 'code': None}})}\n\n"
+            yield chunk({}, "error")
         yield "data: [DONE]\n\n"
+
+
+class GenerationResponse(StreamingResponse):
+    """A streamed reply that cancels its generation when the response ends for any reason: a
+    client that disconnects stops the model within a token, without waiting for the garbage
+    collector to close the abandoned async generators."""
+
+    def __init__(self, content, cancel: threading.Event, **kwargs):
+        super().__init__(content, **kwargs)
+        self._cancel = cancel
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cancel.set()
 
 
 def _finish(reason: str | None) -> str:
@@ -196,11 +236,18 @@ def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) ->
     routes = OpenAIRoutes(manager, chat)
     router = APIRouter(prefix="/v1", tags=["openai"])
     router.add_api_route("/models", routes.models, methods=["GET"])
-    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"])
+    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"],
+                         openapi_extra=openapi_body(ChatCompletionRequest))
     app.include_router(router)
 
+    allowed = {"models": "GET", "chat/completions": "POST"}
+
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
-    def unknown(rest: str) -> JSONResponse:
+    def unknown(rest: str, request: Request) -> JSONResponse:
+        if rest.strip("/") in allowed:
+            method = allowed[rest.strip("/")]
+            return error_response(405, f"{request.method} is not allowed on /v1/{rest.strip('/')}: use {method}.",
+                                  "invalid_request_error", code="method_not_allowed", headers={"Allow": method})
         return error_response(404, f"Unknown endpoint /v1/{rest}.", "invalid_request_error", code="unknown_url")
 
     return routes

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from backends import hub_cache
-from backends.base import ModelSpec, SamplingParams
+from backends.base import Message, ModelSpec, SamplingParams
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
 from backends.sources import default_cache_dir
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from optimization.lab import DEFAULT_REFERENCE, Lab
-from serving.chat_service import ChatService, as_int, as_number, text_of
+from serving.chat_service import ChatService, as_int, as_number, as_text, chat_request, text_of
 
 
 class Services:
@@ -48,8 +48,10 @@ class Services:
     def load_steps(self, model: str, backend: str, quantization: str | None,
                    **options: Any) -> Iterator[tuple[float, str]]:
         """Yield (fraction, status line) while loading; the last line says what was loaded."""
+        options = {k: as_text(v, k) if isinstance(v, str) or v is None else v for k, v in options.items()}
         spec = self.manager.validate(self.base_spec.with_(
-            source=(model or "").strip(), backend=(backend or "").strip(), quantization=quantization, **options))
+            source=as_text(model, "model").strip(), backend=as_text(backend, "backend").strip(),
+            quantization=as_text(quantization, "quantization") or None, **options))
         updates: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}
 
@@ -101,7 +103,8 @@ class Services:
         held (the chat's and the lab's) and deletes nothing while a model is loading."""
         if self.manager.loading is not None:
             raise InvalidRequest("A model is loading: delete cached models once it has finished.", "item_id")
-        item = hub_cache.delete_cached(item_id, self._cache_dir(), in_use=self.manager.in_use_sources())
+        item = hub_cache.delete_cached(as_text(item_id, "item_id"), self._cache_dir(),
+                                       in_use=self.manager.in_use_sources())
         return f"Deleted {item['id']} ({item['size_bytes'] / 2**20:.1f} MiB freed)."
 
     def _cache_dir(self) -> Path:
@@ -115,7 +118,12 @@ class Services:
         params = SamplingParams(max_new_tokens=as_int(max_new_tokens, "max_new_tokens"),
                                 temperature=as_number(temperature, "temperature"), top_p=1.0, top_k=0,
                                 seed=None if seed is None else as_int(seed, "seed"))
-        yield from self.lab.compare((model or "embedded").strip(), variants, text_of(prompt), params)
+        prompt = text_of(prompt)
+        if not prompt.strip():
+            raise InvalidRequest("The prompt is empty: type something to compare.", "prompt")
+        # the chat's checks and limits (valid text, --max-prompt-chars, sampling bounds), once
+        request = chat_request((Message("user", prompt),), params, (), self.chat_service.limits)
+        yield from self.lab.compare(as_text(model, "model").strip() or "embedded", variants, prompt, request.params)
 
     def release_lab(self) -> str:
         n = self.lab.release()
@@ -124,7 +132,8 @@ class Services:
     def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: Any = 1024,
                  model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: Any = 256,
                  progress=lambda f, m: None) -> list[dict]:
-        rows = self.lab.evaluate((model or "embedded").strip(), variants, reference or DEFAULT_REFERENCE,
-                                 text_path or None, as_int(max_tokens, "max_tokens"), as_int(window, "window"),
-                                 progress=progress)
+        rows = self.lab.evaluate(as_text(model, "model").strip() or "embedded", variants,
+                                 as_text(reference, "reference") or DEFAULT_REFERENCE,
+                                 as_text(text_path, "text_path").strip() or None, as_int(max_tokens, "max_tokens"),
+                                 as_int(window, "window"), progress=progress)
         return [r.as_dict() for r in rows]

@@ -7,15 +7,18 @@ once. Parsing happens in ``app.main()``, never at import.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.base import MAX_PARALLEL, ModelSpec
 from backends.registry import default_registry
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+from serving.chat_service import MAX_MESSAGE_CHARS, RequestLimits
 
 
 # Load defaults are declared once, on ModelSpec; the flags show them.
@@ -58,7 +61,16 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(False, description="allow transformers models' own code (off by default)")
     log_prompts: bool = Field(False, description="include prompt text in the request log")
     request_log: str | None = Field("-", description="JSON-lines request log: '-' for stdout, a file path, or '' for none")
-    shutdown_timeout: int = Field(30, description="on SIGTERM, seconds running streams get to finish")
+    shutdown_timeout: int = Field(30, ge=0, description="on SIGTERM, seconds running streams get to finish; "
+                                  "streams still running then end with an error event and the exit code is 1")
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, description="largest request body accepted (/v1 and the Gradio API); "
+                                "larger ones get 413 before they are parsed")
+    max_prompt_chars: int = Field(MAX_MESSAGE_CHARS, ge=1, description="largest conversation, in characters "
+                                  "(system prompt + history + message), checked before tokenizing, on every entry point")
+    max_prompt_tokens: int = Field(0, ge=0, description="largest prompt in tokens, checked before generating, on "
+                                   "every entry point; 0 = the model's context")
+    allow_remote: Annotated[list[str], NoDecode] = Field(default_factory=list, description="with --listen: base URLs (PREFIX ...) the "
+                                    "remote backend may use, e.g. http://gpu-box:8000/v1; none by default")
     monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
 
     @field_validator("backend")
@@ -67,6 +79,16 @@ class Settings(BaseSettings):
         names = default_registry().names()
         if v not in names:
             raise ValueError(f"backend must be one of {', '.join(names)}")
+        return v
+
+    @field_validator("allow_remote", mode="before")
+    @classmethod
+    def _prefixes(cls, v):
+        if isinstance(v, str):  # QUANTLAB_ALLOW_REMOTE="http://a:8000 http://b:8000" (or a JSON list)
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [p for p in v.replace(",", " ").split() if p]
         return v
 
     @field_validator("port")
@@ -84,6 +106,10 @@ class Settings(BaseSettings):
     def exposed(self) -> bool:
         return self.bind_host not in ("127.0.0.1", "localhost", "::1")
 
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_prompt_chars, self.max_prompt_tokens)
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -97,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help_ = f"{field.description} [env {env}]"
         if field.annotation is bool:
             parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=help_)
+        elif name == "allow_remote":
+            parser.add_argument(_flag(name), dest=name, nargs="+", default=None, help=help_, metavar="PREFIX")
         else:
             parser.add_argument(_flag(name), dest=name, default=None, help=help_, metavar=name.upper())
     args = parser.parse_args(argv)

@@ -72,6 +72,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
 
         gr.api(status, api_name="model_status", concurrency_limit=None)
 
+        @gradio_errors
         def stats(last: int = 50) -> dict:
             """Memory (process RSS/CPU, each GPU via NVML, torch CUDA, the loaded model's footprint) and
             the latency of the last `last` requests (TTFT, TPOT, tok/s, tokens, outcome)."""

@@ -53,8 +53,11 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
                                     value=default_quant or h.registry.default_quantization(default_backend),
                                     label="Quantization", allow_custom_value=True)
             with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
-                api_base = gr.Textbox(value=default_api_base or "", label="Base URL",
-                                      placeholder="http://vllm-host:8000/v1 (vLLM, TGI, llama.cpp server)")
+                # Never the server's --api-base as the value: the API page (shown before login) would
+                # carry it as the parameter's default. Empty = the server's --api-base.
+                api_base = gr.Textbox(value="", label="Base URL",
+                                      placeholder=("empty: the server's --api-base" if default_api_base else
+                                                   "http://vllm-host:8000/v1 (vLLM, TGI, llama.cpp server)"))
                 api_key = gr.Textbox(value="", label="API key", type="password", placeholder="optional")
             with gr.Row():
                 load = gr.Button("Load", variant="primary", elem_id="load")
@@ -84,7 +87,10 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
     @gradio_errors
     def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
                    gguf_file: str = "", progress=gr.Progress()):
-        options = {"api_base": api_base or None, "api_key": api_key or None} if backend == "remote" else {}
+        options = {}
+        if backend == "remote":  # empty: keep the server's --api-base / --remote-api-key
+            options = {k: v.strip() for k, v in (("api_base", api_base), ("api_key", api_key))
+                       if isinstance(v, str) and v.strip()}
         if (gguf_file or "").strip():
             options["gguf_file"] = gguf_file.strip()
         for fraction, line in h.load_steps(model, backend, quantization, **options):
