@@ -26,6 +26,7 @@ from backends.errors import (
 from backends.hf_convert import hf_checkpoint_from_gguf
 from backends import gguf
 from backends.memory import release_memory
+from backends.slots import SharedExclusive
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -101,6 +102,10 @@ class TransformersBackend(Backend):
         self._max_ctx = 2048
         self._device = "cpu"
         self._batcher = None  # ContinuousBatcher when spec.parallel > 1 and the model supports it
+        # generate() and the batch manager must never run the model at the same time: a generate() that
+        # overlapped a batch step left the model producing garbage for later generate() calls (seen with
+        # transformers 5.23, fp32, sdpa). The batch shares; a generate() beside it is exclusive.
+        self._paths = SharedExclusive()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -302,6 +307,7 @@ class TransformersBackend(Backend):
                 q.put(_END)
 
         with self._lock:
+            self._paths.acquire_exclusive()
             worker = threading.Thread(target=run, name="hf-generate", daemon=True)
             worker.start()
             decoder = IncrementalDecoder(tok)
@@ -326,11 +332,13 @@ class TransformersBackend(Backend):
             finally:
                 cancel.set()  # stops generate() if the consumer went away
                 worker.join()
+                self._paths.release_exclusive()
             yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt)
 
     def _stream_batched(self, batcher, ids, budget, params, cancel) -> Iterator[TextDelta]:
         decoder = IncrementalDecoder(self._tok)
         finish = "stop"
+        self._paths.acquire_shared()
         try:
             for token, reason in batcher.stream(ids, params, budget, cancel):
                 if token is None:
@@ -339,6 +347,8 @@ class TransformersBackend(Backend):
                 yield TextDelta(decoder.push(token), tokens=1)
         except Exception as exc:
             raise _translate(exc) from exc
+        finally:
+            self._paths.release_shared()
         yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=len(ids))
 
     def tokenize(self, text: str) -> list[int]:

@@ -17,6 +17,7 @@ import json
 from starlette.responses import JSONResponse
 
 PREFIX = "/gradio_api/"
+INTERNAL = "predict"  # /gradio_api/run/predict: the page's own unqueued events (by fn_index), not an API name
 
 
 def error(status: int, message: str, code: str | None = None) -> JSONResponse:
@@ -44,7 +45,8 @@ class GradioGuardMiddleware:
             return
         parts = [p for p in scope["path"][len(PREFIX):].split("/") if p]
         method = scope["method"]
-        if len(parts) >= 2 and parts[0] in ("call", "run") and parts[1] not in self.api_names():
+        if (len(parts) >= 2 and parts[0] in ("call", "run") and parts[1] not in self.api_names()
+                and parts[:2] != ["run", INTERNAL]):
             await error(404, f"No API endpoint named /{parts[1][:100]} on this server: see 'Use via API'.",
                         "unknown_api_name")(scope, receive, send)
             return

@@ -69,3 +69,23 @@ def test_twenty_clients_on_four_slots_wait_at_most_their_turn():
     assert max(waits) <= math.ceil(n / s) * longest * 1.1 + 0.05
     assert peak_waiting[0] >= n - s - 2  # the queue is visible while it lasts
     assert manager.metrics.waiting == 0 and manager.metrics.running == 0
+
+
+def test_an_exclusive_holder_waits_for_the_shared_ones_and_goes_before_later_ones():
+    from backends.slots import SharedExclusive
+
+    gate, events = SharedExclusive(), []
+    gate.acquire_shared()
+    exclusive = threading.Thread(target=lambda: (gate.acquire_exclusive(), events.append("exclusive"),
+                                                 time.sleep(0.05), gate.release_exclusive()))
+    exclusive.start()
+    while not gate._exclusive_waiting:
+        time.sleep(0.001)
+    late = threading.Thread(target=lambda: (gate.acquire_shared(), events.append("late shared"), gate.release_shared()))
+    late.start()
+    time.sleep(0.05)
+    assert events == []  # the exclusive one waits for the first shared holder; the late one waits behind it
+    gate.release_shared()
+    exclusive.join(2)
+    late.join(2)
+    assert events == ["exclusive", "late shared"]

@@ -114,3 +114,24 @@ def test_each_compare_pane_is_that_variants_solo_greedy_text(cache_dir):
         assert final[0]["text"] != final[1]["text"]
     finally:
         lab.release()
+
+
+def test_releasing_the_compared_variants_returns_their_memory(cache_dir):
+    import psutil
+
+    from backends.base import SamplingParams
+
+    proc = psutil.Process()
+    lab = Lab(make_manager(cache_dir=cache_dir))
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+    list(lab.compare("embedded", ["llamacpp:F16"], "Hi", params))  # make the variant and warm up once
+    lab.release()
+    rss0 = proc.memory_info().rss
+    list(lab.compare("embedded", ["llamacpp:F16", "llamacpp:Q8_0"], "Hi", params))
+    held = proc.memory_info().rss
+    assert len(lab.manager.leased()) == 2
+    assert lab.release() == 2 and lab.manager.leased() == []
+    freed = proc.memory_info().rss
+    print(f"\nRSS MiB: before {rss0 / 2**20:.0f}, two variants held {held / 2**20:.0f}, released {freed / 2**20:.0f}")
+    assert held - rss0 > 150 * 2**20
+    assert freed - rss0 < 0.5 * (held - rss0)

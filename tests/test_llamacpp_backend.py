@@ -64,9 +64,10 @@ def test_prompt_longer_than_context_is_a_clear_error(llama_backend):
     assert collect(llama_backend, greedy(8))[0]
 
 
-def test_load_unload_load_returns_memory(cache_dir):
+@pytest.mark.parametrize("parallel", [1, 4], ids=["one-slot", "batched"])
+def test_load_unload_load_returns_memory(cache_dir, parallel):
     proc = psutil.Process()
-    spec = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1)
+    spec = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=parallel)
     rss0 = proc.memory_info().rss
     b = LlamaCppBackend(cache_dir)
     info = b.load(spec)

@@ -16,7 +16,7 @@ from gradio_client import Client
 from backends.base import ChatRequest, ModelSpec, SamplingParams
 from backends.errors import BackendUnavailable, ModelNotFound
 from backends.remote import RemoteBackend
-from tests.conftest import LiveServer, cancel_mid_stream, free_port, greedy, make_settings
+from tests.conftest import LiveServer, cancel_mid_stream, free_port, greedy, long_request, make_settings
 
 
 def spec(url: str, **kw) -> ModelSpec:
@@ -98,3 +98,34 @@ def test_engine_going_down_mid_session_is_a_clear_error(embedded_gguf, cache_dir
         proc.wait(timeout=10)
     with pytest.raises(BackendUnavailable, match="Lost the remote engine"):
         list(b.stream(ChatRequest(greedy().messages, SamplingParams(max_new_tokens=4)), threading.Event()))
+
+
+def test_engine_dying_mid_stream_is_an_error_not_a_short_answer(embedded_gguf):
+    """A reply cut by the engine's death must not pass for a finished one."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.llama_cpp_server", "--model", str(embedded_gguf), "--port",
+                             str(port), "--n_ctx", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(url + "/models")
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "the engine did not start"
+                time.sleep(0.1)
+        b = RemoteBackend()
+        b.load(ModelSpec(source=url, backend="remote"))
+        stream = b.stream(ChatRequest(long_request().messages,
+                                      SamplingParams(max_new_tokens=800, temperature=0.0)), threading.Event())
+        got = [next(stream) for _ in range(3)]
+        assert all(d.tokens == 1 for d in got)
+        proc.kill()
+        with pytest.raises(BackendUnavailable):
+            for _ in stream:
+                pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)

@@ -100,10 +100,11 @@ def test_unknown_quantization_is_rejected_before_loading(cache_dir):
         TransformersBackend(cache_dir).load(ModelSpec(source="embedded", backend="transformers", quantization="int3"))
 
 
-def test_load_unload_load_returns_memory(cache_dir):
+@pytest.mark.parametrize("parallel", [1, 4], ids=["one-slot", "continuous-batching"])
+def test_load_unload_load_returns_memory(cache_dir, parallel):
     """bf16 forces a real copy of the weights (fp32 safetensors would be mmap'd lazily)."""
     proc = psutil.Process()
-    spec = ModelSpec(source="embedded", backend="transformers", quantization="bf16", parallel=1)
+    spec = ModelSpec(source="embedded", backend="transformers", quantization="bf16", parallel=parallel)
     warm = TransformersBackend(cache_dir)  # derive the checkpoint and import everything first
     warm.load(spec)
     warm.unload()
