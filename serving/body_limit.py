@@ -55,10 +55,11 @@ class BodyLimitMiddleware:
                 return
             chunks.append(body)
             more = message.get("more_body", False)
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
 
-def _replay(body: bytes, receive):
+def replay(body: bytes, receive):
+    """A ``receive`` that gives ``body`` (already read) once, then the client's next messages."""
     sent = False
 
     async def replayed():

@@ -16,6 +16,8 @@ import json
 
 from starlette.responses import JSONResponse
 
+from serving.body_limit import replay
+
 PREFIX = "/gradio_api/"
 INTERNAL = "predict"  # /gradio_api/run/predict: the page's own unqueued events (by fn_index), not an API name
 
@@ -74,16 +76,7 @@ async def _read(receive):
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replayed
+    return body, replay(body, receive)
 
 
 def _body_problem(body: bytes) -> str | None:

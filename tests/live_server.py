@@ -51,3 +51,20 @@ def make_settings(**overrides):
     base = dict(port=free_port(), no_model=True, n_ctx=2048)
     base.update(overrides)
     return Settings(**base)
+
+
+def wait_healthy(url: str, proc=None, timeout: float = 120.0) -> None:
+    """Poll ``url``/health until 200 (a started ``python app.py``); fail if ``proc`` dies or time runs out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")

@@ -19,6 +19,7 @@ from gradio_client import Client
 from backends.base import ModelSpec
 from backends.sources import embedded_model_path
 from tests.conftest import LiveServer, free_port, make_settings
+from tests.live_server import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -138,14 +139,7 @@ def test_shutdown_past_the_timeout_cuts_streams_in_band_and_exits_nonzero(tmp_pa
                              "--parallel", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(url, proc)
         lines: list[str] = []
         started = threading.Event()
 

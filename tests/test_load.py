@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.live_server import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -135,14 +136,7 @@ def test_sixteen_v1_and_four_chat_streams_with_walkaways():
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(url, proc)
         server = psutil.Process(proc.pid)
         Load(url).run(WARMUP_S)  # KV caches, prefix caches, queues: allocated before the baseline
         time.sleep(1.0)

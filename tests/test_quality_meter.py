@@ -45,16 +45,21 @@ def independent(ref_fn, var_fn, wins):
             "kld_p99": float(torch.quantile(k, 0.99)), "top1_agreement": agree / n}
 
 
+def meter(ref_fn, var_fn, wins, directory) -> dict:
+    """The app's quality meter: the reference's log-probs to disk, then the variant scored against them."""
+    ref = quality.Reference(directory=directory)
+    try:
+        quality.score(ref_fn, wins, ref, build_reference=True)
+        return quality.score(var_fn, wins, ref)
+    finally:
+        ref.close()
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.3, 2.0])
 def test_scores_match_an_independent_torch_computation(tmp_path, noise):
     wins = windows()
     ref_fn, var_fn = logit_fn(0), logit_fn(1, noise)
-    ref = quality.Reference(directory=tmp_path)
-    try:
-        quality.score(ref_fn, wins, ref, build_reference=True)
-        ours = quality.score(var_fn, wins, ref)
-    finally:
-        ref.close()
+    ours = meter(ref_fn, var_fn, wins, tmp_path)
     want = independent(ref_fn, var_fn, wins)
     assert ours["tokens"] == N_WINDOWS * (WINDOW - 1)
     assert ours["ppl"] == pytest.approx(want["ppl"], rel=1e-4)
@@ -71,12 +76,7 @@ def test_kl_is_taken_from_the_reference_not_reversed(tmp_path):
     wins = windows()
     sharp = lambda ids: logit_fn(0)(ids) * 3  # noqa: E731 - a peaked reference
     flat = lambda ids: logit_fn(0)(ids) * 0.3  # noqa: E731 - a flat variant
-    ref = quality.Reference(directory=tmp_path)
-    try:
-        quality.score(sharp, wins, ref, build_reference=True)
-        ours = quality.score(flat, wins, ref)
-    finally:
-        ref.close()
+    ours = meter(sharp, flat, wins, tmp_path)
     forward = independent(sharp, flat, wins)["kld_mean"]
     backward = independent(flat, sharp, wins)["kld_mean"]
     assert abs(forward - backward) > 0.1 * forward
