@@ -208,7 +208,11 @@ class Lab:
 
     def evaluate(self, source: str, variant_texts, reference: str = DEFAULT_REFERENCE, text_path: str | None = None,
                  max_tokens: int = 1024, window: int = 256, decode_tokens: int = 32,
-                 progress: Callable[[float, str], None] = lambda f, m: None) -> list[quality.QualityRow]:
+                 progress: Callable[[float, str], None] = lambda f, m: None,
+                 scoring: str = "all") -> list[quality.QualityRow]:
+        """``scoring``: "all" (every position of each window) or "llama.cpp" (llama-perplexity's chunks
+        and second-half positions, so its PPL, KLD and "Same top p" can be checked on the same GGUFs)."""
+        quality.scoring_offset(scoring, 0)  # an unknown scoring fails before any work
         variants = parse_variants(variant_texts, self.registry, at_least=1)
         ref_variant = Variant.parse(reference, self.registry)
         max_tokens, window = int(max_tokens), int(window)
@@ -231,15 +235,19 @@ class Lab:
             steps = len(variants) + 1
             progress(0.0, f"Reference {ref_variant.label}: loading")
             with self._open(source, ref_variant, max(window, 512)) as lease:
-                windows = quality.windows_of(lease.tokenize(text), window, max_tokens)
+                if scoring == "llama.cpp":
+                    bos = lease.tokenize("")  # [BOS] when the model adds one, as llama-perplexity asks
+                    windows = quality.chunks_llamacpp(lease.tokenize(text), window, max_tokens, bos[0] if bos else None)
+                else:
+                    windows = quality.windows_of(lease.tokenize(text), window, max_tokens)
                 progress(0.02, f"Reference {ref_variant.label}: scoring {len(windows)} windows of {window} tokens")
-                quality.score(lease.logits, windows, ref, build_reference=True,
+                quality.score(lease.logits, windows, ref, build_reference=True, scoring=scoring,
                               progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
             rows = []
             for i, v in enumerate(variants, start=1):
                 progress(i / steps, f"{v.label}: loading")
                 with self._open(source, v, max(window, 512)) as lease:
-                    s = quality.score(lease.logits, windows, ref,
+                    s = quality.score(lease.logits, windows, ref, scoring=scoring,
                                       progress=lambda f, i=i, v=v: progress((i + f) / steps, f"{v.label}: scoring"))
                     decode = _decode_speed(lease, decode_tokens) if decode_tokens > 1 else None
                     info = lease.info

@@ -111,21 +111,48 @@ def windows_of(token_ids: Sequence[int], window: int, max_tokens: int) -> list[l
     return [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
 
 
+SCORINGS = ("all", "llama.cpp")
+LLAMACPP_MIN_LOG_PROB = -16.0  # llama-perplexity drops reference probabilities below e^-16 from the KLD sum
+
+
+def chunks_llamacpp(token_ids: Sequence[int], window: int, max_tokens: int, bos: int | None) -> list[list[int]]:
+    """llama-perplexity's chunks: the text's tokens (BOS first when the model adds one) cut into
+    consecutive chunks of ``window`` tokens, the first token of each replaced by ``bos`` (None: a model
+    that adds no BOS, chunks left as they are). Score them with ``scoring="llama.cpp"``."""
+    chunks = windows_of(token_ids, window, max_tokens)
+    return [[bos, *c[1:]] if bos is not None else c for c in chunks]
+
+
+def scoring_offset(scoring: str, window: int) -> int:
+    """First scored position of each window: every position ("all") or llama-perplexity's second half."""
+    if scoring not in SCORINGS:
+        raise InvalidRequest(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}.", "scoring")
+    return window // 2 if scoring == "llama.cpp" else 0
+
+
 def score(logits_fn: Callable[[list[int]], np.ndarray], windows: list[list[int]], ref: Reference,
-          build_reference: bool = False, progress: Callable[[float], None] = lambda f: None) -> dict:
+          build_reference: bool = False, progress: Callable[[float], None] = lambda f: None,
+          scoring: str = "all") -> dict:
     """Perplexity of ``logits_fn`` over ``windows`` and, against ``ref``, KL divergence (mean, p99)
-    and top-1 agreement. With ``build_reference`` the log-probs are written into ``ref`` instead."""
+    and top-1 agreement. With ``build_reference`` the log-probs are written into ``ref`` instead.
+
+    ``scoring="all"`` scores the logits at every position but the last of each window, each predicting
+    the next token; ``"llama.cpp"`` is llama-perplexity's convention: only positions ``len(w) // 2`` ..
+    len(w) - 2 (windows from ``chunks_llamacpp``), and its KLD sum (reference log-probs below -16 left
+    out, no clipping)."""
     import time
 
-    total = sum(len(w) - 1 for w in windows)
+    first_scored = scoring_offset(scoring, len(windows[0]))
+    llamacpp = scoring == "llama.cpp"
+    total = sum(len(w) - 1 - first_scored for w in windows)
     nll, klds, agree, pos = [], [], 0, 0
     t0 = time.perf_counter()
     for wi, w in enumerate(windows):
         logits = np.asarray(logits_fn(w), dtype=np.float32)
         if logits.shape[0] < len(w):
             raise InvalidRequest("The backend returned fewer logits than tokens.")
-        lp = log_softmax(logits[: len(w) - 1])
-        targets = np.asarray(w[1:])
+        lp = log_softmax(logits[first_scored: len(w) - 1])
+        targets = np.asarray(w[first_scored + 1:])
         nll.append(-lp[np.arange(len(targets)), targets])
         if build_reference:
             ref.write(pos, lp, total)
@@ -133,7 +160,11 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], windows: list[list[int]]
             vocab = min(ref.logp.shape[1], lp.shape[1])
             rp = np.asarray(ref.logp[pos:pos + len(targets), :vocab])
             lpv = lp[:, :vocab]
-            klds.append(np.clip((np.exp(rp) * (rp - lpv)).sum(axis=1), 0.0, None))
+            if llamacpp:
+                kl = np.where(rp > LLAMACPP_MIN_LOG_PROB, np.exp(rp) * (rp - lpv), 0.0).sum(axis=1)
+            else:
+                kl = np.clip((np.exp(rp) * (rp - lpv)).sum(axis=1), 0.0, None)
+            klds.append(kl)
             agree += int((rp.argmax(axis=1) == lpv.argmax(axis=1)).sum())
         pos += len(targets)
         progress((wi + 1) / len(windows))

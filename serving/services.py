@@ -131,9 +131,10 @@ class Services:
 
     def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: Any = 1024,
                  model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: Any = 256,
-                 progress=lambda f, m: None) -> list[dict]:
+                 scoring: Any = "all", progress=lambda f, m: None) -> list[dict]:
         rows = self.lab.evaluate(as_text(model, "model").strip() or "embedded", variants,
                                  as_text(reference, "reference") or DEFAULT_REFERENCE,
                                  as_text(text_path, "text_path").strip() or None, as_int(max_tokens, "max_tokens"),
-                                 as_int(window, "window"), progress=progress)
+                                 as_int(window, "window"), progress=progress,
+                                 scoring=as_text(scoring, "scoring").strip() or "all")
         return [r.as_dict() for r in rows]

@@ -108,10 +108,13 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
 
         @gradio_errors
         def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
-                     reference: str = "transformers:fp32", window: int = 256) -> list[dict]:
+                     reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
             """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
-            the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs)."""
-            return h.evaluate(variants, text_path, max_tokens, model, reference, window)
+            the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs).
+            scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of
+            `window` tokens starting with BOS, only the second half of each scored, KLD as --kl-divergence), so
+            with GGUF variants and a GGUF reference such as "llamacpp:F16" the figures match llama-perplexity's."""
+            return h.evaluate(variants, text_path, max_tokens, model, reference, window, scoring)
 
         gr.api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)

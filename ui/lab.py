@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
+from optimization.quality import SCORINGS
 from ui.edge import gradio_errors
 from serving.services import Services
 
@@ -101,6 +102,8 @@ def build_evaluate(h: Services):
                             file_types=[".txt", ".md"], type="filepath")
         max_tokens = gr.Slider(128, 8192, value=1024, step=64, label="Tokens to score")
         window = gr.Slider(64, 2048, value=256, step=64, label="Window")
+        scoring = gr.Dropdown(list(SCORINGS), value="all", label="Scoring",
+                              info="llama.cpp: llama-perplexity's convention (second half of each chunk scored)")
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False,
                          elem_id="evaluate-table")
@@ -111,8 +114,8 @@ def build_evaluate(h: Services):
         json_out = gr.File(label="JSON")
 
     @gradio_errors
-    def evaluate_ui(variants, reference, model, text_file, max_tokens, window, progress=gr.Progress()):
-        rows = h.evaluate(variants, text_file, max_tokens, model, reference, window,
+    def evaluate_ui(variants, reference, model, text_file, max_tokens, window, scoring, progress=gr.Progress()):
+        rows = h.evaluate(variants, text_file, max_tokens, model, reference, window, scoring,
                           progress=lambda f, m: progress(f, desc=m))
         df = pd.DataFrame(rows)
         out = Path(tempfile.mkdtemp(prefix="quantlab-eval-"))
@@ -120,5 +123,5 @@ def build_evaluate(h: Services):
         (out / "evaluation.json").write_text(json.dumps(rows, indent=2))
         return (df[TABLE_COLUMNS].round(4), df, str(out / "evaluation.csv"), str(out / "evaluation.json"))
 
-    run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window], [table, plot, csv_out, json_out],
+    run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring], [table, plot, csv_out, json_out],
               api_visibility="private", concurrency_id="lab", concurrency_limit=1)

@@ -1,0 +1,76 @@
+"""scoring="llama.cpp" against llama-perplexity itself: the same text, the same GGUF files (the
+embedded model's F16 reference and its Q8_0 / Q4_K_M / Q2_K variants), chunks of 256 tokens. PPL
+within 1 %, mean KLD within 3 %, "Same top p" within 1 point. Skipped when the binary is absent
+(QUANTLAB_LLAMA_TOOLS or ~/.cache/quantlab-tools/bin)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backends.gguf import gguf_variant
+from optimization import quality
+from optimization.lab import Lab
+from tests.conftest import make_manager, require_or_skip
+
+WINDOW, CHUNKS = 256, 16
+QUANTS = ("Q8_0", "Q4_K_M", "Q2_K")
+
+
+def llama_perplexity() -> Path | None:
+    for d in (os.environ.get("QUANTLAB_LLAMA_TOOLS"), Path.home() / ".cache/quantlab-tools/bin"):
+        if d and (Path(d) / "llama-perplexity").is_file():
+            return Path(d) / "llama-perplexity"
+    return None
+
+
+def run_tool(binary: Path, *args: str) -> str:
+    out = subprocess.run([str(binary), "-c", str(WINDOW), "--chunks", str(CHUNKS), "-t", "2", *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout + out.stderr
+
+
+def figure(log: str, pattern: str) -> float:
+    m = re.search(pattern + r"\s*:\s*([-\d.]+)", log)
+    assert m, f"{pattern!r} not in llama-perplexity's output:\n{log[-3000:]}"
+    return float(m.group(1))
+
+
+def test_llamacpp_scoring_matches_llama_perplexity(cache_dir, embedded_gguf, tmp_path):
+    binary = llama_perplexity()
+    if binary is None:
+        require_or_skip("llama-perplexity not found (QUANTLAB_LLAMA_TOOLS or ~/.cache/quantlab-tools/bin)")
+    text = tmp_path / "stdlib.txt"
+    text.write_text(quality.stdlib_text(), encoding="utf-8")
+
+    rows = {r.quantization: r for r in Lab(make_manager(cache_dir=cache_dir)).evaluate(
+        "embedded", [f"llamacpp:{q}" for q in QUANTS], reference="llamacpp:F16", text_path=str(text),
+        max_tokens=WINDOW * CHUNKS, window=WINDOW, decode_tokens=0, scoring="llama.cpp")}
+
+    files = {q: gguf_variant(embedded_gguf, q, cache_dir) for q in ("F16", *QUANTS)}  # the files the lab loaded
+    base = tmp_path / "f16.kld"
+    run_tool(binary, "-m", str(files["F16"]), "-f", str(text), "--kl-divergence-base", str(base))
+    tool = {}
+    for q in QUANTS:
+        log = run_tool(binary, "-m", str(files[q]), "--kl-divergence-base", str(base), "--kl-divergence")
+        tool[q] = (figure(log, r"Mean PPL\(Q\)"), figure(log, r"Mean    KLD"), figure(log, r"Same top p") / 100)
+
+    lines = [f"{'variant':8s} {'PPL app':>9s} {'PPL tool':>9s} {'KLD app':>9s} {'KLD tool':>9s} "
+             f"{'top1 app':>9s} {'top1 tool':>9s}   (vs F16, {CHUNKS} chunks of {WINDOW})"]
+    for q in QUANTS:
+        r, (ppl, kld, top) = rows[q], tool[q]
+        lines.append(f"{q:8s} {r.ppl:9.4f} {ppl:9.4f} {r.kld_mean:9.5f} {kld:9.5f} "
+                     f"{100 * r.top1_agreement:8.2f}% {100 * top:8.2f}%")
+    print("\n" + "\n".join(lines))
+
+    for q in QUANTS:
+        r, (ppl, kld, top) = rows[q], tool[q]
+        assert r.tokens == CHUNKS * (WINDOW - 1 - WINDOW // 2)
+        assert abs(r.ppl / ppl - 1) < 0.01, (q, r.ppl, ppl)
+        assert abs(r.kld_mean / kld - 1) < 0.03, (q, r.kld_mean, kld)
+        assert abs(r.top1_agreement - top) < 0.01, (q, r.top1_agreement, top)
