@@ -89,6 +89,9 @@ def test_evaluate_through_gradio_client(client):
                           api_name="/evaluate")
     assert [r["variant"] for r in rows] == ["llamacpp:Q8_0", "llamacpp:Q2_K"]
     assert all(r["ppl"] > 1 and 0 <= r["top1_agreement"] <= 1 and r["footprint_mib"] > 0 for r in rows)
+    llamacpp = client.predict(["llamacpp:Q8_0"], "", 128, "embedded", "llamacpp:F16", 64, "llama.cpp",
+                              api_name="/evaluate")  # the new parameter, last: llama-perplexity's positions
+    assert llamacpp[0]["tokens"] == 2 * (64 - 1 - 32) < rows[0]["tokens"]
 
 
 def test_each_compare_pane_is_that_variants_solo_greedy_text(cache_dir):
