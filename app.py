@@ -59,6 +59,7 @@ def create_app(settings, manager=None):
         try:
             yield
         finally:
+            manager.close()  # free the models; their engine threads must not keep the process alive
             monitor.stop()
             request_log.close()
 

@@ -156,6 +156,16 @@ class ModelManager:
         self._retire(old)
         return old.info
 
+    def close(self) -> None:
+        """Unload everything held (the chat's model and the lab's): the server is stopping. Engines'
+        own threads end with their models, so the process can exit (transformers' batch thread is
+        not a daemon)."""
+        with self._swap:
+            leases = list(self._leases)
+        for r in leases:
+            self._close_lease(r)
+        self.unload()
+
     def open_variant(self, spec: ModelSpec, progress: Progress = _no_progress) -> Lease:
         """Load a model beside the chat's (for the lab) with the same checks; generations on it go
         through the same slots and timing path. Close the lease to free it."""

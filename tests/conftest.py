@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -154,8 +155,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+_EXIT: dict[str, int] = {}
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+    _EXIT["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """A model left loaded keeps its engine's non-daemon thread (transformers' batch loop) alive, and
+    the interpreter would wait for it forever: say which, and fail instead of hanging."""
+    leaked = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    for t in leaked:
+        t.join(timeout=2)
+    leaked = [t.name for t in leaked if t.is_alive()]
+    if leaked:
+        sys.stderr.write(f"\nnon-daemon threads still running at exit (a model was not unloaded): {leaked}\n")
+        sys.stderr.flush()
+        os._exit(_EXIT.get("status") or 1)
 
 
 def require_or_skip(reason: str) -> None:

@@ -9,6 +9,7 @@ shared ``live_app``), and transformers with the default slots (continuous batchi
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -39,6 +40,10 @@ def app(request, cache_dir):
     with LiveServer(settings) as srv:
         srv.manager.load(spec)
         yield srv
+    # the server's shutdown frees its model, and with it the engine's threads: a transformers batch
+    # thread left running (it is no daemon) kept `python app.py` from exiting after SIGTERM
+    assert srv.manager.current is None
+    assert not [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
 
 
 @pytest.fixture(scope="module")
