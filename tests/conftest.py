@@ -158,6 +158,14 @@ def pytest_collection_modifyitems(config, items):
 _EXIT: dict[str, int] = {}
 
 
+def engine_threads() -> list[threading.Thread]:
+    """Non-daemon threads that would keep the interpreter alive. Executor workers are left out:
+    concurrent.futures and asyncio shut their pools down at exit themselves."""
+    return [t for t in threading.enumerate()
+            if not t.daemon and t is not threading.main_thread() and t.is_alive()
+            and not t.name.startswith(("ThreadPoolExecutor", "asyncio_"))]
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
     _EXIT["status"] = int(exitstatus)
@@ -166,7 +174,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """A model left loaded keeps its engine's non-daemon thread (transformers' batch loop) alive, and
     the interpreter would wait for it forever: say which, and fail instead of hanging."""
-    leaked = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    leaked = engine_threads()
     for t in leaked:
         t.join(timeout=2)
     leaked = [t.name for t in leaked if t.is_alive()]

@@ -9,7 +9,6 @@ shared ``live_app``), and transformers with the default slots (continuous batchi
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 from gradio_client import Client
 
 from backends.base import ModelSpec
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import LiveServer, engine_threads, make_settings
 
 MSG = [{"role": "user", "content": "Name three colours of the rainbow."}]
 COUNT = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
@@ -43,7 +42,7 @@ def app(request, cache_dir):
     # the server's shutdown frees its model, and with it the engine's threads: a transformers batch
     # thread left running (it is no daemon) kept `python app.py` from exiting after SIGTERM
     assert srv.manager.current is None
-    assert not [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    assert engine_threads() == []
 
 
 @pytest.fixture(scope="module")
