@@ -251,11 +251,6 @@ class ChatService:
         with self._open_lock:
             self._open.discard(stream)
 
-    @property
-    def running(self) -> int:
-        with self._open_lock:
-            return len(self._open)
-
     def cut_all(self, reason: str = "The server is shutting down: the reply was cut short.") -> int:
         """End every open stream now (the shutdown deadline passed): each stops within a token and
         its transport reports ``reason`` in band. Returns how many were cut."""
