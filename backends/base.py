@@ -74,6 +74,31 @@ class ModelSpec:
         return f"ModelSpec({shown})"
 
 
+# Sampler fields beyond the core five, each with its neutral value (the value that changes nothing).
+# A backend lists the ones it honours in ``Backend.samplers``; a request that sets one away from its
+# neutral value on a backend that cannot honour it is refused naming it (``Backend.check_samplers``),
+# never silently dropped.
+NEUTRAL_SAMPLERS: dict[str, float] = {
+    "min_p": 0.0,  # keep tokens with p >= min_p * p(top token)
+    "typical_p": 1.0,  # locally typical sampling
+    "presence_penalty": 0.0,  # OpenAI: subtract once per token already present
+    "frequency_penalty": 0.0,  # OpenAI: subtract per occurrence
+    "dry_multiplier": 0.0,  # DRY repetition penalty (llama.cpp); 0 = off
+    "dry_base": 1.75,
+    "dry_allowed_length": 2,
+    "dry_penalty_last_n": -1,  # -1 = the whole context
+    "xtc_probability": 0.0,  # XTC (llama.cpp); 0 = off
+    "xtc_threshold": 0.1,
+    "mirostat": 0,  # 0 off, 1 mirostat, 2 mirostat 2.0 (llama.cpp)
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+    "no_repeat_ngram_size": 0,  # transformers; 0 = off
+}
+# Fields that only tune another sampler: setting them alone changes nothing, so they are never refused.
+SAMPLER_TUNING = frozenset({"dry_base", "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold",
+                            "mirostat_tau", "mirostat_eta"})
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 512
@@ -82,10 +107,29 @@ class SamplingParams:
     top_k: int = 40
     repetition_penalty: float = 1.0
     seed: int | None = None  # None or negative: random
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    no_repeat_ngram_size: int = 0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def samplers_set(self) -> tuple[str, ...]:
+        """The extra samplers this request turns on (away from their neutral value), in a stable order."""
+        return tuple(name for name, neutral in NEUTRAL_SAMPLERS.items()
+                     if name not in SAMPLER_TUNING and getattr(self, name) != neutral)
 
     def validated(self) -> SamplingParams:
         """Return a normalised copy, or raise InvalidRequest naming the bad parameter."""
@@ -96,8 +140,11 @@ class SamplingParams:
             top_k = int(self.top_k)
             rep = float(self.repetition_penalty)
             seed = None if self.seed is None or int(self.seed) < 0 else int(self.seed)
+            extra = {name: type(neutral)(getattr(self, name)) for name, neutral in NEUTRAL_SAMPLERS.items()}
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidRequest(f"Sampling parameters must be finite numbers ({exc}).") from exc
+        if any(isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) for v in extra.values()):
+            raise InvalidRequest("Sampling parameters must be finite numbers.")
         if seed is not None and seed >= 2**63:
             raise InvalidRequest(f"seed must be below 2**63, got {seed}.", "seed")
         if seed is not None:
@@ -116,13 +163,51 @@ class SamplingParams:
             raise InvalidRequest(
                 f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}], got {rep}.", "repetition_penalty"
             )
-        return SamplingParams(mnt, temperature, top_p, top_k, rep, seed)
+        bounds = {  # name: (low, high) inclusive
+            "min_p": (0.0, 1.0), "typical_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+            "frequency_penalty": (-2.0, 2.0), "dry_multiplier": (0.0, 100.0), "dry_base": (1.0, 100.0),
+            "dry_allowed_length": (0, 1024), "dry_penalty_last_n": (-1, 1 << 20), "xtc_probability": (0.0, 1.0),
+            "xtc_threshold": (0.0, 1.0), "mirostat": (0, 2), "mirostat_tau": (0.0, 100.0),
+            "mirostat_eta": (0.0, 1.0), "no_repeat_ngram_size": (0, 1024),
+        }
+        for name, (lo, hi) in bounds.items():
+            if not lo <= extra[name] <= hi:
+                raise InvalidRequest(f"{name} must be between {lo} and {hi}, got {extra[name]}.", name)
+        if extra["typical_p"] == 0.0:
+            raise InvalidRequest("typical_p must be in (0, 1], got 0.", "typical_p")
+        return SamplingParams(mnt, temperature, top_p, top_k, rep, seed, **extra)
 
 
 @dataclass(frozen=True)
 class Message:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    # OpenAI-shaped tool calls an assistant message made: ({"id", "type": "function", "function":
+    # {"name", "arguments" (a JSON string)}}, ...); rendered by the model's chat template.
+    tool_calls: tuple[Any, ...] = ()
+    tool_call_id: str | None = None  # role "tool": the call this message answers
+    name: str | None = None  # role "tool": the function's name
+    reasoning: str | None = None  # assistant thinking text kept apart (left out of the next prompt)
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding: the output must match. ``kind``: "json_object" (any JSON object),
+    "json_schema" (``schema``: the JSON Schema as JSON text) or "grammar" (``schema``: a GBNF grammar,
+    llama.cpp only). A backend that cannot constrain refuses with InvalidRequest naming
+    ``response_format``."""
+
+    kind: str
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_object", "json_schema", "grammar"):
+            raise InvalidRequest(f"Unknown constraint kind {self.kind!r}.", "response_format")
+        if self.kind != "json_object" and not self.schema:
+            raise InvalidRequest(f"A {self.kind} constraint needs its schema.", "response_format")
 
 
 @dataclass(frozen=True)
@@ -131,15 +216,49 @@ class ChatRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()  # stop strings: the reply ends before the first one (finish_reason "stop")
     max_prompt_tokens: int = 0  # the prompt's token limit (--max-prompt-tokens); 0 = the model's context
+    # Raw text continuation (Notebook, /complete, /v1/completions): ``prompt`` is tokenized as is (BOS
+    # added as the model says), no chat template; ``messages`` must then be empty.
+    prompt: str | None = None
+    # Continue: the last message is the assistant's, rendered open (no end-of-turn) so the reply extends
+    # it instead of starting a new turn.
+    continue_final: bool = False
+    tools: tuple[Any, ...] = ()  # OpenAI tool definitions ({"type": "function", "function": {...}}), for the template
+    template_kwargs: tuple[tuple[str, Any], ...] = ()  # extra chat-template variables, e.g. (("enable_thinking", False),)
+    constraint: Constraint | None = None
+    logprobs: int | None = None  # None = none; 0..20 = the chosen token's logprob and this many alternatives
 
     def __post_init__(self) -> None:
+        if self.prompt is not None:
+            if self.messages:
+                raise InvalidRequest("A request has either a prompt or messages, not both.", "prompt")
+            if not self.prompt:
+                raise InvalidRequest("The prompt is empty: type something to continue.", "prompt")
+            return
         if not self.messages:
             raise InvalidRequest("A chat request needs at least one message.", "messages")
         for m in self.messages:
-            if m.role not in ("system", "user", "assistant"):
+            if m.role not in ROLES:
                 raise InvalidRequest(f"Unknown message role {m.role!r}.", "messages")
-        if not any(m.role == "user" and m.content.strip() for m in self.messages):
+        if self.continue_final:
+            if self.messages[-1].role != "assistant":
+                raise InvalidRequest("Continue needs a reply to extend: the last message is not the assistant's.",
+                                     "messages")
+        elif not any(m.role in ("user", "tool") and m.content.strip() for m in self.messages):
             raise InvalidRequest("The message is empty: type something to send.", "messages")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidRequest(f"top_logprobs must be between 0 and 20, got {self.logprobs}.", "top_logprobs")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability (natural log, of the distribution the token was drawn
+    from after the sampling parameters' penalties, before temperature and truncation: what OpenAI and
+    llama-server report) and the ``top`` most likely alternatives, as (token text, logprob)."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes = b""
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +270,8 @@ class TextDelta:
     tokens: int = 0  # generated tokens this delta accounts for
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token of ``text`` when the request asked for them
+    note: str | None = None  # something the user should see beside the reply (e.g. "3 oldest turns left out")
 
 
 @dataclass(frozen=True)
@@ -189,6 +310,29 @@ class Backend(abc.ABC):
     quantizations: ClassVar[tuple[str, ...]]  # the menu
     default_quantization: ClassVar[str]
     pseudo_quantizations: ClassVar[tuple[str, ...]] = ()  # menu entries that are no variant ("as file")
+    # the extra samplers (NEUTRAL_SAMPLERS' names) this backend honours; others are refused by name
+    samplers: ClassVar[frozenset[str]] = frozenset()
+    # request features beyond plain chat this backend honours, a subset of {"prompt" (raw
+    # continuation), "continue_final", "tools", "constraint", "logprobs", "embeddings"}
+    features: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def check_request(cls, request: ChatRequest) -> None:
+        """InvalidRequest naming the first sampler or feature of ``request`` this backend cannot
+        honour; called by the manager before anything is generated."""
+        for name in request.params.samplers_set():
+            if name not in cls.samplers:
+                raise InvalidRequest(f"The {cls.name} backend does not support the {name} sampler: "
+                                     "leave it at its default or load the model with a backend that has it.", name)
+        wanted = {"prompt": request.prompt is not None, "continue_final": request.continue_final,
+                  "tools": bool(request.tools), "constraint": request.constraint is not None,
+                  "logprobs": request.logprobs is not None}
+        params = {"prompt": "prompt", "continue_final": "messages", "tools": "tools",
+                  "constraint": "response_format", "logprobs": "logprobs"}
+        for feature, asked in wanted.items():
+            if asked and feature not in cls.features:
+                raise InvalidRequest(f"The {cls.name} backend does not support {feature.replace('_', ' ')}.",
+                                     params[feature])
 
     @classmethod
     def normalize_quantization(cls, quantization: str | None) -> str:
@@ -242,6 +386,18 @@ class Backend(abc.ABC):
     def logits(self, token_ids: Sequence[int]) -> Any:
         """Next-token logits for every position of ``token_ids``: float32 array [len, vocab]."""
         raise InvalidRequest(f"The {self.name} backend does not expose logits.")
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        raise InvalidRequest(f"The {self.name} backend cannot detokenize.")
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """How many tokens ``request``'s prompt takes once rendered (the chat template applied):
+        the live context counter."""
+        raise InvalidRequest(f"The {self.name} backend cannot count tokens.")
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text ("embeddings" feature)."""
+        raise InvalidRequest(f"The {self.name} backend does not make embeddings.")
 
 
 class Recorder(Protocol):

@@ -205,11 +205,12 @@ class ModelManager:
     def _generation(self, r: _Resident, request: ChatRequest, cancel: threading.Event, endpoint: str,
                     t0: float | None, client: str | None) -> Generation:
         request = replace(request, params=request.params.validated())
+        type(r.backend).check_request(request)  # an unsupported sampler or feature is refused by name
         with r.idle:
             if r.closed:
                 raise NoModelLoaded("That model was unloaded.")
             r.active.add(cancel)
-        prompt = request.messages[-1].content if self.log_prompts else None
+        prompt = (request.prompt if request.prompt is not None else request.messages[-1].content) if self.log_prompts else None
         timer = self.metrics.start(endpoint, r.info.name, r.info.quantization, t0, client, prompt)
         return Generation(self._run(r, request, cancel, timer), timer.stats)
 
