@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from backends.base import ChatRequest, Constraint, Message, ModelSpec, SamplingParams
-from backends.errors import InvalidRequest, NoModelLoaded
+from backends.errors import ContextLengthExceeded, InvalidRequest, NoModelLoaded
 from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp_template import ChatTemplate
 from tests.conftest import make_manager
@@ -277,6 +277,9 @@ def test_embeddings_are_normalised_repeatable_and_meaningful(backend):
     assert v[0] @ v[1] > v[0] @ v[2]  # a paraphrase is closer than an unrelated sentence
     with pytest.raises(InvalidRequest):
         backend.embed([""])
+    with pytest.raises(ContextLengthExceeded, match="512 tokens"):
+        backend.embed(["word " * 600])
+    assert np.allclose(backend.embed([texts[0]])[0], v[0])  # still working after the refusals
 
 
 def test_embeddings_from_several_threads_while_chat_streams(backend):
