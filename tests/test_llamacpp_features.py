@@ -76,8 +76,8 @@ def test_dry_penalises_a_repeated_sequence(backend):
 
 @pytest.mark.parametrize("sampler", [{"dry_multiplier": 0.8}, {"xtc_probability": 0.5, "xtc_threshold": 0.1},
                                      {"mirostat": 1}, {"mirostat": 2, "mirostat_tau": 3.0},
-                                     {"typical_p": 0.8}, {"min_p": 0.1}],
-                         ids=["dry", "xtc", "mirostat1", "mirostat2", "typical", "min_p"])
+                                     {"typical_p": 0.8}, {"min_p": 0.1}, {"repetition_penalty": 1.3}],
+                         ids=["dry", "xtc", "mirostat1", "mirostat2", "typical", "min_p", "repetition"])
 def test_each_sampler_runs_and_a_seed_repeats_it_on_both_paths(llama_backend, batched, sampler):
     r = req(temperature=1.0, seed=11, **sampler)
     first = run(llama_backend, r)[0]
