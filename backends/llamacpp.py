@@ -33,6 +33,11 @@ CHATML_TEMPLATE = (
 )
 
 
+# Tokens per embedding input: llama-server's default physical batch (an input must fit one ubatch to be
+# pooled, and llama.cpp keeps a logits row per input token in embedding mode).
+EMBED_MAX_TOKENS = 512
+
+
 def physical_cores() -> int:
     try:
         import psutil
@@ -286,7 +291,7 @@ class LlamaCppBackend(Backend):
             if self._embedder is None:
                 from backends.llamacpp_embed import Embedder
 
-                self._embedder = Embedder(llm, min(self._spec.n_ctx, llm._model.n_ctx_train()))
+                self._embedder = Embedder(llm, min(self._spec.n_ctx, llm._model.n_ctx_train(), EMBED_MAX_TOKENS))
             embedder = self._embedder
         return embedder.embed(texts)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from backends.base import ChatRequest, Constraint, Message, ModelSpec, SamplingParams
-from backends.errors import InvalidRequest, NoModelLoaded
+from backends.errors import ContextLengthExceeded, InvalidRequest, NoModelLoaded
 from backends.llamacpp import LlamaCppBackend
 from backends.llamacpp_template import ChatTemplate
 from tests.conftest import make_manager
@@ -76,8 +76,8 @@ def test_dry_penalises_a_repeated_sequence(backend):
 
 @pytest.mark.parametrize("sampler", [{"dry_multiplier": 0.8}, {"xtc_probability": 0.5, "xtc_threshold": 0.1},
                                      {"mirostat": 1}, {"mirostat": 2, "mirostat_tau": 3.0},
-                                     {"typical_p": 0.8}, {"min_p": 0.1}],
-                         ids=["dry", "xtc", "mirostat1", "mirostat2", "typical", "min_p"])
+                                     {"typical_p": 0.8}, {"min_p": 0.1}, {"repetition_penalty": 1.3}],
+                         ids=["dry", "xtc", "mirostat1", "mirostat2", "typical", "min_p", "repetition"])
 def test_each_sampler_runs_and_a_seed_repeats_it_on_both_paths(llama_backend, batched, sampler):
     r = req(temperature=1.0, seed=11, **sampler)
     first = run(llama_backend, r)[0]
@@ -277,6 +277,9 @@ def test_embeddings_are_normalised_repeatable_and_meaningful(backend):
     assert v[0] @ v[1] > v[0] @ v[2]  # a paraphrase is closer than an unrelated sentence
     with pytest.raises(InvalidRequest):
         backend.embed([""])
+    with pytest.raises(ContextLengthExceeded, match="512 tokens"):
+        backend.embed(["word " * 600])
+    assert np.allclose(backend.embed([texts[0]])[0], v[0])  # still working after the refusals
 
 
 def test_embeddings_from_several_threads_while_chat_streams(backend):
