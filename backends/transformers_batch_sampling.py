@@ -41,21 +41,26 @@ class TopPAndDraw(ContinuousBatchingTopPLogitsWarper):
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
         top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32).unsqueeze(-1)  # [B, 1]
-        if bool((top_p >= 1.0).all()):  # no nucleus: race over every token, no sort
-            probs, ids = scores.softmax(-1), None
+        n = int(torch.isfinite(scores).sum(-1).max())  # candidates left by top-k (the vocabulary if none)
+        if n == 1:  # greedy rows only (top-k 1): nothing to draw
+            chosen = scores.argmax(-1, keepdim=True)
+        elif n == scores.size(-1) and bool((top_p >= 1.0).all()):  # no top-k, no nucleus: race, no sort
+            probs = scores.softmax(-1)
+            chosen = (probs / _exponential(probs)).argmax(-1, keepdim=True)
         else:
-            n = int(torch.isfinite(scores).sum(-1).max())  # candidates after top-k (the whole vocabulary if none)
-            values, ids = torch.topk(scores, max(1, n), dim=-1)  # [B, n], most likely first
+            values, ids = torch.topk(scores, n, dim=-1)  # [B, n], most likely first
             probs = values.softmax(-1)
             before = probs.cumsum(-1) - probs  # probability of the more likely candidates
             # transformers' rule: drop a token once the candidates above it reach top_p (the first always stays)
             probs = probs.masked_fill((before >= top_p) & (top_p < 1.0), 0.0)
-        race = probs / torch.empty_like(probs).exponential_().clamp_min_(torch.finfo(probs.dtype).tiny)
-        chosen = race.argmax(-1, keepdim=True)  # [B, 1]
-        if ids is not None:
-            chosen = ids.gather(-1, chosen)
+            chosen = ids.gather(-1, (probs / _exponential(probs)).argmax(-1, keepdim=True))  # [B, 1]
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, chosen, 0.0)
+
+
+def _exponential(like: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise, never 0 (a 0 would divide a zero probability into NaN)."""
+    return torch.empty_like(like).exponential_().clamp_min_(torch.finfo(like.dtype).tiny)
 
 
 def install(manager) -> None:
