@@ -7,7 +7,8 @@ streamed result to its request's own queue (the manager's ``request_id_iter`` re
 results, which churns with many readers), cancellation goes through ``cancel_request``, and a
 generation thread that dies fails every waiting request instead of hanging it.
 
-Per-request sampling uses the manager's per-request logits processors (temperature, top-k, top-p).
+Per-request sampling uses the manager's per-request logits processors (temperature, top-k, top-p),
+top-k and top-p swapped for faster ones that also draw the token (``transformers_batch_sampling``).
 Greedy is top-k 1. What the manager cannot do per request (repetition penalty, a seed for sampled
 text) is reported by ``accepts`` so the backend runs that request on its unbatched path.
 """
@@ -50,6 +51,9 @@ class ContinuousBatcher:
         )
         self._mgr = model.init_continuous_batching(generation_config=generation_config,
                                                    continuous_batching_config=config)
+        from backends.transformers_batch_sampling import install
+
+        install(self._mgr)  # top-k/top-p/draw without full-vocabulary sorts (issue 16)
         self._routes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._counter = 0
