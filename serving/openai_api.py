@@ -27,7 +27,7 @@ from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModel
 from backends.manager import ModelManager
 from serving.chat_service import ChatService, clean_text
 from serving.openai_choices import ChatChoice, CompletionChoice
-from serving.openai_convert import to_chat_request, to_completion_requests
+from serving.openai_convert import choices_of, to_chat_request, to_completion_requests
 from serving.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -157,7 +157,7 @@ class OpenAIRoutes:
             model = self.resolve_model(body.model)
             self.check_choices(body.n, "n", "n")
             chat_request, plan = to_chat_request(body, self.chat.limits)
-            choices = await self._open([chat_request] * body.n, request, t0)
+            choices = await self._open(choices_of(chat_request, body.n), request, t0)
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:  # a bug: logged, and still an OpenAI-shaped answer

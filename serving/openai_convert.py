@@ -6,7 +6,7 @@ name (``Backend.check_request``); what no engine here can honour is refused by t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backends.base import ChatRequest, Constraint, Message, SamplingParams
@@ -135,6 +135,15 @@ def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = 
     return chat_request(messages, params, body.stop_list(), limits, **features), plan
 
 
+def choices_of(request: ChatRequest, n: int) -> list[ChatRequest]:
+    """``n`` copies of ``request``, one per choice; with a seed, choice i samples with seed + i (the
+    same seed in every slot would give n identical samples)."""
+    seed = request.params.seed
+    if seed is None:
+        return [request] * n
+    return [replace(request, params=replace(request.params, seed=(seed + i) % 2**32)) for i in range(n)]
+
+
 def to_completion_requests(body: CompletionRequest, limits: RequestLimits | None = None) -> list[ChatRequest]:
     """One request per choice: each prompt, ``n`` times (choice index = prompt * n + k, as OpenAI)."""
     refuse_unsupported(body)
@@ -153,5 +162,5 @@ def to_completion_requests(body: CompletionRequest, limits: RequestLimits | None
             if len(prompts) > 1:
                 raise InvalidRequest(f"prompt[{i}]: {exc}", "prompt") from None
             raise
-        out += [request] * body.n
+        out += choices_of(request, body.n)
     return out

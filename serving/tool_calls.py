@@ -22,6 +22,7 @@ from typing import Any
 
 MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
 _MISTRAL_ARGS = re.compile(r"\s*([A-Za-z0-9_.\-]+)\[ARGS\]", re.S)
 
 
@@ -138,11 +139,12 @@ class ToolCallStream:
             stripped = self._held.lstrip()
             if not stripped:
                 return ""
-            if stripped.startswith(("{", "[")) or any(stripped.startswith(m) for m in MARKERS):
+            if (stripped.startswith("{") or _LIST_OF_OBJECTS.match(stripped)
+                    or any(stripped.startswith(m) for m in MARKERS)):
                 self._capturing = True
                 return ""
-            if any(m.startswith(stripped) for m in MARKERS):
-                return ""  # may still become a marker
+            if any(m.startswith(stripped) for m in MARKERS) or not stripped.lstrip("[").strip():
+                return ""  # may still become a marker or a list of calls
             self._started = True
         cut = self._held.find("<tool_call>")
         if cut < 0:

@@ -196,3 +196,19 @@ def test_completion_bodies():
         with pytest.raises(InvalidRequest) as err:
             to_completion_requests(CompletionRequest.model_validate({"model": "m", "prompt": "x", **bad}))
         assert err.value.param == param, bad
+
+
+def test_a_reply_opening_with_a_bracket_is_held_only_while_it_may_be_calls():
+    s = ToolCallStream(NAMES)
+    assert s.feed("[") == ""
+    assert s.feed("1] see the docs") == "[1] see the docs"
+    s = ToolCallStream(NAMES)
+    assert s.feed("[ ") == "" and s.feed('{"name": "get_time", "arguments": {}}]') == ""
+    assert [c.name for c in s.finish()[1]] == ["get_time"]
+
+
+def test_n_choices_with_a_seed_sample_with_different_seeds():
+    body = CompletionRequest.model_validate({"model": "m", "prompt": "x", "n": 3, "seed": 41, "temperature": 1})
+    assert [r.params.seed for r in to_completion_requests(body)] == [41, 42, 43]
+    body = CompletionRequest.model_validate({"model": "m", "prompt": "x", "n": 2})
+    assert [r.params.seed for r in to_completion_requests(body)] == [None, None]
