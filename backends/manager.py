@@ -10,7 +10,7 @@ swapped in only once it works.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,57 @@ class ModelManager:
             with r.idle:
                 r.active.discard(cancel)
                 r.idle.notify_all()
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many generations the chat's model runs at once (its batch slots); 0 with no model."""
+        r = self._resident
+        return r.backend.max_concurrency if r else 0
+
+    def _held(self, capability: str | None, what: str) -> _Resident:
+        with self._swap:
+            r = self._resident
+        if r is None:
+            raise NoModelLoaded()
+        if capability is not None:
+            self.registry.require(r.spec.backend, capability, what)
+        return r
+
+    def _on_model(self, r: _Resident, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on ``r``'s backend holding one of its slots (an unload waits for it)."""
+        cancel = threading.Event()
+        with r.idle:
+            if r.closed:
+                raise NoModelLoaded("That model was unloaded.")
+            r.active.add(cancel)
+        acquired = r.slots.acquire(cancel)
+        try:
+            if not acquired:
+                raise NoModelLoaded("That model was unloaded.")
+            return work()
+        finally:
+            if acquired:
+                r.slots.release()
+            with r.idle:
+                r.active.discard(cancel)
+                r.idle.notify_all()
+
+    def tokenize(self, text: str) -> list[int]:
+        """The chat model's tokens for ``text`` (BOS added as the model says)."""
+        r = self._held("tokenize", "tokenize text")
+        return r.backend.tokenize(text)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        r = self._held("tokenize", "detokenize tokens")
+        return r.backend.detokenize(token_ids)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text from the chat's model ("embeddings" feature), in one of its slots."""
+        r = self._held(None, "")
+        cls = type(r.backend)
+        if "embeddings" not in cls.features:
+            raise InvalidRequest(f"The {cls.name} backend does not make embeddings.", "input")
+        return self._on_model(r, lambda: r.backend.embed(list(texts)))
 
     def generate(self, request: ChatRequest, endpoint: str = "chat", t0: float | None = None) -> tuple[str, dict]:
         """Non-streamed convenience: full text and the request's stats."""

@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress
+from backends.base import (
+    Backend,
+    ChatRequest,
+    LoadedModel,
+    Message,
+    ModelSpec,
+    Progress,
+    TextDelta,
+    TokenLogprob,
+    _no_progress,
+)
 from backends.errors import (
     BackendUnavailable,
     Busy,
@@ -117,29 +127,62 @@ class RemoteBackend(Backend):
             self._client.close()
         self._client = None
 
-    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
-        if self._client is None:
-            raise NoModelLoaded()
+    # The OpenAI API's own samplers, and the extensions vLLM, llama.cpp's server and llama-cpp-python's
+    # all take under these names. DRY, XTC and no_repeat_ngram_size are not common: refused by name.
+    samplers = frozenset({"presence_penalty", "frequency_penalty", "min_p", "typical_p", "mirostat"})
+    features = frozenset({"prompt", "tools", "constraint", "logprobs"})
+
+    @classmethod
+    def check_request(cls, request: ChatRequest) -> None:
+        super().check_request(request)
+        if request.constraint is not None and request.constraint.kind == "grammar":
+            raise InvalidRequest("The remote backend takes JSON constraints (response_format), not grammars.",
+                                 "response_format")
+
+    def request_body(self, request: ChatRequest) -> tuple[str, dict]:
+        """(path, body) of the engine request: /completions for a raw prompt, else /chat/completions."""
         p = request.params
-        body = {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict = {"model": self._model, "max_tokens": p.max_new_tokens, "temperature": p.temperature,
+                      "top_p": p.top_p, "stream": True, "stream_options": {"include_usage": True}}
         if p.top_k:
             body["top_k"] = p.top_k
         if p.repetition_penalty != 1.0:
             body["repetition_penalty"] = p.repetition_penalty
         if p.seed is not None:
             body["seed"] = p.seed
+        for name in p.samplers_set():
+            body[name] = getattr(p, name)
+        if p.mirostat:
+            body.update(mirostat_mode=p.mirostat, mirostat_tau=p.mirostat_tau, mirostat_eta=p.mirostat_eta)
+        c = request.constraint
+        if c is not None:
+            body["response_format"] = ({"type": "json_object"} if c.kind == "json_object" else
+                                       {"type": "json_schema", "json_schema": {"name": "response",
+                                                                                "schema": json.loads(c.schema)}})
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+            if request.logprobs is not None:
+                body["logprobs"] = request.logprobs
+            return "/completions", body
+        body["messages"] = [_message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = list(request.tools)
+        if request.template_kwargs:
+            body["chat_template_kwargs"] = dict(request.template_kwargs)
+        if request.logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.logprobs
+        return "/chat/completions", body
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        if self._client is None:
+            raise NoModelLoaded()
+        path, body = self.request_body(request)
         counted, usage, finish = 0, None, None
+        calls: dict[int, dict] = {}  # streamed tool calls, by index
         for attempt in (1, 2):
             try:
-                with self._client.stream("POST", "/chat/completions", json=body) as r:
+                with self._client.stream("POST", path, json=body) as r:
                     if r.status_code >= 400:
                         r.read()
                         _raise_for(r, self._base)
@@ -164,10 +207,16 @@ class RemoteBackend(Backend):
                         if chunk.get("usage"):
                             usage = chunk["usage"]
                         for choice in chunk.get("choices") or []:
-                            text = (choice.get("delta") or {}).get("content") or ""
-                            if text:
-                                counted += 1
-                                yield TextDelta(text, tokens=1)
+                            if not isinstance(choice, dict):
+                                raise BackendUnavailable("The remote engine sent a malformed stream.")
+                            delta = choice.get("delta") or {}
+                            text = choice.get("text") if "text" in choice else delta.get("content")
+                            text = text if isinstance(text, str) else ""
+                            _collect_calls(delta.get("tool_calls"), calls)
+                            lps = _logprobs(choice.get("logprobs"))
+                            if text or lps:
+                                counted += max(1, len(lps))
+                                yield TextDelta(text, tokens=max(1, len(lps)), logprobs=lps)
                             finish = choice.get("finish_reason") or finish
                 break
             except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
@@ -181,9 +230,63 @@ class RemoteBackend(Backend):
             raise BackendUnavailable(
                 f"The remote engine closed the stream without finishing ({counted} tokens in); it may have refused "
                 "the request, e.g. a conversation longer than its context.")
+        if calls:  # as the Hermes text the /v1 layer parses (one tool-call format for every backend)
+            yield TextDelta("".join(_call_text(c) for _, c in sorted(calls.items())))
+        if finish == "tool_calls":
+            finish = "stop"
         extra = max(0, (usage or {}).get("completion_tokens", counted) - counted)
         yield TextDelta("", tokens=extra, finish_reason=finish or "stop",
                         prompt_tokens=(usage or {}).get("prompt_tokens", 0))
+
+
+def _message(m: Message) -> dict:
+    out: dict = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = list(m.tool_calls)
+        out["content"] = m.content or None
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name and m.role == "tool":
+        out["name"] = m.name
+    return out
+
+
+def _collect_calls(deltas: object, calls: dict[int, dict]) -> None:
+    """Accumulate streamed tool-call deltas ({index, function: {name, arguments (a piece)}})."""
+    if not isinstance(deltas, list):
+        return
+    for d in deltas:
+        if not isinstance(d, dict):
+            continue
+        fn = d.get("function") or {}
+        call = calls.setdefault(int(d.get("index") or 0), {"name": "", "arguments": ""})
+        call["name"] += fn.get("name") or ""
+        call["arguments"] += fn.get("arguments") or ""
+
+
+def _call_text(call: dict) -> str:
+    try:
+        args = json.loads(call["arguments"] or "{}")
+    except ValueError:
+        args = call["arguments"]  # not JSON: the /v1 layer then shows it as text, never as a call
+    return f"<tool_call>{json.dumps({'name': call['name'], 'arguments': args}, ensure_ascii=False)}</tool_call>"
+
+
+def _logprobs(lp: object) -> tuple[TokenLogprob, ...]:
+    """A chunk's logprobs, chat shape ({"content": [...]}) or legacy completions shape."""
+    if not isinstance(lp, dict):
+        return ()
+    try:
+        if isinstance(lp.get("content"), list):
+            return tuple(TokenLogprob(t["token"], float(t["logprob"]), bytes(t.get("bytes") or b""),
+                                      tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+                         for t in lp["content"])
+        tops = lp.get("top_logprobs") or [None] * len(lp.get("tokens") or ())
+        return tuple(TokenLogprob(tok, float(p) if p is not None else float("-inf"),
+                                  top=tuple((k, float(v)) for k, v in (top or {}).items()))
+                     for tok, p, top in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), tops))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendUnavailable("The remote engine sent malformed logprobs.") from exc
 
 
 def unreachable(base: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 from backends.base import TextDelta
 
@@ -55,9 +56,9 @@ def apply_stops(deltas: Iterator[TextDelta], stops: tuple[str, ...], cancel: thr
             prompt_tokens = d.prompt_tokens
             for rest in deltas:
                 prompt_tokens = rest.prompt_tokens or prompt_tokens
-            yield TextDelta(out, tokens=d.tokens, finish_reason="stop", prompt_tokens=prompt_tokens)
+            yield replace(d, text=out, finish_reason="stop", prompt_tokens=prompt_tokens)
             return
         if d.finish_reason:
             out += matcher.flush()
-        if out or d.tokens or d.finish_reason or d.prompt_tokens:
-            yield TextDelta(out, d.tokens, d.finish_reason, d.prompt_tokens)
+        if out or d.tokens or d.finish_reason or d.prompt_tokens or d.logprobs or d.note:
+            yield replace(d, text=out)  # logprobs and notes go with their tokens

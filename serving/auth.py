@@ -2,7 +2,7 @@
 
 - ``--auth USER:PASS`` (or a file of such lines): Gradio's login protects the UI and the Gradio API
   (gradio_client: ``Client(url, auth=(user, pass))``).
-- ``--api-key KEY``: /v1 requires ``Authorization: Bearer KEY``; the UI and the Gradio API then
+- ``--api-key KEY``: /v1 (and /tokenize, /detokenize) requires ``Authorization: Bearer KEY``; the UI and the Gradio API then
   require a login too, with the key as password (any user name), so no door stays open.
 - With only ``--auth``, /v1 accepts the same credentials (HTTP Basic, or Bearer ``user:pass``).
 - /health is always open; /metrics is open unless ``--protect-metrics``.
@@ -80,7 +80,7 @@ class AccessPolicy:
         return any(_eq(user, u) and _eq(password, p) for u, p in self.pairs)
 
     def guards(self, path: str) -> bool:
-        if path.startswith("/v1/") or path == "/v1":
+        if path.startswith("/v1/") or path in ("/v1", "/tokenize", "/detokenize"):
             return True
         return self.protect_metrics and path == "/metrics"
 

@@ -63,19 +63,38 @@ def as_text(v: Any, name: str, max_chars: int = 4096) -> str:
 
 
 def chat_request(messages: Sequence[Message], params: SamplingParams, stop: Any = (),
-                 limits: RequestLimits | None = None) -> ChatRequest:
+                 limits: RequestLimits | None = None, **features: Any) -> ChatRequest:
     """The one place a ChatRequest is made from user input (``build_request`` for Gradio-style
     inputs, the /v1 translation for OpenAI bodies): valid text, the size limits, the sampling
-    bounds and the stop strings, so every entry point refuses the same things the same way."""
+    bounds and the stop strings, so every entry point refuses the same things the same way.
+    ``features``: the ChatRequest's other fields (tools, constraint, logprobs, continue_final,
+    template_kwargs)."""
     limits = limits or RequestLimits()
     total = 0
     for i, m in enumerate(messages):
         clean_text(m.content, "message" if i == len(messages) - 1 else f"messages[{i}].content")
-        total += len(m.content)
+        total += len(m.content) + sum(len(str(c)) for c in m.tool_calls)
     if total > limits.max_prompt_chars:
         raise InvalidRequest(f"The conversation is {total:,} characters long; this server accepts at most "
                              f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "messages")
-    return ChatRequest(tuple(messages), params.validated(), stop_strings(stop), limits.max_prompt_tokens)
+    return ChatRequest(tuple(messages), params.validated(), stop_strings(stop), limits.max_prompt_tokens, **features)
+
+
+def completion_request(prompt: Any, params: SamplingParams, stop: Any = (), limits: RequestLimits | None = None,
+                       **features: Any) -> ChatRequest:
+    """A raw continuation of ``prompt`` (the Notebook, Gradio's /complete, /v1/completions): no chat
+    template, the same text, size, sampling and stop checks as ``chat_request``. ``features``:
+    e.g. ``constraint``, ``logprobs``."""
+    limits = limits or RequestLimits()
+    if not isinstance(prompt, str):
+        raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}.", "prompt")
+    clean_text(prompt, "prompt")
+    if not prompt:
+        raise InvalidRequest("The prompt is empty: type something to continue.", "prompt")
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; this server accepts at most "
+                             f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "prompt")
+    return ChatRequest((), params.validated(), stop_strings(stop), limits.max_prompt_tokens, prompt=prompt, **features)
 
 
 def text_of(content: Any) -> str:
@@ -246,6 +265,45 @@ class ChatService:
             self._open.add(stream)
         release.callback(self._forget, stream)
         return stream
+
+    def open_many(self, requests: Sequence[ChatRequest], *, endpoint: str, client: str | None = None,
+                  t0: float | None = None) -> list[ChatStream]:
+        """Several generations for one client request (/v1's ``n``, a list of prompts), run side by
+        side in the model's batch slots under ONE rate-limit slot (freed when the last one ends).
+        All open or none: a failure closes the ones already opened."""
+        if len(requests) == 1:
+            return [self.open(requests[0], endpoint=endpoint, client=client, t0=t0)]
+        shared = contextlib.ExitStack()
+        shared.enter_context(self.limiter.slot(client))
+        left = [len(requests)]
+        lock = threading.Lock()
+
+        def one_done() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                shared.close()
+
+        streams: list[ChatStream] = []
+        try:
+            for request in requests:
+                cancel = threading.Event()
+                generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
+                release = contextlib.ExitStack()
+                release.callback(one_done)
+                stream = ChatStream(generation, cancel, release)
+                with self._open_lock:
+                    self._open.add(stream)
+                release.callback(self._forget, stream)
+                streams.append(stream)
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            for _ in range(len(requests) - len(streams)):
+                one_done()
+            raise
+        return streams
 
     def _forget(self, stream: ChatStream) -> None:
         with self._open_lock:

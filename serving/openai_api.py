@@ -1,35 +1,46 @@
-"""OpenAI-compatible /v1 on the same server: /v1/models and /v1/chat/completions (stream and not).
+"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions
+(stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
 
-This module only translates: an OpenAI body becomes a ChatRequest for the shared ChatService (the
-same path as the UI and Gradio's /chat: limits, slots, stop strings, timing), and its deltas become
-OpenAI chunks. It is the /v1 edge: every error leaves it as an OpenAI-style JSON body with the right
-status code.
+This module only translates: an OpenAI body becomes ChatRequests for the shared ChatService (the
+same path as the UI and Gradio's /chat: limits, slots, stop strings, timing), and their deltas
+become OpenAI chunks. It is the /v1 edge: every error leaves it as an OpenAI-style JSON body with the
+right status code.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import logging
-import threading
+import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
-from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.chat_service import ChatService, RequestLimits, chat_request
-from serving.openai_schema import ChatCompletionRequest, openapi_body
+from serving.chat_service import ChatService, clean_text
+from serving.openai_choices import ChatChoice, CompletionChoice
+from serving.openai_convert import choices_of, to_chat_request, to_completion_requests
+from serving.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    openapi_body,
+)
+from serving.openai_stream import Choices, GenerationResponse
 
 log = logging.getLogger("quantlab.v1")
 
-DEFAULT_MAX_TOKENS = 1024
-_END = object()
+MAX_EMBED_INPUTS = 256
 
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
@@ -47,6 +58,11 @@ def from_backend_error(exc: BackendError) -> JSONResponse:
     return error_response(exc.http_status, str(exc), exc.error_type, getattr(exc, "param", None), exc.code, headers)
 
 
+def internal_error(exc: BaseException) -> JSONResponse:
+    log.error("v1 request failed", exc_info=exc)
+    return error_response(500, f"Internal error ({type(exc).__name__}).", "server_error")
+
+
 def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()))
@@ -54,26 +70,41 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return (f"{loc}: {msg}" if loc else msg), (str(err["loc"][0]) if err.get("loc") else None)
 
 
-def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = None) -> ChatRequest:
-    refused = body.unsupported()
-    if refused is not None:
-        field, why = refused
-        raise InvalidRequest(f"{field}: {why}.", field)
+async def parse_body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+    """The body as ``model``, or the OpenAI-style 400 saying what is wrong with it."""
     try:
-        messages = tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), "messages") from exc
-    if messages[-1].role == "assistant":
-        raise InvalidRequest("The last message must not be from the assistant (prefill is not supported).", "messages")
-    params = SamplingParams(
-        max_new_tokens=body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=0 if body.top_k is None else body.top_k,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        seed=body.seed,
-    )
-    return chat_request(messages, params, body.stop_list(), limits)  # the same checks as every entry point
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
+    except RecursionError:
+        return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
+    if not isinstance(raw, dict):
+        return error_response(400, "The request body must be a JSON object.", "invalid_request_error")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        message, param = _validation_message(exc)
+        return error_response(400, message, "invalid_request_error", param)
+    except RecursionError:
+        return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
+
+
+def _usage(stats: list, prompt_of: Callable[[int], bool]) -> dict:
+    """Usage over the choices; the prompt of choices that share one is counted once."""
+    prompt = sum(s.prompt_tokens for i, s in enumerate(stats) if prompt_of(i))
+    completion = sum(s.completion_tokens for s in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(body: dict) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _in_band_error(exc: BaseException) -> str:
+    if isinstance(exc, BackendError):
+        return _sse({"error": {"message": str(exc), "type": exc.error_type, "code": exc.code}})
+    log.error("v1 stream failed", exc_info=exc)
+    return _sse({"error": {"message": f"Internal error ({type(exc).__name__}).", "type": "server_error", "code": None}})
 
 
 class OpenAIRoutes:
@@ -89,147 +120,242 @@ class OpenAIRoutes:
             raise ModelNotFound(f"The model '{name}' does not exist on this server; it serves '{cur.name}'.")
         return cur.name
 
+    def check_choices(self, count: int, what: str, param: str) -> None:
+        slots = self.manager.max_concurrency
+        if count > slots:
+            raise InvalidRequest(f"{param}: {what} asks for {count} generations, but this model runs at most {slots} "
+                                 "at once (its batch slots: load it with a larger --parallel).", param)
+
     def models(self) -> dict:
         cur = self.manager.current
         data = []
         if cur is not None:
             data.append({"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
                          "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
-                         "context_length": cur.context_length})
+                         "context_length": cur.context_length, "max_model_len": cur.context_length,
+                         "parallel": self.manager.max_concurrency})
         return {"object": "list", "data": data}
+
+    @staticmethod
+    def client_of(request: Request) -> str | None:
+        return getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
+
+    async def _open(self, requests, request: Request, t0: float) -> Choices:
+        streams = self.chat.open_many(requests, endpoint="v1", client=self.client_of(request), t0=t0)
+        choices = Choices(streams)
+        await choices.start()
+        return choices
+
+    # --- chat ------------------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        try:
-            raw = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
-        except RecursionError:
-            return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
-        if not isinstance(raw, dict):
-            return error_response(400, "The request body must be a JSON object with model and messages.",
-                                  "invalid_request_error")
-        try:
-            body = ChatCompletionRequest.model_validate(raw)
-        except ValidationError as exc:
-            message, param = _validation_message(exc)
-            return error_response(400, message, "invalid_request_error", param)
-        except RecursionError:
-            return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
-        client = getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
+        body = await parse_body(request, ChatCompletionRequest)
+        if isinstance(body, Response):
+            return body
         try:
             model = self.resolve_model(body.model)
-            stream = self.chat.open(to_chat_request(body, self.chat.limits), endpoint="v1", client=client, t0=t0)
-        except BackendError as exc:
-            return from_backend_error(exc)
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def produce() -> None:
-            try:
-                for delta in stream:
-                    loop.call_soon_threadsafe(queue.put_nowait, delta)
-            except BaseException as exc:  # delivered to the consumer, never lost
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                stream.close()  # frees the model slot and the client's rate-limit slot
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        threading.Thread(target=produce, name="v1-generate", daemon=True).start()
-        first = await queue.get()
-        if isinstance(first, BaseException):
-            await queue.get()  # _END
-            if isinstance(first, BackendError):
-                return from_backend_error(first)
-            log.error("v1 generation failed", exc_info=first)
-            return error_response(500, f"Internal error ({type(first).__name__}).", "server_error")
-
-        async def deltas() -> AsyncIterator:
-            item = first
-            try:
-                while item is not _END:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-                    item = await queue.get()
-            finally:
-                stream.cancel.set()  # client gone or done: the producer stops within one token
-
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return GenerationResponse(self._sse(deltas(), rid, created, model, include_usage, stream), stream.cancel,
-                                      media_type="text/event-stream",
-                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, finish = [], None
-        try:
-            async for d in deltas():
-                text.append(d.text)
-                finish = d.finish_reason or finish
+            self.check_choices(body.n, "n", "n")
+            chat_request, plan = to_chat_request(body, self.chat.limits)
+            choices = await self._open(choices_of(chat_request, body.n), request, t0)
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:  # a bug: logged, and still an OpenAI-shaped answer
-            log.error("v1 generation failed", exc_info=exc)
-            return error_response(500, f"Internal error ({type(exc).__name__}).", "server_error")
-        return JSONResponse({
-            "id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                         "finish_reason": _finish(finish), "logprobs": None}],
-            "usage": _usage(stream.stats),
-        })
-
-    async def _sse(self, deltas, rid, created, model, include_usage, stream):
-        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-            body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []}
-            if usage is not None:
-                body["usage"] = usage
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-        yield chunk({"role": "assistant", "content": ""})
-        finish = None
+            return internal_error(exc)
+        states = [ChatChoice(i, plan, bool(body.logprobs)) for i in range(body.n)]
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        usage = lambda: _usage([s.stats for s in choices.streams], lambda i: i == 0)  # noqa: E731 - one prompt
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return GenerationResponse(self._chat_sse(choices, states, rid, created, model, include_usage, usage),
+                                      choices.cancel, media_type="text/event-stream",
+                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            async for d in deltas:
-                if d.text:
-                    yield chunk({"content": d.text})
-                finish = d.finish_reason or finish
-            yield chunk({}, _finish(finish))
+            async for index, d in choices:
+                states[index].feed(d)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
+                             "choices": [s.message() for s in states], "usage": usage()})
+
+    async def _chat_sse(self, choices, states, rid, created, model, include_usage, usage) -> AsyncIterator[str]:
+        def chunk(choice: list[dict], usage_: dict | None = None) -> str:
+            body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                    "choices": choice}
+            if usage_ is not None:
+                body["usage"] = usage_
+            return _sse(body)
+
+        def one(index: int, delta: dict, finish: str | None = None) -> dict:
+            lps = delta.pop("_logprobs", None)
+            return {"index": index, "delta": delta, "finish_reason": finish,
+                    "logprobs": {"content": lps} if lps is not None else None}
+
+        for s in states:
+            yield chunk([one(s.index, {"role": "assistant", "content": ""})])
+        try:
+            async for index, d in choices:
+                for delta in states[index].feed(d):
+                    yield chunk([one(index, delta)])
+                if d.finish_reason:
+                    yield chunk([one(index, {}, states[index].finish_reason)])
             if include_usage:
-                yield chunk(None, usage=_usage(stream.stats))
-        except BackendError as exc:  # after the first token: report in-band, as OpenAI does, then a finish reason
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': exc.error_type, 'code': exc.code}})}\n\n"
-            yield chunk({}, "error")
-        except Exception as exc:  # a bug: logged, and still reported in band
-            log.error("v1 stream failed", exc_info=exc)
-            yield f"data: {json.dumps({'error': {'message': f'Internal error ({type(exc).__name__}).', 'type': 'server_error', 'code': None}})}\n\n"
-            yield chunk({}, "error")
+                yield chunk([], usage())
+        except Exception as exc:  # after the first token: report in band, as OpenAI does, then a finish reason
+            yield _in_band_error(exc)
+            yield chunk([one(s.index, {}, "error") for s in states])
         yield "data: [DONE]\n\n"
 
+    # --- text completions ------------------------------------------------------------------------
 
-class GenerationResponse(StreamingResponse):
-    """A streamed reply that cancels its generation when the response ends for any reason: a
-    client that disconnects stops the model within a token, without waiting for the garbage
-    collector to close the abandoned async generators."""
-
-    def __init__(self, content, cancel: threading.Event, **kwargs):
-        super().__init__(content, **kwargs)
-        self._cancel = cancel
-
-    async def __call__(self, scope, receive, send) -> None:
+    async def completions(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        body = await parse_body(request, CompletionRequest)
+        if isinstance(body, Response):
+            return body
         try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._cancel.set()
+            model = self.resolve_model(body.model)
+            n_prompts = 1 if isinstance(body.prompt, str) else len(body.prompt)
+            what = f"{n_prompts} prompts x n={body.n}" if n_prompts > 1 else "n"
+            self.check_choices(n_prompts * body.n, what, "prompt" if n_prompts > 1 else "n")
+            requests = to_completion_requests(body, self.chat.limits)
+            choices = await self._open(requests, request, t0)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        want_lp = body.logprobs is not None
+        states = [CompletionChoice(i, want_lp) for i in range(len(requests))]
+        rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        n = body.n
+        usage = lambda: _usage([s.stats for s in choices.streams], lambda i: i % n == 0)  # noqa: E731
+        base = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+            async def sse() -> AsyncIterator[str]:
+                try:
+                    async for index, d in choices:
+                        part = states[index].feed(d)
+                        if part is not None:
+                            yield _sse({**base, "choices": [part]})
+                        if d.finish_reason:
+                            end = {"index": index, "text": "", "logprobs": None,
+                                   "finish_reason": states[index].completion()["finish_reason"]}
+                            yield _sse({**base, "choices": [end]})
+                    if include_usage:
+                        yield _sse({**base, "choices": [], "usage": usage()})
+                except Exception as exc:
+                    yield _in_band_error(exc)
+                    yield _sse({**base, "choices": [{"index": s.index, "text": "", "logprobs": None,
+                                                     "finish_reason": "error"} for s in states]})
+                yield "data: [DONE]\n\n"
+
+            return GenerationResponse(sse(), choices.cancel, media_type="text/event-stream",
+                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            async for index, d in choices:
+                states[index].feed(d)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        return JSONResponse({**base, "choices": [s.completion() for s in states], "usage": usage()})
+
+    # --- embeddings, tokenize --------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await parse_body(request, EmbeddingRequest)
+        if isinstance(body, Response):
+            return body
+        try:
+            model = self.resolve_model(body.model)
+            if body.dimensions is not None:
+                raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
+                                     "dimensions unset.", "dimensions")
+            texts = body.texts()
+            if len(texts) > MAX_EMBED_INPUTS:
+                raise InvalidRequest(f"input: at most {MAX_EMBED_INPUTS} texts per request.", "input")
+            total = 0
+            for i, t in enumerate(texts):
+                clean_text(t, "input")
+                if not t:
+                    raise InvalidRequest(f"input[{i}] is empty.", "input")
+                total += len(t)
+            if total > self.chat.limits.max_prompt_chars:
+                raise InvalidRequest(f"input is {total:,} characters long; this server accepts at most "
+                                     f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "input")
+            vectors = await run_in_threadpool(self.manager.embed, texts)
+            tokens = await run_in_threadpool(self._count_tokens, texts)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        data = []
+        for i, v in enumerate(vectors):
+            emb: Any = ([float(x) for x in v] if body.encoding_format == "float"
+                        else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii"))
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _count_tokens(self, texts: list[str]) -> int:
+        try:
+            return sum(len(self.manager.tokenize(t)) for t in texts)
+        except InvalidRequest:  # a backend that cannot tokenize: honestly unknown
+            return 0
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await parse_body(request, TokenizeRequest)
+        if isinstance(body, Response):
+            return body
+        try:
+            self.resolve_model("")
+            text = clean_text(body.content, "content")
+            if len(text) > self.chat.limits.max_prompt_chars:
+                raise InvalidRequest(f"content is {len(text):,} characters long; this server accepts at most "
+                                     f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "content")
+            tokens = await run_in_threadpool(self._tokens, text, body.add_special)
+            if not body.with_pieces:
+                return JSONResponse({"tokens": tokens})
+            pieces = await run_in_threadpool(lambda: [self.manager.detokenize([t]) for t in tokens])
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        return JSONResponse({"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces)]})
+
+    def _tokens(self, text: str, add_special: bool) -> list[int]:
+        """``text``'s tokens; without ``add_special`` the BOS the model adds is left out (the tokens
+        of an empty text are exactly what the model adds in front)."""
+        tokens = self.manager.tokenize(text)
+        if not add_special:
+            special = self.manager.tokenize("")
+            if special and tokens[: len(special)] == special:
+                tokens = tokens[len(special):]
+        return tokens
+
+    async def detokenize(self, request: Request) -> Response:
+        body = await parse_body(request, DetokenizeRequest)
+        if isinstance(body, Response):
+            return body
+        try:
+            self.resolve_model("")
+            if any(t < 0 for t in body.tokens):
+                raise InvalidRequest("tokens: token ids are not negative.", "tokens")
+            text = await run_in_threadpool(self.manager.detokenize, body.tokens)
+        except BackendError as exc:
+            return from_backend_error(exc)
+        except Exception as exc:
+            return internal_error(exc)
+        return JSONResponse({"content": text})
 
 
-def _finish(reason: str | None) -> str:
-    return {"length": "length", "cancelled": "stop", None: "stop"}.get(reason, "stop")
-
-
-def _usage(stats) -> dict:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "embeddings": "POST"}
 
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
@@ -238,14 +364,20 @@ def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) ->
     router.add_api_route("/models", routes.models, methods=["GET"])
     router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"],
                          openapi_extra=openapi_body(ChatCompletionRequest))
+    router.add_api_route("/completions", routes.completions, methods=["POST"],
+                         openapi_extra=openapi_body(CompletionRequest))
+    router.add_api_route("/embeddings", routes.embeddings, methods=["POST"],
+                         openapi_extra=openapi_body(EmbeddingRequest))
     app.include_router(router)
-
-    allowed = {"models": "GET", "chat/completions": "POST"}
+    app.add_api_route("/tokenize", routes.tokenize, methods=["POST"], tags=["llama-server"],
+                      openapi_extra=openapi_body(TokenizeRequest))
+    app.add_api_route("/detokenize", routes.detokenize, methods=["POST"], tags=["llama-server"],
+                      openapi_extra=openapi_body(DetokenizeRequest))
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     def unknown(rest: str, request: Request) -> JSONResponse:
-        if rest.strip("/") in allowed:
-            method = allowed[rest.strip("/")]
+        if rest.strip("/") in ROUTES:
+            method = ROUTES[rest.strip("/")]
             return error_response(405, f"{request.method} is not allowed on /v1/{rest.strip('/')}: use {method}.",
                                   "invalid_request_error", code="method_not_allowed", headers={"Allow": method})
         return error_response(404, f"Unknown endpoint /v1/{rest}.", "invalid_request_error", code="unknown_url")

@@ -1,10 +1,17 @@
-"""Pydantic models of the OpenAI-compatible /v1 API (the subset this server implements)."""
+"""Pydantic models of the OpenAI-compatible API (the subset this server implements): the bodies of
+/v1/chat/completions, /v1/completions, /v1/embeddings and llama-server's /tokenize and /detokenize.
+
+A field this server knows but cannot honour is declared here and refused by ``unsupported()`` with
+a 400 naming it, never silently ignored; unknown fields are ignored (as OpenAI's SDK sends extras).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backends.base import MAX_PARALLEL
 
 
 class ContentPart(BaseModel):
@@ -13,10 +20,26 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this result answers
+    name: str | None = None
+    reasoning_content: str | None = None  # assistant: its thinking (kept out of the next prompt)
 
     def text(self) -> str:
         if self.content is None:
@@ -35,63 +58,77 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama-server's json_object + schema
+
+
+class SamplerFields(BaseModel):
+    """Sampling fields shared by chat and text completions. The OpenAI ones, then extensions with
+    llama-server's / vLLM's names; a backend that lacks one refuses it by name when it is set."""
+
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
-    messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)  # extension (vLLM, llama.cpp)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=5.0)  # extension
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=MAX_PARALLEL)
     user: str | None = None
-    # Accepted only as no-ops until implemented (``unsupported`` refuses any other value):
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: Any = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
-
-    def unsupported(self) -> tuple[str, str] | None:
-        """(field, why) for the first field whose value would change the output in a way this server
-        does not implement yet; None when every field is supported or a no-op. Never ignored."""
-        if self.tools:
-            return "tools", "tool calling is not supported by this server yet"
-        if self.tool_choice not in (None, "none"):
-            return "tool_choice", "tool calling is not supported by this server yet (only \"none\")"
-        if self.functions or self.function_call not in (None, "none"):
-            field = "functions" if self.functions else "function_call"
-            return field, "function calling is not supported by this server yet"
-        fmt = self.response_format
-        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-            return "response_format", "only {\"type\": \"text\"} is supported by this server yet (no JSON mode or schema)"
-        if self.logprobs or self.top_logprobs:
-            return ("logprobs" if self.logprobs else "top_logprobs"), "log probabilities are not returned by this server yet"
-        if self.logit_bias:
-            return "logit_bias", "logit_bias is not supported by this server yet"
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name):
-                return name, f"{name} is not supported by this server yet (use repetition_penalty); only 0 is accepted"
-        return None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
+    response_format: ResponseFormat | None = None
+    # extensions (vLLM, llama-server)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=5.0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    typical_p: float | None = Field(None, gt=0.0, le=1.0)
+    dry_multiplier: float | None = Field(None, ge=0.0, le=100.0)
+    dry_base: float | None = Field(None, ge=1.0, le=100.0)
+    dry_allowed_length: int | None = Field(None, ge=0, le=1024)
+    dry_penalty_last_n: int | None = Field(None, ge=-1, le=1 << 20)
+    xtc_probability: float | None = Field(None, ge=0.0, le=1.0)
+    xtc_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    mirostat: int | None = Field(None, ge=0, le=2)
+    mirostat_tau: float | None = Field(None, ge=0.0, le=100.0)
+    mirostat_eta: float | None = Field(None, ge=0.0, le=1.0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=1024)
 
     @field_validator("stop")
     @classmethod
@@ -104,6 +141,94 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def common_unsupported(self) -> tuple[str, str] | None:
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported by this server"
+        return None
+
+
+class ChatCompletionRequest(SamplerFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    chat_template_kwargs: dict[str, Any] | None = None  # extension (vLLM, llama-server): e.g. enable_thinking
+    # known OpenAI fields this server does not implement: refused when set
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+    web_search_options: Any = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, why) for the first field whose value would change the output in a way this server
+        does not implement; None when every field is supported or a no-op. Never ignored."""
+        if self.functions or self.function_call not in (None, "none"):
+            field = "functions" if self.functions else "function_call"
+            return field, "the deprecated functions API is not supported: use tools and tool_choice"
+        for name in ("audio", "prediction", "web_search_options"):
+            if getattr(self, name) is not None:
+                return name, f"{name} is not supported by this server"
+        if self.modalities and set(self.modalities) != {"text"}:
+            return "modalities", "only text output is supported"
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            return "tool_choice", "tool_choice needs tools"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or ()]
+            if self.tool_choice.function.name not in names:
+                return "tool_choice", f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools"
+        if self.top_logprobs and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
+        return self.common_unsupported()
+
+
+class CompletionRequest(SamplerFields):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.echo:
+            return "echo", "echo is not supported by this server"
+        if self.suffix:
+            return "suffix", "suffix (fill-in-the-middle) is not supported by this server"
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of", "best_of is not supported by this server (use n)"
+        return self.common_unsupported()
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tokens: list[int] = Field(max_length=1 << 20)
 
 
 def openapi_body(model: type[BaseModel]) -> dict:

@@ -82,7 +82,7 @@ BAD = [
     ({"top_p": 0}, 400, "top_p"),
     ({"max_tokens": 0}, 400, "max_tokens"),
     ({"max_tokens": 10**9}, 400, "max_new_tokens"),
-    ({"n": 3}, 400, "n"),
+    ({"n": 5}, 400, "n"),  # above the model's 4 batch slots
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "word " * 4000}]}, 400, "context"),
