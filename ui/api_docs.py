@@ -1,0 +1,40 @@
+"""Registers the Gradio API endpoints so the "Use via API" page describes every parameter.
+
+Gradio 6 prints, for each parameter, "The input value that is provided in the <label> <Component>
+component." followed by the component's ``additional_description``; for ``gr.api`` endpoints the
+label is an ordinal ("1st") and the description empty. ``described_api`` names each parameter and
+gives it the line from the handler's docstring ``Args:`` section (one ``name: text`` line each, the
+format Gradio's own ``utils.get_function_description`` reads), and refuses to register a handler
+that leaves a parameter undescribed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+from gradio.utils import get_function_description
+
+
+def parameter_descriptions(fn: Callable) -> dict[str, str]:
+    """{parameter: description} from ``fn``'s docstring Args (the wrapped function's, through
+    functools.wraps); gr.Request and gr.Progress parameters are not API inputs and are left out."""
+    _, params, _ = get_function_description(fn)
+    return {name: text for name, text in params.items() if name not in ("request", "progress")}
+
+
+def described_api(fn: Callable, *, api_name: str, **kwargs: Any):
+    """``gr.api(fn, api_name=..., **kwargs)``, then each input's label and description from the
+    docstring. ValueError names any parameter without a description (so none can ship undescribed)."""
+    described = parameter_descriptions(fn)
+    missing = [name for name, text in described.items() if not text]
+    if missing:
+        raise ValueError(f"/{api_name}: describe {', '.join(missing)} in the handler's docstring Args")
+    dep = gr.api(fn, api_name=api_name, **kwargs)
+    blocks = gr.context.get_blocks_context()
+    block_fn = blocks.fns[dep["id"]]
+    for component, (name, text) in zip(block_fn.inputs, described.items(), strict=False):
+        component.label = name
+        component._api_info = {**component._api_info, "additional_description": text}
+    return dep
