@@ -1,0 +1,109 @@
+"""The extra samplers, loader options and API documentation, through a real gradio_client on the real
+app serving the embedded model (llama.cpp)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from tests.conftest import LiveServer, make_settings
+
+CORE = dict(system_prompt="", max_new_tokens=24, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0)
+PROMPT = "List the days of the week."
+
+
+def chat(client: Client, message: str = PROMPT, **params):
+    """/chat with CORE's nine-argument prefix plus named later parameters (stop, min_p, ...)."""
+    return client.predict(message, [], *{**CORE, **{k: v for k, v in params.items() if k in CORE}}.values(),
+                          **{k: v for k, v in params.items() if k not in CORE}, api_name="/chat")
+
+
+def test_a_nine_argument_call_still_works_and_matches_the_neutral_samplers(client):
+    old_reply, old_stats = client.predict(PROMPT, [], *CORE.values(), api_name="/chat")
+    assert old_reply.strip() and old_stats["completion_tokens"] > 0
+    neutral, _ = chat(client, min_p=0.0, typical_p=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                      dry_multiplier=0.0, xtc_probability=0.0, mirostat=0, no_repeat_ngram_size=0, stop="",
+                      enable_thinking="auto")
+    assert neutral == old_reply
+
+
+def test_min_p_one_keeps_only_the_top_token_so_a_hot_sample_is_the_greedy_text(client):
+    greedy, _ = chat(client)
+    hot = [chat(client, temperature=1.5, seed=seed, min_p=1.0)[0] for seed in (1, 2)]
+    assert hot == [greedy, greedy]
+    unconstrained = {chat(client, temperature=1.5, seed=seed)[0] for seed in (1, 2)}
+    assert unconstrained != {greedy}, "without min_p a hot sample should differ (else the test proves nothing)"
+
+
+def test_a_strong_presence_penalty_changes_a_repetitive_reply(client):
+    prompt = "Repeat the word apple ten times."
+    plain, _ = chat(client, prompt, max_new_tokens=30)
+    assert plain.lower().count("apple") >= 3, plain
+    penalised, _ = chat(client, prompt, max_new_tokens=30, presence_penalty=2.0)
+    assert penalised != plain
+    assert penalised.lower().count("apple") < plain.lower().count("apple"), (plain, penalised)
+
+
+def test_stop_strings_end_the_reply_before_them(client):
+    full, _ = chat(client, max_new_tokens=40)
+    cut = full.strip().split()[2]  # a word inside the reply
+    reply, stats = chat(client, max_new_tokens=40, stop=f"{cut}\nnever-seen")
+    assert cut not in reply and full.startswith(reply)
+    assert stats["finish_reason"] == "stop"
+
+
+def test_a_sampler_the_backend_lacks_is_refused_by_name_and_the_server_keeps_serving(client):
+    with pytest.raises(Exception, match="no_repeat_ngram_size"):
+        chat(client, no_repeat_ngram_size=3)
+    with pytest.raises(Exception, match="enable_thinking"):
+        chat(client, enable_thinking="maybe")
+    with pytest.raises(Exception, match="min_p"):
+        chat(client, min_p=2.0)
+    assert chat(client)[0].strip()
+
+
+def test_every_endpoint_parameter_has_its_own_description(live_app):
+    info = httpx.get(live_app.url + "/gradio_api/info").json()["named_endpoints"]
+    for name in ("/chat", "/complete", "/load_model", "/unload_model", "/model_status", "/stats", "/compare",
+                 "/evaluate", "/cached_models", "/delete_cached"):
+        assert name in info, f"{name} is not on the API page"
+        assert info[name]["description"].strip(), f"{name} has no description"
+    undescribed = [(name, p["parameter_name"]) for name, ep in info.items() for p in ep["parameters"]
+                   if not p["python_type"]["description"].strip() or p["label"] != p["parameter_name"]]
+    assert not undescribed, f"parameters without a description: {undescribed}"
+    chat_params = [p["parameter_name"] for p in info["/chat"]["parameters"]]
+    assert chat_params[:9] == ["message", "history", "system_prompt", "max_new_tokens", "temperature", "top_p",
+                               "top_k", "repetition_penalty", "seed"]
+    assert chat_params[9:] == ["min_p", "typical_p", "presence_penalty", "frequency_penalty", "dry_multiplier",
+                               "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
+                               "no_repeat_ngram_size", "stop", "enable_thinking"]
+    load_doc = info["/load_model"]["description"]
+    for quant in ("Q4_K_M", "nf4", "int8", "as served"):  # every backend's menu
+        assert quant in load_doc
+    assert "/v1" in info["/chat"]["description"]
+    page = httpx.get(live_app.url + "/").text + httpx.get(live_app.url + "/config").text
+    assert "/v1/chat/completions" in page
+
+
+def test_load_model_takes_loader_options_and_model_status_shows_them(cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir, request_log="")) as srv:
+        c = Client(srv.url, verbose=False)
+        try:
+            done = c.predict("embedded", "llamacpp", "as file", "", "", "", 1024, 2, 1, 0, "q8_0", False,
+                             api_name="/load_model")
+            assert done.startswith("Loaded")
+            status = c.predict(api_name="/model_status")
+            assert status["model"]["context_length"] == 1024
+            opts = status["options"]
+            assert (opts["n_ctx"], opts["parallel"], opts["n_threads"], opts["cache_type"]) == (1024, 2, 1, "q8_0")
+            reply, _ = c.predict("Say hello.", [], *list(CORE.values())[:-1], 0, api_name="/chat")
+            assert reply.strip(), "a quantized KV cache (with flash attention) still generates"
+            with pytest.raises(Exception, match="cache_type"):
+                c.predict("embedded", "llamacpp", "as file", "", "", "", 1024, 2, 1, 0, "q5_9", api_name="/load_model")
+            with pytest.raises(Exception, match="n_ctx"):
+                c.predict("embedded", "llamacpp", "as file", "", "", "", 8, api_name="/load_model")
+            assert c.predict(api_name="/model_status")["options"]["cache_type"] == "q8_0", "a refused load changed it"
+        finally:
+            c.close()
+            srv.manager.close()
