@@ -50,13 +50,13 @@ def build_notebook(h: Services, slots: int = 1) -> NotebookSection:
             counts = gr.Markdown(elem_id="notebook-counts")
         with gr.Column(scale=2, min_width=260):
             max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=200, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", info="0 = greedy",
                                     elem_id="notebook-temperature")
             top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top p")
             top_k = gr.Slider(0, 200, value=40, step=1, label="Top k (0 = off)")
             rep = gr.Slider(0.8, 2, value=1.0, step=0.01, label="Repetition penalty")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-            stop_strings = gr.Textbox(label="Stop strings", lines=2, placeholder="one per line")
+            stop_strings = gr.Textbox(label="Stop at", lines=2, placeholder="one string per line")
     params = [max_new, temperature, top_p, top_k, rep, seed, stop_strings]
     before = gr.State("")  # the text before the last Generate, for Undo
 
