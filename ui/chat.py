@@ -93,7 +93,7 @@ def build_chat(h: Services, slots: int = 1) -> ChatSection:
 
     @gpu_task
     @gradio_errors
-    def bot_turn(history, *params, request: gr.Request):
+    def bot_turn(request: gr.Request, history, *params):  # request first: Gradio injects it by position
         history = list(history or [])
         if not history or history[-1].get("role") != "user":
             raise gr.Error("There is no message to answer: type one first.")

@@ -62,7 +62,7 @@ def build_notebook(h: Services, slots: int = 1) -> NotebookSection:
 
     @gpu_task
     @gradio_errors
-    def continue_text(prompt, *params, request: gr.Request):
+    def continue_text(request: gr.Request, prompt, *params):  # request first: Gradio injects it by position
         for continuation, stats in h.complete(prompt, *params, endpoint="ui", client=client_of(request)):
             yield prompt + continuation, format_counts(stats) if stats else gr.skip()
 
