@@ -5,6 +5,7 @@ $QUANTLAB_SCREENSHOTS=docs."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -57,16 +58,19 @@ def test_notebook_continues_the_text_in_place(page, shots):
     page.get_by_role("tab", name="Notebook").click()
     box = page.locator("#notebook-text textarea")
     box.fill("The three primary colours are red,")
-    greedy = page.locator("input[aria-label='number input for Temperature']")
-    greedy.fill("0")
-    greedy.press("Enter")
+    for box_id, value in (("#notebook-temperature", "0"), ("#notebook-max-new", "24")):
+        number = page.locator(f"{box_id} input[type='number']")
+        number.fill(value)
+        number.press("Enter")
     page.click("#notebook-generate")
-    page.wait_for_selector("#notebook-counts :text('generated')", timeout=60_000)
+    page.wait_for_selector("#notebook-counts :text('generated')", timeout=120_000)
     text = box.input_value()
     assert text.startswith("The three primary colours are red,")
     assert len(text) > len("The three primary colours are red,") + 3, text
     counts = page.locator("#notebook-counts").inner_text()
-    assert "prompt tokens" in counts and "tok/s" in counts
+    generated = re.search(r"\+ (\d+) generated", counts)
+    assert "prompt tokens" in counts and "tok/s" in counts and generated, counts
+    assert 1 <= int(generated.group(1)) <= 24, "Max new tokens was not honoured"
     page.screenshot(path=str(shots / "notebook.png"))
     # Undo brings back the text as it was before Generate
     page.click("#notebook-undo")

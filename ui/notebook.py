@@ -49,7 +49,8 @@ def build_notebook(h: Services, slots: int = 1) -> NotebookSection:
                 undo = gr.Button("Undo", elem_id="notebook-undo")
             counts = gr.Markdown(elem_id="notebook-counts")
         with gr.Column(scale=2, min_width=260):
-            max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=200, step=1, label="Max new tokens")
+            max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=200, step=1, label="Max new tokens",
+                                elem_id="notebook-max-new")
             temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", info="0 = greedy",
                                     elem_id="notebook-temperature")
             top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top p")
