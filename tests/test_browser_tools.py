@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not REQUIRED and not Path(CHROMIUM).exists(),
     reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")]
 
+STORED = "(() => localStorage.getItem('quantlab-presets'))"
 TEMPERATURE = "input[aria-label='number input for Temperature (0 = greedy)']"
 
 
@@ -91,16 +92,24 @@ def test_presets_set_the_samplers_and_saved_ones_survive_a_reload(page, shots):
     preset = page.locator("input[aria-label='Preset']")
     preset.fill("My sampler")
     preset.press("Enter")
+    stored = page.evaluate(STORED)
     page.click("#preset-save")
-    page.wait_for_function("() => (localStorage.getItem('quantlab-presets') || '').includes('My sampler')")
+    page.wait_for_function(f"(before) => {STORED}() !== before", arg=stored)  # Gradio encrypts the value
     page.locator("#advanced-samplers").get_by_text("Advanced samplers").click()
     page.screenshot(path=str(shots / "samplers.png"), full_page=True)
     page.reload()
     page.wait_for_selector("#model-badge :text('Serving')")
     choose(page, "Preset", "My sampler")
     page.wait_for_function(f"() => document.querySelector(\"{TEMPERATURE}\").value === '1.3'")
+    stored = page.evaluate(STORED)
     page.click("#preset-delete")
-    page.wait_for_function("() => !(localStorage.getItem('quantlab-presets') || '').includes('My sampler')")
+    page.wait_for_function(f"(before) => {STORED}() !== before", arg=stored)
+    page.wait_for_function("() => document.querySelector(\"input[aria-label='Preset']\").value === 'Balanced'")
+    page.reload()
+    page.wait_for_selector("#model-badge :text('Serving')")
+    page.locator("input[aria-label='Preset']").click()
+    assert page.get_by_role("option", name="My sampler").count() == 0, "the deleted preset came back"
+    page.keyboard.press("Escape")
 
 
 def test_the_model_form_shows_what_is_loaded_and_keeps_a_failed_loads_reason(page):
