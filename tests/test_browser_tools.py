@@ -115,8 +115,8 @@ def test_presets_set_the_samplers_and_saved_ones_survive_a_reload(page, shots):
 def test_the_model_form_shows_what_is_loaded_and_keeps_a_failed_loads_reason(page):
     page.get_by_role("tab", name="Model").click()
     page.locator("#loader-options").get_by_text("Loader options").click()
-    assert page.locator("input[aria-label='number input for Context length']").input_value() == "1536"
-    assert page.locator("input[aria-label='number input for Parallel slots']").input_value() == "2"
+    assert page.locator("#n-ctx input").input_value() == "1536"
+    assert page.locator("#parallel input").input_value() == "2"
     model = page.locator("#model-source textarea, #model-source input").first
     model.fill("/no/such/model.gguf")
     page.click("#load")

@@ -69,7 +69,7 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
                     n_ctx = gr.Number(value=spec.n_ctx, precision=0, minimum=16, label="Context length",
                                       info="tokens per conversation", elem_id="n-ctx")
                     parallel = gr.Number(value=spec.parallel, precision=0, minimum=1, label="Parallel slots",
-                                         info="conversations decoded together")
+                                         info="conversations decoded together", elem_id="parallel")
                     n_threads = gr.Number(value=spec.n_threads or 0, precision=0, minimum=0, label="Threads",
                                           info="llama.cpp; 0 = physical cores")
                 with gr.Row():
