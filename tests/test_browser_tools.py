@@ -125,3 +125,20 @@ def test_the_model_form_shows_what_is_loaded_and_keeps_a_failed_loads_reason(pag
     assert "/no/such/model.gguf" in status and status.count("%") <= 1
     page.wait_for_timeout(1500)  # the reason stays after the error (not only in a toast)
     assert "Load failed" in page.locator("#load-status textarea").input_value()
+
+
+def test_a_sampler_the_backend_lacks_is_named_in_a_toast(page):
+    page.get_by_role("tab", name="Chat").click()
+    accordion = page.locator("#advanced-samplers")
+    if not accordion.locator("input[aria-label='number input for No-repeat n-gram size (0 = off)']").is_visible():
+        accordion.get_by_text("Advanced samplers").click()
+    ngram = page.locator("input[aria-label='number input for No-repeat n-gram size (0 = off)']")
+    ngram.fill("3")
+    ngram.press("Enter")
+    page.fill("#message textarea", "Hello there.")
+    page.keyboard.press("Enter")
+    toast = page.locator(".toast-body", has_text="no_repeat_ngram_size")
+    toast.wait_for(timeout=30_000)
+    assert "llamacpp" in toast.inner_text()
+    ngram.fill("0")
+    ngram.press("Enter")
