@@ -38,3 +38,28 @@ def described_api(fn: Callable, *, api_name: str, **kwargs: Any):
         component.label = name
         component._api_info = {**component._api_info, "additional_description": text}
     return dep
+
+
+def fill_trailing_defaults(blocks: gr.Blocks) -> None:
+    """Let plain-HTTP callers (POST /gradio_api/call/<name>) leave out trailing parameters that have a
+    default, as gradio_client callers can: Gradio itself wants every input, so a 9-value /chat call
+    from before the extra samplers would fail. Missing trailing inputs of a ``gr.api`` endpoint get
+    the handler's defaults; a missing required one still fails as before."""
+    import inspect
+
+    original = blocks.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        wanted = block_fn.inputs
+        if inputs is not None and len(inputs) < len(wanted) and block_fn.fn is not None:
+            try:
+                params = [p for p in inspect.signature(block_fn.fn).parameters.values()
+                          if p.name not in ("request", "progress")]
+            except (TypeError, ValueError):
+                params = []
+            if len(params) == len(wanted) and all(p.default is not inspect.Parameter.empty
+                                                  for p in params[len(inputs):]):
+                inputs = list(inputs) + [p.default for p in params[len(inputs):]]
+        return await original(block_fn, inputs, state, explicit_call)
+
+    blocks.preprocess_data = preprocess_data

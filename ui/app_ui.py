@@ -7,7 +7,7 @@ waits behind a long reply.
 
 import gradio as gr
 
-from ui.api_docs import described_api
+from ui.api_docs import described_api, fill_trailing_defaults
 from ui.chat import build_chat
 from ui.edge import gradio_errors
 from serving.services import Services
@@ -147,4 +147,5 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
 
         described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)
+    fill_trailing_defaults(blocks)  # REST callers may leave out the newer parameters, as gradio_client's may
     return blocks

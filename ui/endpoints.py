@@ -1,8 +1,9 @@
 """The generation and model endpoints of the Gradio API (/chat, /complete, /load_model,
 /unload_model), each parameter described for the "Use via API" page. New parameters go after the
-existing ones, with defaults, so older gradio_client calls keep working."""
+existing ones, with defaults, so older gradio_client calls keep working.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: gr.api reads the return annotation as an object
+(``tuple[str, dict]`` = two outputs); as a string it would make one output holding a pair."""
 
 import gradio as gr
 
