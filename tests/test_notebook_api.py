@@ -55,3 +55,18 @@ def test_bad_completion_requests_are_refused_by_name(client, prompt, overrides, 
     with pytest.raises(Exception, match=needle):
         complete(client, prompt, **overrides).result()
     assert complete(client).result().strip(), "the server keeps serving"
+
+
+def test_complete_over_rest_with_only_the_prompt(live_app):
+    """Plain HTTP, curl's way: parameters left out take their defaults."""
+    import json
+
+    import httpx
+
+    with httpx.Client(base_url=live_app.url, timeout=120) as http:
+        event_id = http.post("/gradio_api/call/complete", json={"data": [COUNTING]}).json()["event_id"]
+        with http.stream("GET", f"/gradio_api/call/complete/{event_id}") as stream:
+            lines = [line for line in stream.iter_lines() if line]
+    assert lines[-2] == "event: complete", lines[-4:]
+    (text,) = json.loads(lines[-1][len("data:"):])
+    assert text.strip()
