@@ -261,9 +261,9 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token's log probability (natural log, of the distribution the token was drawn
-    from after the sampling parameters' penalties, before temperature and truncation: what OpenAI and
-    llama-server report) and the ``top`` most likely alternatives, as (token text, logprob)."""
+    """One generated token's log probability (natural log of the model's own next-token distribution:
+    the raw logits' softmax, before penalties, temperature and truncation, as llama-server reports) and
+    the ``top`` most likely alternatives, as (token text, logprob)."""
 
     token: str
     logprob: float

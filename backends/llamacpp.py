@@ -1,15 +1,17 @@
 """GGUF models through llama-cpp-python.
 
 One ``Llama`` per backend instance, guarded by one lock (the object is not thread-safe). The prompt
-is rendered with the chat template stored in the GGUF; tokens are generated with ``Llama.generate``
-and detokenized incrementally as bytes, so multi-byte characters split across tokens come out whole.
+is rendered with the chat template stored in the GGUF (``llamacpp_template``) or, for a raw prompt,
+tokenized as is. With one slot, tokens are evaluated on the ``Llama`` object's own context (its KV
+prefix reused like ``Llama.generate`` does) and drawn with the request's own llama.cpp sampler chain
+(``llamacpp_sampling``, the same chain the batch engine uses); they are detokenized incrementally as
+bytes, so multi-byte characters split across tokens come out whole.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from pathlib import Path
 from backends import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
+from backends.llamacpp_sampling import sampler_for, token_logprob
 from backends import gguf
 from backends.gguf import kv_cache_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
@@ -28,6 +31,11 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Tokens per embedding input: llama-server's default physical batch (an input must fit one ubatch to be
+# pooled, and llama.cpp keeps a logits row per input token in embedding mode).
+EMBED_MAX_TOKENS = 512
 
 
 def physical_cores() -> int:
@@ -45,6 +53,9 @@ class LlamaCppBackend(Backend):
     quantizations = gguf.GGUF_MENU
     default_quantization = gguf.GGUF_AS_FILE
     pseudo_quantizations = (gguf.GGUF_AS_FILE,)
+    samplers = frozenset({"min_p", "typical_p", "presence_penalty", "frequency_penalty", "dry_multiplier",
+                          "xtc_probability", "mirostat"})
+    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs", "embeddings"})
 
     @classmethod
     def normalize_quantization(cls, quantization: str | None) -> str:
@@ -58,7 +69,9 @@ class LlamaCppBackend(Backend):
         self._cache_dir = cache_dir or sources.default_cache_dir()
         self._llm = None
         self._lock = threading.Lock()
-        self._formatter = None
+        self._template = None
+        self._embedder = None  # an embeddings context on the same model, made on the first embed() call
+        self._embed_lock = threading.Lock()
         self._logits_llm = None  # a second context with logits_all, made on first logits() call
         self._spec: ModelSpec | None = None
         self._path: Path | None = None
@@ -68,7 +81,7 @@ class LlamaCppBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from backends.llamacpp_template import ChatTemplate
 
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
@@ -104,11 +117,13 @@ class LlamaCppBackend(Backend):
         meta = llm.metadata
         template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
-            bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
-        )
+        try:
+            self._template = ChatTemplate(template,
+                                          bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+                                          eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "")
+        except Exception as exc:  # a template jinja cannot parse
+            llm.close()
+            raise ModelLoadError(f"The chat template in {path.name} is not valid Jinja: {exc}") from exc
         self._llm, self._spec, self._path, self._n_gpu_layers = llm, spec, path, n_gpu_layers
         n_threads = spec.n_threads or physical_cores()
         if batched:
@@ -156,82 +171,130 @@ class LlamaCppBackend(Backend):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        with self._embed_lock:
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
         with self._lock:
             for llm in (self._llm, self._logits_llm):
                 if llm is not None:
                     llm.close()
-            self._llm = self._logits_llm = self._formatter = None
+            self._llm = self._logits_llm = self._template = None
         release_memory()
 
     # --- generation ------------------------------------------------------------------------------
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
+        """The prompt's tokens: a raw ``prompt`` tokenized as is (BOS as the model asks, special tokens
+        parsed), else the messages rendered with the chat template (which writes its own BOS)."""
         llm = self._require()
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        try:
-            rendered = self._formatter(messages=messages)
-        except Exception as exc:  # jinja errors: e.g. a template that rejects a system message
-            raise InvalidRequest(f"The model's chat template rejected these messages: {exc}") from exc
-        add_bos = not rendered.added_special
-        return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        if request.prompt is not None:
+            return llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=True)
+        rendered = self._template.render(request)
+        return llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        return len(self.prompt_tokens(request))
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
-        import llama_cpp
+        import llama_cpp as L
 
         llm = self._require()
         if self._engine is not None:
             yield from self._stream_batched(request, cancel)
             return
-        params = request.params
         with self._lock:
             tokens = self.prompt_tokens(request)
             n_prompt, n_ctx = len(tokens), llm.n_ctx()
             check_prompt_tokens(request, n_prompt, n_ctx)
-            budget = min(params.max_new_tokens, n_ctx - n_prompt)
-            yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
-            llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
-            vocab = llm._model.vocab
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            generated = 0
-            finish = "length"
-            gen = llm.generate(
-                tokens,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=0.0,
-                temp=params.temperature,
-                repeat_penalty=params.repetition_penalty,
-            )
+            budget = min(request.params.max_new_tokens, n_ctx - n_prompt)
+            sampler = sampler_for(L, llm, request, n_ctx)  # an invalid constraint is refused here
             try:
-                for token in gen:
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
-                    if llama_cpp.llama_vocab_is_eog(vocab, token):
-                        finish = "stop"
-                        break
-                    generated += 1
-                    text = decoder.decode(llm.detokenize([token]))
-                    yield TextDelta(text, tokens=1)
-                    if generated >= budget:
-                        break
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
+                yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
+                finish = yield from self._generate(llm, tokens, sampler, budget, request.logprobs, cancel)
             finally:
-                gen.close()
-            tail = decoder.decode(b"", final=True)
-            yield TextDelta(tail, finish_reason=finish, prompt_tokens=n_prompt)
+                L.llama_sampler_free(sampler)
+            yield TextDelta("", finish_reason=finish, prompt_tokens=n_prompt)
+
+    def _generate(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
+                  cancel: threading.Event) -> Iterator[TextDelta]:
+        """Evaluate ``tokens`` (reusing the KV prefix the context already holds) and draw up to
+        ``budget`` tokens; returns the finish reason. Holds ``self._lock``."""
+        import llama_cpp as L
+
+        ctx, vocab = llm._ctx.ctx, llm._model.vocab
+        n_vocab = L.llama_vocab_n_tokens(vocab)
+        held = llm.input_ids[:llm.n_tokens]
+        same = 0
+        for a, b in zip(held, tokens):
+            if a != b:
+                break
+            same += 1
+        reuse = min(same, len(tokens) - 1)  # the last prompt token is evaluated: its logits are sampled
+        if reuse == 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.reset()
+            reuse = 0
+        llm.n_tokens = reuse
+        llm.eval(tokens[reuse:])
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated, finish = 0, "length"
+        while generated < budget:
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            token = L.llama_sampler_sample(sampler, ctx, -1)
+            if L.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            lp = () if logprobs is None else (token_logprob(L, ctx, -1, token, n_vocab, logprobs, self._piece),)
+            generated += 1
+            yield TextDelta(decoder.decode(llm.detokenize([token])), tokens=1, logprobs=lp)
+            if generated < budget:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                llm.eval([token])
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield TextDelta(tail)
+        return finish
+
+    def _piece(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=True)
 
     def _stream_batched(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        import llama_cpp as L
+
         tokens = self.prompt_tokens(request)
         n_ctx = self._engine.n_ctx_per_seq
         check_prompt_tokens(request, len(tokens), n_ctx)
         budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
-        yield from self._engine.submit(tokens, request.params, budget, cancel)
+        sampler = sampler_for(L, self._llm, request, n_ctx)  # the engine owns (and frees) it from here
+        yield from self._engine.submit(tokens, sampler, budget, cancel, logprobs=request.logprobs)
 
     def tokenize(self, text: str) -> list[int]:
         return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """Token ids back to text (special tokens written out, as llama-server's /detokenize does)."""
+        llm = self._require()
+        n_vocab = llm.n_vocab()
+        ids = list(token_ids)
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+                raise InvalidRequest(f"Token id {t!r} is not in this model's vocabulary (0..{n_vocab - 1}).", "tokens")
+        return llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """L2-normalised embeddings from a second context on the same model (made on first use)."""
+        llm = self._require()
+        with self._embed_lock:
+            if self._embedder is None:
+                from backends.llamacpp_embed import Embedder
+
+                self._embedder = Embedder(llm, min(self._spec.n_ctx, llm._model.n_ctx_train(), EMBED_MAX_TOKENS))
+            embedder = self._embedder
+        return embedder.embed(texts)
 
     def logits(self, token_ids: Sequence[int]):
         """Logits at every position, from a second context created with logits_all=True (the

@@ -3,8 +3,8 @@
 One model, one llama context holding a KV cache per sequence (``n_seq_max`` = slots). A scheduler
 thread owns the context: between decode steps it admits waiting requests into free slots (their
 prompts are prefilled in chunks inside the same batches), gives every running sequence its next
-token in one ``llama_decode``, samples each sequence with its own sampler chain (its own
-temperature, top-k/p, repetition penalty and seed), and retires sequences that finish or are
+token in one ``llama_decode``, samples each sequence with its own sampler chain (built by the caller
+with ``llamacpp_sampling``: its own samplers, constraint and seed), and retires sequences that finish or are
 cancelled, freeing their KV cells. Requests join and leave between steps; nobody waits for the
 longest reply.
 """
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import codecs
 import queue
-import secrets
 import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from backends.base import SamplingParams, TextDelta
+from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
+from backends.llamacpp_sampling import token_logprob
 
 _END = object()
 
@@ -28,16 +28,16 @@ _END = object()
 @dataclass
 class _Seq:
     tokens: list[int]  # the prompt
-    params: SamplingParams
+    sampler: object  # its llama_sampler chain; the engine frees it when the sequence ends
     budget: int
     cancel: threading.Event
+    logprobs: int | None = None  # None: none; else the chosen token's logprob and this many alternatives
     out: queue.Queue = field(default_factory=queue.Queue)
     slot: int = -1
     pos: int = 0  # tokens already in the KV cache
     prefill: int = 0  # prompt tokens already sent
     last: int = -1  # the token to feed next
     generated: int = 0
-    sampler: object = None
     in_kv: list[int] = field(default_factory=list)  # the tokens whose cells this sequence's KV holds
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
@@ -68,6 +68,7 @@ class BatchEngine:
             raise OutOfMemory(f"llama.cpp could not allocate a context for {slots} sequences of {n_ctx_per_seq} tokens.")
         self.mem = L.llama_get_memory(self.ctx)
         self.vocab = llm._model.vocab
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
@@ -88,10 +89,13 @@ class BatchEngine:
 
     # --- client side -----------------------------------------------------------------------------
 
-    def submit(self, tokens: list[int], params: SamplingParams, budget: int, cancel: threading.Event) -> Iterator:
-        seq = _Seq(tokens, params, budget, cancel)
+    def submit(self, tokens: list[int], sampler, budget: int, cancel: threading.Event,
+               logprobs: int | None = None) -> Iterator:
+        """Queue a request; ``sampler`` (a llama_sampler chain) is the engine's to free from here."""
+        seq = _Seq(tokens, sampler, budget, cancel, logprobs)
         with self._wake:
             if self._stop:
+                self._free_sampler(seq)
                 raise BackendError("The model is being unloaded.")
             self._waiting.append(seq)
             self._wake.notify()
@@ -127,22 +131,13 @@ class BatchEngine:
 
     # --- scheduler -------------------------------------------------------------------------------
 
-    def _sampler(self, p: SamplingParams):
-        L = self.L
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        if p.repetition_penalty != 1.0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(64, p.repetition_penalty, 0.0, 0.0))
-        if p.greedy:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-        else:
-            if p.top_k:
-                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(p.top_k))
-            if p.top_p < 1.0:
-                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(p.top_p, 1))
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(p.temperature))
-            seed = p.seed if p.seed is not None else secrets.randbits(31)
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
-        return chain
+    def _piece(self, token: int) -> bytes:
+        return self.llm.detokenize([token], special=True)
+
+    def _free_sampler(self, seq: _Seq) -> None:
+        if seq.sampler is not None:
+            self.L.llama_sampler_free(seq.sampler)
+            seq.sampler = None
 
     def _retire(self, seq: _Seq, finish: str) -> None:
         L = self.L
@@ -150,9 +145,7 @@ class BatchEngine:
         seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens)))
         seq.out.put(_END)
         self._kept[seq.slot] = seq.in_kv  # kept for the next request's prefix; cells freed on reuse
-        if seq.sampler is not None:
-            L.llama_sampler_free(seq.sampler)
-            seq.sampler = None
+        self._free_sampler(seq)
         self._running.remove(seq)
         self._free.append(seq.slot)
 
@@ -160,6 +153,7 @@ class BatchEngine:
         while self._waiting and self._free:
             seq = self._waiting.popleft()
             if seq.cancel.is_set():
+                self._free_sampler(seq)
                 seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
                 seq.out.put(_END)
                 continue
@@ -174,7 +168,6 @@ class BatchEngine:
             seq.prefill = seq.pos = reuse
             seq.in_kv = list(seq.tokens[:reuse])
             self.prefix_hits += reuse
-            seq.sampler = self._sampler(seq.params)
             seq.out.put(TextDelta("", prompt_tokens=len(seq.tokens)))
             self._running.append(seq)
 
@@ -188,6 +181,7 @@ class BatchEngine:
                     for seq in list(self._running):
                         self._retire(seq, "cancelled")
                     for seq in self._waiting:
+                        self._free_sampler(seq)
                         seq.out.put(TextDelta("", finish_reason="cancelled"))
                         seq.out.put(_END)
                     self._waiting.clear()
@@ -207,8 +201,7 @@ class BatchEngine:
                     L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
                     self._kept[seq.slot] = []
                     self._free.append(seq.slot)
-                    if seq.sampler is not None:
-                        L.llama_sampler_free(seq.sampler)
+                    self._free_sampler(seq)
                 self._running.clear()
 
     def _step(self) -> None:
@@ -257,7 +250,9 @@ class BatchEngine:
             seq.generated += 1
             seq.last = token
             text = seq.decoder.decode(self.llm.detokenize([token]))
-            seq.out.put(TextDelta(text, tokens=1))
+            lp = () if seq.logprobs is None else (
+                token_logprob(L, self.ctx, idx, token, self.n_vocab, seq.logprobs, self._piece),)
+            seq.out.put(TextDelta(text, tokens=1, logprobs=lp))
             if seq.cancel.is_set():
                 self._retire(seq, "cancelled")
             elif seq.generated >= seq.budget or seq.pos >= self.n_ctx_per_seq:

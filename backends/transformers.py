@@ -38,6 +38,13 @@ class _Failed:
         self.exc = exc
 
 
+class _Row:
+    """A step's log-softmax from the logprob tap, queued just before that step's token."""
+
+    def __init__(self, row):
+        self.row = row
+
+
 class IncrementalDecoder:
     """Text of newly generated tokens without re-decoding the whole reply each step (the
     prefix/read offset scheme of TGI and vLLM). Holds back text ending in an incomplete character."""
@@ -93,6 +100,9 @@ class TransformersBackend(Backend):
     capabilities = frozenset({"stream", "logits", "tokenize", "files"})
     quantizations = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
     default_quantization = "bf16"
+    # DRY, XTC and mirostat have no transformers implementation: refused by name (Backend.check_request)
+    samplers = frozenset({"min_p", "typical_p", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size"})
+    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs"})
 
     def __init__(self, cache_dir: Path | None = None):
         self._cache_dir = cache_dir or sources.default_cache_dir()
@@ -106,6 +116,8 @@ class TransformersBackend(Backend):
         # overlapped a batch step left the model producing garbage for later generate() calls (seen with
         # transformers 5.23, fp32, sdpa). The batch shares; a generate() beside it is exclusive.
         self._paths = SharedExclusive()
+        self._grammars = None  # transformers_constraint.Grammars, made on the first constrained request
+        self._texts = None  # transformers_logprobs.TokenTexts
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -228,15 +240,14 @@ class TransformersBackend(Backend):
         return self._model, self._tok
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The raw prompt's tokens, or the messages through the chat template (tools, continue, kwargs)."""
+        from backends.transformers_chat import prompt_ids
+
         _, tok = self._require()
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        try:
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        except Exception as exc:  # jinja TemplateError and friends
-            raise InvalidRequest(f"The model's chat template rejected these messages: {exc}") from exc
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return prompt_ids(tok, request)
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        return len(self.prompt_ids(request))
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         self._require()
@@ -245,22 +256,47 @@ class TransformersBackend(Backend):
         n_prompt = len(ids)
         check_prompt_tokens(request, n_prompt, self._max_ctx)
         budget = min(params.max_new_tokens, self._max_ctx - n_prompt)
+        constraint = self._constraint(request, n_prompt)  # a bad schema or grammar fails before any output
         yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
         batcher = self._batcher
-        if batcher is not None and batcher.accepts(params):
+        # The batch runs temperature/top-k/top-p per request; constraints, logprobs and the other
+        # samplers run on generate() (the two paths take turns on the model).
+        if (batcher is not None and batcher.accepts(params) and request.constraint is None
+                and request.logprobs is None):
             yield from self._stream_batched(batcher, ids, budget, params, cancel)
         else:
-            yield from self._stream_generate(ids, budget, params, cancel)
+            yield from self._stream_generate(ids, budget, params, cancel, request, constraint)
 
-    def _stream_generate(self, ids: list[int], budget: int, params, cancel: threading.Event) -> Iterator[TextDelta]:
+    def _constraint(self, request: ChatRequest, n_prompt: int):
+        """The logits processor that holds the output to ``request.constraint`` (None without one)."""
+        if request.constraint is None:
+            return None
+        from backends.transformers_constraint import Grammars
+
+        model, tok = self._require()
+        if self._grammars is None:
+            self._grammars = Grammars(tok, int(model.config.get_text_config().vocab_size), _eos_ids(model, tok))
+        return self._grammars.processor(request.constraint, n_prompt)
+
+    def _stream_generate(self, ids: list[int], budget: int, params, cancel: threading.Event,
+                         request: ChatRequest | None = None, constraint=None) -> Iterator[TextDelta]:
         """One request at a time: generate() in a worker thread, under the model's lock."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
+
+        from backends.transformers_sampling import generate_kwargs, processors
 
         model, tok = self._require()
         n_prompt = len(ids)
         q: queue.Queue = queue.Queue()
+        top_n = request.logprobs if request is not None else None
+        if top_n is not None and self._texts is None:
+            from backends.transformers_logprobs import TokenTexts
+
+            self._texts = TokenTexts(tok)
+        tap = (lambda row: q.put(_Row(row))) if top_n is not None else None
+        extras = processors(params, n_prompt, constraint, tap)
 
         class _Streamer(BaseStreamer):
             first = True
@@ -288,13 +324,9 @@ class TransformersBackend(Backend):
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
             eos_token_id=eos,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
-            repetition_penalty=params.repetition_penalty,
+            logits_processor=LogitsProcessorList(extras),
+            **generate_kwargs(params),
         )
-        if params.greedy:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                              top_k=params.top_k or None)
 
         def run():
             try:
@@ -312,6 +344,7 @@ class TransformersBackend(Backend):
             worker.start()
             decoder = IncrementalDecoder(tok)
             generated, finish = 0, "length"
+            row = None  # the logprob tap's row for the next token (it comes before the token)
             try:
                 while True:
                     item = q.get()
@@ -319,12 +352,16 @@ class TransformersBackend(Backend):
                         break
                     if isinstance(item, _Failed):
                         raise _translate(item.exc) from item.exc
+                    if isinstance(item, _Row):
+                        row = item.row
+                        continue
                     if item in eos:
                         finish = "stop"
                         continue
                     generated += 1
                     text = decoder.push(item)
-                    yield TextDelta(text, tokens=1)
+                    lp = (self._texts.logprob(row, item, top_n),) if top_n is not None and row is not None else ()
+                    yield TextDelta(text, tokens=1, logprobs=lp)
                 if cancel.is_set() and finish != "stop":
                     finish = "cancelled"
                 elif generated < budget and finish != "stop":
@@ -354,6 +391,19 @@ class TransformersBackend(Backend):
     def tokenize(self, text: str) -> list[int]:
         _, tok = self._require()
         return list(tok(text, add_special_tokens=True)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids``, special tokens written out (llama-server's /detokenize)."""
+        model, tok = self._require()
+        n_vocab = max(len(tok), int(model.config.get_text_config().vocab_size))
+        try:
+            ids = [int(t) for t in token_ids]
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest("Token ids must be integers.", "tokens") from exc
+        bad = [t for t in ids if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequest(f"Token id {bad[0]} is outside this model's vocabulary (0..{n_vocab - 1}).", "tokens")
+        return tok.decode(ids, skip_special_tokens=False)
 
     def logits(self, token_ids: Sequence[int]):
         import torch

@@ -69,8 +69,9 @@ class ContinuousBatcher:
 
     @staticmethod
     def accepts(params: SamplingParams) -> bool:
-        """Whether the batch can honour these parameters exactly."""
-        return params.repetition_penalty == 1.0 and (params.greedy or params.seed is None)
+        """Whether the batch can honour these parameters exactly (temperature, top-k, top-p only)."""
+        return (params.repetition_penalty == 1.0 and not params.samplers_set()
+                and (params.greedy or params.seed is None))
 
     def _dispatch(self) -> None:
         for out in self._mgr:  # ends when the generation thread stops
