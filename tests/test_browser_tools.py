@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")]
 
 STORED = "(() => localStorage.getItem('quantlab-presets'))"
+NGRAM = "input[aria-label='number input for No-repeat n-gram size (0 = off)']"
 TEMPERATURE = "input[aria-label='number input for Temperature (0 = greedy)']"
 
 
@@ -96,6 +97,8 @@ def test_presets_set_the_samplers_and_saved_ones_survive_a_reload(page, shots):
     page.click("#preset-save")
     page.wait_for_function(f"(before) => {STORED}() !== before", arg=stored)  # Gradio encrypts the value
     page.locator("#advanced-samplers").get_by_text("Advanced samplers").click()
+    page.locator(NGRAM).wait_for()
+    page.wait_for_timeout(600)  # the accordion's opening animation
     page.screenshot(path=str(shots / "samplers.png"), full_page=True)
     page.reload()
     page.wait_for_selector("#model-badge :text('Serving')")
@@ -130,9 +133,9 @@ def test_the_model_form_shows_what_is_loaded_and_keeps_a_failed_loads_reason(pag
 def test_a_sampler_the_backend_lacks_is_named_in_a_toast(page):
     page.get_by_role("tab", name="Chat").click()
     accordion = page.locator("#advanced-samplers")
-    if not accordion.locator("input[aria-label='number input for No-repeat n-gram size (0 = off)']").is_visible():
+    if not page.locator(NGRAM).is_visible():
         accordion.get_by_text("Advanced samplers").click()
-    ngram = page.locator("input[aria-label='number input for No-repeat n-gram size (0 = off)']")
+    ngram = page.locator(NGRAM)
     ngram.fill("3")
     ngram.press("Enter")
     page.fill("#message textarea", "Hello there.")
