@@ -86,8 +86,8 @@ class ModelManager:
         r = self._resident
         if r is None:
             return None
-        names = ("source", "backend", "quantization", "gguf_file", "api_base", "n_ctx", "parallel", "n_threads", "n_gpu_layers", "cache_type", "flash_attn", "device_map",
-                 "compute_dtype", "double_quant")
+        names = ("source", "backend", "quantization", "gguf_file", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
+                 "cache_type", "flash_attn", "device_map", "compute_dtype", "double_quant")
         return {name: getattr(r.spec, name) for name in names}
 
     def in_use_sources(self) -> list[str]:

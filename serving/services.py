@@ -99,12 +99,10 @@ class Services:
         """Models that load without a download: the embedded one, GGUF files and transformers folders
         in ``models_dir``, and the Hub repos already in the cache."""
         found = [EMBEDDED_ALIAS]
-        base = Path(models_dir) if models_dir else None
-        if base is not None and base.is_dir():
-            for path in sorted(base.rglob("*.gguf"))[:200]:
-                found.append(str(path))
-            for config in sorted(base.rglob("config.json"))[:200]:
-                found.append(str(config.parent))
+        base = Path(models_dir).expanduser().resolve() if models_dir else None
+        if base is not None and base.is_dir():  # absolute: a relative name would be taken inside --models-dir again
+            found += [str(path) for path in sorted(base.rglob("*.gguf"))[:200]]
+            found += [str(config.parent) for config in sorted(base.rglob("config.json"))[:200]]
         for item in hub_cache.list_cached(self._cache_dir()):
             if item["kind"].startswith("hub") and item["repo_id"] not in found:
                 found.append(item["repo_id"])

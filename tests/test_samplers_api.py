@@ -114,3 +114,53 @@ def test_load_model_takes_loader_options_and_model_status_shows_them(cache_dir):
         finally:
             c.close()
             srv.manager.close()
+
+
+# --- the request and option builders, without a model (fast tier) ------------------------------
+
+
+def test_chat_inputs_become_the_request_the_backend_sees():
+    from serving.chat_service import build_request
+
+    plain = build_request("hi", [], "", 16, 0.0, 1.0, 0, 1.0, 0)
+    assert plain.params.samplers_set() == () and plain.template_kwargs == ()
+    tuned = build_request("hi", [], "", 16, 0.0, 1.0, 0, 1.0, 0, "END\n\nSTOP", None, "off",
+                          min_p=0.1, mirostat="2", no_repeat_ngram_size=3.0)
+    assert tuned.params.min_p == 0.1 and tuned.params.mirostat == 2 and tuned.params.no_repeat_ngram_size == 3
+    assert tuned.params.samplers_set() == ("min_p", "mirostat", "no_repeat_ngram_size")
+    assert tuned.stop == ("END", "STOP")
+    assert tuned.template_kwargs == (("enable_thinking", False),)
+    assert build_request("hi", [], "", 16, 0.0, 1.0, 0, 1.0, 0, enable_thinking="on").template_kwargs == (
+        ("enable_thinking", True),)
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"cache_type": "q5_9"}, "cache_type"), ({"n_ctx": 8}, "n_ctx"), ({"parallel": 65}, "parallel"),
+    ({"flash_attn": "yes"}, "flash_attn"), ({"compute_dtype": "int4"}, "compute_dtype"), ({"n_threads": 1.5}, "n_threads"),
+])
+def test_bad_loader_options_are_refused_by_name(options, needle):
+    from backends.errors import InvalidRequest
+    from serving.services import loader_options
+
+    with pytest.raises(InvalidRequest, match=needle):
+        loader_options(**options)
+
+
+def test_loader_options_leave_out_what_keeps_the_servers_default():
+    from serving.services import loader_options
+
+    assert loader_options(n_ctx=None, cache_type="", device_map="  ", n_threads=0, flash_attn=None) == {}
+    assert loader_options(n_ctx="1024", cache_type="Q8_0", n_gpu_layers=0, flash_attn=True) == {
+        "n_ctx": 1024, "cache_type": "q8_0", "n_gpu_layers": 0, "flash_attn": True}
+
+
+def test_local_models_lists_gguf_files_and_checkpoint_folders_as_absolute_paths(tmp_path, monkeypatch):
+    from tests.conftest import make_manager, make_services
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    (tmp_path / "models" / "qwen" / "config.json").write_text("{}")
+    (tmp_path / "models" / "tiny.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    found = make_services(make_manager()).local_models(tmp_path.joinpath("models").relative_to(tmp_path))
+    assert found == ["embedded", str(tmp_path / "models" / "tiny.gguf"), str(tmp_path / "models" / "qwen")]
