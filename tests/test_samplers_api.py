@@ -164,3 +164,16 @@ def test_local_models_lists_gguf_files_and_checkpoint_folders_as_absolute_paths(
     monkeypatch.chdir(tmp_path)
     found = make_services(make_manager()).local_models(tmp_path.joinpath("models").relative_to(tmp_path))
     assert found == ["embedded", str(tmp_path / "models" / "tiny.gguf"), str(tmp_path / "models" / "qwen")]
+
+
+def test_monitor_charts_number_requests_as_whole_numbers_and_show_the_models_footprint():
+    from ui.monitor import latency_frame, memory_frame
+
+    one = [{"request_id": 1, "ttft_s": 0.05, "tpot_s": 0.01}]
+    frame = latency_frame(one)
+    assert list(frame["request"]) == ["#1", "#1"]  # a category: no 0.5 ticks, and one request is a point
+    assert sorted(frame["metric"]) == ["TPOT", "TTFT"]
+    sample = {"time": 0.0, "process": {"rss_bytes": 300 * 2**20}, "gpu": {"devices": []}}
+    mem = memory_frame([sample], footprint_mib=160.0)
+    assert dict(zip(mem["series"], mem["MiB"])) == {"process RSS": 300.0, "model footprint": 160.0}
+    assert set(memory_frame([sample])["series"]) == {"process RSS"}
