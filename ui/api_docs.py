@@ -36,7 +36,8 @@ def described_api(fn: Callable, *, api_name: str, **kwargs: Any):
     block_fn = blocks.fns[dep["id"]]
     for component, (name, text) in zip(block_fn.inputs, described.items(), strict=False):
         component.label = name
-        component._api_info = {**component._api_info, "additional_description": text}
+        sentence = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")  # follows Gradio's own sentence
+        component._api_info = {**component._api_info, "additional_description": sentence}
     return dep
 
 
