@@ -30,6 +30,9 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")  # llama.cpp KV cache types offered (GGML type names)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to load. ``source`` is a local path (file or folder) or a Hub repo id."""
@@ -51,6 +54,8 @@ class ModelSpec:
     api_base: str | None = None  # remote: base URL of the OpenAI-compatible server
     api_key: str | None = None  # remote: bearer key (never logged)
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
+    cache_type: str | None = None  # llama.cpp KV cache type (K and V): "f16", "q8_0", "q4_0"; None = f16
+    flash_attn: bool = False  # llama.cpp flash attention (forced on for a quantized V cache, which needs it)
 
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
@@ -66,6 +71,11 @@ class ModelSpec:
             "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
             "trust_remote_code": settings.trust_remote_code,
         }
+        for name in ("cache_type", "flash_attn", "device_map", "compute_dtype"):  # loader flags, when given
+            if getattr(settings, name, None) is not None:
+                fields[name] = getattr(settings, name)
+        if getattr(settings, "no_double_quant", False):
+            fields["double_quant"] = False
         fields.update(overrides)
         return cls(**fields)
 

@@ -23,7 +23,7 @@ from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadErro
 from backends.llamacpp_sampling import sampler_for, token_logprob
 from backends import gguf
 from backends.gguf import kv_cache_bytes
-from backends.llamacpp_open import open_llama
+from backends.llamacpp_open import kv_cache_options, open_llama
 from backends.memory import release_memory
 
 # Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
@@ -106,6 +106,7 @@ class LlamaCppBackend(Backend):
                 n_threads=spec.n_threads or physical_cores(),
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
+                **kv_cache_options(spec),  # type_k/type_v, flash_attn (the batch engine copies them)
             )
         except (ValueError, RuntimeError) as exc:
             msg = str(exc)

@@ -57,6 +57,25 @@ def open_llama(model_path: str, **kwargs):
         return Llama(model_path=model_path, **kwargs)
 
 
+def kv_cache_options(spec) -> dict:
+    """Llama() arguments for the spec's KV cache type and flash attention: a quantized V cache
+    needs flash attention in llama.cpp, so it is switched on for one."""
+    import llama_cpp
+
+    from backends.base import KV_CACHE_TYPES
+    from backends.errors import InvalidRequest
+
+    opts: dict = {"flash_attn": bool(spec.flash_attn)}
+    name = (spec.cache_type or "f16").strip().lower()
+    if name not in KV_CACHE_TYPES:
+        raise InvalidRequest(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {spec.cache_type!r}.",
+                             "cache_type")
+    if name != "f16":
+        ggml_type = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}")
+        opts.update(type_k=ggml_type, type_v=ggml_type, flash_attn=True)
+    return opts
+
+
 def patch_for_this_process() -> None:
     """For a process that builds its own Llama objects (llama-cpp-python's server in the tests and
     the raw-engine benchmark): apply the safe parameters for good."""

@@ -78,7 +78,17 @@ class ModelManager:
             "loading": repr(self.loading) if self.loading else None,
             "last_error": self.last_error,
             "lab_models": [info.as_dict() for info in self.leased()],
+            "options": self._load_options(),
         }
+
+    def _load_options(self) -> dict | None:
+        """The loaded model's load options (what the Model tab's form shows), None when none is loaded."""
+        r = self._resident
+        if r is None:
+            return None
+        names = ("source", "backend", "quantization", "gguf_file", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
+                 "cache_type", "flash_attn", "device_map", "compute_dtype", "double_quant")
+        return {name: getattr(r.spec, name) for name in names}
 
     def in_use_sources(self) -> list[str]:
         """Files and folders of every model held (chat and lab): the caches never delete these."""

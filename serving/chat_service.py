@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from backends.base import ChatRequest, Message, SamplingParams
@@ -139,9 +139,58 @@ def normalize_history(history: Any) -> list[Message]:
     return out
 
 
+# The /chat parameters after the first nine, in their API order (new ones go at the end), with the
+# neutral value each defaults to: a call that leaves them out asks for nothing new.
+EXTRA_CHAT_PARAMS: tuple[tuple[str, Any], ...] = (
+    ("min_p", 0.0), ("typical_p", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0),
+    ("dry_multiplier", 0.0), ("xtc_probability", 0.0), ("xtc_threshold", 0.1), ("mirostat", 0),
+    ("mirostat_tau", 5.0), ("mirostat_eta", 0.1), ("no_repeat_ngram_size", 0),
+)
+THINKING_CHOICES = ("auto", "on", "off")
+
+
+def sampling_params(max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any,
+                    seed: Any, **extra: Any) -> SamplingParams:
+    """SamplingParams from Gradio-style inputs (numbers as floats or strings), each checked by name;
+    ``extra``: the EXTRA_CHAT_PARAMS samplers (None = neutral)."""
+    neutral = dict(EXTRA_CHAT_PARAMS)
+    unknown = set(extra) - set(neutral)
+    if unknown:
+        raise InvalidRequest(f"Unknown sampler {sorted(unknown)[0]!r}.", sorted(unknown)[0])
+    samplers = {}
+    for name, value in extra.items():
+        if value is None or value == "":
+            continue
+        samplers[name] = as_int(value, name) if isinstance(neutral[name], int) else as_number(value, name)
+    return SamplingParams(
+        max_new_tokens=as_int(max_new_tokens, "max_new_tokens"),
+        temperature=as_number(temperature, "temperature"),
+        top_p=as_number(top_p, "top_p"),
+        top_k=as_int(top_k, "top_k"),
+        repetition_penalty=as_number(repetition_penalty, "repetition_penalty"),
+        seed=None if seed is None or seed == "" else as_int(seed, "seed"),
+        **samplers,
+    )
+
+
+def thinking_kwargs(enable_thinking: Any) -> tuple[tuple[str, Any], ...]:
+    """The chat template's ``enable_thinking`` from the UI's choice: None/"auto" leaves the template's
+    own default (nothing passed); "on"/"off" (or a bool) sets it."""
+    if enable_thinking is None or enable_thinking == "" or enable_thinking == "auto":
+        return ()
+    if isinstance(enable_thinking, bool):
+        return (("enable_thinking", enable_thinking),)
+    if isinstance(enable_thinking, str) and enable_thinking.strip().lower() in ("on", "true", "off", "false"):
+        return (("enable_thinking", enable_thinking.strip().lower() in ("on", "true")),)
+    raise InvalidRequest(f"enable_thinking must be one of {', '.join(THINKING_CHOICES)}, got {_shown(enable_thinking)}.",
+                         "enable_thinking")
+
+
 def build_request(message: str, history: Any, system_prompt: str, max_new_tokens: float, temperature: float,
                   top_p: float, top_k: float, repetition_penalty: float, seed: float | None,
-                  stop: Any = (), limits: RequestLimits | None = None) -> ChatRequest:
+                  stop: Any = (), limits: RequestLimits | None = None, enable_thinking: Any = None,
+                  **samplers: Any) -> ChatRequest:
+    """A chat ChatRequest from /chat's inputs; ``samplers``: EXTRA_CHAT_PARAMS by name."""
     message = text_of(message)
     if not message.strip():
         raise InvalidRequest("The message is empty: type something to send.", "message")
@@ -156,15 +205,27 @@ def build_request(message: str, history: Any, system_prompt: str, max_new_tokens
         messages.append(Message("system", clean_text(system_prompt, "system_prompt").strip()))
     messages += [m for m in normalize_history(history) if m.role != "system" or not messages]
     messages.append(Message("user", message))
-    params = SamplingParams(
-        max_new_tokens=as_int(max_new_tokens, "max_new_tokens"),
-        temperature=as_number(temperature, "temperature"),
-        top_p=as_number(top_p, "top_p"),
-        top_k=as_int(top_k, "top_k"),
-        repetition_penalty=as_number(repetition_penalty, "repetition_penalty"),
-        seed=None if seed is None or seed == "" else as_int(seed, "seed"),
-    )
-    return chat_request(messages, params, stop, limits)
+    params = sampling_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, **samplers)
+    request = chat_request(messages, params, stop, limits)
+    kwargs = thinking_kwargs(enable_thinking)
+    return replace(request, template_kwargs=kwargs) if kwargs else request
+
+
+def completion_request(prompt: Any, params: SamplingParams, stop: Any = (),
+                       limits: RequestLimits | None = None) -> ChatRequest:
+    """A raw-continuation ChatRequest (Notebook, /complete, /v1/completions): the prompt is
+    continued as is, no chat template, with chat_request's checks (valid text, --max-prompt-chars,
+    sampling bounds, stop strings)."""
+    limits = limits or RequestLimits()
+    if prompt is not None and not isinstance(prompt, str):
+        raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}.", "prompt")
+    prompt = clean_text(prompt or "", "prompt")
+    if not prompt:
+        raise InvalidRequest("The prompt is empty: type something to continue.", "prompt")
+    if len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; this server accepts at most "
+                             f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "prompt")
+    return ChatRequest((), params.validated(), stop_strings(stop), limits.max_prompt_tokens, prompt=prompt)
 
 
 def stop_strings(stop: Any) -> tuple[str, ...]:
@@ -321,13 +382,33 @@ class ChatService:
 
     def chat(self, message: str, history: Any, system_prompt: str = "", max_new_tokens: float = 512,
              temperature: float = 0.7, top_p: float = 0.95, top_k: float = 40, repetition_penalty: float = 1.0,
-             seed: float | None = -1, stop: Any = (), endpoint: str = "chat",
+             seed: float | None = -1, min_p: float = 0.0, typical_p: float = 1.0, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0, dry_multiplier: float = 0.0, xtc_probability: float = 0.0,
+             xtc_threshold: float = 0.1, mirostat: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+             no_repeat_ngram_size: int = 0, stop: Any = (), enable_thinking: Any = None, endpoint: str = "chat",
              client: str | None = None) -> Iterator[tuple[str, dict]]:
         """Yield (growing reply, {}) at most every ``stream_interval_s``, then (reply, stats): the
-        request's timing and token counts."""
+        request's timing and token counts. The parameters are /chat's, in its order."""
         t0 = time.perf_counter()
+        samplers = dict(min_p=min_p, typical_p=typical_p, presence_penalty=presence_penalty,
+                        frequency_penalty=frequency_penalty, dry_multiplier=dry_multiplier,
+                        xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, mirostat=mirostat,
+                        mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, no_repeat_ngram_size=no_repeat_ngram_size)
         request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                                repetition_penalty, seed, stop, self.limits)
+                                repetition_penalty, seed, stop, self.limits, enable_thinking, **samplers)
+        yield from self._run(request, endpoint, client, t0)
+
+    def complete(self, prompt: str, max_new_tokens: float = 256, temperature: float = 0.7, top_p: float = 0.95,
+                 top_k: float = 40, repetition_penalty: float = 1.0, seed: float | None = -1, stop: Any = (),
+                 endpoint: str = "complete", client: str | None = None) -> Iterator[tuple[str, dict]]:
+        """The raw continuation of ``prompt`` (no chat template): (continuation so far, {}) then
+        (continuation, stats)."""
+        t0 = time.perf_counter()
+        params = sampling_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
+        request = completion_request(prompt, params, stop, self.limits)
+        yield from self._run(request, endpoint, client, t0)
+
+    def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float) -> Iterator[tuple[str, dict]]:
         stream = self.open(request, endpoint=endpoint, client=client, t0=t0)
         reply, last_sent, sent_any = "", 0.0, False
         try:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from backends import hub_cache
-from backends.base import Message, ModelSpec, SamplingParams
+from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, SamplingParams
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
-from backends.sources import default_cache_dir
+from backends.sources import EMBEDDED_ALIAS, default_cache_dir
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from optimization.lab import DEFAULT_REFERENCE, Lab
@@ -43,12 +43,16 @@ class Services:
         """``ChatService.chat``: (reply so far, {}) then (reply, stats)."""
         yield from self.chat_service.chat(*args, **kwargs)
 
+    def complete(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
+        """``ChatService.complete``: the raw continuation so far, then (continuation, stats)."""
+        yield from self.chat_service.complete(*args, **kwargs)
+
     # --- models ----------------------------------------------------------------------------------
 
     def load_steps(self, model: str, backend: str, quantization: str | None,
                    **options: Any) -> Iterator[tuple[float, str]]:
         """Yield (fraction, status line) while loading; the last line says what was loaded."""
-        options = {k: as_text(v, k) if isinstance(v, str) or v is None else v for k, v in options.items()}
+        options = loader_options(**options)
         spec = self.manager.validate(self.base_spec.with_(
             source=as_text(model, "model").strip(), backend=as_text(backend, "backend").strip(),
             quantization=as_text(quantization, "quantization") or None, **options))
@@ -67,7 +71,7 @@ class Services:
         yield 0.0, f"Loading {spec.source} ({spec.backend}, {spec.quantization})…"
         while (item := updates.get()) is not None:
             fraction, text = item
-            yield fraction, f"{int(fraction * 100)}% · {text}"
+            yield fraction, text
         if "error" in result:
             raise result["error"]
         info = result["info"]
@@ -90,6 +94,19 @@ class Services:
 
     def quantizations(self, backend: str) -> list[str]:
         return self.registry.menu(backend)
+
+    def local_models(self, models_dir: Path | None = None) -> list[str]:
+        """Models that load without a download: the embedded one, GGUF files and transformers folders
+        in ``models_dir``, and the Hub repos already in the cache."""
+        found = [EMBEDDED_ALIAS]
+        base = Path(models_dir).expanduser().resolve() if models_dir else None
+        if base is not None and base.is_dir():  # absolute: a relative name would be taken inside --models-dir again
+            found += [str(path) for path in sorted(base.rglob("*.gguf"))[:200]]
+            found += [str(config.parent) for config in sorted(base.rglob("config.json"))[:200]]
+        for item in hub_cache.list_cached(self._cache_dir()):
+            if item["kind"].startswith("hub") and item["repo_id"] not in found:
+                found.append(item["repo_id"])
+        return found
 
     # --- downloaded and derived models -----------------------------------------------------------
 
@@ -138,3 +155,43 @@ class Services:
                                  as_int(window, "window"), progress=progress,
                                  scoring=as_text(scoring, "scoring").strip() or "all")
         return [r.as_dict() for r in rows]
+
+
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def loader_options(**options: Any) -> dict[str, Any]:
+    """Load options from the UI or the API, checked by name: text ones stripped ("" or None = the
+    server's default, left out), numbers whole and in range, flags booleans."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if name in ("api_base", "api_key", "gguf_file", "device_map"):
+            out[name] = as_text(value, name).strip()
+        elif name == "cache_type":
+            v = as_text(value, name).strip().lower()
+            if v not in KV_CACHE_TYPES:
+                raise InvalidRequest(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}.", name)
+            out[name] = v
+        elif name == "compute_dtype":
+            v = as_text(value, name).strip().lower()
+            if v not in COMPUTE_DTYPES:
+                raise InvalidRequest(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}.", name)
+            out[name] = v
+        elif name in ("flash_attn", "double_quant"):
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{name} must be true or false, got {value!r}.", name)
+            out[name] = value
+        elif name in ("n_ctx", "parallel", "n_threads", "n_gpu_layers"):
+            n = as_int(value, name)
+            low, high = {"n_ctx": (16, 1 << 20), "parallel": (1, MAX_PARALLEL), "n_threads": (0, 1024),
+                         "n_gpu_layers": (-1, 100_000)}[name]
+            if not low <= n <= high:
+                raise InvalidRequest(f"{name} must be between {low} and {high}, got {n}.", name)
+            if name == "n_threads" and n == 0:
+                continue  # 0 = the backend picks (physical cores)
+            out[name] = n
+        else:
+            raise InvalidRequest(f"Unknown load option {name!r}.", name)
+    return out

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backends.base import MAX_PARALLEL, ModelSpec
+from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, ModelSpec
 from backends.registry import default_registry
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
 from serving.chat_service import MAX_MESSAGE_CHARS, RequestLimits
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     parallel: int = Field(default_factory=lambda: 1 if _zero_gpu() else _SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
+    cache_type: str | None = Field(None, description="llama.cpp KV cache type: f16 (default), q8_0 or q4_0 "
+                                   "(quantized types use flash attention)")
+    flash_attn: bool = Field(False, description="llama.cpp: use flash attention")
+    device_map: str | None = Field(None, description="transformers device map: auto, cpu, cuda, ... (default: the GPU if there is one, else cpu)")
+    compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
+    no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
     remote_api_key: str | None = Field(None, description="remote backend: its API key")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
@@ -80,6 +86,13 @@ class Settings(BaseSettings):
         if v not in names:
             raise ValueError(f"backend must be one of {', '.join(names)}")
         return v
+
+    @field_validator("cache_type")
+    @classmethod
+    def _cache_type(cls, v: str | None) -> str | None:
+        if v is not None and v.strip().lower() not in KV_CACHE_TYPES:
+            raise ValueError(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
+        return v.strip().lower() if v else None
 
     @field_validator("allow_remote", mode="before")
     @classmethod

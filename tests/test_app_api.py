@@ -101,7 +101,7 @@ BAD_LOADS = [
     ("JUNK", "transformers", "fp32", "not a model"),
     ("embedded", "llamacpp", "Q9_9", "Unknown quantization"),
     ("embedded", "transformers", "int3", "Unknown quantization"),
-    ("embedded", "tensorflow", "fp32", "not in the list of choices"),
+    ("embedded", "tensorflow", "fp32", "Unknown backend"),
     ("", "llamacpp", "as file", "No model given"),
 ]
 

@@ -256,7 +256,7 @@ GRADIO_CASES = [
     ("gradio /load_model NUL byte", lambda s: client(s, "/load_model", "a\x00b", "llamacpp", "as file"),
      "error", "not a usable path"),
     ("gradio /load_model unknown backend", lambda s: client(s, "/load_model", "embedded", "tensorrt", "as file"),
-     "error", "not in the list of choices"),
+     "error", "Unknown backend"),
     ("gradio /load_model unknown quant", lambda s: client(s, "/load_model", "embedded", "llamacpp", "Q9_9"),
      "error", "Unknown quantization"),
     ("gradio /load_model remote not allowed", lambda s: client(s, "/load_model", "m", "remote", "as served",

@@ -7,10 +7,14 @@ waits behind a long reply.
 
 import gradio as gr
 
+from ui.api_docs import described_api, fill_trailing_defaults
 from ui.chat import build_chat
-from ui.edge import client_of, gradio_errors
+from ui.edge import gradio_errors
 from serving.services import Services
 from serving.zerogpu import gpu_task
+from ui.endpoints import V1_NOTE, register_chat_api, register_model_api
+from ui.notebook import build_notebook
+from ui.sampling import restore_presets
 from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
 from ui.monitor import build_monitor
@@ -35,16 +39,23 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_section = build_chat(h, slots)
+            with gr.Tab("Notebook", id="notebook") as notebook_tab:
+                build_notebook(h, slots)
             with gr.Tab("Model", id="model") as model_tab:
-                refresh_model, model_outputs = build_model(h, settings.model, settings.backend, settings.quantization,
-                                                            settings.api_base, badge, badge_text)
+                refresh_model, model_outputs, fill_form, form = build_model(
+                    h, settings.model, settings.backend, settings.quantization, settings.api_base, badge, badge_text,
+                    models_dir=settings.models_dir, base_spec=h.base_spec)
             with gr.Tab("Monitor", id="monitor") as monitor_tab:
                 timer, refresh_monitor, monitor_outputs = build_monitor(h)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 build_compare(h)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 build_evaluate(h)
+        gr.Markdown(f"API: Gradio's endpoints are under \"Use via API\" below. {V1_NOTE}", elem_id="api-note")
         blocks.load(refresh_model, None, model_outputs, api_visibility="private", queue=False)
+        blocks.load(fill_form, None, form, api_visibility="private", queue=False)  # the form shows what is loaded
+        blocks.load(restore_presets, chat_section.sampling.saved_presets, chat_section.sampling.preset,
+                    api_visibility="private", queue=False)
         # Restore the saved conversation, unless the user already started one in this page.
         blocks.load(lambda saved, current: gr.skip() if current else (saved or []),
                     [chat_section.saved, chat_section.chatbot], chat_section.chatbot, api_visibility="private",
@@ -52,33 +63,30 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")
-        for tab in (chat_tab, model_tab, compare_tab, evaluate_tab):
+        for tab in (chat_tab, notebook_tab, model_tab, compare_tab, evaluate_tab):
             tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
 
-        @gradio_errors
-        def chat(message: str, history: list[dict], system_prompt: str = "", max_new_tokens: int = 512,
-                 temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40, repetition_penalty: float = 1.0,
-                 seed: int = -1, request: gr.Request = None) -> tuple[str, dict]:  # hint = the two outputs
-            """Stream a reply to `message` given `history` (a list of {role, content} messages).
-            Yields (reply so far, {}); the final item carries the request's stats (TTFT, tok/s, tokens)."""
-            yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                              repetition_penalty, seed, endpoint="chat", client=client_of(request))
-
-        gr.api(gpu_task(chat), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
+        register_chat_api(h, slots)
+        register_model_api(h)
 
         def status() -> dict:
-            """The loaded model and the loading state (the same body as GET /health)."""
+            """The loaded model (name, backend, quantization, footprint, context; its load options under
+            "options"), the loading state and the last load error: the same body as GET /health."""
             return h.model_status()
 
-        gr.api(status, api_name="model_status", concurrency_limit=None)
+        described_api(status, api_name="model_status", concurrency_limit=None)
 
         @gradio_errors
         def stats(last: int = 50) -> dict:
             """Memory (process RSS/CPU, each GPU via NVML, torch CUDA, the loaded model's footprint) and
-            the latency of the last `last` requests (TTFT, TPOT, tok/s, tokens, outcome)."""
+            the latency of the last requests (TTFT, TPOT, tok/s, tokens, outcome).
+
+            Args:
+                last: how many of the most recent requests to list (1-1000)
+            """
             return h.stats(last=last)
 
-        gr.api(stats, api_name="stats", concurrency_limit=None)
+        described_api(stats, api_name="stats", concurrency_limit=None)
 
         @gradio_errors
         def cached_models() -> list[dict]:
@@ -87,35 +95,57 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
             {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item."""
             return h.cached_models()
 
-        gr.api(cached_models, api_name="cached_models", concurrency_limit=None)
+        described_api(cached_models, api_name="cached_models", concurrency_limit=None)
 
         @gradio_errors
         def delete_cached(item_id: str) -> str:
-            """Delete one cached model by its `id` from /cached_models (hub:org/name, gguf:<folder>, hf:<folder>).
-            Refuses the folder of the loaded model, ids outside the caches, and deletes nothing while a model loads."""
+            """Delete one cached model. Refuses the folder of the loaded model, ids outside the caches, and
+            deletes nothing while a model loads.
+
+            Args:
+                item_id: the item's id from /cached_models: hub:org/name, gguf:<folder> or hf:<folder>
+            """
             return h.delete_cached(item_id)
 
-        gr.api(delete_cached, api_name="delete_cached", concurrency_id="load", concurrency_limit=1)
+        described_api(delete_cached, api_name="delete_cached", concurrency_id="load", concurrency_limit=1)
 
         @gradio_errors
         def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
                     temperature: float = 0.0, seed: int = 0) -> list[dict]:
-            """Stream the same prompt through 2-4 variants at once (e.g. ["llamacpp:Q8_0", "transformers:nf4"]).
-            Yields one {variant, text, done, stats, footprint_mib} per variant."""
+            """Stream the same prompt through 2-4 variants at once, same seed. Yields one
+            {variant, text, done, stats, footprint_mib} per variant.
+
+            Args:
+                prompt: the user message every variant answers (chat template applied)
+                variants: 2-4 "backend:quantization" names, e.g. ["llamacpp:Q8_0", "transformers:nf4"]
+                model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
+                max_new_tokens: longest reply per variant, in tokens
+                temperature: sampling temperature (0 = greedy, so the variants can be compared token by token)
+                seed: sampling seed shared by every variant
+            """
             yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
 
-        gr.api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
+        described_api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
 
         @gradio_errors
         def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
                      reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
             """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
-            the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs).
-            scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of
-            `window` tokens starting with BOS, only the second half of each scored, KLD as --kl-divergence), so
-            with GGUF variants and a GGUF reference such as "llamacpp:F16" the figures match llama-perplexity's."""
+            the same token ids, with memory and tok/s. With GGUF variants, a GGUF reference such as
+            "llamacpp:F16" and scoring "llama.cpp", the figures match llama-perplexity's.
+
+            Args:
+                variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]
+                text_path: a text file on the server to score ("" = Python's standard-library docstrings)
+                max_tokens: how many tokens of the text to score
+                model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
+                reference: the "backend:quantization" every variant is measured against (its logits are the truth)
+                window: tokens per scored window (the context each position sees)
+                scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of `window` tokens from BOS, second half scored)
+            """
             return h.evaluate(variants, text_path, max_tokens, model, reference, window, scoring)
 
-        gr.api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
+        described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)
+    fill_trailing_defaults(blocks)  # REST callers may leave out the newer parameters, as gradio_client's may
     return blocks

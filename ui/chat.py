@@ -9,12 +9,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from backends.base import MAX_NEW_TOKENS_LIMIT
 from backends.errors import InvalidRequest
 from serving.chat_service import normalize_history, text_of
 from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui.edge import client_of, gradio_errors
+from ui.sampling import SamplingColumn, build_sampling
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ChatSection:
     stats: gr.Markdown
     params: list  # system prompt + sampling components, in /chat's order
     saved: gr.BrowserState
+    sampling: SamplingColumn
 
 
 def format_stats(stats: dict) -> str:
@@ -81,14 +82,8 @@ def build_chat(h: Services, slots: int = 1) -> ChatSection:
             stats = gr.Markdown(elem_id="chat-stats")
             gr.Examples(EXAMPLES, inputs=message, label="Try")
         with gr.Column(scale=2, min_width=260):
-            system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
-            max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=512, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top p")
-            top_k = gr.Slider(0, 200, value=40, step=1, label="Top k (0 = off)")
-            rep = gr.Slider(0.8, 2, value=1.0, step=0.01, label="Repetition penalty")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-    params = [system, max_new, temperature, top_p, top_k, rep, seed]
+            sampling = build_sampling()
+    params = sampling.params  # system prompt + sampling components, in /chat's order
 
     def add_user_turn(text, history):
         text = text_of(text)
@@ -98,14 +93,12 @@ def build_chat(h: Services, slots: int = 1) -> ChatSection:
 
     @gpu_task
     @gradio_errors
-    def bot_turn(history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                 request: gr.Request):
+    def bot_turn(request: gr.Request, history, *params):  # request first: Gradio injects it by position
         history = list(history or [])
         if not history or history[-1].get("role") != "user":
             raise gr.Error("There is no message to answer: type one first.")
         prior, last = history[:-1], text_of(history[-1]["content"])
-        for reply, stats in h.chat(last, prior, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                                   repetition_penalty, seed, endpoint="ui", client=client_of(request)):
+        for reply, stats in h.chat(last, prior, *params, endpoint="ui", client=client_of(request)):
             turn = [{"role": "assistant", "content": reply}]
             if stats:  # the final item: a small stats line under the reply (left out of the model's history)
                 turn.append(stats_message(stats))
@@ -146,7 +139,7 @@ def build_chat(h: Services, slots: int = 1) -> ChatSection:
     clear_ev.then(persist, chatbot, [saved, export], **private)
     import_.upload(gradio_errors(import_history), import_, chatbot, **private).then(
         persist, chatbot, [saved, export], **private)
-    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved)
+    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling)
 
 
 def conversation_of(history) -> list[dict]:

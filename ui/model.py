@@ -4,11 +4,15 @@ download's bytes included); unload; list and delete downloaded and derived model
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import gradio as gr
 
-from serving.services import Services
+from backends.base import KV_CACHE_TYPES, ModelSpec
+from backends.errors import user_message
+from serving.services import COMPUTE_DTYPES, Services
 from ui.edge import gradio_errors
+from ui.endpoints import load_options, load_steps
 
 
 def describe(status: dict) -> str:
@@ -38,12 +42,20 @@ def cache_table(items: list[dict]) -> dict:
 
 
 def build_model(h: Services, default_model: str, default_backend: str, default_quant: str | None,
-                default_api_base: str | None = None, badge: gr.Markdown | None = None, badge_text=None):
+                default_api_base: str | None = None, badge: gr.Markdown | None = None, badge_text=None,
+                models_dir: Path | None = None, base_spec: ModelSpec | None = None):
+    """The Model tab. Returns (refresh, its outputs, fill_form, its outputs): the app runs refresh and
+    fill_form on page load, so the form opens showing what is loaded."""
     status = h.model_status()
+    spec = base_spec or ModelSpec(source=default_model, backend=default_backend)
     with gr.Row():
         with gr.Column(scale=3):
-            model = gr.Textbox(value=default_model, label="Model",
-                               info="A GGUF file, a transformers folder, a Hub repo id, or 'embedded' (SmolLM2-135M)")
+            with gr.Row():
+                model = gr.Textbox(value=default_model, label="Model", scale=3, elem_id="model-source",
+                                   info="A GGUF file, a transformers folder, a Hub repo id, or 'embedded' (SmolLM2-135M)")
+                local = gr.Dropdown(choices=[], value=None, label="Local models", scale=2, elem_id="local-models",
+                                    info="On disk: the models folder and the Hugging Face cache")
+                local_refresh = gr.Button("↻", size="sm", scale=0, min_width=40, elem_id="local-refresh")
             gguf_file = gr.Textbox(value="", label="GGUF file (optional)", elem_id="gguf-file",
                                    placeholder="e.g. model-Q4_K_M.gguf",
                                    info="For a Hub repo holding several .gguf files: the one to download and load")
@@ -52,6 +64,29 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
                 quant = gr.Dropdown(h.registry.menu(default_backend),
                                     value=default_quant or h.registry.default_quantization(default_backend),
                                     label="Quantization", allow_custom_value=True)
+            with gr.Accordion("Loader options", open=False, elem_id="loader-options"):
+                with gr.Row():
+                    n_ctx = gr.Number(value=spec.n_ctx, precision=0, minimum=16, label="Context length",
+                                      info="tokens per conversation", elem_id="n-ctx")
+                    parallel = gr.Number(value=spec.parallel, precision=0, minimum=1, label="Parallel slots",
+                                         info="conversations decoded together", elem_id="parallel")
+                    n_threads = gr.Number(value=spec.n_threads or 0, precision=0, minimum=0, label="Threads",
+                                          info="llama.cpp; 0 = physical cores")
+                with gr.Row():
+                    n_gpu_layers = gr.Number(value=spec.n_gpu_layers, precision=0, minimum=-1, label="GPU layers",
+                                             info="llama.cpp; -1 = all, 0 = CPU, empty = all if the build has a GPU")
+                    cache_type = gr.Dropdown(list(KV_CACHE_TYPES), value=spec.cache_type or "f16", label="KV cache type",
+                                             info="llama.cpp; q8_0/q4_0 halve/quarter the KV memory")
+                    flash_attn = gr.Checkbox(value=spec.flash_attn, label="Flash attention",
+                                             info="llama.cpp; on for a quantized KV cache")
+                with gr.Row():
+                    device_map = gr.Dropdown(["", "auto", "cpu", "cuda"], value=spec.device_map or "",
+                                             allow_custom_value=True, label="Device map",
+                                             info="transformers; empty = the GPU if there is one")
+                    compute_dtype = gr.Dropdown(list(COMPUTE_DTYPES), value=spec.compute_dtype, label="Compute dtype",
+                                                info="transformers bitsandbytes 4-bit")
+                    double_quant = gr.Checkbox(value=spec.double_quant, label="Double quant",
+                                               info="transformers bitsandbytes 4-bit")
             with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
                 # Never the server's --api-base as the value: the API page (shown before login) would
                 # carry it as the parameter's default. Empty = the server's --api-base.
@@ -79,38 +114,61 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
             cache_delete = gr.Button("Delete", variant="stop", elem_id="cache-delete")
         cache_status = gr.Textbox(label="", show_label=False, interactive=False, elem_id="cache-status")
 
+    private = {"api_visibility": "private"}
+
     def on_backend(b):
         return gr.update(choices=h.registry.menu(b), value=h.registry.default_quantization(b))
 
-    backend.change(on_backend, backend, quant, api_visibility="private")
+    backend.input(on_backend, backend, quant, **private)
+
+    option_inputs = [n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map, compute_dtype,
+                     double_quant]
+
+    def load_clicked(model, backend, quantization, api_base, api_key, gguf_file, *options):
+        """The Load button: status lines in the Status box; a failed load leaves its reason there too
+        (and in a toast)."""
+        try:
+            for fraction, text in load_steps(h, model, backend, quantization, api_base, api_key, gguf_file,
+                                             **load_options(*options)):
+                yield text if fraction >= 1.0 else f"{int(fraction * 100)}% · {text}"
+        except Exception as exc:
+            message = user_message(exc)
+            yield f"Load failed: {message}"
+            raise gr.Error(message, print_exception=False) from None
 
     @gradio_errors
-    def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
-                   gguf_file: str = "", progress=gr.Progress()):
-        options = {}
-        if backend == "remote":  # empty: keep the server's --api-base / --remote-api-key
-            options = {k: v.strip() for k, v in (("api_base", api_base), ("api_key", api_key))
-                       if isinstance(v, str) and v.strip()}
-        if (gguf_file or "").strip():
-            options["gguf_file"] = gguf_file.strip()
-        for fraction, line in h.load_steps(model, backend, quantization, **options):
-            progress(fraction, desc=line)
-            yield line
-
-    @gradio_errors
-    def unload_model() -> str:
+    def unload_clicked() -> str:
         return h.unload_model()
 
     def refresh():
         s = h.model_status()
         return (describe(s), s, badge_text(s)) if badge is not None else (describe(s), s)
 
-    ev = load.click(load_model, [model, backend, quant, api_base, api_key, gguf_file], progress_text, api_name="load_model",
-                    concurrency_id="load", concurrency_limit=1)
+    form = [model, backend, quant, gguf_file, *option_inputs]
+
+    def fill_form():
+        """The form shows what is loaded (not the defaults), read from model_status's options."""
+        o = h.model_status().get("options")
+        if not o:
+            return [gr.skip()] * len(form)
+        return [o["source"], o["backend"], gr.update(choices=h.registry.menu(o["backend"]), value=o["quantization"]),
+                o["gguf_file"] or "", o["n_ctx"], o["parallel"], o["n_threads"] or 0, o["n_gpu_layers"],
+                o["cache_type"] or "f16", bool(o["flash_attn"]), o["device_map"] or "", o["compute_dtype"],
+                bool(o["double_quant"])]
+
+    ev = load.click(load_clicked, [model, backend, quant, api_base, api_key, gguf_file, *option_inputs], progress_text,
+                    concurrency_id="load", concurrency_limit=1, show_progress="hidden", **private)
     outputs = [current, details] + ([badge] if badge is not None else [])
-    ev.then(refresh, None, outputs, api_visibility="private")
-    uev = unload.click(unload_model, None, progress_text, api_name="unload_model", concurrency_id="load")
-    uev.then(refresh, None, outputs, api_visibility="private")
+    ev.then(refresh, None, outputs, **private)
+    uev = unload.click(unload_clicked, None, progress_text, concurrency_id="load", **private)
+    uev.then(refresh, None, outputs, **private)
+
+    def list_local():
+        return gr.update(choices=h.local_models(models_dir))
+
+    local_refresh.click(list_local, None, local, **private)
+    local.focus(list_local, None, local, **private)
+    local.input(lambda picked: picked or gr.skip(), local, model, **private)
 
     @gradio_errors
     def list_cache():
@@ -125,10 +183,10 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
         return evt.row_value[0] if evt.row_value else gr.skip()
 
     cache_outputs = [cached, cache_pick]
-    cache_box.expand(list_cache, None, cache_outputs, api_visibility="private")
-    cache_refresh.click(list_cache, None, cache_outputs, api_visibility="private")
-    ev.then(list_cache, None, cache_outputs, api_visibility="private")  # a load may have downloaded or derived
-    cached.select(picked, None, cache_pick, api_visibility="private")
-    dev = cache_delete.click(delete_item, cache_pick, cache_status, api_visibility="private", concurrency_id="load")
-    dev.then(list_cache, None, cache_outputs, api_visibility="private")
-    return refresh, outputs
+    cache_box.expand(list_cache, None, cache_outputs, **private)
+    cache_refresh.click(list_cache, None, cache_outputs, **private)
+    ev.then(list_cache, None, cache_outputs, **private)  # a load may have downloaded or derived
+    cached.select(picked, None, cache_pick, **private)
+    dev = cache_delete.click(delete_item, cache_pick, cache_status, concurrency_id="load", **private)
+    dev.then(list_cache, None, cache_outputs, **private)
+    return refresh, outputs, fill_form, form

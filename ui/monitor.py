@@ -21,12 +21,16 @@ def _fmt(v, scale=1.0, digits=0):
     return None if v is None else round(v * scale, digits)
 
 
-def memory_frame(samples: list[dict]) -> pd.DataFrame:
+def memory_frame(samples: list[dict], footprint_mib: float | None = None) -> pd.DataFrame:
+    """Process RSS and each GPU's use over time, and the loaded model's footprint beside them (its
+    weights and KV cache, measured at load: the part of RSS / GPU memory the model accounts for)."""
     now = time.time()
     rows = []
     for s in samples:
         t = round(s["time"] - now, 1)
         rows.append({"seconds ago": t, "MiB": s["process"]["rss_bytes"] / MIB, "series": "process RSS"})
+        if footprint_mib:
+            rows.append({"seconds ago": t, "MiB": footprint_mib, "series": "model footprint"})
         for d in s["gpu"]["devices"]:
             if "used_bytes" in d:
                 rows.append({"seconds ago": t, "MiB": d["used_bytes"] / MIB, "series": f"GPU {d['index']} used"})
@@ -34,12 +38,14 @@ def memory_frame(samples: list[dict]) -> pd.DataFrame:
 
 
 def latency_frame(recent: list[dict]) -> pd.DataFrame:
+    """One point per request and metric; the request number is a category ("#3"), so the axis shows
+    whole request numbers only and a single request is a visible point."""
     rows = []
     for r in recent:
         if r["ttft_s"] is not None:
-            rows.append({"request": r["request_id"], "ms": r["ttft_s"] * 1000, "metric": "TTFT"})
+            rows.append({"request": f"#{r['request_id']}", "ms": r["ttft_s"] * 1000, "metric": "TTFT"})
         if r["tpot_s"] is not None:
-            rows.append({"request": r["request_id"], "ms": r["tpot_s"] * 1000, "metric": "TPOT"})
+            rows.append({"request": f"#{r['request_id']}", "ms": r["tpot_s"] * 1000, "metric": "TPOT"})
     return pd.DataFrame(rows, columns=["request", "ms", "metric"])
 
 
@@ -82,16 +88,19 @@ def build_monitor(h: Services):
     with gr.Row():
         mem_plot = gr.LinePlot(x="seconds ago", y="MiB", color="series", title="Memory", height=280,
                                elem_id="memory-plot")
-        lat_plot = gr.LinePlot(x="request", y="ms", color="metric", title="Latency per request", height=280,
-                               elem_id="latency-plot")
+        lat_plot = gr.ScatterPlot(x="request", y="ms", color="metric", title="Latency per request", height=280,
+                                  elem_id="latency-plot", x_label_angle=0)
     table = gr.Dataframe(headers=REQUEST_COLUMNS, label="Last requests", interactive=False, max_height=300)
     timer = gr.Timer(1.0, active=False)
 
     def refresh():
         stats = h.stats(last=50)
         samples = list(h.monitor.samples)[-300:] if h.monitor else []
-        return (figures_markdown(stats), memory_frame(samples), latency_frame(stats["recent"]),
-                requests_frame(stats["recent"]))
+        model = stats.get("model")
+        latency = latency_frame(stats["recent"])
+        order = list(dict.fromkeys(latency["request"]))  # request order, not alphabetical ("#10" after "#9")
+        return (figures_markdown(stats), memory_frame(samples, model["footprint_mib"] if model else None),
+                gr.ScatterPlot(value=latency, sort=order or None), requests_frame(stats["recent"]))
 
     outputs = [figures, mem_plot, lat_plot, table]
     timer.tick(refresh, None, outputs, concurrency_limit=None, api_visibility="private", show_progress="hidden",
