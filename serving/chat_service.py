@@ -86,6 +86,8 @@ def completion_request(prompt: Any, params: SamplingParams, stop: Any = (), limi
     template, the same text, size, sampling and stop checks as ``chat_request``. ``features``:
     e.g. ``constraint``, ``logprobs``."""
     limits = limits or RequestLimits()
+    if prompt is None:
+        prompt = ""
     if not isinstance(prompt, str):
         raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}.", "prompt")
     clean_text(prompt, "prompt")
@@ -209,23 +211,6 @@ def build_request(message: str, history: Any, system_prompt: str, max_new_tokens
     request = chat_request(messages, params, stop, limits)
     kwargs = thinking_kwargs(enable_thinking)
     return replace(request, template_kwargs=kwargs) if kwargs else request
-
-
-def completion_request(prompt: Any, params: SamplingParams, stop: Any = (),
-                       limits: RequestLimits | None = None) -> ChatRequest:
-    """A raw-continuation ChatRequest (Notebook, /complete, /v1/completions): the prompt is
-    continued as is, no chat template, with chat_request's checks (valid text, --max-prompt-chars,
-    sampling bounds, stop strings)."""
-    limits = limits or RequestLimits()
-    if prompt is not None and not isinstance(prompt, str):
-        raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}.", "prompt")
-    prompt = clean_text(prompt or "", "prompt")
-    if not prompt:
-        raise InvalidRequest("The prompt is empty: type something to continue.", "prompt")
-    if len(prompt) > limits.max_prompt_chars:
-        raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; this server accepts at most "
-                             f"{limits.max_prompt_chars:,} (--max-prompt-chars).", "prompt")
-    return ChatRequest((), params.validated(), stop_strings(stop), limits.max_prompt_tokens, prompt=prompt)
 
 
 def stop_strings(stop: Any) -> tuple[str, ...]:
