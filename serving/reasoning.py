@@ -1,0 +1,82 @@
+"""Thinking text kept apart from the reply: ``<think>...</think>`` at the start of a reply (what
+reasoning models such as Qwen3, DeepSeek-R1 and SmolLM3 write) becomes ``reasoning_content`` on /v1
+and a collapsed "Thinking" block in the chat, never part of the answer.
+
+``ReasoningSplitter`` works on a stream: ``feed(text)`` returns (reasoning part, content part) as
+soon as each is certain; text that may still be the start of a tag is held back until the next feed
+or ``flush()``. A ``<think>`` never closed (the reply was cut while thinking) stays reasoning.
+"""
+
+from __future__ import annotations
+
+OPEN = "<think>"
+CLOSE = "</think>"
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that is a proper start of ``tag``."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
+
+
+class ReasoningSplitter:
+    """Split a streamed reply into (reasoning, content).
+
+    ``thinking=True`` starts inside the reasoning (templates that open ``<think>`` in the prompt, so
+    the model only writes the closing tag)."""
+
+    def __init__(self, thinking: bool = False):
+        self._state = "thinking" if thinking else "start"  # start -> thinking -> content, or start -> content
+        self._pending = ""
+
+    @property
+    def thinking(self) -> bool:
+        """True while the text fed so far is inside an open ``<think>``."""
+        return self._state == "thinking"
+
+    def feed(self, text: str) -> tuple[str, str]:
+        reasoning, content = "", ""
+        self._pending += text
+        while self._pending:
+            if self._state == "start":
+                stripped = self._pending.lstrip()
+                if stripped.startswith(OPEN):
+                    self._state, self._pending = "thinking", stripped[len(OPEN):]
+                    continue
+                if not stripped or OPEN.startswith(stripped):
+                    break  # may still become <think>: wait
+                self._state = "content"
+            if self._state == "content":
+                content += self._pending
+                self._pending = ""
+                break
+            # thinking
+            end = self._pending.find(CLOSE)
+            if end >= 0:
+                reasoning += self._pending[:end]
+                self._pending = self._pending[end + len(CLOSE):].lstrip()
+                self._state = "content"
+                continue
+            hold = _partial_suffix(self._pending, CLOSE)
+            cut = len(self._pending) - hold
+            reasoning += self._pending[:cut]
+            self._pending = self._pending[cut:]
+            break
+        return reasoning, content
+
+    def flush(self) -> tuple[str, str]:
+        """The end of the stream: whatever was held back, on the side it was on."""
+        pending, self._pending = self._pending, ""
+        if self._state == "thinking":
+            return pending, ""
+        return "", pending
+
+
+def split_reasoning(text: str, thinking: bool = False) -> tuple[str, str]:
+    """A whole reply -> (reasoning, content)."""
+    s = ReasoningSplitter(thinking)
+    r1, c1 = s.feed(text)
+    r2, c2 = s.flush()
+    return r1 + r2, c1 + c2
