@@ -170,3 +170,22 @@ def test_the_real_model_fits_a_long_chat_into_a_small_context(cache_dir):
         assert stats["prompt_tokens"] <= prompt_budget(256, 8)
     finally:
         m.close()
+
+
+def test_thinking_shows_as_its_own_block_and_stays_out_of_the_next_prompt():
+    script = FakeScript()
+    script.enqueue(["<thi", "nk>The user", " greets me.</th", "ink>", "Hello", "!"], ["Fine."])
+    actions = ChatActions(services(script))
+    params = ("", 16, 0.0, 1.0, 0, 1.0, 0)
+    job, _, _, versions = actions.prepare_send("Hi", [], {})
+    updates = drain(actions.run_turn(job, versions, *params))
+    history = updates[-1][0]
+    group = group_of(history, 0)
+    assert [title_of(m) for m in group][:2] == ["Thinking", ""]
+    assert group[0]["content"] == "The user greets me." and reply_text(group) == "Hello!"
+    # while it streamed, the block was open ("pending") until the tag closed
+    assert any(u[0][1:] and u[0][1].get("metadata", {}).get("status") == "pending" for u in updates[:-1])
+    job, _, _, versions = actions.prepare_send("How are you?", history, updates[-1][3])
+    drain(actions.run_turn(job, versions, *params))
+    sent = script.seen[-1].messages
+    assert [(m.role, m.content) for m in sent] == [("user", "Hi"), ("assistant", "Hello!"), ("user", "How are you?")]
