@@ -189,3 +189,12 @@ def test_thinking_shows_as_its_own_block_and_stays_out_of_the_next_prompt():
     drain(actions.run_turn(job, versions, *params))
     sent = script.seen[-1].messages
     assert [(m.role, m.content) for m in sent] == [("user", "Hi"), ("assistant", "Hello!"), ("user", "How are you?")]
+
+
+def test_stop_before_the_turn_begins_puts_the_question_back_and_generates_nothing():
+    script = FakeScript()
+    actions = ChatActions(services(script))
+    job, shown, _, versions = actions.prepare_send("Hello?", [], {})
+    assert actions.finish_stopped(job, versions)[0] is not None  # nothing to show yet
+    (history, box, *_), = drain(actions.run_turn(job, versions, "", 8, 0.0, 1.0, 0, 1.0, 0))
+    assert history == [] and box == "Hello?" and script.seen == []

@@ -102,6 +102,7 @@ class ChatActions:
     def __init__(self, h: Services):
         self.h = h
         self.running: OrderedDict[str, dict] = OrderedDict()
+        self.stopped: OrderedDict[str, bool] = OrderedDict()  # turns Stop was pressed for
         self._lock = threading.Lock()
 
     # --- step 1: what to run (outputs: job, chatbot, message box, versions) ----------------------
@@ -172,19 +173,24 @@ class ChatActions:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         base, k, mode = job["base"], job["k"], job["mode"]
+        if job["id"] in self.stopped:  # Stop came before the turn began: put everything back
+            yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
         turn = Turn(continue_final=mode == "continue", fit_context=True)
         entry = {**job, "turn": turn, "group": None, "done": threading.Event()}
         self._remember(entry)
         splitter = ReasoningSplitter()
         reasoning, content, seen = job.get("reasoning", ""), job.get("prefix", ""), 0
         finished = False
+        if mode == "continue":
+            message, prior = job["prefix"], base
+        else:
+            message, prior = text_of(base[-1]["content"]), base[:-1]
+        replies = self.h.chat(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
         try:
-            if mode == "continue":
-                message, prior = job["prefix"], base
-            else:
-                message, prior = text_of(base[-1]["content"]), base[:-1]
-            for reply, stats in self.h.chat(message, prior, *params, endpoint="ui", client=client_of(request),
-                                            turn=turn):
+            for reply, stats in replies:
+                if job["id"] in self.stopped:  # Stop: end here, even if Gradio has not closed us yet
+                    break
                 r, c = splitter.feed(reply[seen:])
                 seen = len(reply)
                 if stats:
@@ -199,8 +205,14 @@ class ChatActions:
                     continue
                 versions = (set_version if mode == "continue" else add_version)(versions, k, group)
                 finished = True
-                n_ctx = turn.context_length or self.h.manager.context_length()
-                yield base + group, gr.skip(), format_stats(stats), versions, token_count(stats, n_ctx)
+                yield base + group, gr.skip(), format_stats(stats), versions, self._counter(stats, turn)
+            if not finished:  # stopped
+                replies.close()
+                if entry["group"] is None:
+                    yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    history, line, versions, counter = self._stopped_view(entry, versions)
+                    yield history, gr.skip(), line, versions, counter
         except Exception as exc:
             warn(exc)
             if entry["group"] is None:  # nothing came: the chat as it was, the typed text back in the box
@@ -211,10 +223,14 @@ class ChatActions:
                 yield base + group, gr.skip(), gr.skip(), versions, gr.skip()
             finished = True
         finally:
+            replies.close()
             entry["done"].set()
             if finished:
                 with self._lock:
                     self.running.pop(job["id"], None)
+
+    def _counter(self, stats: dict, turn: Turn) -> str:
+        return token_count(stats, turn.context_length or self.h.manager.context_length())
 
     def _remember(self, entry: dict) -> None:
         with self._lock:
@@ -222,29 +238,37 @@ class ChatActions:
             while len(self.running) > self.MAX_RUNNING:
                 self.running.popitem(last=False)
 
-    def finish_stopped(self, job, versions):
-        """After Stop: the reply as far as it got, marked stopped, with its stats (outputs: chatbot,
-        stats line, versions, token counter)."""
-        with self._lock:
-            entry = self.running.get(job["id"]) if job else None
-        if entry is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        entry["done"].wait(5.0)  # the generator is closed within ~0.1 s of the cancel
-        with self._lock:
-            self.running.pop(job["id"], None)
+    def _stopped_view(self, entry: dict, versions):
+        """(chatbot, stats line, versions, counter) for a stopped turn: the reply as far as it got,
+        its stats line marked stopped, recorded as the turn's version."""
         turn, group = entry["turn"], entry["group"]
-        if turn.stream is None or group is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         stats = turn.stream.stats.as_dict()
         stats["finish_reason"] = "cancelled"
         if turn.note:
             stats["note"] = turn.note
         group = [m for m in group if not title_of(m).startswith(STATS_TITLE_MARK)] + [stats_message(stats)]
         group = [dict(m, metadata={**m["metadata"], "status": "done"}) if m.get("metadata") else m for m in group]
-        k, mode = entry["k"], entry["mode"]
-        versions = (set_version if mode == "continue" else add_version)(versions, k, group)
-        n_ctx = turn.context_length or self.h.manager.context_length()
-        return entry["base"] + group, format_stats(stats), versions, token_count(stats, n_ctx)
+        versions = (set_version if entry["mode"] == "continue" else add_version)(versions, entry["k"], group)
+        return entry["base"] + group, format_stats(stats), versions, self._counter(stats, turn)
+
+    def finish_stopped(self, job, versions):
+        """Stop: the running turn ends (even one not started yet), and the reply as far as it got is
+        shown marked stopped, with its stats (outputs: chatbot, stats line, versions, counter)."""
+        if not job:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        with self._lock:
+            self.stopped[job["id"]] = True
+            while len(self.stopped) > self.MAX_RUNNING:
+                self.stopped.popitem(last=False)
+            entry = self.running.get(job["id"])
+        if entry is None:  # not begun (it will see the flag and put things back) or already over
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        entry["done"].wait(5.0)  # the generator ends within a token of the flag or of Gradio's cancel
+        with self._lock:
+            self.running.pop(job["id"], None)
+        if entry["turn"].stream is None or entry["group"] is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return self._stopped_view(entry, versions)
 
     # --- message actions (no generation) ----------------------------------------------------------
 
