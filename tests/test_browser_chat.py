@@ -163,7 +163,7 @@ def test_stop_marks_the_reply_stopped_and_still_gives_its_stats(page):
     page.keyboard.press("Enter")
     page.wait_for_function("() => { const t = document.querySelector('#chatbot').innerText;"
                            " const rest = t.slice(t.lastIndexOf('separated by commas.') + 20);"
-                           " return t.includes('separated by commas.') && rest.includes('1, 2') && !rest.includes('Stats:'); }",
+                           " return t.includes('separated by commas.') && rest.replace('Loading content', '').trim().length > 6 && !rest.includes('Stats:'); }",
                            timeout=120_000)  # the reply is streaming
     page.keyboard.press("Escape")  # the key for Stop
     page.wait_for_selector("#chatbot .bot-row :text('Stats: stopped')", timeout=30_000)
@@ -198,13 +198,13 @@ def test_past_chats_switch_search_and_a_reload_restores_chat_and_system_prompt(p
     page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")
     system.fill("You are a poet.")
     system.blur()
-    send(page, "Say hello.")
+    send(page, "Say hello to Zanzibar.")
     page.locator("#chat-list label:has-text('Say ahoy.')").click()
     page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('Say ahoy.')")
     assert system.input_value() == "You are a pirate."
-    page.fill("#chat-search textarea, #chat-search input", "hello")
+    page.fill("#chat-search textarea, #chat-search input", "zanzibar")
     page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 1")
-    assert "Say hello." in page.locator("#chat-list").inner_text()
+    assert "Say hello to Zanzibar." in page.locator("#chat-list").inner_text()
     page.fill("#chat-search textarea, #chat-search input", "")
     page.wait_for_function("() => document.querySelectorAll('#chat-list label').length >= 3")
     page.screenshot(path=str(shots / "past-chats.png"))
@@ -226,7 +226,7 @@ def test_past_chats_switch_search_and_a_reload_restores_chat_and_system_prompt(p
     page.wait_for_selector("#model-badge :text('Serving')")
     time.sleep(1.5)
     assert page.locator("#chatbot .user").count() == 0
-    assert "Say hello." in page.locator("#chat-list").inner_text()  # the other chats are still there
+    assert "Say hello to Zanzibar." in page.locator("#chat-list").inner_text()  # the other chats are still there
 
 
 @pytest.mark.skipif(LlamaCppBackend.count_prompt_tokens is Backend.count_prompt_tokens,

@@ -268,7 +268,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         actions.version_bar, bar_inputs, bar_outputs, **private)
 
     # past chats
-    search.input(lambda store, chat_id, q: listing(store, chat_id, q), [saved, current, search], chat_list,
+    search.change(lambda store, chat_id, q: listing(store, chat_id, q), [saved, current, search], chat_list,
                  **private)
     chat_list.input(switch, [chat_list, chatbot, versions, saved, current, search, *params], [saved, *show_outputs],
                     cancels=turns, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
