@@ -170,7 +170,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     def restore(store, request: gr.Request = None):
         user = user_of(request)
         if user:
-            store = past.valid_store(disk.load(user))
+            store = disk.load(user)
+        if isinstance(store, list) and store:  # a conversation saved before past chats existed
+            store, _ = past.import_chats(None, store)
         store = past.valid_store(store)
         return (store, *show_chat(store, store["current"]))
 
