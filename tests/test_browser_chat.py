@@ -54,6 +54,10 @@ def send(page, text: str) -> None:
     wait_turn(page, before)
 
 
+def new_chat(page) -> None:
+    new_chat(page)
+
+
 def user_texts(page) -> list[str]:
     return [t.strip() for t in page.locator("#chatbot .user .message-content").all_inner_texts()]
 
@@ -175,7 +179,7 @@ def test_stop_marks_the_reply_stopped_and_still_gives_its_stats(page):
 @pytest.mark.skipif("continue_final" not in LlamaCppBackend.features,
                     reason="this llama.cpp backend cannot continue a reply yet (the engine branch adds it)")
 def test_continue_extends_the_last_reply_without_a_new_turn(page):
-    page.click("#new-chat")
+    new_chat(page)
     send(page, "Write a sentence about the sea.")
     first = last_reply(page)
     page.click("#message textarea")
@@ -189,13 +193,11 @@ def test_continue_extends_the_last_reply_without_a_new_turn(page):
 
 def test_past_chats_switch_search_and_a_reload_restores_chat_and_system_prompt(page, shots, tmp_path):
     system = page.get_by_label("System prompt")
-    page.click("#new-chat")
-    page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")
+    new_chat(page)
     system.fill("You are a pirate.")
     system.blur()
     send(page, "Say ahoy.")
-    page.click("#new-chat")
-    page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")
+    new_chat(page)
     system.fill("You are a poet.")
     system.blur()
     send(page, "Say hello to Zanzibar.")
