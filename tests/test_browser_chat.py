@@ -55,7 +55,8 @@ def send(page, text: str) -> None:
 
 
 def new_chat(page) -> None:
-    new_chat(page)
+    page.click("#new-chat")
+    page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")
 
 
 def user_texts(page) -> list[str]:
