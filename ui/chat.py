@@ -234,12 +234,14 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
 
     bar_inputs, bar_outputs = [chatbot, versions, focus], [version_row, version_label]
     turns = []
+    saves = []  # a finished turn's save steps: leaving the chat saves it itself, so they are cancelled then
 
     def turn_chain(trigger):
         """prepare -> run_turn -> save: ``trigger`` is an event already bound to a prepare step."""
         ev = trigger.then(run, [job, versions, *params], run_outputs, **model_bound)
         turns.append(ev)
-        ev.then(actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+        bar = ev.then(actions.version_bar, bar_inputs, bar_outputs, **private)
+        saves.extend([bar, bar.then(sync, sync_inputs, sync_outputs, **private)])
         return ev
 
     turn_chain(message.submit(actions.prepare_send, [message, chatbot, versions], prep_outputs, **private))
@@ -273,10 +275,10 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     search.change(lambda store, chat_id, q: listing(store, chat_id, q), [saved, current, search], chat_list,
                  **private)
     chat_list.input(switch, [chat_list, chatbot, versions, saved, current, search, *params], [saved, *show_outputs],
-                    cancels=turns, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
-    new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns,
+                    cancels=turns + saves, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
+    new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
               **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
-    delete.click(delete_current, [saved, current], [saved, *show_outputs], cancels=turns, **private).then(
+    delete.click(delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private)
     rename.click(rename_current, [title, saved, current, search], [saved, chat_list, title], **private)
     import_.upload(import_file, [import_, saved], [saved, *show_outputs], **private).then(
