@@ -107,6 +107,7 @@ def test_errors_show_as_toasts_and_the_chat_goes_on(page, server, shots):
     page.keyboard.press("Enter")
     page.wait_for_selector(".toast-body:has-text('No model is loaded')", timeout=15_000)
     page.screenshot(path=str(shots / "chat-error-toast.png"))
+    page.evaluate("() => document.querySelectorAll('.toast-close').forEach(b => b.click())")
     no_error_state(page)
     assert page.input_value("#message textarea") == "And another one?"  # the typed text is kept
     assert user_texts(page) == ["Name a colour."]  # the history stays as it was

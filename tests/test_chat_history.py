@@ -94,3 +94,11 @@ def test_the_browser_key_survives_a_restart(tmp_path):
     key = browser_secret(tmp_path)
     assert len(key) >= 16 and browser_secret(tmp_path) == key
     assert oct((tmp_path / "browser-state-key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_save_from_an_older_copy_of_the_store_keeps_the_chat_id_the_page_knows():
+    store, a = past.save_chat(None, None, conversation("A", "a"), {}, PARAMS)
+    newer, b = past.new_chat(store)
+    # a save computed from the copy before "New chat" still files chat b under its own id
+    stale, saved = past.save_chat(store, b, conversation("B", "b"), {}, PARAMS)
+    assert saved == b and set(stale["chats"]) == {a, b}

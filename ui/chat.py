@@ -143,14 +143,17 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
 
     @toasting(6)
     def sync(history, versions_, store, chat_id, query, *values, request: gr.Request = None):
-        """Save the chat on screen (with its settings) into the store; refresh the list and exports."""
-        store, chat_id = past.save_chat(store, chat_id, history or [], versions_, list(values))
+        """Save the chat on screen (with its settings) into the store; refresh the list and exports.
+        Which chat is on screen is never changed here (a save that lands after a switch must not
+        switch back): only a chat saved for the first time gets its id."""
+        store, saved_id = past.save_chat(store, chat_id, history or [], versions_, list(values))
         user = user_of(request)
         if user:
             disk.save(user, store)
-        one, every = export_files(store, chat_id)
-        chat = past.get_chat(store, chat_id)
-        return store, chat_id, one, every, listing(store, chat_id, query), chat["title"]
+        one, every = export_files(store, saved_id)
+        chat = past.get_chat(store, saved_id)
+        return (store, saved_id if chat_id is None else gr.skip(), one, every, listing(store, saved_id, query),
+                chat["title"])
 
     sync_inputs = [chatbot, versions, saved, current, search, *params]
     sync_outputs = [saved, current, export, export_all, chat_list, title]

@@ -55,6 +55,8 @@ def save_chat(store: Any, chat_id: str | None, messages: list, versions: dict | 
     store = valid_store(store)
     chats = dict(store["chats"])
     chat = dict(chats.get(chat_id) or make_chat())
+    if chat_id:  # keep the id the page knows, even if this copy of the store has not seen it yet
+        chat["id"] = chat_id
     chat["messages"] = list(messages or [])
     chat["versions"] = dict(versions or {})
     if params is not None:
