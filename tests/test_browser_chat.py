@@ -171,6 +171,8 @@ def test_stop_marks_the_reply_stopped_and_still_gives_its_stats(page):
                            " const rest = t.slice(t.lastIndexOf('separated by commas.') + 20);"
                            " return t.includes('separated by commas.') && rest.replace('Loading content', '').trim().length > 6 && !rest.includes('Stats:'); }",
                            timeout=120_000)  # the reply is streaming
+    # no stray pending bubble while the reply streams (Gradio's sits above the last question)
+    assert page.locator("#chatbot [aria-label='Loading response']").count() == 0
     page.keyboard.press("Escape")  # the key for Stop
     page.wait_for_selector("#chatbot .bot-row :text('Stats: stopped')", timeout=30_000)
     assert "stopped" in page.locator("#chat-stats").inner_text()

@@ -241,7 +241,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
 
     def turn_chain(trigger):
         """prepare -> run_turn -> save: ``trigger`` is an event already bound to a prepare step."""
-        ev = trigger.then(run, [job, versions, *params], run_outputs, **model_bound)
+        # show_progress hidden: Gradio's own pending bubble would sit above the last question while the
+        # reply streams; the turn shows its own placeholder instead
+        ev = trigger.then(run, [job, versions, *params], run_outputs, show_progress="hidden", **model_bound)
         turns.append(ev)
         bar = ev.then(actions.version_bar, bar_inputs, bar_outputs, **private)
         saves.extend([bar, bar.then(sync, sync_inputs, sync_outputs, **private)])

@@ -126,7 +126,8 @@ class ChatActions:
         versions = ensure_version(versions, history, k)
         start, _ = turn_span(history, k)
         base = history[:start + 1]
-        return _job("regenerate", base, k, history), base, gr.skip(), versions
+        # the old reply stays on screen until the new one streams (no empty pending bubble meanwhile)
+        return _job("regenerate", base, k, history), gr.skip(), gr.skip(), versions
 
     def prepare_continue(self, history, versions):
         history = list(history or [])
@@ -188,6 +189,8 @@ class ChatActions:
             message, prior = text_of(base[-1]["content"]), base[:-1]
         replies = self.h.chat(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
         try:
+            if mode == "send":  # an answer is on its way (the model may first wait for a free slot)
+                yield base + [{"role": "assistant", "content": "…"}], gr.skip(), gr.skip(), gr.skip(), gr.skip()
             for reply, stats in replies:
                 if job["id"] in self.stopped:  # Stop: end here, even if Gradio has not closed us yet
                     break
