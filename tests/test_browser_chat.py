@@ -106,6 +106,7 @@ def test_errors_show_as_toasts_and_the_chat_goes_on(page, server, shots):
     page.fill("#message textarea", "And another one?")
     page.keyboard.press("Enter")
     page.wait_for_selector(".toast-body:has-text('No model is loaded')", timeout=15_000)
+    time.sleep(0.5)  # the toast has slid in
     page.screenshot(path=str(shots / "chat-error-toast.png"))
     page.evaluate("() => document.querySelectorAll('.toast-close').forEach(b => b.click())")
     no_error_state(page)
