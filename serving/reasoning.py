@@ -28,7 +28,8 @@ class ReasoningSplitter:
     the model only writes the closing tag)."""
 
     def __init__(self, thinking: bool = False):
-        self._state = "thinking" if thinking else "start"  # start -> thinking -> content, or start -> content
+        # start -> thinking -> after -> content, or start -> content
+        self._state = "thinking" if thinking else "start"
         self._pending = ""
 
     @property
@@ -48,6 +49,11 @@ class ReasoningSplitter:
                 if not stripped or OPEN.startswith(stripped):
                     break  # may still become <think>: wait
                 self._state = "content"
+            if self._state == "after":  # the whitespace after </think> belongs to neither side
+                self._pending = self._pending.lstrip()
+                if not self._pending:
+                    break
+                self._state = "content"
             if self._state == "content":
                 content += self._pending
                 self._pending = ""
@@ -56,8 +62,8 @@ class ReasoningSplitter:
             end = self._pending.find(CLOSE)
             if end >= 0:
                 reasoning += self._pending[:end]
-                self._pending = self._pending[end + len(CLOSE):].lstrip()
-                self._state = "content"
+                self._pending = self._pending[end + len(CLOSE):]
+                self._state = "after"
                 continue
             hold = _partial_suffix(self._pending, CLOSE)
             cut = len(self._pending) - hold
