@@ -293,6 +293,18 @@ class ModelManager:
         if "embeddings" not in cls.features:
             raise InvalidRequest(f"The {cls.name} backend does not make embeddings.", "input")
         return self._on_model(r, lambda: r.backend.embed(list(texts)))
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        """How many tokens ``request``'s prompt takes on the chat's model (chat template applied); the
+        backend's InvalidRequest when it cannot count, NoModelLoaded when nothing is loaded."""
+        r = self._resident
+        if r is None:
+            raise NoModelLoaded()
+        return r.backend.count_prompt_tokens(request)
+
+    def context_length(self) -> int:
+        """The chat model's context per conversation in tokens (0 when nothing is loaded)."""
+        r = self._resident
+        return r.info.context_length if r else 0
 
     def generate(self, request: ChatRequest, endpoint: str = "chat", t0: float | None = None) -> tuple[str, dict]:
         """Non-streamed convenience: full text and the request's stats."""

@@ -371,9 +371,10 @@ class ChatService:
              frequency_penalty: float = 0.0, dry_multiplier: float = 0.0, xtc_probability: float = 0.0,
              xtc_threshold: float = 0.1, mirostat: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
              no_repeat_ngram_size: int = 0, stop: Any = (), enable_thinking: Any = None, endpoint: str = "chat",
-             client: str | None = None) -> Iterator[tuple[str, dict]]:
+             client: str | None = None, turn: Turn | None = None) -> Iterator[tuple[str, dict]]:
         """Yield (growing reply, {}) at most every ``stream_interval_s``, then (reply, stats): the
-        request's timing and token counts. The parameters are /chat's, in its order."""
+        request's timing and token counts. The parameters are /chat's, in its order; ``turn``: the chat
+        UI's options (Continue, fitting the context), and where it reads the open stream and the note back."""
         t0 = time.perf_counter()
         samplers = dict(min_p=min_p, typical_p=typical_p, presence_penalty=presence_penalty,
                         frequency_penalty=frequency_penalty, dry_multiplier=dry_multiplier,
@@ -381,7 +382,8 @@ class ChatService:
                         mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, no_repeat_ngram_size=no_repeat_ngram_size)
         request = build_request(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
                                 repetition_penalty, seed, stop, self.limits, enable_thinking, **samplers)
-        yield from self._run(request, endpoint, client, t0)
+        request = self.prepare_turn(request, turn)
+        yield from self._run(request, endpoint, client, t0, turn)
 
     def complete(self, prompt: str, max_new_tokens: float = 256, temperature: float = 0.7, top_p: float = 0.95,
                  top_k: float = 40, repetition_penalty: float = 1.0, seed: float | None = -1, stop: Any = (),
@@ -393,8 +395,11 @@ class ChatService:
         request = completion_request(prompt, params, stop, self.limits)
         yield from self._run(request, endpoint, client, t0)
 
-    def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float) -> Iterator[tuple[str, dict]]:
+    def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float,
+             turn: Turn | None = None) -> Iterator[tuple[str, dict]]:
         stream = self.open(request, endpoint=endpoint, client=client, t0=t0)
+        if turn is not None:
+            turn.stream = stream
         reply, last_sent, sent_any = "", 0.0, False
         try:
             for delta in stream:
@@ -405,4 +410,93 @@ class ChatService:
                     yield reply, {}
         finally:
             stream.close()
-        yield reply, stream.stats.as_dict()
+        stats = stream.stats.as_dict()
+        if turn is not None and turn.note:
+            stats["note"] = turn.note
+        yield reply, stats
+
+    def prepare_turn(self, request: ChatRequest, turn: Turn | None) -> ChatRequest:
+        """Apply the chat UI's ``turn`` options: Continue (the last message becomes the assistant's
+        reply to extend) and fitting the context (the oldest turns left out, ``turn.note`` says so)."""
+        if turn is None:
+            return request
+        if turn.continue_final:
+            *head, last = request.messages
+            request = replace(request, messages=(*head, Message("assistant", last.content)), continue_final=True)
+        if turn.fit_context:
+            request, turn.dropped, turn.context_length = fit_context(self.manager, request)
+            if turn.dropped:
+                turn.note = (f"{turn.dropped} oldest message{'s' if turn.dropped != 1 else ''} left out to fit "
+                             f"the {turn.context_length}-token context")
+        return request
+
+
+@dataclass(eq=False)
+class Turn:
+    """One chat-UI turn's options and what it learns: ``continue_final`` extends the reply passed as the
+    message instead of answering it; ``fit_context`` leaves the oldest turns out (system prompt kept)
+    rather than refusing a conversation longer than the context. Filled in: the open ``stream`` (its
+    stats are final once it is closed, Stop included), how many messages were ``dropped``, the ``note``."""
+
+    continue_final: bool = False
+    fit_context: bool = False
+    stream: ChatStream | None = None
+    dropped: int = 0
+    context_length: int = 0
+    note: str | None = None
+
+
+def prompt_budget(n_ctx: int, max_new_tokens: int, max_prompt_tokens: int = 0) -> int:
+    """Prompt tokens a conversation may take: the context less room for the reply (max_new_tokens,
+    at most a quarter of the context), and at most --max-prompt-tokens."""
+    budget = n_ctx - min(max_new_tokens, n_ctx // 4)
+    return min(budget, max_prompt_tokens) if max_prompt_tokens else budget
+
+
+def drop_oldest_turn(messages: tuple[Message, ...], keep_last: int) -> tuple[tuple[Message, ...], int]:
+    """``messages`` without its oldest turn (a user message and the replies up to the next user
+    message; system messages stay), never touching the last ``keep_last`` messages. Returns the
+    shorter tuple and how many messages went (0: nothing left to drop)."""
+    head = [i for i, m in enumerate(messages) if m.role != "system"]
+    droppable = set(range(len(messages) - keep_last))
+    if not head or head[0] not in droppable:
+        return messages, 0
+    start = head[0]
+    end = start + 1
+    while end in droppable and messages[end].role not in ("user", "system"):
+        end += 1
+    if end not in droppable and end < len(messages) and messages[end].role != "user":
+        return messages, 0  # the turn runs into the kept tail: nothing can go without cutting it
+    return messages[:start] + messages[end:], end - start
+
+
+def fit_messages(messages: tuple[Message, ...], count, budget: int, keep_last: int = 1) -> tuple[tuple[Message, ...], int]:
+    """Leave out the oldest turns until ``count(messages) <= budget``; the system prompt and the last
+    ``keep_last`` messages always stay (the backend then refuses if even that does not fit).
+    Returns (messages, how many were left out)."""
+    dropped = 0
+    while count(messages) > budget:
+        messages, n = drop_oldest_turn(messages, keep_last)
+        if not n:
+            break
+        dropped += n
+    return messages, dropped
+
+
+def fit_context(manager: ModelManager, request: ChatRequest) -> tuple[ChatRequest, int, int]:
+    """``request`` with its oldest turns left out so that its prompt leaves room for the reply in the
+    loaded model's context. A backend that cannot count tokens gets the request unchanged."""
+    n_ctx = manager.context_length()
+    if not n_ctx:
+        return request, 0, 0
+
+    def count(messages):
+        return manager.count_prompt_tokens(replace(request, messages=messages))
+
+    try:
+        count(request.messages)
+    except InvalidRequest:  # this backend cannot count: it refuses a prompt too long, as before
+        return request, 0, n_ctx
+    budget = prompt_budget(n_ctx, request.params.max_new_tokens, request.max_prompt_tokens)
+    messages, dropped = fit_messages(request.messages, count, budget, keep_last=2 if request.continue_final else 1)
+    return replace(request, messages=messages), dropped, n_ctx

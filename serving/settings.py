@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
     remote_api_key: str | None = Field(None, description="remote backend: its API key")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
+    chat_dir: Path | None = Field(None, description="keep each logged-in user's past chats on the server in this folder "
+                                                     "(default: only in the browser's storage)")
     models_dir: Path = Field(Path("models"), description="with --listen, local models must be inside this folder")
     trust_remote_code: bool = Field(False, description="allow transformers models' own code (off by default)")
     log_prompts: bool = Field(False, description="include prompt text in the request log")

@@ -38,7 +38,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
             badge = gr.Markdown(elem_id="model-badge")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat") as chat_tab:
-                chat_section = build_chat(h, slots)
+                chat_section = build_chat(h, slots, chat_dir=settings.chat_dir)
             with gr.Tab("Notebook", id="notebook") as notebook_tab:
                 build_notebook(h, slots)
             with gr.Tab("Model", id="model") as model_tab:
@@ -56,10 +56,17 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         blocks.load(fill_form, None, form, api_visibility="private", queue=False)  # the form shows what is loaded
         blocks.load(restore_presets, chat_section.sampling.saved_presets, chat_section.sampling.preset,
                     api_visibility="private", queue=False)
-        # Restore the saved conversation, unless the user already started one in this page.
-        blocks.load(lambda saved, current: gr.skip() if current else (saved or []),
-                    [chat_section.saved, chat_section.chatbot], chat_section.chatbot, api_visibility="private",
-                    queue=False)
+        chat_section.wire_load(blocks)  # restore the saved chat (and its settings), keyboard keys
+        # Every open page shows what is served within 2 s of a load done elsewhere.
+        model_timer = gr.Timer(2.0)
+        shown = gr.State(None)
+
+        def poll_model(last):
+            values = refresh_model()
+            key = repr(values)
+            return (gr.skip(),) * (len(values) + 1) if key == last else (key, *values)
+
+        model_timer.tick(poll_model, shown, [shown, *model_outputs], api_visibility="private", concurrency_limit=None)
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")

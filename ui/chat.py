@@ -1,4 +1,10 @@
-"""The Chat section: streaming chatbot, stop, regenerate, clear, system prompt, sampling."""
+"""The Chat section: past chats, the streaming chatbot with its message actions (edit, regenerate
+with versions, continue, remove, replace, stop), the context counter, system prompt and sampling.
+
+The handlers are in ``ui/chat_actions.py``; the turn and version logic in ``ui/chat_turns.py``; the
+past chats' store in ``ui/chat_history.py``. Chats live in the browser (gr.BrowserState), or with
+``--chat-dir`` on the server per logged-in user (``serving/chat_store.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,35 @@ from pathlib import Path
 
 import gradio as gr
 
-from backends.errors import InvalidRequest
-from serving.chat_service import normalize_history, text_of
+from backends.base import MAX_NEW_TOKENS_LIMIT
+from backends.sources import default_cache_dir
+from serving.chat_store import ChatStore, browser_secret
 from serving.services import Services
 from serving.zerogpu import gpu_task
-from ui.edge import client_of, gradio_errors
+from ui import chat_history as past
+from ui.chat_actions import ChatActions, format_stats, stats_message, toasting  # noqa: F401 (re-exported)
+from ui.chat_turns import STATS_TITLE_MARK  # noqa: F401 (re-exported)
 from ui.sampling import SamplingColumn, build_sampling
+
+EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],
+            ["Write a Python function that checks whether a string is a palindrome."],
+            ["Give me three ideas for a weekend project with a Raspberry Pi."]]
+
+# Esc stops, Ctrl+Enter regenerates, Alt+Enter continues (while the Chat tab is on screen).
+KEYS_JS = """() => {
+  if (window.__quantlabChatKeys) return;
+  window.__quantlabChatKeys = true;
+  document.addEventListener('keydown', (e) => {
+    const press = (id) => {
+      const b = document.getElementById(id);
+      if (!b || b.offsetParent === null) return;
+      e.preventDefault(); e.stopPropagation(); b.click();
+    };
+    if (e.key === 'Escape') press('stop');
+    else if (e.key === 'Enter' && e.altKey) press('continue');
+    else if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) press('regenerate');
+  }, true);
+}"""
 
 
 @dataclass
@@ -29,129 +58,240 @@ class ChatSection:
     params: list  # system prompt + sampling components, in /chat's order
     saved: gr.BrowserState
     sampling: SamplingColumn
+    wire_load: object = None  # (blocks) -> None: the page-load events (restore the chat, keyboard keys)
 
 
-def format_stats(stats: dict) -> str:
-    if not stats:
-        return ""
-    parts = []
-    if stats.get("ttft_s") is not None:
-        parts.append(f"TTFT **{stats['ttft_s'] * 1000:.0f} ms**")
-    if stats.get("tokens_per_s"):
-        parts.append(f"**{stats['tokens_per_s']:.1f} tok/s**")
-    if stats.get("tpot_s"):
-        parts.append(f"TPOT {stats['tpot_s'] * 1000:.1f} ms")
-    parts.append(f"{stats.get('prompt_tokens', 0)} prompt + {stats.get('completion_tokens', 0)} output tokens")
-    parts.append(f"{stats.get('e2e_s', 0):.2f} s")
-    if stats.get("finish_reason") not in (None, "stop"):
-        parts.append(f"finish: {stats['finish_reason']}")
-    return " · ".join(parts) + f" · {stats.get('model', '')} ({stats.get('quantization', '')})"
-
-
-STATS_TITLE_MARK = "Stats:"
-EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],
-            ["Write a Python function that checks whether a string is a palindrome."],
-            ["Give me three ideas for a weekend project with a Raspberry Pi."]]
-
-
-def stats_message(stats: dict) -> dict:
-    """A collapsed, titled assistant message holding one request's figures; normalize_history skips
-    titled messages, so the model never sees it."""
-    tps = f" · {stats['tokens_per_s']:.1f} tok/s" if stats.get("tokens_per_s") else ""
-    ttft = f"TTFT {stats['ttft_s'] * 1000:.0f} ms" if stats.get("ttft_s") is not None else "no tokens"
-    title = (f"{STATS_TITLE_MARK} {ttft}{tps} · {stats.get('prompt_tokens', 0)} → "
-             f"{stats.get('completion_tokens', 0)} tokens · {stats.get('e2e_s', 0):.2f} s")
-    return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
-
-
-def build_chat(h: Services, slots: int = 1) -> ChatSection:
+def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> ChatSection:
+    actions = ChatActions(h)
+    disk = ChatStore(chat_dir) if chat_dir else None
     with gr.Row():
+        with gr.Column(scale=1, min_width=210, elem_id="past-chats"):
+            new = gr.Button("New chat", size="sm", variant="primary", elem_id="new-chat")
+            search = gr.Textbox(placeholder="Search chats", show_label=False, elem_id="chat-search")
+            chat_list = gr.Radio(choices=[], label="Past chats", elem_id="chat-list")
+            title = gr.Textbox(label="Name of this chat", elem_id="chat-title")
+            with gr.Row():
+                rename = gr.Button("Rename", size="sm", elem_id="rename-chat")
+                delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat")
+            export = gr.DownloadButton("Export JSON", size="sm", elem_id="export")
+            export_all = gr.DownloadButton("Export all chats", size="sm", elem_id="export-all")
+            import_ = gr.UploadButton("Import JSON", size="sm", file_types=[".json"], type="filepath",
+                                      elem_id="import")
         with gr.Column(scale=4):
-            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy"], elem_id="chatbot")
+            chatbot = gr.Chatbot(label="Chat", height=480, buttons=["copy", "copy_all"], elem_id="chatbot",
+                                 editable="all")
+            with gr.Row(visible=False, elem_id="versions") as version_row:
+                prev = gr.Button("◀", size="sm", min_width=40, scale=0, elem_id="version-prev")
+                version_label = gr.Markdown(elem_id="version-label")
+                nxt = gr.Button("▶", size="sm", min_width=40, scale=0, elem_id="version-next")
             with gr.Row():
                 message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
                                      lines=1, max_lines=8, elem_id="message", autofocus=True)
                 send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
             with gr.Row():
-                regenerate = gr.Button("Regenerate", size="sm", elem_id="regenerate")
-                clear = gr.Button("Clear", size="sm", elem_id="clear")
-                export = gr.DownloadButton("Export JSON", size="sm", elem_id="export")
-                import_ = gr.UploadButton("Import JSON", size="sm", file_types=[".json"], type="filepath",
-                                          elem_id="import")
-            stats = gr.Markdown(elem_id="chat-stats")
+                regenerate = gr.Button("Regenerate", size="sm", min_width=70, elem_id="regenerate")
+                cont = gr.Button("Continue", size="sm", min_width=70, elem_id="continue")
+                remove = gr.Button("Remove last", size="sm", min_width=70, elem_id="remove-last")
+                replace = gr.Button("Replace last reply", size="sm", min_width=70, elem_id="replace-last")
+                clear = gr.Button("Clear", size="sm", min_width=70, elem_id="clear")
+            with gr.Row():
+                stats = gr.Markdown(elem_id="chat-stats")
+                tokens = gr.Markdown(elem_id="chat-tokens")
+            gr.Markdown("Keys: **Esc** stops · **Ctrl+Enter** regenerates · **Alt+Enter** continues · "
+                        "click a message to edit it (a question re-runs from there) or to pick its reply versions.",
+                        elem_id="chat-keys")
             gr.Examples(EXAMPLES, inputs=message, label="Try")
         with gr.Column(scale=2, min_width=260):
             sampling = build_sampling()
     params = sampling.params  # system prompt + sampling components, in /chat's order
 
-    def add_user_turn(text, history):
-        text = text_of(text)
-        if not text.strip():
-            raise gr.Error("The message is empty: type something to send.")
-        return "", (history or []) + [{"role": "user", "content": text}]
-
-    @gpu_task
-    @gradio_errors
-    def bot_turn(request: gr.Request, history, *params):  # request first: Gradio injects it by position
-        history = list(history or [])
-        if not history or history[-1].get("role") != "user":
-            raise gr.Error("There is no message to answer: type one first.")
-        prior, last = history[:-1], text_of(history[-1]["content"])
-        for reply, stats in h.chat(last, prior, *params, endpoint="ui", client=client_of(request)):
-            turn = [{"role": "assistant", "content": reply}]
-            if stats:  # the final item: a small stats line under the reply (left out of the model's history)
-                turn.append(stats_message(stats))
-            yield history + turn, format_stats(stats)
-
-    def drop_last_reply(history):
-        history = list(history or [])
-        while history and history[-1].get("role") == "assistant":  # the reply and its stats line
-            history.pop()
-        if not history:
-            raise gr.Error("Nothing to regenerate yet.")
-        return history
+    versions = gr.State({})  # per turn: the replies Regenerate kept (ui/chat_turns.py)
+    focus = gr.State(None)  # the turn whose versions the bar shows (None = the last)
+    job = gr.State(None)  # what the running turn does (ChatActions.prepare_*)
+    current = gr.State(None)  # the id of the chat on screen in the store
+    # Every chat of this browser (ui/chat_history.py), encrypted with a key kept in the cache folder
+    # so a server restart keeps them readable.
+    saved = gr.BrowserState(past.empty_store(), storage_key="quantlab-chat",
+                            secret=browser_secret(h.manager.cache_dir or default_cache_dir()))
 
     private = {"api_visibility": "private"}
     model_bound = {"concurrency_id": "generate", "concurrency_limit": slots, "api_visibility": "private"}
-    submit = message.submit(add_user_turn, [message, chatbot], [message, chatbot], **private).then(
-        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
-    click = send.click(add_user_turn, [message, chatbot], [message, chatbot], **private).then(
-        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
-    regen = regenerate.click(drop_last_reply, chatbot, chatbot, **private).then(
-        bot_turn, [chatbot, *params], [chatbot, stats], **model_bound)
-    stop.click(None, None, None, cancels=[submit, click, regen], **private)
-    clear_ev = clear.click(lambda: ([], ""), None, [chatbot, stats], cancels=[submit, click, regen], **private)
+    run = gpu_task(actions.run_turn)
+    run_outputs = [chatbot, message, stats, versions, tokens]
+    prep_outputs = [job, chatbot, message, versions]
 
-    # The conversation survives page reloads (kept in the browser's localStorage, never on the server)
-    # and can be exported: both are refreshed once per finished turn, not on every streamed token.
-    saved = gr.BrowserState([], storage_key="quantlab-chat")
+    # --- the store: save after every change, restore on page load -------------------------------
 
-    def persist(history):
-        history = list(history or [])
-        path = Path(tempfile.mkdtemp(prefix="quantlab-chat-")) / "conversation.json"
-        path.write_text(json.dumps(conversation_of(history), ensure_ascii=False, indent=2))
-        return history, str(path)
+    def user_of(request: gr.Request | None) -> str | None:
+        return getattr(request, "username", None) if disk is not None and request is not None else None
 
-    for ev in (submit, click, regen):
-        ev.then(persist, chatbot, [saved, export], **private)
-    stop.click(persist, chatbot, [saved, export], **private)
-    clear_ev.then(persist, chatbot, [saved, export], **private)
-    import_.upload(gradio_errors(import_history), import_, chatbot, **private).then(
-        persist, chatbot, [saved, export], **private)
-    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling)
+    def export_files(store: dict, chat_id: str | None) -> tuple[str, str]:
+        folder = Path(tempfile.mkdtemp(prefix="quantlab-chat-"))
+        chat = past.get_chat(store, chat_id) or {"messages": []}
+        one, every = folder / "conversation.json", folder / "all-chats.json"
+        one.write_text(json.dumps(past.plain_messages(chat["messages"]), ensure_ascii=False, indent=2))
+        every.write_text(json.dumps(past.export_all(store), ensure_ascii=False, indent=2))
+        return str(one), str(every)
 
+    def listing(store: dict, chat_id: str | None, query: str = ""):
+        return gr.Radio(choices=past.chat_choices(store, query), value=chat_id)
 
-def conversation_of(history) -> list[dict]:
-    """The exportable conversation: plain {role, content} messages, without UI annotations."""
-    return [{"role": m.role, "content": m.content} for m in normalize_history(history)]
+    @toasting(6)
+    def sync(history, versions_, store, chat_id, query, *values, request: gr.Request = None):
+        """Save the chat on screen (with its settings) into the store; refresh the list and exports.
+        Which chat is on screen is never changed here (a save that lands after a switch must not
+        switch back): only a chat saved for the first time gets its id."""
+        store, saved_id = past.save_chat(store, chat_id, history or [], versions_, list(values))
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        one, every = export_files(store, saved_id)
+        chat = past.get_chat(store, saved_id)
+        return (store, saved_id if chat_id is None else gr.skip(), one, every, listing(store, saved_id, query),
+                chat["title"])
 
+    sync_inputs = [chatbot, versions, saved, current, search, *params]
+    sync_outputs = [saved, current, export, export_all, chat_list, title]
 
-def import_history(path: str) -> list[dict]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"That file is not a JSON conversation ({type(exc).__name__}).") from exc
-    if isinstance(data, dict):
-        data = data.get("messages", data.get("history"))
-    return [{"role": m.role, "content": m.content} for m in normalize_history(data)]
+    def show_chat(store: dict, chat_id: str | None, query: str = ""):
+        """Put a stored chat on screen: messages, versions, its settings (when they fit this page)."""
+        chat = past.get_chat(store, chat_id) or past.make_chat()
+        values = chat.get("params") or []
+        restored = list(values) if len(values) == len(params) else [gr.skip()] * len(params)
+        one, every = export_files(store, chat_id)
+        return (chat["messages"], chat.get("versions") or {}, chat_id, None, "", "", one, every,
+                listing(store, chat_id, query), chat["title"] if chat_id else "", *restored)
+
+    show_outputs = [chatbot, versions, current, focus, stats, tokens, export, export_all, chat_list, title, *params]
+
+    @toasting(len(show_outputs) + 1)
+    def restore(store, request: gr.Request = None):
+        user = user_of(request)
+        if user:
+            store = disk.load(user)
+        if isinstance(store, list) and store:  # a conversation saved before past chats existed
+            store, _ = past.import_chats(None, store)
+        store = past.valid_store(store)
+        return (store, *show_chat(store, store["current"]))
+
+    @toasting(len(show_outputs) + 1)
+    def switch(chat_id, history, versions_, store, current_id, query, *values, request: gr.Request = None):
+        if chat_id == current_id:
+            return tuple(gr.skip() for _ in range(len(show_outputs) + 1))
+        if current_id or history:  # keep the chat being left, settings included
+            store, _ = past.save_chat(store, current_id, history or [], versions_, list(values))
+        store = {**past.valid_store(store), "current": chat_id}
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        return (store, *show_chat(store, chat_id, query))
+
+    @toasting(len(show_outputs) + 1)
+    def start_new(history, versions_, store, current_id, *values, request: gr.Request = None):
+        if current_id or history:
+            store, _ = past.save_chat(store, current_id, history or [], versions_, list(values))
+        store, chat_id = past.new_chat(store, list(values))
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        return (store, *show_chat(store, chat_id))
+
+    @toasting(len(show_outputs) + 1)
+    def delete_current(store, current_id, request: gr.Request = None):
+        store, chat_id = past.delete_chat(store, current_id)
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        return (store, *show_chat(store, chat_id))
+
+    @toasting(3)
+    def rename_current(name, store, current_id, query, request: gr.Request = None):
+        store = past.rename_chat(store, current_id, name)
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        return store, listing(store, current_id, query), past.get_chat(store, current_id)["title"]
+
+    @toasting(len(show_outputs) + 1)
+    def import_file(path, store, request: gr.Request = None):
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            gr.Warning(f"That file is not a JSON conversation ({type(exc).__name__}).")
+            return tuple(gr.skip() for _ in range(len(show_outputs) + 1))
+        store, chat_id = past.import_chats(store, data)
+        user = user_of(request)
+        if user:
+            disk.save(user, store)
+        return (store, *show_chat(store, chat_id))
+
+    def clear_chat():
+        return [], {}, None, "", ""
+
+    # --- wiring -----------------------------------------------------------------------------------
+
+    bar_inputs, bar_outputs = [chatbot, versions, focus], [version_row, version_label]
+    turns = []
+    saves = []  # a finished turn's save steps: leaving the chat saves it itself, so they are cancelled then
+
+    def turn_chain(trigger):
+        """prepare -> run_turn -> save: ``trigger`` is an event already bound to a prepare step."""
+        # show_progress hidden: Gradio's own pending bubble would sit above the last question while the
+        # reply streams; the turn shows its own placeholder instead
+        ev = trigger.then(run, [job, versions, *params], run_outputs, show_progress="hidden", **model_bound)
+        turns.append(ev)
+        bar = ev.then(actions.version_bar, bar_inputs, bar_outputs, **private)
+        saves.extend([bar, bar.then(sync, sync_inputs, sync_outputs, **private)])
+        return ev
+
+    turn_chain(message.submit(actions.prepare_send, [message, chatbot, versions], prep_outputs, **private))
+    turn_chain(send.click(actions.prepare_send, [message, chatbot, versions], prep_outputs, **private))
+    turn_chain(regenerate.click(actions.prepare_regenerate, [chatbot, versions], prep_outputs, **private))
+    turn_chain(chatbot.retry(actions.prepare_regenerate, [chatbot, versions], prep_outputs, **private))
+    turn_chain(cont.click(actions.prepare_continue, [chatbot, versions], prep_outputs, **private))
+    turn_chain(chatbot.edit(actions.on_edit, [chatbot, versions], prep_outputs, **private))
+
+    stop.click(None, None, None, cancels=turns, **private)
+    stop.click(actions.finish_stopped, [job, versions], [chatbot, stats, versions, tokens], **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+
+    for trigger in (remove.click, chatbot.undo):
+        trigger(actions.remove_last, [chatbot, versions], [chatbot, message, versions], cancels=turns, **private).then(
+            actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+    replace.click(actions.replace_last, [message, chatbot, versions], [chatbot, message, versions], **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+    for trigger in (clear.click, chatbot.clear):  # the button and the Chatbot's trash icon do the same
+        trigger(clear_chat, None, [chatbot, versions, focus, stats, tokens], cancels=turns, **private).then(
+            actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+
+    prev.click(actions.step_version(-1), bar_inputs, [chatbot, versions], **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+    nxt.click(actions.step_version(1), bar_inputs, [chatbot, versions], **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
+    chatbot.select(actions.focus_on, chatbot, focus, **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private)
+
+    # past chats
+    search.change(lambda store, chat_id, q: listing(store, chat_id, q), [saved, current, search], chat_list,
+                 **private)
+    chat_list.input(switch, [chat_list, chatbot, versions, saved, current, search, *params], [saved, *show_outputs],
+                    cancels=turns + saves, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
+    new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
+              **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
+    delete.click(delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private)
+    rename.click(rename_current, [title, saved, current, search], [saved, chat_list, title], **private)
+    import_.upload(import_file, [import_, saved], [saved, *show_outputs], **private).then(
+        actions.version_bar, bar_inputs, bar_outputs, **private)
+    # a setting changed without a new turn is saved too, so a reload shows it
+    for comp in params:
+        trigger = comp.blur if isinstance(comp, gr.Textbox) else comp.change
+        trigger(sync, sync_inputs, sync_outputs, **private)
+
+    def wire_load(blocks: gr.Blocks) -> None:
+        blocks.load(restore, saved, [saved, *show_outputs], **private).then(
+            actions.version_bar, bar_inputs, bar_outputs, **private)
+        blocks.load(None, None, None, js=KEYS_JS, **private)
+
+    return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling, wire_load)

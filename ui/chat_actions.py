@@ -1,0 +1,336 @@
+"""The Chat section's handlers: a turn (send, regenerate, continue, an edited question), Stop's stats,
+the message actions, the reply versions. ``ui/chat.py`` lays the section out and wires these.
+
+Errors never reach the Chatbot: a handler that fails shows a toast (gr.Warning) and leaves its
+outputs as they were (the history stays, the typed text goes back into the box). A turn runs in two
+steps: ``prepare_*`` checks and says what to run (a job), then ``run_turn`` streams it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+
+import gradio as gr
+
+from backends.errors import BackendError, user_message
+from serving.chat_service import Turn, text_of
+from serving.reasoning import ReasoningSplitter
+from serving.services import Services
+from ui.chat_turns import (STATS_TITLE_MARK, add_version, drop_versions_from, ensure_version, group_of, is_reply,
+                           last_turn, replace_group, reply_text, set_version, show_version, thinking_text, title_of,
+                           turn_messages, turn_of_index, turn_span, version_count)
+from ui.edge import client_of
+
+log = logging.getLogger("quantlab.ui")
+
+
+def warn(exc: BaseException) -> None:
+    if not isinstance(exc, BackendError):
+        log.exception("unexpected error in a chat handler", exc_info=exc)
+    gr.Warning(user_message(exc))
+
+
+def toasting(n_outputs: int):
+    """Decorate a plain handler: an error becomes a toast and every output is left unchanged."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                warn(exc)
+                skipped = tuple(gr.skip() for _ in range(n_outputs))
+                return skipped if n_outputs > 1 else skipped[0]
+
+        return wrapper
+
+    return decorate
+
+
+def format_stats(stats: dict) -> str:
+    if not stats:
+        return ""
+    parts = []
+    if stats.get("finish_reason") == "cancelled":
+        parts.append("**stopped**")
+    if stats.get("ttft_s") is not None:
+        parts.append(f"TTFT **{stats['ttft_s'] * 1000:.0f} ms**")
+    if stats.get("tokens_per_s"):
+        parts.append(f"**{stats['tokens_per_s']:.1f} tok/s**")
+    if stats.get("tpot_s"):
+        parts.append(f"TPOT {stats['tpot_s'] * 1000:.1f} ms")
+    parts.append(f"{stats.get('prompt_tokens', 0)} prompt + {stats.get('completion_tokens', 0)} output tokens")
+    parts.append(f"{stats.get('e2e_s', 0):.2f} s")
+    if stats.get("finish_reason") not in (None, "stop", "cancelled"):
+        parts.append(f"finish: {stats['finish_reason']}")
+    text = " · ".join(parts) + f" · {stats.get('model', '')} ({stats.get('quantization', '')})"
+    return text + (f"  \n{stats['note']}" if stats.get("note") else "")
+
+
+def stats_message(stats: dict) -> dict:
+    """A collapsed, titled assistant message holding one request's figures; normalize_history skips
+    titled messages, so the model never sees it."""
+    tps = f" · {stats['tokens_per_s']:.1f} tok/s" if stats.get("tokens_per_s") else ""
+    ttft = f"TTFT {stats['ttft_s'] * 1000:.0f} ms" if stats.get("ttft_s") is not None else "no tokens"
+    stopped = "stopped · " if stats.get("finish_reason") == "cancelled" else ""
+    title = (f"{STATS_TITLE_MARK} {stopped}{ttft}{tps} · {stats.get('prompt_tokens', 0)} → "
+             f"{stats.get('completion_tokens', 0)} tokens · {stats.get('e2e_s', 0):.2f} s")
+    return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
+
+
+def token_count(stats: dict, n_ctx: int) -> str:
+    """The live context counter: what the conversation now takes of the model's context."""
+    used = int(stats.get("prompt_tokens", 0)) + int(stats.get("completion_tokens", 0))
+    return f"{used} / {n_ctx} tokens" if n_ctx else f"{used} tokens"
+
+
+def _job(mode: str, base: list, k: int, before: list, **extra) -> dict:
+    return {"id": uuid.uuid4().hex, "mode": mode, "base": base, "k": k, "before": before, **extra}
+
+
+class ChatActions:
+    """The handlers, over the services. ``RUNNING`` keeps each streaming turn (its stream and the
+    messages so far) until it ends, so Stop can give a stopped reply its stats."""
+
+    MAX_RUNNING = 256
+
+    def __init__(self, h: Services):
+        self.h = h
+        self.running: OrderedDict[str, dict] = OrderedDict()
+        self.stopped: OrderedDict[str, bool] = OrderedDict()  # turns Stop was pressed for
+        self._lock = threading.Lock()
+
+    # --- step 1: what to run (outputs: job, chatbot, message box, versions) ----------------------
+
+    def prepare_send(self, text, history, versions):
+        text = text_of(text)
+        if not text.strip():
+            gr.Warning("The message is empty: type something to send.")
+            return None, gr.skip(), gr.skip(), gr.skip()
+        history = list(history or [])
+        base = history + [{"role": "user", "content": text}]
+        k = last_turn(base)
+        return _job("send", base, k, history, text=text), base, "", drop_versions_from(versions, k)
+
+    def prepare_regenerate(self, history, versions):
+        history = list(history or [])
+        k = last_turn(history)
+        if k is None:
+            gr.Warning("Nothing to regenerate yet: send a message first.")
+            return None, gr.skip(), gr.skip(), gr.skip()
+        versions = ensure_version(versions, history, k)
+        start, _ = turn_span(history, k)
+        base = history[:start + 1]
+        # the old reply stays on screen until the new one streams (no empty pending bubble meanwhile)
+        return _job("regenerate", base, k, history), gr.skip(), gr.skip(), versions
+
+    def prepare_continue(self, history, versions):
+        history = list(history or [])
+        k = last_turn(history)
+        group = group_of(history, k) if k is not None else []
+        prefix = reply_text(group)
+        if not prefix.strip():
+            gr.Warning("There is no reply to continue yet: send a message first.")
+            return None, gr.skip(), gr.skip(), gr.skip()
+        versions = ensure_version(versions, history, k)
+        start, _ = turn_span(history, k)
+        job = _job("continue", history[:start + 1], k, history, prefix=prefix, reasoning=thinking_text(group))
+        return job, gr.skip(), gr.skip(), versions
+
+    def on_edit(self, history, versions, evt: gr.EditData):
+        """An edited question re-runs from there; an edited reply is kept as the shown version."""
+        history = [dict(m) for m in (history or [])]
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not 0 <= index < len(history):
+            return None, gr.skip(), gr.skip(), gr.skip()
+        message = history[index]
+        new_text = text_of(evt.value)
+        before = [dict(m) for m in history]
+        before[index]["content"] = evt.previous_value
+        if title_of(message):
+            gr.Warning("Only the messages themselves can be edited (not the thinking, notes or stats).")
+            return None, before, gr.skip(), gr.skip()
+        if not new_text.strip():
+            gr.Warning("A message cannot be empty: use Remove last to take a turn out.")
+            return None, before, gr.skip(), gr.skip()
+        k = turn_of_index(history, index)
+        if message.get("role") == "user":
+            base = history[:index] + [{"role": "user", "content": new_text}]
+            return _job("send", base, k, before), base, gr.skip(), drop_versions_from(versions, k)
+        history[index]["content"] = new_text
+        if k is not None:
+            versions = set_version(versions, k, group_of(history, k))
+        return None, history, gr.skip(), versions
+
+    # --- step 2: the turn (outputs: chatbot, message box, stats line, versions, token counter) --
+
+    def run_turn(self, job, versions, *params, request: gr.Request = None):
+        if not job:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        base, k, mode = job["base"], job["k"], job["mode"]
+        if job["id"] in self.stopped:  # Stop came before the turn began: put everything back
+            yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        turn = Turn(continue_final=mode == "continue", fit_context=True)
+        entry = {**job, "turn": turn, "group": None, "done": threading.Event()}
+        self._remember(entry)
+        splitter = ReasoningSplitter()
+        reasoning, content, seen = job.get("reasoning", ""), job.get("prefix", ""), 0
+        finished = False
+        if mode == "continue":
+            message, prior = job["prefix"], base
+        else:
+            message, prior = text_of(base[-1]["content"]), base[:-1]
+        replies = self.h.chat(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
+        try:
+            if mode == "send":  # an answer is on its way (the model may first wait for a free slot)
+                yield base + [{"role": "assistant", "content": "…"}], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            for reply, stats in replies:
+                if job["id"] in self.stopped:  # Stop: end here, even if Gradio has not closed us yet
+                    break
+                r, c = splitter.feed(reply[seen:])
+                seen = len(reply)
+                if stats:
+                    r2, c2 = splitter.flush()
+                    r, c = r + r2, c + c2
+                reasoning, content = reasoning + r, content + c
+                group = turn_messages(content, reasoning, turn.note, stats_message(stats) if stats else None,
+                                      thinking_done=bool(stats) or not splitter.thinking)
+                entry["group"] = group
+                if not stats:
+                    yield base + group, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    continue
+                versions = (set_version if mode == "continue" else add_version)(versions, k, group)
+                finished = True
+                yield base + group, gr.skip(), format_stats(stats), versions, self._counter(stats, turn)
+            if not finished:  # stopped
+                replies.close()
+                if entry["group"] is None:
+                    yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    history, line, versions, counter = self._stopped_view(entry, versions)
+                    yield history, gr.skip(), line, versions, counter
+        except Exception as exc:
+            warn(exc)
+            if entry["group"] is None:  # nothing came: the chat as it was, the typed text back in the box
+                yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            else:  # part of a reply came: keep it, as the shown version
+                group = entry["group"]
+                versions = (set_version if mode == "continue" else add_version)(versions, k, group)
+                yield base + group, gr.skip(), gr.skip(), versions, gr.skip()
+            finished = True
+        finally:
+            replies.close()
+            entry["done"].set()
+            if finished:
+                with self._lock:
+                    self.running.pop(job["id"], None)
+
+    def _counter(self, stats: dict, turn: Turn) -> str:
+        return token_count(stats, turn.context_length or self.h.manager.context_length())
+
+    def _remember(self, entry: dict) -> None:
+        with self._lock:
+            self.running[entry["id"]] = entry
+            while len(self.running) > self.MAX_RUNNING:
+                self.running.popitem(last=False)
+
+    def _stopped_view(self, entry: dict, versions):
+        """(chatbot, stats line, versions, counter) for a stopped turn: the reply as far as it got,
+        its stats line marked stopped, recorded as the turn's version."""
+        turn, group = entry["turn"], entry["group"]
+        stats = turn.stream.stats.as_dict()
+        stats["finish_reason"] = "cancelled"
+        if turn.note:
+            stats["note"] = turn.note
+        group = [m for m in group if not title_of(m).startswith(STATS_TITLE_MARK)] + [stats_message(stats)]
+        group = [dict(m, metadata={**m["metadata"], "status": "done"}) if m.get("metadata") else m for m in group]
+        versions = (set_version if entry["mode"] == "continue" else add_version)(versions, entry["k"], group)
+        return entry["base"] + group, format_stats(stats), versions, self._counter(stats, turn)
+
+    def finish_stopped(self, job, versions):
+        """Stop: the running turn ends (even one not started yet), and the reply as far as it got is
+        shown marked stopped, with its stats (outputs: chatbot, stats line, versions, counter)."""
+        if not job:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        with self._lock:
+            self.stopped[job["id"]] = True
+            while len(self.stopped) > self.MAX_RUNNING:
+                self.stopped.popitem(last=False)
+            entry = self.running.get(job["id"])
+        if entry is None:  # not begun (it will see the flag and put things back) or already over
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        entry["done"].wait(5.0)  # the generator ends within a token of the flag or of Gradio's cancel
+        with self._lock:
+            self.running.pop(job["id"], None)
+        if entry["turn"].stream is None or entry["group"] is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return self._stopped_view(entry, versions)
+
+    # --- message actions (no generation) ----------------------------------------------------------
+
+    def remove_last(self, history, versions):
+        """Take the last turn out; its question goes back into the box (outputs: chatbot, box, versions)."""
+        history = list(history or [])
+        k = last_turn(history)
+        if k is None:
+            gr.Warning("Nothing to remove: the chat is empty.")
+            return gr.skip(), gr.skip(), gr.skip()
+        start, _ = turn_span(history, k)
+        return history[:start], text_of(history[start]["content"]), drop_versions_from(versions, k)
+
+    def replace_last(self, text, history, versions):
+        """The box's text becomes the last reply (outputs: chatbot, box, versions)."""
+        history = list(history or [])
+        text = text_of(text)
+        k = last_turn(history)
+        if k is None or not any(is_reply(m) for m in group_of(history, k)):
+            gr.Warning("There is no reply to replace yet.")
+            return gr.skip(), gr.skip(), gr.skip()
+        if not text.strip():
+            gr.Warning("Type the replacement reply in the message box first.")
+            return gr.skip(), gr.skip(), gr.skip()
+        group = [m for m in group_of(history, k) if title_of(m) and not title_of(m).startswith(STATS_TITLE_MARK)]
+        group = [m for m in group if title_of(m) != "Thinking"] + [{"role": "assistant", "content": text}]
+        versions = add_version(ensure_version(versions, history, k), k, group)
+        return replace_group(history, k, group), "", versions
+
+    # --- versions ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def focused_turn(history, focus) -> int | None:
+        last = last_turn(list(history or []))
+        if isinstance(focus, int) and last is not None and 0 <= focus <= last:
+            return focus
+        return last
+
+    def step_version(self, step: int):
+        def step_fn(history, versions, focus):
+            history = list(history or [])
+            k = self.focused_turn(history, focus)
+            if k is None:
+                return gr.skip(), gr.skip()
+            return show_version(history, versions, k, step)
+
+        return step_fn
+
+    @staticmethod
+    def focus_on(history, evt: gr.SelectData):
+        return turn_of_index(list(history or []), evt.index if isinstance(evt.index, int) else evt.index[0])
+
+    def version_bar(self, history, versions, focus):
+        """The "Reply 2/3" bar: shown for the focused turn (the last one unless a message was clicked)
+        once it has more than one version."""
+        k = self.focused_turn(history, focus)
+        i, n = version_count(versions, k)
+        if n < 2:
+            return gr.Row(visible=False), ""
+        last = last_turn(list(history or []))
+        which = "last reply" if k == last else f"reply to message {k + 1}"
+        return gr.Row(visible=True), f"Version **{i} / {n}** of the {which}"
