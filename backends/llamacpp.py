@@ -189,6 +189,8 @@ class LlamaCppBackend(Backend):
             budget = min(params.max_new_tokens, n_ctx - n_prompt)
             yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
             llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
+            if self._spec is not None and not self._spec.prefix_cache:
+                llm.reset()  # no reuse of the previous request's KV: the same prompt gives the same text
             vocab = llm._model.vocab
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             generated = 0
