@@ -107,8 +107,10 @@ def word_diff_html(base: str, text: str) -> str:
         chunk = "".join(b[j1:j2])
         if op == "equal" or not chunk.strip():
             out.append(_esc(chunk))
-        else:
-            out.append(f"<mark>{_esc(chunk)}</mark>")
+        else:  # the differing words marked, the spaces around them left out of the mark
+            core = chunk.strip()
+            lead, tail = chunk[:len(chunk) - len(chunk.lstrip())], chunk[len(chunk.rstrip()):]
+            out.append(f"{_esc(lead)}<mark>{_esc(core)}</mark>{_esc(tail)}")
     return "".join(out)
 
 
