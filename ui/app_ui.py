@@ -84,14 +84,17 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         def cached_models() -> list[dict]:
             """Models on disk: Hub repos in the Hugging Face cache (HF_HUB_CACHE / HF_HOME) and the GGUF variants
             and derived checkpoints in the app's --cache-dir, most recently used first. One
-            {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item."""
+            {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item; each
+            GGUF variant is its own item (id gguf:<folder>/<file>) with quantization, source, source_type, bpw, tensors,
+            note, warning and load (the /load_model arguments that load it)."""
             return h.cached_models()
 
         gr.api(cached_models, api_name="cached_models", concurrency_limit=None)
 
         @gradio_errors
         def delete_cached(item_id: str) -> str:
-            """Delete one cached model by its `id` from /cached_models (hub:org/name, gguf:<folder>, hf:<folder>).
+            """Delete one cached model by its `id` from /cached_models (hub:org/name, gguf:<folder>/<file> for one
+            variant, gguf:<folder> for every variant of a source, hf:<folder>).
             Refuses the folder of the loaded model, ids outside the caches, and deletes nothing while a model loads."""
             return h.delete_cached(item_id)
 
@@ -101,7 +104,10 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
                     temperature: float = 0.0, seed: int = 0) -> list[dict]:
             """Stream the same prompt through 2-4 variants at once (e.g. ["llamacpp:Q8_0", "transformers:nf4"]).
-            Yields one {variant, text, done, stats, footprint_mib} per variant."""
+            Yields one {variant, text, done, finish_reason, stats, memory, provenance, footprint_mib} per variant:
+            memory = {weights, KV (n_ctx x slots), overhead, total} as /stats shows it; provenance = the variant's
+            source and its type, a warning when it has more bits than its source, its tensor types and bpw.
+            Greedy (temperature 0) or seeded runs repeat exactly."""
             yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
 
         gr.api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
@@ -113,7 +119,9 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
             the same token ids, with memory and tok/s. text_path: a text file on the server ('' = stdlib docs).
             scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of
             `window` tokens starting with BOS, only the second half of each scored, KLD as --kl-divergence), so
-            with GGUF variants and a GGUF reference such as "llamacpp:F16" the figures match llama-perplexity's."""
+            with GGUF variants and a GGUF reference such as "llamacpp:F16" the figures match llama-perplexity's.
+            The first row is the reference's own (is_reference true: KLD 0, top-1 1.0, its PPL and memory); every row
+            carries bpw, source, source_type, note, warning, tensors and memory (weights, KV, overhead, total)."""
             return h.evaluate(variants, text_path, max_tokens, model, reference, window, scoring)
 
         gr.api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
