@@ -21,6 +21,9 @@ def test_only_the_words_that_differ_from_the_first_pane_are_marked():
     assert html == "The sky is <mark>grey</mark> today."
     assert "<mark>" not in word_diff_html("same words", "same words")
     assert word_diff_html("a", "a <b>") == "a <mark>&lt;b&gt;</mark>"
+    # a lone matching word between two changed stretches is not shown as agreement
+    assert word_diff_html("one two three four five", "six seven three eight nine") == \
+        "<mark>six seven three eight nine</mark>"
 
 
 def test_a_pane_says_why_it_stopped_with_its_memory_and_provenance():

@@ -97,20 +97,39 @@ def first_divergence(texts: list[str]) -> int | None:
 
 
 def word_diff_html(base: str, text: str) -> str:
-    """``text`` escaped, the words that differ from ``base`` marked (<mark>), word by word."""
+    """``text`` escaped, the words that differ from ``base`` marked (<mark>), word by word. One or
+    two words that happen to match between differing stretches count as differing too."""
     import difflib
     import re
 
-    a, b = re.findall(r"\S+|\s+", base), re.findall(r"\S+|\s+", text)
-    out = []
-    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        chunk = "".join(b[j1:j2])
-        if op == "equal" or not chunk.strip():
-            out.append(_esc(chunk))
-        else:  # the differing words marked, the spaces around them left out of the mark
-            core = chunk.strip()
-            lead, tail = chunk[:len(chunk) - len(chunk.lstrip())], chunk[len(chunk.rstrip()):]
-            out.append(f"{_esc(lead)}<mark>{_esc(core)}</mark>{_esc(tail)}")
+    a, tokens = base.split(), re.findall(r"\S+|\s+", text)
+    words = [t for t in tokens if not t.isspace()]
+    marked = [False] * len(words)
+    ops = difflib.SequenceMatcher(None, a, words, autojunk=False).get_opcodes()
+    for k, (op, _i1, _i2, j1, j2) in enumerate(ops):
+        stray = op == "equal" and 0 < k < len(ops) - 1 and j2 - j1 < 3
+        if op != "equal" or stray:
+            marked[j1:j2] = [True] * (j2 - j1)
+    out, w, open_mark = [], 0, False
+    for i, t in enumerate(tokens):
+        if t.isspace():
+            # a space inside a marked stretch stays inside the mark
+            nxt = w < len(words) and marked[w]
+            if open_mark and not nxt:
+                out.append("</mark>")
+                open_mark = False
+            out.append(_esc(t))
+            continue
+        if marked[w] and not open_mark:
+            out.append("<mark>")
+            open_mark = True
+        elif not marked[w] and open_mark:
+            out.append("</mark>")
+            open_mark = False
+        out.append(_esc(t))
+        w += 1
+    if open_mark:
+        out.append("</mark>")
     return "".join(out)
 
 
