@@ -85,7 +85,7 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
     else:
         note = f"from {name}"
     warning = None
-    if bpw and src_bpw and bpw > src_bpw + 0.05:
+    if bpw and src_bpw and bpw > src_bpw + 0.05 and quantization not in UNQUANTIZED:  # floats: the note says it
         warning = (f"{quantization} has more bits ({bpw:.2f} bpw) than its source {src_type or name} "
                    f"({src_bpw:.2f} bpw): the extra bits cannot restore what the source lost")
     return {

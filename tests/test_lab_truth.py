@@ -27,7 +27,7 @@ def test_a_q8_0_made_from_the_q4_1_says_it_is_already_quantized_and_has_more_bit
     assert p["bpw"] > p["source_bpw"] > 4.5
     # the F16 the variants are made from is itself no better than the Q4_1 it was dequantized from
     f16 = provenance(gguf.gguf_variant(embedded_gguf, "F16", cache_dir), "F16")
-    assert f16["already_quantized"] and f16["warning"]
+    assert f16["already_quantized"] and "dequantized Q4_1" in f16["note"] and f16["bpw"] == 16.0
 
 
 def test_tensor_summary_reads_types_and_measured_bpw_from_the_header(embedded_gguf, cache_dir):

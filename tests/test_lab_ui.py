@@ -4,7 +4,8 @@ quality-vs-memory frontier and a labelled plot."""
 
 from __future__ import annotations
 
-from ui.lab import TABLE_COLUMNS, frontier, pane_markdown, quality_plot, table_rows, word_diff_html
+from ui.lab import (TABLE_COLUMNS, frontier, pane_markdown, provenance_markdown, quality_plot, table_rows,
+                    word_diff_html)
 
 MEM = {"total_mib": 229.4, "weights_mib": 136.4, "kv_mib": 45.0, "overhead_mib": 48.0, "n_ctx": 2048, "slots": 1}
 
@@ -43,9 +44,16 @@ def test_the_table_has_human_columns_and_the_reference_row():
     assert list(df.columns) == TABLE_COLUMNS
     assert {"KLD mean", "PPL", "top-1 agree %", "memory MiB", "decode tok/s"} <= set(df.columns)
     ref, q8 = df.iloc[0], df.iloc[1]
-    assert ref["reference"] == "yes" and q8["reference"] == ""
+    assert ref["variant"] == "llamacpp:F16 (reference)" and q8["variant"] == "llamacpp:Q8_0"
     assert q8["KLD mean"] == 0.0041 and q8["top-1 agree %"] == 99.6 and q8["memory MiB"] == 229.4
-    assert q8["PPL"] == 12.35 and q8["decode tok/s"] == 101.3 and "already quantized" in q8["provenance"]
+    assert q8["PPL"] == 12.35 and q8["decode tok/s"] == 101.3
+
+
+def test_provenance_is_listed_per_variant_with_its_warning():
+    rows = [row("llamacpp:F16", 0.0, 300.0, ref=True), dict(row("llamacpp:Q8_0", 0.004, 229.4), warning="more bits")]
+    md = provenance_markdown(rows)
+    assert "**llamacpp:F16** (reference): llamacpp:F16: 211 q8_0 · from Q4_1: already quantized" in md
+    assert md.count("⚠") == 1 and "⚠ more bits" in md
 
 
 def test_the_frontier_keeps_only_variants_nothing_smaller_beats():

@@ -16,26 +16,32 @@ from ui.edge import gradio_errors
 from serving.services import Services
 
 # Evaluate's table: (column shown, row field, decimals); the units are in the names.
-EVAL_COLUMNS = [("variant", "variant", None), ("reference", "is_reference", None), ("bpw", "bpw", 2),
+EVAL_COLUMNS = [("variant", "shown_variant", None), ("bpw", "bpw", 2),
                 ("KLD mean", "kld_mean", 4), ("KLD p99", "kld_p99", 3), ("top-1 agree %", "top1_pct", 1),
                 ("PPL", "ppl", 2), ("memory MiB", "footprint_mib", 1), ("decode tok/s", "decode_tokens_per_s", 1),
-                ("scoring tok/s", "eval_tokens_per_s", 0), ("tokens scored", "tokens", None),
-                ("provenance", "provenance", None)]
+                ("tokens scored", "tokens", None)]
 TABLE_COLUMNS = [c for c, _, _ in EVAL_COLUMNS]
 
 
 def table_rows(rows: list[dict]) -> pd.DataFrame:
     """Evaluate's rows as the table shows them: human names with units, sensible decimals, the
-    reference first and marked, provenance and warnings in words."""
+    reference first and marked (provenance goes beside the table: ``provenance_markdown``)."""
     out = []
     for r in rows:
         r = dict(r, top1_pct=r["top1_agreement"] * 100,
-                 provenance=" · ".join(x for x in (r.get("tensors"), r.get("note"),
-                                                   ("⚠ " + r["warning"]) if r.get("warning") else None) if x))
-        out.append([("yes" if r[f] else "") if f == "is_reference" else
-                    (round(r[f], d) if d is not None and r.get(f) is not None else r.get(f))
-                    for _, f, d in EVAL_COLUMNS])
+                 shown_variant=r["variant"] + (" (reference)" if r["is_reference"] else ""))
+        out.append([round(r[f], d) if d is not None and r.get(f) is not None else r.get(f) for _, f, d in EVAL_COLUMNS])
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def provenance_markdown(rows: list[dict]) -> str:
+    """One line per variant: what it holds (tensor types, bpw), where it came from, any warning."""
+    lines = []
+    for r in rows:
+        what = " · ".join(x for x in (r.get("tensors"), r.get("note")) if x)
+        warn = f"  \n&nbsp;&nbsp;⚠ {r['warning']}" if r.get("warning") else ""
+        lines.append(f"- **{r['variant']}**{' (reference)' if r['is_reference'] else ''}: {what}{warn}")
+    return "**Provenance**\n\n" + "\n".join(lines)
 
 
 def frontier(rows: list[dict]) -> list[dict]:
@@ -239,6 +245,7 @@ def build_evaluate(h: Services):
     legend = gr.Markdown(elem_id="evaluate-legend")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False,
                          elem_id="evaluate-table", wrap=True)
+    provenance_md = gr.Markdown(elem_id="evaluate-provenance")
     plot = gr.Plot(label="Quality loss (KLD) vs memory", elem_id="evaluate-plot")
     with gr.Row():
         csv_out = gr.File(label="CSV")
@@ -252,9 +259,9 @@ def build_evaluate(h: Services):
         pd.DataFrame([{k: v for k, v in r.items() if k != "memory"} for r in rows]).to_csv(
             out / "evaluation.csv", index=False)
         (out / "evaluation.json").write_text(json.dumps(rows, indent=2))
-        return (evaluate_legend(rows, scoring), table_rows(rows), quality_plot(rows), str(out / "evaluation.csv"),
-                str(out / "evaluation.json"))
+        return (evaluate_legend(rows, scoring), table_rows(rows), provenance_markdown(rows), quality_plot(rows),
+                str(out / "evaluation.csv"), str(out / "evaluation.json"))
 
     run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring],
-              [legend, table, plot, csv_out, json_out],
+              [legend, table, provenance_md, plot, csv_out, json_out],
               api_visibility="private", concurrency_id="lab", concurrency_limit=1)
