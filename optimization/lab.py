@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import gguf, sources
-from backends.provenance import provenance
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
+from backends.provenance import provenance
 from backends.registry import BackendRegistry
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
@@ -293,7 +293,6 @@ class Lab:
         finally:
             ref.close()
             self._lock.release()
-
 
     def _row(self, source: str, v: Variant, lease: Lease, s: dict, decode_tokens: int,
              is_reference: bool = False) -> quality.QualityRow:
