@@ -34,3 +34,14 @@ def test_a_remote_engine_has_no_memory_here_and_says_so():
 def test_a_dict_and_the_object_give_the_same_figures():
     i = info("llamacpp", 181 * MIB, weights_bytes=136 * MIB, n_ctx=2048, parallel=1)
     assert model_memory(i) == model_memory(i.as_dict())
+
+
+def test_the_model_tab_shows_the_same_memory_line_and_the_provenance():
+    from monitoring.stats import model_view
+    from ui.model import describe
+
+    i = info("llamacpp", 181 * MIB, weights_bytes=136 * MIB, n_ctx=2048, parallel=1)
+    view = model_view(i)
+    text = describe({"model": view})
+    assert memory_line(view["memory"]) in text and "Memory = weights + KV cache" in text
+    assert "**Provenance:**" in text and "m.gguf" in text
