@@ -198,7 +198,7 @@ def test_evaluate_shows_a_table_and_a_plot(page, shots):
     page.click("#evaluate-run")
     table = page.locator("#evaluate-table")
     page.wait_for_function("() => (document.querySelector('#evaluate-legend')?.innerText || '').includes('Reference:')",
-                           timeout=400_000)
+                           timeout=900_000)  # fp32 reference and nf4 on a shared 2-core CPU
     text = table.inner_text()
     for variant in ("transformers:fp32", "llamacpp:Q8_0", "llamacpp:Q4_K_M", "llamacpp:Q2_K", "transformers:nf4"):
         assert variant in text
