@@ -55,7 +55,9 @@ def read_gguf_metadata(path: Path) -> dict:
         raise ModelLoadError(f"{path.name} is not a valid GGUF file: its header is corrupt.") from exc
 
 
-def _read_metadata(path: Path) -> dict:
+def _read_metadata(path: Path, tensors: list | None = None) -> dict:
+    """The key/values; with ``tensors`` (a list), also append each tensor's (name, ggml type id,
+    element count) to it, from the tensor infos that follow the key/values."""
     out: dict = {}
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -99,7 +101,58 @@ def _read_metadata(path: Path) -> dict:
             val = value(take("<I"))
             if val is not None:
                 out[key] = val
+        if tensors is not None:
+            for _ in range(n_tensors):
+                name = string()
+                n_dims = take("<I")
+                if n_dims > 8:
+                    raise ValueError("implausible tensor rank")
+                n = 1
+                for _ in range(n_dims):
+                    n *= take("<Q")
+                ttype = take("<I")
+                take("<Q")  # offset into the data section
+                tensors.append((name, ttype, n))
     return out
+
+
+# ggml tensor type id -> (name as llama.cpp prints it, elements per block, bytes per block)
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("f32", 1, 4), 1: ("f16", 1, 2), 2: ("q4_0", 32, 18), 3: ("q4_1", 32, 20), 6: ("q5_0", 32, 22),
+    7: ("q5_1", 32, 24), 8: ("q8_0", 32, 34), 9: ("q8_1", 32, 40), 10: ("q2_K", 256, 84), 11: ("q3_K", 256, 110),
+    12: ("q4_K", 256, 144), 13: ("q5_K", 256, 176), 14: ("q6_K", 256, 210), 15: ("q8_K", 256, 292),
+    16: ("iq2_xxs", 256, 66), 17: ("iq2_xs", 256, 74), 18: ("iq3_xxs", 256, 98), 19: ("iq1_s", 256, 50),
+    20: ("iq4_nl", 32, 18), 21: ("iq3_s", 256, 110), 22: ("iq2_s", 256, 82), 23: ("iq4_xs", 256, 136),
+    24: ("i8", 1, 1), 25: ("i16", 1, 2), 26: ("i32", 1, 4), 27: ("i64", 1, 8), 28: ("f64", 1, 8),
+    29: ("iq1_m", 256, 56), 30: ("bf16", 1, 2), 34: ("tq1_0", 256, 54), 35: ("tq2_0", 256, 66), 39: ("mxfp4", 32, 17),
+}
+
+
+def tensor_summary(path: Path) -> dict:
+    """What a GGUF file really holds, from its header: {"types": {ggml type: tensor count} (most
+    first), "n_tensors", "n_params", "tensor_bytes", "bpw"} where bpw = tensor bytes * 8 / params.
+    A K-quant mix keeps some tensors at other types (e.g. rows of 576 are no multiple of 256)."""
+    found: list = []
+    try:
+        _read_metadata(path, found)
+    except (struct.error, EOFError, ValueError, OverflowError, MemoryError, RecursionError, KeyError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid GGUF file: its header is corrupt.") from exc
+    counts: dict[str, int] = {}
+    n_params = n_bytes = 0
+    for _name, ttype, n in found:
+        tname, block, size = GGML_TYPES.get(ttype, (f"type {ttype}", 0, 0))
+        counts[tname] = counts.get(tname, 0) + 1
+        n_params += n
+        n_bytes += n // block * size if block else 0
+    types = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"types": types, "n_tensors": len(found), "n_params": n_params, "tensor_bytes": n_bytes,
+            "bpw": round(n_bytes * 8 / n_params, 2) if n_params else None}
+
+
+def describe_tensors(summary: dict) -> str:
+    """ "92 q4_K, 180 q5_0, 1 f32 · 5.1 bpw" """
+    types = ", ".join(f"{n} {t}" for t, n in summary["types"].items())
+    return f"{types} · {summary['bpw']:.2f} bpw" if summary.get("bpw") else types
 
 
 def gguf_file_type(path: Path) -> str | None:
@@ -128,12 +181,25 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     params.ftype = GGUF_FTYPES[quant]
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    except BaseException:
+        _discard(tmp)
+        raise
     if rc != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise ModelLoadError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")
     os.replace(tmp, dst)
     return dst
+
+
+def _discard(tmp: Path) -> None:
+    """A failed conversion leaves nothing behind: its partial file, and its folder when now empty."""
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.parent.rmdir()  # only if empty: other variants of the source stay
+    except OSError:
+        pass
 
 
 def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
@@ -150,11 +216,41 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
     base = cache_dir / "gguf" / f"{src.stem}-{source_key(src)}"
     target = base / f"{src.stem}.{quant}.gguf"
     if target.exists():
+        record_source(base, src, own)
         return target
     if quant in ("F16", "F32", "BF16") or own in ("F16", "F32", "BF16"):
-        return quantize_gguf(src, target, quant)
-    f16 = gguf_variant(src, "F16", cache_dir)
-    return quantize_gguf(f16, target, quant)
+        made = quantize_gguf(src, target, quant)
+    else:
+        f16 = gguf_variant(src, "F16", cache_dir)
+        made = quantize_gguf(f16, target, quant)
+    record_source(base, src, own)
+    return made
+
+
+SOURCE_RECORD = "quantlab-source.json"
+
+
+def record_source(folder: Path, src: Path, own: str | None) -> None:
+    """Note beside a source's variants which file they were made from and its type (read back by
+    ``source_of``), so every place that shows a variant can say where it came from."""
+    import json
+
+    rec = folder / SOURCE_RECORD
+    if not rec.exists():
+        tmp = rec.with_name(rec.name + f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps({"source": str(src), "source_name": src.name, "source_type": own}))
+        os.replace(tmp, rec)
+
+
+def source_of(variant: Path) -> dict | None:
+    """{source, source_name, source_type} of a variant this app made, None for any other file."""
+    import json
+
+    rec = variant.parent / SOURCE_RECORD
+    try:
+        return json.loads(rec.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def kv_cache_bytes(meta: dict, n_ctx: int, bytes_per_element: float = 2.0) -> int:

@@ -9,7 +9,9 @@ Two places hold model files:
 - the app's cache dir (``--cache-dir``): GGUF variants under ``gguf/<source>-<key>/`` and
   transformers checkpoints derived from GGUF files under ``hf/<name>-<key>/``.
 
-Every item has an ``id``: ``hub:org/name``, ``gguf:<folder>`` or ``hf:<folder>``. Deleting checks
+Every item has an ``id``: ``hub:org/name``, ``gguf:<folder>/<file>.gguf`` (one row per GGUF variant,
+with its quantization, source and measured bits per weight) or ``hf:<folder>``; ``gguf:<folder>``
+still deletes every variant of one source. Empty folders (left by a crash) are not listed. Deleting checks
 the id names a real item inside its cache (no path traversal, no symlink out) and refuses the
 folder the loaded model lives in. No network, no gradio here.
 """
@@ -25,6 +27,7 @@ from backends import sources
 from backends.errors import InvalidRequest, ModelNotFound
 
 DERIVED_KINDS = {"gguf": "gguf-variants", "hf": "derived-checkpoint"}
+GGUF_VARIANT_KIND = "gguf-variant"
 HUB_PREFIX = "hub:"
 
 
@@ -142,15 +145,50 @@ def _derived_items(cache_dir: Path) -> list[dict]:
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
-            if folder.is_symlink() or not folder.is_dir():
+            if folder.is_symlink() or not folder.is_dir() or not any(folder.iterdir()):
+                continue
+            if sub == "gguf":
+                items += _gguf_items(folder)
                 continue
             label = kind if ".tmp-" not in folder.name else kind + " (unfinished)"
-            items.append(_folder_item(f"{sub}:{folder.name}", label, folder.name, kind, folder))
+            item = _folder_item(f"{sub}:{folder.name}", label, folder.name, kind, folder)
+            item["load"] = {"model": str(folder), "backend": "transformers"}
+            items.append(item)
+    return items
+
+
+def _gguf_items(folder: Path) -> list[dict]:
+    """One row per file of a source's variant folder: each GGUF variant to load or delete on its
+    own, and any unfinished conversion (to delete)."""
+    from backends.gguf import source_of
+    from backends.provenance import provenance
+
+    rec = None
+    items = []
+    for f in sorted(folder.iterdir()):
+        if f.is_symlink() or not f.is_file() or f.name.startswith("quantlab-source.json"):
+            continue
+        st = f.stat()
+        unfinished = ".tmp-" in f.name or f.suffix != ".gguf"
+        item = {"id": f"gguf:{folder.name}/{f.name}", "kind": GGUF_VARIANT_KIND + (" (unfinished)" if unfinished else ""),
+                "repo_id": f.name, "repo_type": DERIVED_KINDS["gguf"], "size_bytes": st.st_size, "nb_files": 1,
+                "last_accessed": max(st.st_atime, st.st_mtime), "revisions": [], "refs": [], "folder": str(folder)}
+        if not unfinished:
+            rec = rec or source_of(f) or {}
+            quant = f.stem.rsplit(".", 1)[-1]
+            prov = provenance(f, quant)
+            item.update(quantization=quant, source=rec.get("source_name") or prov["source_name"],
+                        source_type=prov["source_type"], bpw=prov["bpw"], tensors=prov["tensors"], note=prov["note"],
+                        warning=prov["warning"], load={"model": str(f), "backend": "llamacpp", "quantization": "as file"})
+        items.append(item)
     return items
 
 
 def _delete_derived(sub: str, name: str, cache_dir: Path, in_use: Iterable[str]) -> dict:
     item_id = f"{sub}:{name}"
+    folder_name, slash, file_name = name.partition("/")
+    if sub == "gguf" and slash:
+        return _delete_variant(folder_name, file_name, cache_dir, in_use)
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise InvalidRequest(f"{item_id!r} is not a folder of the cache directory: use an id from the list.", "item_id")
     base = cache_dir / sub
@@ -161,8 +199,40 @@ def _delete_derived(sub: str, name: str, cache_dir: Path, in_use: Iterable[str])
         raise InvalidRequest(f"{item_id} is not a folder of the cache directory: refusing to delete it.", "item_id")
     _check_inside(folder, base, item_id)
     _refuse_if_in_use(folder, in_use, item_id)
-    item = next(i for i in _derived_items(cache_dir) if i["id"] == item_id)
+    if sub == "gguf":
+        size, count, last = _folder_usage(folder)
+        item = {"id": item_id, "kind": DERIVED_KINDS[sub], "repo_id": name, "repo_type": DERIVED_KINDS[sub],
+                "size_bytes": size, "nb_files": count, "last_accessed": last, "revisions": [], "refs": [],
+                "folder": str(folder)}
+    else:
+        item = next(i for i in _derived_items(cache_dir) if i["id"] == item_id)
     shutil.rmtree(folder)
+    return item
+
+
+def _delete_variant(folder_name: str, file_name: str, cache_dir: Path, in_use: Iterable[str]) -> dict:
+    """Delete one GGUF variant (``gguf:<folder>/<file>``); the folder goes with its last variant."""
+    item_id = f"gguf:{folder_name}/{file_name}"
+    bad = [n for n in (folder_name, file_name) if not n or n in (".", "..") or any(c in n for c in "/\\\0")]
+    if bad:
+        raise InvalidRequest(f"{item_id!r} is not a folder of the cache directory (nor a variant in one): use an id "
+                             "from the list.", "item_id")
+    base = cache_dir / "gguf"
+    folder = base / folder_name
+    path = folder / file_name
+    if not os.path.lexists(path):
+        raise ModelNotFound(f"{item_id} is not in the cache directory ({cache_dir}).")
+    if folder.is_symlink() or path.is_symlink() or not path.is_file():
+        raise InvalidRequest(f"{item_id} is not a file of the cache directory: refusing to delete it.", "item_id")
+    _check_inside(folder, base, item_id)
+    for used in in_use:
+        if used and any(p == q for p in _variants(used) for q in _variants(path)):
+            raise InvalidRequest(f"{item_id} is the model that is loaded now ({path.name}): unload it first, then "
+                                 "delete.", "item_id")
+    item = next((i for i in _gguf_items(folder) if i["id"] == item_id), None) or {"id": item_id, "size_bytes": 0}
+    path.unlink()
+    if not any(p.suffix == ".gguf" or ".tmp-" in p.name for p in folder.iterdir()):
+        shutil.rmtree(folder)  # its last variant: the source record goes too
     return item
 
 

@@ -231,6 +231,8 @@ class LlamaCppBackend(Backend):
                 break
             same += 1
         reuse = min(same, len(tokens) - 1)  # the last prompt token is evaluated: its logits are sampled
+        if self._spec is not None and not self._spec.prefix_cache:
+            reuse = 0  # no reuse of the previous request's KV: the same prompt gives the same text
         if reuse == 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
             llm.reset()
             reuse = 0

@@ -3,8 +3,21 @@ and the latency of the last requests, from samples and records already taken (no
 
 from __future__ import annotations
 
+from typing import Any
+
 from backends.manager import ModelManager
+from backends.provenance import provenance
 from monitoring.memory import MemoryMonitor
+from monitoring.model_memory import MEMORY_LEGEND, model_memory
+
+
+def model_view(info: Any) -> dict:
+    """A held model as every tab shows it: its fields, its memory (one definition: weights + KV +
+    overhead) and where it came from."""
+    d = info.as_dict()
+    d["memory"] = model_memory(d)
+    d["provenance"] = provenance(d.get("source"), d.get("quantization", "")) if d.get("footprint_bytes") else None
+    return d
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -23,8 +36,9 @@ def stats(manager: ModelManager, monitor: MemoryMonitor | None, last: int = 50) 
     cur = manager.current
     return {
         "memory": monitor.latest() if monitor else None,
-        "model": cur.as_dict() if cur else None,
-        "lab_models": [info.as_dict() for info in manager.leased()],
+        "model": model_view(cur) if cur else None,
+        "lab_models": [model_view(info) for info in manager.leased()],
+        "memory_legend": MEMORY_LEGEND,
         "state": manager.state,
         "requests": {
             "running": manager.metrics.running,

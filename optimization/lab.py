@@ -21,8 +21,10 @@ from backends import gguf, sources
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
+from backends.provenance import provenance
 from backends.registry import BackendRegistry
 from monitoring.memory import MemoryMonitor
+from monitoring.model_memory import model_memory
 from optimization import quality
 from optimization.estimates import BITS_PER_WEIGHT, estimate_model_bytes, fits
 
@@ -30,6 +32,7 @@ LAB_CAPABILITY = "logits"  # a backend the quality meter can score
 DEFAULT_REFERENCE = "transformers:fp32"
 MAX_COMPARE = 4
 COMPARE_CTX = 2048
+LAB_CTX = COMPARE_CTX  # every lab variant loads at this context x 1 slot: one memory figure per variant
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,29 @@ class Lab:
     # --- loading ---------------------------------------------------------------------------------
 
     def spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
+        """No prefix reuse (``prefix_cache=False``): a greedy run gives the same text whatever ran before."""
         base = self.base_spec or ModelSpec(source=source, backend=v.backend)
         return base.with_(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx, parallel=1,
-                          served_name=None)
+                          served_name=None, prefix_cache=False)
+
+    def describe(self, source: str, lease: Lease) -> dict:
+        """What every place showing a variant shows: its memory (one definition) and provenance."""
+        info = lease.info
+        try:
+            src = sources.resolve_local(source, self.manager.allowed_dir) if not sources.looks_like_repo_id(source) else None
+        except ModelNotFound:
+            src = None
+        if src is not None and src.is_dir() and info.backend == "llamacpp":
+            src = None  # a folder of GGUFs: the variant's own record names the file
+        return {"memory": model_memory(info), "provenance": provenance(info.source, info.quantization, src)}
+
+    def _held_or_open(self, source: str, v: Variant) -> tuple[Lease, bool]:
+        """The pooled lease of ``v`` when Compare holds it (same spec: same memory), else a fresh one
+        the caller closes (second item True)."""
+        key = (source, v.label, LAB_CTX)
+        if key in self._pool:
+            return self._pool[key], False
+        return self._open(source, v, LAB_CTX), True
 
     def _open(self, source: str, v: Variant, n_ctx: int) -> Lease:
         return self.manager.open_variant(self.spec(source, v, n_ctx))
@@ -148,7 +171,8 @@ class Lab:
     def compare(self, source: str, variant_texts, prompt: str, params: SamplingParams,
                 interval_s: float = 0.05) -> Iterator[list[dict]]:
         """Stream every variant's reply to the same prompt at once. Yields one dict per variant:
-        {variant, text, done, stats} (stats filled when that variant is done)."""
+        {variant, text, done, finish_reason, stats, memory, provenance, footprint_mib} (stats and
+        finish_reason filled when that variant is done; footprint_mib = memory["total_mib"])."""
         if not (prompt or "").strip():
             raise InvalidRequest("The prompt is empty.", "prompt")
         variants = parse_variants(variant_texts, self.registry, at_least=1, at_most=MAX_COMPARE)
@@ -159,9 +183,11 @@ class Lab:
         try:
             self.check_memory(source, variants, COMPARE_CTX, together=True)
             leases = [self._pooled(source, v, COMPARE_CTX) for v in variants]
-            state = [{"variant": v.label, "text": "", "done": False, "stats": {},
-                      "footprint_mib": round(lease.info.footprint_bytes / 2**20, 1)}
-                     for v, lease in zip(variants, leases)]
+            state = []
+            for v, lease in zip(variants, leases):
+                about = self.describe(source, lease)
+                state.append({"variant": v.label, "text": "", "done": False, "finish_reason": None, "stats": {},
+                              "footprint_mib": about["memory"]["total_mib"], **about})
             cancel = threading.Event()
             errors: list[BaseException] = []
 
@@ -184,6 +210,7 @@ class Lab:
                             "ttft_s": s.ttft_s, "tokens_per_s": s.tokens_per_s, "completion_tokens": s.completion_tokens,
                             "prompt_tokens": s.prompt_tokens, "e2e_s": round(s.e2e_s, 3),
                             "finish_reason": s.finish_reason}
+                    state[i]["finish_reason"] = s.finish_reason or ("error" if errors else None)
                     state[i]["done"] = True
 
             threads = [threading.Thread(target=run, args=(i, lease), daemon=True, name=f"compare-{i}")
@@ -231,37 +258,53 @@ class Lab:
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
         ref = quality.Reference(directory=self.manager.cache_dir)
         try:
-            self.check_memory(source, [ref_variant, *variants], window, together=False)
+            self.check_memory(source, [ref_variant, *variants], LAB_CTX, together=False)
+            variants = [v for v in variants if v != ref_variant]  # the reference has its own row
             steps = len(variants) + 1
             progress(0.0, f"Reference {ref_variant.label}: loading")
-            with self._open(source, ref_variant, max(window, 512)) as lease:
+            lease, own = self._held_or_open(source, ref_variant)
+            try:
                 if scoring == "llama.cpp":
                     bos = lease.tokenize("")  # [BOS] when the model adds one, as llama-perplexity asks
                     windows = quality.chunks_llamacpp(lease.tokenize(text), window, max_tokens, bos[0] if bos else None)
                 else:
                     windows = quality.windows_of(lease.tokenize(text), window, max_tokens)
                 progress(0.02, f"Reference {ref_variant.label}: scoring {len(windows)} windows of {window} tokens")
-                quality.score(lease.logits, windows, ref, build_reference=True, scoring=scoring,
-                              progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
-            rows = []
+                s = quality.score(lease.logits, windows, ref, build_reference=True, scoring=scoring,
+                                  progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
+                s.update(kld_mean=0.0, kld_p99=0.0, top1_agreement=1.0)
+                rows = [self._row(source, ref_variant, lease, s, decode_tokens, is_reference=True)]
+            finally:
+                if own:
+                    lease.close()
             for i, v in enumerate(variants, start=1):
                 progress(i / steps, f"{v.label}: loading")
-                with self._open(source, v, max(window, 512)) as lease:
+                lease, own = self._held_or_open(source, v)
+                try:
                     s = quality.score(lease.logits, windows, ref, scoring=scoring,
                                       progress=lambda f, i=i, v=v: progress((i + f) / steps, f"{v.label}: scoring"))
-                    decode = _decode_speed(lease, decode_tokens) if decode_tokens > 1 else None
-                    info = lease.info
-                rows.append(quality.QualityRow(
-                    variant=v.label, backend=v.backend, quantization=info.quantization, ppl=s["ppl"],
-                    kld_mean=s["kld_mean"], kld_p99=s["kld_p99"], top1_agreement=s["top1_agreement"], tokens=s["tokens"],
-                    footprint_mib=info.footprint_bytes / 2**20, eval_tokens_per_s=s["eval_tokens_per_s"],
-                    decode_tokens_per_s=decode, is_reference=(v == ref_variant)))
+                    rows.append(self._row(source, v, lease, s, decode_tokens))
+                finally:
+                    if own:
+                        lease.close()
             progress(1.0, "Done")
-            rows.sort(key=lambda r: (r.kld_mean, -r.footprint_mib))
+            rows.sort(key=lambda r: (not r.is_reference, r.kld_mean, -r.footprint_mib))
             return rows
         finally:
             ref.close()
             self._lock.release()
+
+    def _row(self, source: str, v: Variant, lease: Lease, s: dict, decode_tokens: int,
+             is_reference: bool = False) -> quality.QualityRow:
+        decode = _decode_speed(lease, decode_tokens) if decode_tokens > 1 else None
+        about = self.describe(source, lease)
+        mem, prov = about["memory"], about["provenance"]
+        return quality.QualityRow(
+            variant=v.label, backend=v.backend, quantization=lease.info.quantization, ppl=s["ppl"],
+            kld_mean=s["kld_mean"], kld_p99=s["kld_p99"], top1_agreement=s["top1_agreement"], tokens=s["tokens"],
+            footprint_mib=mem["total_mib"], eval_tokens_per_s=s["eval_tokens_per_s"], decode_tokens_per_s=decode,
+            is_reference=is_reference, bpw=prov["bpw"], source=prov["source_name"], source_type=prov["source_type"],
+            note=prov["note"], warning=prov["warning"], tensors=prov["tensors"], memory=mem)
 
 
 def _decode_speed(lease: Lease, tokens: int = 32) -> float | None:

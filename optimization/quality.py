@@ -73,6 +73,13 @@ class QualityRow:
     eval_tokens_per_s: float
     decode_tokens_per_s: float | None = None
     is_reference: bool = False
+    bpw: float | None = None  # measured from the GGUF header (nominal for transformers quantizations)
+    source: str | None = None  # the file or folder the variant was made from
+    source_type: str | None = None  # its own type: Q4_1 means the reference is the dequantized Q4_1
+    note: str | None = None  # provenance, in words
+    warning: str | None = None  # e.g. more bits than the source
+    tensors: str | None = None  # "Q4_K_M: 166 q5_0, 61 f32, ... · 6.17 bpw"
+    memory: dict | None = None  # monitoring.model_memory: weights, KV, overhead, total
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -20,6 +20,7 @@ from backends.manager import ModelManager
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
+from monitoring.model_memory import model_memory
 from optimization.lab import DEFAULT_REFERENCE, Lab
 from serving.chat_service import ChatService, as_int, as_number, as_text, chat_request, text_of
 
@@ -76,14 +77,20 @@ class Services:
             raise result["error"]
         info = result["info"]
         yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
-                    f"{info.footprint_bytes / 2**20:.0f} MiB · {info.load_seconds:.1f} s · {info.device}")
+                    f"{model_memory(info)['total_mib']:,.1f} MiB · {info.load_seconds:.1f} s · {info.device}")
 
     def unload_model(self) -> str:
         info = self.manager.unload()
         return f"Unloaded {info.name}." if info else "No model was loaded."
 
     def model_status(self) -> dict:
-        return self.manager.status()
+        """What is loaded (with its memory and provenance, as /stats shows them), loading, last error."""
+        status = self.manager.status()
+        cur = self.manager.current
+        if cur is not None and status.get("model"):
+            status["model"] = monitor_stats.model_view(cur)
+        status["lab_models"] = [monitor_stats.model_view(i) for i in self.manager.leased()]
+        return status
 
     def stats(self, last: Any = 50) -> dict:
         """Memory (process, system, GPUs, the models held) and the latency of the last requests."""

@@ -156,8 +156,8 @@ def test_list_cached_shows_hub_repos_and_derived_models_with_sizes(gguf_repo, ap
     assert repo["nb_files"] == 2
     assert repo["revisions"] == [COMMIT] and repo["refs"] == ["main"]
     assert repo["folder"] == str(gguf_repo) and repo["last_accessed"] > 0
-    variants = items["gguf:SmolLM2-abc123"]
-    assert variants["kind"] == "gguf-variants" and variants["size_bytes"] == 3000 and variants["nb_files"] == 1
+    variant = items["gguf:SmolLM2-abc123/SmolLM2.Q8_0.gguf"]  # one row per GGUF variant
+    assert variant["kind"] == "gguf-variant" and variant["size_bytes"] == 3000 and variant["nb_files"] == 1
     derived = items["hf:SmolLM2-def456"]
     assert derived["kind"] == "derived-checkpoint" and derived["size_bytes"] == 5002 and derived["nb_files"] == 2
 
@@ -323,7 +323,7 @@ def test_the_app_loads_a_repo_id_lists_and_deletes_through_the_api(gguf_repo, ap
             assert "Loaded SmolLM2-135M-Instruct.Q4_1" in loaded
             items = {i["id"]: i for i in c.predict(api_name="/cached_models")}
             assert items["hub:" + REPO]["size_bytes"] > 90 * 2**20
-            assert {"gguf:SmolLM2-abc123", "hf:SmolLM2-def456", "hub:quantlab-test/two"} <= set(items)
+            assert {"gguf:SmolLM2-abc123/SmolLM2.Q8_0.gguf", "hf:SmolLM2-def456", "hub:quantlab-test/two"} <= set(items)
             with pytest.raises(Exception, match="loaded now"):
                 c.predict("hub:" + REPO, api_name="/delete_cached")
             with pytest.raises(Exception, match="not a folder of the cache directory"):
@@ -332,7 +332,7 @@ def test_the_app_loads_a_repo_id_lists_and_deletes_through_the_api(gguf_repo, ap
             assert "Unloaded" in c.predict(api_name="/unload_model")
             assert "Deleted hub:" + REPO in c.predict("hub:" + REPO, api_name="/delete_cached")
             left = set(ids(c.predict(api_name="/cached_models")))
-            assert left == {"gguf:SmolLM2-abc123", "hf:SmolLM2-def456"}
+            assert left == {"gguf:SmolLM2-abc123/SmolLM2.Q8_0.gguf", "hf:SmolLM2-def456"}
             assert httpx.get(srv.url + "/health").status_code == 503
         finally:
             c.close()
@@ -541,7 +541,7 @@ def test_the_model_tab_lists_and_deletes_cached_models_in_a_browser(gguf_repo, a
             page.get_by_text("Downloaded and derived models").click()
             table = page.locator("#cache-table")
             table.get_by_text("hub:quantlab-test/spare").wait_for()
-            for item in ("hub:" + REPO, "gguf:SmolLM2-abc123", "hf:SmolLM2-def456"):
+            for item in ("hub:" + REPO, "gguf:SmolLM2-abc123/SmolLM2.Q8_0.gguf", "hf:SmolLM2-def456"):
                 assert table.get_by_text(item).count() >= 1
             table.get_by_text("hub:quantlab-test/spare").click()
             pick = page.locator("#cache-pick input")

@@ -68,6 +68,10 @@ def test_compare_streams_two_variants_through_gradio_client(client, live_app):
     assert [s["variant"] for s in final] == ["llamacpp:Q8_0", "llamacpp:Q4_0"]
     assert all(s["done"] and s["text"].strip() and s["stats"]["completion_tokens"] > 0 for s in final)
     assert all(s["stats"]["ttft_s"] > 0 and s["footprint_mib"] > 50 for s in final)
+    assert all(s["finish_reason"] in ("stop", "length") and s["finish_reason"] == s["stats"]["finish_reason"]
+               for s in final)
+    assert all(s["memory"]["total_mib"] == s["footprint_mib"] and s["provenance"]["source_type"] == "Q4_1"
+               for s in final)
     assert len(partials) >= 2
     # the chat model was not touched
     assert httpx.get(live_app.url + "/health").json()["model"] == before
@@ -87,11 +91,15 @@ def test_compared_variants_are_kept_until_released(cache_dir):
 def test_evaluate_through_gradio_client(client):
     rows = client.predict(["llamacpp:Q8_0", "llamacpp:Q2_K"], "", 128, "embedded", "llamacpp:F16", 64,
                           api_name="/evaluate")
-    assert [r["variant"] for r in rows] == ["llamacpp:Q8_0", "llamacpp:Q2_K"]
+    # the reference's own row first (KLD 0, top-1 100 %), then the variants by KLD
+    assert [(r["variant"], r["is_reference"]) for r in rows] == [
+        ("llamacpp:F16", True), ("llamacpp:Q8_0", False), ("llamacpp:Q2_K", False)]
+    assert rows[0]["kld_mean"] == 0 and rows[0]["top1_agreement"] == 1 and rows[0]["ppl"] > 1
     assert all(r["ppl"] > 1 and 0 <= r["top1_agreement"] <= 1 and r["footprint_mib"] > 0 for r in rows)
+    assert all(r["source_type"] == "Q4_1" and "already quantized" in r["note"] for r in rows)
     llamacpp = client.predict(["llamacpp:Q8_0"], "", 128, "embedded", "llamacpp:F16", 64, "llama.cpp",
                               api_name="/evaluate")  # the new parameter, last: llama-perplexity's positions
-    assert llamacpp[0]["tokens"] == 2 * (64 - 1 - 32) < rows[0]["tokens"]
+    assert llamacpp[1]["tokens"] == llamacpp[0]["tokens"] == 2 * (64 - 1 - 32) < rows[1]["tokens"]
 
 
 def test_each_compare_pane_is_that_variants_solo_greedy_text(cache_dir):

@@ -168,8 +168,8 @@ def test_space_streams_chat_compare_and_evaluate(space):
 
     # /evaluate: a llama.cpp variant against the transformers fp32 reference on the same tokens
     rows = client.predict(["llamacpp:Q8_0"], "", 128, "embedded", "transformers:fp32", 64, api_name="/evaluate")
-    assert [r["variant"] for r in rows] == ["llamacpp:Q8_0"]
-    assert rows[0]["ppl"] > 1 and 0 <= rows[0]["top1_agreement"] <= 1 and rows[0]["kld_mean"] >= 0
+    assert [(r["variant"], r["is_reference"]) for r in rows] == [("transformers:fp32", True), ("llamacpp:Q8_0", False)]
+    assert rows[1]["ppl"] > 1 and 0 <= rows[1]["top1_agreement"] <= 1 and rows[1]["kld_mean"] >= 0
 
 
 @pytest.mark.slow

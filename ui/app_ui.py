@@ -99,18 +99,20 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         def cached_models() -> list[dict]:
             """Models on disk: Hub repos in the Hugging Face cache (HF_HUB_CACHE / HF_HOME) and the GGUF variants
             and derived checkpoints in the app's --cache-dir, most recently used first. One
-            {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item."""
+            {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item; each
+            GGUF variant is its own item (id gguf:<folder>/<file>) with quantization, source, source_type, bpw, tensors,
+            note, warning and load (the /load_model arguments that load it)."""
             return h.cached_models()
 
         described_api(cached_models, api_name="cached_models", concurrency_limit=None)
 
         @gradio_errors
         def delete_cached(item_id: str) -> str:
-            """Delete one cached model. Refuses the folder of the loaded model, ids outside the caches, and
-            deletes nothing while a model loads.
+            """Delete one cached model by its id from /cached_models. Refuses the folder of the loaded model, ids
+            outside the caches, and deletes nothing while a model loads.
 
             Args:
-                item_id: the item's id from /cached_models: hub:org/name, gguf:<folder> or hf:<folder>
+                item_id: the item's id from /cached_models: hub:org/name, gguf:<folder>/<file> for one variant, gguf:<folder> for every variant of a source, hf:<folder>
             """
             return h.delete_cached(item_id)
 
@@ -119,8 +121,10 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         @gradio_errors
         def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
                     temperature: float = 0.0, seed: int = 0) -> list[dict]:
-            """Stream the same prompt through 2-4 variants at once, same seed. Yields one
-            {variant, text, done, stats, footprint_mib} per variant.
+            """Stream the same prompt through 2-4 variants at once, same seed. Yields one {variant, text, done,
+            finish_reason, stats, memory, provenance, footprint_mib} per variant: memory = {weights, KV (n_ctx x
+            slots), overhead, total} as /stats shows it; provenance = the variant's source and its type, a warning
+            when it has more bits than its source, its tensor types and bpw. Greedy or seeded runs repeat exactly.
 
             Args:
                 prompt: the user message every variant answers (chat template applied)
@@ -139,7 +143,9 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
                      reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
             """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
             the same token ids, with memory and tok/s. With GGUF variants, a GGUF reference such as
-            "llamacpp:F16" and scoring "llama.cpp", the figures match llama-perplexity's.
+            "llamacpp:F16" and scoring "llama.cpp", the figures match llama-perplexity's. The first row is the
+            reference's own (is_reference true); every row carries bpw, source, source_type, note, warning,
+            tensors and memory (weights, KV, overhead, total).
 
             Args:
                 variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]

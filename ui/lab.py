@@ -9,13 +9,85 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from monitoring.model_memory import MEMORY_LEGEND
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from optimization.quality import SCORINGS
 from ui.edge import gradio_errors
 from serving.services import Services
 
-TABLE_COLUMNS = ["variant", "ppl", "kld_mean", "kld_p99", "top1_agreement", "footprint_mib", "eval_tokens_per_s",
-                 "decode_tokens_per_s", "is_reference"]
+# Evaluate's table: (column shown, row field, decimals); the units are in the names.
+EVAL_COLUMNS = [("variant", "shown_variant", None), ("bpw", "bpw", 2),
+                ("KLD mean", "kld_mean", 4), ("KLD p99", "kld_p99", 3), ("top-1 agree %", "top1_pct", 1),
+                ("PPL", "ppl", 2), ("memory MiB", "footprint_mib", 1), ("decode tok/s", "decode_tokens_per_s", 1),
+                ("tokens scored", "tokens", None)]
+TABLE_COLUMNS = [c for c, _, _ in EVAL_COLUMNS]
+
+
+def table_rows(rows: list[dict]) -> pd.DataFrame:
+    """Evaluate's rows as the table shows them: human names with units, sensible decimals, the
+    reference first and marked (provenance goes beside the table: ``provenance_markdown``)."""
+    out = []
+    for r in rows:
+        r = dict(r, top1_pct=r["top1_agreement"] * 100,
+                 shown_variant=r["variant"] + (" (reference)" if r["is_reference"] else ""))
+        out.append([round(r[f], d) if d is not None and r.get(f) is not None else r.get(f) for _, f, d in EVAL_COLUMNS])
+    return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def provenance_markdown(rows: list[dict]) -> str:
+    """One line per variant: what it holds (tensor types, bpw), where it came from, any warning."""
+    lines = []
+    for r in rows:
+        what = " · ".join(x for x in (r.get("tensors"), r.get("note")) if x)
+        warn = f"  \n&nbsp;&nbsp;⚠ {r['warning']}" if r.get("warning") else ""
+        lines.append(f"- **{r['variant']}**{' (reference)' if r['is_reference'] else ''}: {what}{warn}")
+    return "**Provenance**\n\n" + "\n".join(lines)
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """The quality-vs-memory frontier: the variants no other variant beats on both memory and KLD
+    (less or equal memory and lower KLD), by memory."""
+    pts = sorted(rows, key=lambda r: (r["footprint_mib"], r["kld_mean"]))
+    best, out = float("inf"), []
+    for r in pts:
+        if r["kld_mean"] < best:
+            out.append(r)
+            best = r["kld_mean"]
+    return out
+
+
+def quality_plot(rows: list[dict]):
+    """KLD vs memory, each point labelled by its variant, axes padded, the frontier drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    colours = {"llamacpp": "#4f46e5", "transformers": "#d97706"}
+    for r in rows:
+        ax.scatter(r["footprint_mib"], r["kld_mean"], s=60 if not r["is_reference"] else 90, zorder=3,
+                   marker="*" if r["is_reference"] else "o", color=colours.get(r["backend"], "#555"))
+        ax.annotate(r["variant"] + (" (reference)" if r["is_reference"] else ""), (r["footprint_mib"], r["kld_mean"]),
+                    textcoords="offset points", xytext=(6, 5), fontsize=8)
+    front = frontier(rows)
+    if len(front) > 1:
+        ax.plot([r["footprint_mib"] for r in front], [r["kld_mean"] for r in front], "--", color="#16a34a",
+                zorder=2, label="frontier (nothing smaller is better)")
+        ax.legend(loc="upper right", fontsize=8)
+    xs = [r["footprint_mib"] for r in rows]
+    ys = [r["kld_mean"] for r in rows]
+    xpad = max((max(xs) - min(xs)) * 0.15, max(xs) * 0.05, 1.0)
+    ypad = max((max(ys) - min(ys)) * 0.15, 1e-3)
+    ax.set_xlim(min(xs) - xpad, max(xs) + xpad * 2.5)  # room on the right for the labels
+    ax.set_ylim(min(min(ys) - ypad, -ypad * 0.5), max(ys) + ypad)
+    ax.set_xlabel("memory MiB (weights + KV + overhead)")
+    ax.set_ylabel("KLD mean vs the reference (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality loss vs memory", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def first_divergence(texts: list[str]) -> int | None:
@@ -30,26 +102,89 @@ def first_divergence(texts: list[str]) -> int | None:
     return None if all(len(t) == n for t in texts) else n
 
 
-def pane_markdown(state: dict, diverge: int | None) -> str:
+def word_diff_html(base: str, text: str) -> str:
+    """``text`` escaped, the words that differ from ``base`` marked (<mark>), word by word. One or
+    two words that happen to match between differing stretches count as differing too."""
+    import difflib
+    import re
+
+    a, tokens = base.split(), re.findall(r"\S+|\s+", text)
+    words = [t for t in tokens if not t.isspace()]
+    marked = [False] * len(words)
+    ops = difflib.SequenceMatcher(None, a, words, autojunk=False).get_opcodes()
+    for k, (op, _i1, _i2, j1, j2) in enumerate(ops):
+        stray = op == "equal" and 0 < k < len(ops) - 1 and j2 - j1 < 3
+        if op != "equal" or stray:
+            marked[j1:j2] = [True] * (j2 - j1)
+    out, w, open_mark = [], 0, False
+    for i, t in enumerate(tokens):
+        if t.isspace():
+            # a space inside a marked stretch stays inside the mark
+            nxt = w < len(words) and marked[w]
+            if open_mark and not nxt:
+                out.append("</mark>")
+                open_mark = False
+            out.append(_esc(t))
+            continue
+        if marked[w] and not open_mark:
+            out.append("<mark>")
+            open_mark = True
+        elif not marked[w] and open_mark:
+            out.append("</mark>")
+            open_mark = False
+        out.append(_esc(t))
+        w += 1
+    if open_mark:
+        out.append("</mark>")
+    return "".join(out)
+
+
+FINISH_WORDS = {"stop": "finished (end of text)", "length": "stopped at the token limit",
+                "cancelled": "stopped by you", "error": "failed"}
+
+
+def pane_markdown(state: dict, base: str | None = None) -> str:
+    """One Compare pane: variant, memory, provenance, speed, finish reason, then the text (words
+    that differ from ``base``, the first pane's text, highlighted once every pane is done)."""
     text = state["text"]
-    if diverge is not None and diverge < len(text):
-        body = f"{_esc(text[:diverge])}<mark>{_esc(text[diverge:])}</mark>"
-    else:
-        body = _esc(text)
+    body = word_diff_html(base, text) if base is not None else _esc(text)
     s = state["stats"]
-    figures = [f"{state['footprint_mib']:.0f} MiB"]
+    mem = state.get("memory") or {}
+    figures = [f"{mem.get('total_mib', state.get('footprint_mib', 0)):,.1f} MiB"]
     if s.get("ttft_s") is not None:
         figures.append(f"TTFT {s['ttft_s'] * 1000:.0f} ms")
     if s.get("tokens_per_s"):
         figures.append(f"{s['tokens_per_s']:.1f} tok/s")
     if s:
         figures.append(f"{s.get('completion_tokens', 0)} tokens")
-    status = "" if state["done"] else " · streaming…"
-    return f"**{state['variant']}** · {' · '.join(figures)}{status}\n\n{body}"
+    reason = state.get("finish_reason") or s.get("finish_reason")
+    status = (f" · **{FINISH_WORDS.get(reason, reason)}**" if reason else " · done") if state["done"] else " · streaming…"
+    prov = state.get("provenance") or {}
+    about = [x for x in (prov.get("tensors"), prov.get("note")) if x]
+    if mem:
+        about.append(f"memory {mem['weights_mib']:,.1f} weights + {mem['kv_mib']:,.1f} KV ({mem['n_ctx']} ctx x "
+                     f"{mem['slots']}) + {mem['overhead_mib']:,.1f} overhead")
+    lines = [f"**{state['variant']}** · {' · '.join(figures)}{status}"]
+    if about:
+        lines.append(f"<small>{_esc(' · '.join(about))}</small>")
+    if prov.get("warning"):
+        lines.append(f"<small>⚠ {_esc(prov['warning'])}</small>")
+    return "  \n".join(lines) + f"\n\n{body}"
 
 
 def _esc(t: str) -> str:
     return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+
+
+def evaluate_legend(rows: list[dict], scoring: str) -> str:
+    ref = next((r for r in rows if r["is_reference"]), None)
+    lines = []
+    if ref is not None:
+        lines.append(f"**Reference:** {ref['variant']} · {ref.get('note') or ''}")
+    lines.append(f"KLD: mean KL divergence from the reference's next-token distribution (0 = identical); top-1 agree: "
+                 f"how often the most likely token is the reference's; PPL on the same tokens ({scoring} positions). "
+                 f"{MEMORY_LEGEND}")
+    return "  \n".join(lines)
 
 
 def build_compare(h: Services):
@@ -74,12 +209,14 @@ def build_compare(h: Services):
     @gradio_errors
     def compare_ui(prompt, variants, model, max_new, temperature, seed):
         for states in h.compare(prompt, variants, model, max_new, temperature, seed):
-            cut = first_divergence([s["text"] for s in states]) if all(s["done"] for s in states) else None
-            updates = [gr.update(value=pane_markdown(states[i], cut), visible=True) if i < len(states)
+            done = all(s["done"] for s in states)
+            cut = first_divergence([s["text"] for s in states]) if done else None
+            base = states[0]["text"] if done else None
+            updates = [gr.update(value=pane_markdown(states[i], base if i else None), visible=True) if i < len(states)
                        else gr.update(value="", visible=False) for i in range(MAX_COMPARE)]
-            if all(s["done"] for s in states):
+            if done:
                 msg = ("All outputs are identical." if cut is None else
-                       f"Outputs first diverge at character {cut} (highlighted).")
+                       f"Outputs first diverge at character {cut}: words that differ from the first pane are highlighted.")
             else:
                 msg = "Streaming…"
             yield [msg, *updates]
@@ -105,10 +242,11 @@ def build_evaluate(h: Services):
         scoring = gr.Dropdown(list(SCORINGS), value="all", label="Scoring",
                               info="llama.cpp: llama-perplexity's convention (second half of each chunk scored)")
     run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
+    legend = gr.Markdown(elem_id="evaluate-legend")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False,
-                         elem_id="evaluate-table")
-    plot = gr.ScatterPlot(x="footprint_mib", y="kld_mean", color="backend", title="Quality loss (KLD) vs memory",
-                          height=320, tooltip=["variant", "ppl", "top1_agreement"])
+                         elem_id="evaluate-table", wrap=True)
+    provenance_md = gr.Markdown(elem_id="evaluate-provenance")
+    plot = gr.Plot(label="Quality loss (KLD) vs memory", elem_id="evaluate-plot")
     with gr.Row():
         csv_out = gr.File(label="CSV")
         json_out = gr.File(label="JSON")
@@ -117,11 +255,13 @@ def build_evaluate(h: Services):
     def evaluate_ui(variants, reference, model, text_file, max_tokens, window, scoring, progress=gr.Progress()):
         rows = h.evaluate(variants, text_file, max_tokens, model, reference, window, scoring,
                           progress=lambda f, m: progress(f, desc=m))
-        df = pd.DataFrame(rows)
         out = Path(tempfile.mkdtemp(prefix="quantlab-eval-"))
-        df.to_csv(out / "evaluation.csv", index=False)
+        pd.DataFrame([{k: v for k, v in r.items() if k != "memory"} for r in rows]).to_csv(
+            out / "evaluation.csv", index=False)
         (out / "evaluation.json").write_text(json.dumps(rows, indent=2))
-        return (df[TABLE_COLUMNS].round(4), df, str(out / "evaluation.csv"), str(out / "evaluation.json"))
+        return (evaluate_legend(rows, scoring), table_rows(rows), provenance_markdown(rows), quality_plot(rows),
+                str(out / "evaluation.csv"), str(out / "evaluation.json"))
 
-    run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring], [table, plot, csv_out, json_out],
+    run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring],
+              [legend, table, provenance_md, plot, csv_out, json_out],
               api_visibility="private", concurrency_id="lab", concurrency_limit=1)

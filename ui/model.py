@@ -10,6 +10,7 @@ import gradio as gr
 
 from backends.base import KV_CACHE_TYPES, ModelSpec
 from backends.errors import user_message
+from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from serving.services import COMPUTE_DTYPES, Services
 from ui.edge import gradio_errors
 from ui.endpoints import load_options, load_steps
@@ -20,7 +21,13 @@ def describe(status: dict) -> str:
     lines = []
     if m:
         lines.append(f"**Loaded:** {m['name']} · {m['backend']} · {m['quantization']} · "
-                     f"{m['footprint_mib']:.0f} MiB · {m['device']} · context {m['context_length']}")
+                     f"{m['device']} · context {m['context_length']}")
+        if m.get("memory"):  # the one memory definition, as Compare, Evaluate, the Monitor and /stats show it
+            lines.append(f"**Memory:** {memory_line(m['memory'])}  \n<small>{MEMORY_LEGEND}</small>")
+        if m.get("provenance"):
+            p = m["provenance"]
+            lines.append("**Provenance:** " + " · ".join(x for x in (p.get("tensors"), p.get("note")) if x)
+                         + (f"  \n⚠ {p['warning']}" if p.get("warning") else ""))
     else:
         lines.append("**No model loaded.**")
     if status.get("loading"):
@@ -30,13 +37,18 @@ def describe(status: dict) -> str:
     return "\n\n".join(lines)
 
 
-CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used"]
+CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used", "what it holds"]
 
 
 def cache_table(items: list[dict]) -> dict:
-    """Rows for the "Downloaded and derived models" table."""
+    """Rows for the "Downloaded and derived models" table: one per Hub repo, GGUF variant and
+    derived checkpoint; a variant says what it holds (tensor types, bpw) and where it came from."""
+    def what(i: dict) -> str:
+        return " · ".join(x for x in (i.get("tensors"), i.get("note"), ("⚠ " + i["warning"]) if i.get("warning")
+                                      else None) if x)
+
     rows = [[i["id"], i["kind"], round(i["size_bytes"] / 2**20, 2), i["nb_files"],
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_accessed"])) if i["last_accessed"] else ""]
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(i["last_accessed"])) if i["last_accessed"] else "", what(i)]
             for i in items]
     return {"data": rows, "headers": CACHE_HEADERS}
 
@@ -105,12 +117,13 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
         gr.Markdown("Hub downloads (Hugging Face cache) and the GGUF variants / checkpoints this app derived "
                     "(its cache dir). An interrupted download resumes when the model is loaded again.")
         cached = gr.Dataframe(value={"data": [], "headers": CACHE_HEADERS}, headers=CACHE_HEADERS,
-                              datatype=["str", "str", "number", "number", "str"], interactive=False,
+                              datatype=["str", "str", "number", "number", "str", "str"], interactive=False, wrap=True,
                               label="Cached models", elem_id="cache-table")
         with gr.Row():
             cache_refresh = gr.Button("Refresh", elem_id="cache-refresh")
             cache_pick = gr.Dropdown(choices=[], value=None, label="Item to delete", allow_custom_value=True,
                                      elem_id="cache-pick", scale=3)
+            cache_load = gr.Button("Load", elem_id="cache-load")
             cache_delete = gr.Button("Delete", variant="stop", elem_id="cache-delete")
         cache_status = gr.Textbox(label="", show_label=False, interactive=False, elem_id="cache-status")
 
@@ -179,6 +192,20 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
     def delete_item(item_id: str) -> str:
         return h.delete_cached(item_id)
 
+    @gradio_errors
+    def load_item(item_id: str, progress=gr.Progress()):
+        """Load one listed item (a GGUF variant as file, a derived checkpoint, a Hub repo) as the chat's model."""
+        item = next((i for i in h.cached_models() if i["id"] == (item_id or "").strip()), None)
+        if item is None:
+            raise gr.Error("Choose an item from the list to load.")
+        how = item.get("load") or ({"model": item["repo_id"], "backend": "llamacpp"} if item["id"].startswith("hub:")
+                                   else None)
+        if how is None:
+            raise gr.Error(f"{item['id']} cannot be loaded (an unfinished conversion): delete it.")
+        for fraction, line in h.load_steps(how["model"], how["backend"], how.get("quantization")):
+            progress(fraction, desc=line)
+            yield line
+
     def picked(evt: gr.SelectData):
         return evt.row_value[0] if evt.row_value else gr.skip()
 
@@ -187,6 +214,8 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
     cache_refresh.click(list_cache, None, cache_outputs, **private)
     ev.then(list_cache, None, cache_outputs, **private)  # a load may have downloaded or derived
     cached.select(picked, None, cache_pick, **private)
+    lev = cache_load.click(load_item, cache_pick, cache_status, concurrency_id="load", **private)
+    lev.then(refresh, None, outputs, **private)
     dev = cache_delete.click(delete_item, cache_pick, cache_status, concurrency_id="load", **private)
     dev.then(list_cache, None, cache_outputs, **private)
     return refresh, outputs, fill_form, form

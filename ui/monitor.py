@@ -11,6 +11,7 @@ import time
 import gradio as gr
 import pandas as pd
 
+from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from serving.services import Services
 
 MIB = 2**20
@@ -73,8 +74,8 @@ def figures_markdown(stats: dict) -> str:
     else:
         lines.append(f"**GPU** none: {gpu['reason']} (CPU figures only)")
     m = stats["model"]
-    lines.append(f"**Model** {m['name']} · {m['quantization']} · {m['footprint_mib']:,.0f} MiB · {m['device']}"
-                 if m else "**Model** none loaded")
+    lines.append(f"**Model** {m['name']} · {m['quantization']} · {memory_line(m['memory'])} · {m['device']}  \n"
+                 f"<small>{MEMORY_LEGEND}</small>" if m else "**Model** none loaded")
     q = stats["requests"]
     p50 = (f" · p50 TTFT {q['ttft_p50_s'] * 1000:.0f} ms" if q["ttft_p50_s"] is not None else "") + \
           (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")

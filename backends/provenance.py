@@ -1,0 +1,106 @@
+"""Where a variant comes from and what it really holds, told plainly: its source and the source's
+type (a variant of an already-quantized file is measured against that file dequantized, not against
+the original weights), a warning when a variant has more bits than its source, and for GGUF files
+the tensor types and measured bits per weight read from the header."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from backends import gguf
+
+UNQUANTIZED = {"F32", "F16", "BF16", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}
+# nominal bits per weight of the transformers quantizations (bitsandbytes keeps norms and embeddings)
+NOMINAL_BPW = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 8.0, "nf4": 4.0, "fp4": 4.0}
+
+
+@functools.lru_cache(maxsize=256)
+def _summary(path: str, mtime_ns: int, size: int) -> dict:
+    return gguf.tensor_summary(Path(path))
+
+
+def tensor_summary(path: Path) -> dict | None:
+    """The GGUF header's tensor types and bpw (cached per file version); None for other files."""
+    try:
+        if not (path.is_file() and path.suffix == ".gguf"):
+            return None
+        st = path.stat()
+        return _summary(str(path), st.st_mtime_ns, st.st_size)
+    except Exception:  # noqa: BLE001 - an unreadable file has no summary; the load says why
+        return None
+
+
+def _source_type(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if path.is_file() and path.suffix == ".gguf":
+        try:
+            return gguf.gguf_file_type(path)
+        except Exception:  # noqa: BLE001
+            return None
+    cfg = path / "config.json" if path.is_dir() else None
+    if cfg is not None and cfg.is_file():
+        try:
+            dtype = json.loads(cfg.read_text()).get("torch_dtype") or json.loads(cfg.read_text()).get("dtype")
+        except (OSError, ValueError):
+            return None
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+    return None
+
+
+def provenance(loaded_path: str | Path | None, quantization: str, source: str | Path | None = None) -> dict:
+    """{source, source_type, already_quantized, note, warning, tensor_types, bpw, source_bpw, tensors}
+    of a loaded variant. ``loaded_path``: the file or folder the engine loaded; ``source``: what the
+    user chose (when known; else read from the record this app keeps beside its variants)."""
+    loaded = Path(loaded_path) if loaded_path else None
+    src = Path(source) if source else None
+    if src is None and loaded is not None:
+        rec = gguf.source_of(loaded) if loaded.is_file() else None
+        if rec:
+            src = Path(rec["source"])
+        elif loaded.is_dir() and (loaded / "quantlab-derived.txt").is_file():
+            name = (loaded / "quantlab-derived.txt").read_text().strip().removeprefix("derived from ").strip()
+            src = next((p for p in (loaded.parent.parent / "gguf").glob(f"*/{name}") if p.is_file()), None) or Path(name)
+        else:
+            src = loaded
+    src_type = _source_type(src) if src is not None and src.exists() else None
+    if src_type is None and src is not None and src.suffix == ".gguf":  # a record of a file since moved
+        parts = src.stem.rsplit(".", 1)
+        src_type = parts[1] if len(parts) == 2 and parts[1].upper() in gguf.GGUF_FTYPES else None
+    summary = tensor_summary(loaded) if loaded is not None else None
+    src_summary = tensor_summary(src) if src is not None else None
+    bpw = summary["bpw"] if summary else NOMINAL_BPW.get(quantization)
+    src_bpw = src_summary["bpw"] if src_summary else NOMINAL_BPW.get(src_type or "")
+    already = bool(src_type) and src_type not in UNQUANTIZED
+    name = src.name if src is not None else "unknown source"
+    if loaded is not None and src is not None and loaded.exists() and src.exists() and loaded.resolve() == src.resolve():
+        note = f"{name} as given" + (f" ({src_type}, already quantized)" if already else f" ({src_type})" if src_type else "")
+    elif already:
+        note = (f"from {src_type} ({name}): already quantized; the reference is the dequantized {src_type}, "
+                "not the original weights")
+    elif src_type:
+        note = f"from {src_type} ({name})"
+    else:
+        note = f"from {name}"
+    warning = None
+    if bpw and src_bpw and bpw > src_bpw + 0.05 and quantization not in UNQUANTIZED:  # floats: the note says it
+        warning = (f"{quantization} has more bits ({bpw:.2f} bpw) than its source {src_type or name} "
+                   f"({src_bpw:.2f} bpw): the extra bits cannot restore what the source lost")
+    return {
+        "source": str(src) if src is not None else None, "source_name": name, "source_type": src_type,
+        "already_quantized": already, "note": note, "warning": warning,
+        "tensor_types": summary["types"] if summary else None, "n_tensors": summary["n_tensors"] if summary else None,
+        "bpw": round(bpw, 2) if bpw else None, "bpw_measured": summary is not None,
+        "source_bpw": round(src_bpw, 2) if src_bpw else None,
+        "tensors": f"{quantization}: {gguf.describe_tensors(summary)}" if summary else None,
+    }
+
+
+def provenance_line(p: dict) -> str:
+    """One line for a status or a pane: tensors · note · ⚠ warning."""
+    parts = [x for x in (p.get("tensors"), p.get("note")) if x]
+    if p.get("warning"):
+        parts.append("⚠ " + p["warning"])
+    return " · ".join(parts)
