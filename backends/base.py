@@ -51,6 +51,8 @@ class ModelSpec:
     api_base: str | None = None  # remote: base URL of the OpenAI-compatible server
     api_key: str | None = None  # remote: bearer key (never logged)
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
+    speculative: str | None = None  # "ngram": prompt-lookup speculative decoding for greedy requests; None = off
+    spec_draft_tokens: int = 8  # speculative: most draft tokens verified per forward pass
 
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
@@ -65,6 +67,8 @@ class ModelSpec:
             "n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
             "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
             "trust_remote_code": settings.trust_remote_code,
+            "speculative": getattr(settings, "speculative", None),
+            "spec_draft_tokens": getattr(settings, "spec_draft_tokens", 8),
         }
         fields.update(overrides)
         return cls(**fields)
@@ -272,6 +276,8 @@ class TextDelta:
     prompt_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token of ``text`` when the request asked for them
     note: str | None = None  # something the user should see beside the reply (e.g. "3 oldest turns left out")
+    draft_tokens: int = 0  # speculative decoding: tokens drafted for this request (on the final delta)
+    accepted_tokens: int = 0  # speculative decoding: drafted tokens the model accepted (on the final delta)
 
 
 @dataclass(frozen=True)

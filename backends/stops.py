@@ -52,12 +52,15 @@ def apply_stops(deltas: Iterator[TextDelta], stops: tuple[str, ...], cancel: thr
         out = matcher.push(d.text)
         if matcher.hit:
             cancel.set()
-            prompt_tokens = d.prompt_tokens
+            prompt_tokens, drafted, accepted = d.prompt_tokens, d.draft_tokens, d.accepted_tokens
             for rest in deltas:
                 prompt_tokens = rest.prompt_tokens or prompt_tokens
-            yield TextDelta(out, tokens=d.tokens, finish_reason="stop", prompt_tokens=prompt_tokens)
+                drafted, accepted = drafted + rest.draft_tokens, accepted + rest.accepted_tokens
+            yield TextDelta(out, tokens=d.tokens, finish_reason="stop", prompt_tokens=prompt_tokens,
+                            draft_tokens=drafted, accepted_tokens=accepted)
             return
         if d.finish_reason:
             out += matcher.flush()
         if out or d.tokens or d.finish_reason or d.prompt_tokens:
-            yield TextDelta(out, d.tokens, d.finish_reason, d.prompt_tokens)
+            yield TextDelta(out, d.tokens, d.finish_reason, d.prompt_tokens,
+                            draft_tokens=d.draft_tokens, accepted_tokens=d.accepted_tokens)
