@@ -56,6 +56,8 @@ class ModelSpec:
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
     cache_type: str | None = None  # llama.cpp KV cache type (K and V): "f16", "q8_0", "q4_0"; None = f16
     flash_attn: bool = False  # llama.cpp flash attention (forced on for a quantized V cache, which needs it)
+    speculative: str | None = None  # "ngram": prompt-lookup speculative decoding for greedy requests; None = off
+    spec_draft_tokens: int = 8  # speculative: most draft tokens verified per forward pass
 
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
@@ -70,6 +72,8 @@ class ModelSpec:
             "n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
             "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
             "trust_remote_code": settings.trust_remote_code,
+            "speculative": getattr(settings, "speculative", None),
+            "spec_draft_tokens": getattr(settings, "spec_draft_tokens", 8),
         }
         for name in ("cache_type", "flash_attn", "device_map", "compute_dtype"):  # loader flags, when given
             if getattr(settings, name, None) is not None:
@@ -282,6 +286,8 @@ class TextDelta:
     prompt_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token of ``text`` when the request asked for them
     note: str | None = None  # something the user should see beside the reply (e.g. "3 oldest turns left out")
+    draft_tokens: int = 0  # speculative decoding: tokens drafted for this request (on the final delta)
+    accepted_tokens: int = 0  # speculative decoding: drafted tokens the model accepted (on the final delta)
 
 
 @dataclass(frozen=True)

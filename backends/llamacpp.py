@@ -6,6 +6,14 @@ tokenized as is. With one slot, tokens are evaluated on the ``Llama`` object's o
 prefix reused like ``Llama.generate`` does) and drawn with the request's own llama.cpp sampler chain
 (``llamacpp_sampling``, the same chain the batch engine uses); they are detokenized incrementally as
 bytes, so multi-byte characters split across tokens come out whole.
+
+With ``spec.speculative == "ngram"`` (one slot), greedy requests are decoded speculatively: an n-gram
+prompt-lookup drafter (``backends.speculative``) proposes up to ``spec.spec_draft_tokens`` tokens, the
+last token and the draft are evaluated in one ``llama_decode`` with logits at every position, the
+request's own sampler chain picks the token at each position in turn (so grammar and penalties apply
+exactly as in plain decoding), the draft is accepted up to the first disagreement, whose pick is the
+next token, and the KV cells of the rejected draft tokens are removed. Sampled requests decode plainly.
+With several slots (the batch engine) the option is not applied: the load says so in ``details``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from backends import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends.llamacpp_sampling import sampler_for, token_logprob
+from backends.speculative import SPECULATIVE_KINDS, NgramDrafter, SpecStats
 from backends import gguf
 from backends.gguf import kv_cache_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
@@ -36,6 +45,9 @@ CHATML_TEMPLATE = (
 # Tokens per embedding input: llama-server's default physical batch (an input must fit one ubatch to be
 # pooled, and llama.cpp keeps a logits row per input token in embedding mode).
 EMBED_MAX_TOKENS = 512
+
+# Most draft tokens verified in one decode (llama.cpp's --draft-max allows 16 by default; more rarely pays).
+MAX_DRAFT_TOKENS = 64
 
 
 def physical_cores() -> int:
@@ -77,6 +89,8 @@ class LlamaCppBackend(Backend):
         self._path: Path | None = None
         self._n_gpu_layers = 0
         self._engine = None  # BatchEngine when spec.parallel > 1
+        self._spec_stats = SpecStats()  # drafted/accepted tokens since load (speculative decoding)
+        self._details: dict = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -95,6 +109,12 @@ class LlamaCppBackend(Backend):
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
+        if spec.speculative is not None and spec.speculative not in SPECULATIVE_KINDS:
+            raise InvalidRequest(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)} (or none), "
+                                 f"got {spec.speculative!r}.", "speculative")
+        if spec.speculative is not None and not 1 <= spec.spec_draft_tokens <= MAX_DRAFT_TOKENS:
+            raise InvalidRequest(f"spec_draft_tokens must be 1..{MAX_DRAFT_TOKENS}, got {spec.spec_draft_tokens}.",
+                                 "spec_draft_tokens")
         batched = spec.parallel > 1
         gpu_offload = _gpu_offload_supported()
         asked = spec.n_gpu_layers
@@ -149,6 +169,16 @@ class LlamaCppBackend(Backend):
             "weights_bytes": weights,
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
         }
+        self._spec_stats = SpecStats()
+        if spec.speculative is not None:
+            details["speculative"] = spec.speculative if not batched else None
+            details["spec_draft_tokens"] = spec.spec_draft_tokens
+            if batched:
+                details["speculative_note"] = (f"Speculative decoding ({spec.speculative}) runs with one slot only "
+                                               f"(--parallel 1); with parallel={spec.parallel} it is off.")
+            else:
+                details["spec_drafted_tokens"] = details["spec_accepted_tokens"] = 0
+        self._details = details
         if asked and not gpu_offload:  # asked for GPU layers on a CPU build: say so instead of failing
             details["warning"] = "This llama.cpp build has no GPU support: running on the CPU."
         return LoadedModel(
@@ -211,10 +241,31 @@ class LlamaCppBackend(Backend):
             sampler = sampler_for(L, llm, request, n_ctx)  # an invalid constraint is refused here
             try:
                 yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
+                if self._speculative_for(request):
+                    stats = SpecStats()
+                    try:
+                        finish = yield from self._generate_speculative(llm, tokens, sampler, budget, request.logprobs,
+                                                                       cancel, stats)
+                    finally:
+                        self._count(stats)
+                    yield TextDelta("", finish_reason=finish, prompt_tokens=n_prompt,
+                                    draft_tokens=stats.drafted, accepted_tokens=stats.accepted)
+                    return
                 finish = yield from self._generate(llm, tokens, sampler, budget, request.logprobs, cancel)
             finally:
                 L.llama_sampler_free(sampler)
             yield TextDelta("", finish_reason=finish, prompt_tokens=n_prompt)
+
+    def _speculative_for(self, request: ChatRequest) -> bool:
+        """Speculative decoding for this request: loaded with it, and a greedy request (a sampled one
+        decodes plainly, exactly as without the option)."""
+        spec = self._spec
+        return spec is not None and spec.speculative == "ngram" and request.params.greedy
+
+    def _count(self, stats: SpecStats) -> None:
+        self._spec_stats.add(stats.drafted, stats.accepted)
+        self._details["spec_drafted_tokens"] = self._spec_stats.drafted
+        self._details["spec_accepted_tokens"] = self._spec_stats.accepted
 
     def _generate(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
                   cancel: threading.Event) -> Iterator[TextDelta]:
@@ -224,20 +275,7 @@ class LlamaCppBackend(Backend):
 
         ctx, vocab = llm._ctx.ctx, llm._model.vocab
         n_vocab = L.llama_vocab_n_tokens(vocab)
-        held = llm.input_ids[:llm.n_tokens]
-        same = 0
-        for a, b in zip(held, tokens):
-            if a != b:
-                break
-            same += 1
-        reuse = min(same, len(tokens) - 1)  # the last prompt token is evaluated: its logits are sampled
-        if self._spec is not None and not self._spec.prefix_cache:
-            reuse = 0  # no reuse of the previous request's KV: the same prompt gives the same text
-        if reuse == 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llm.reset()
-            reuse = 0
-        llm.n_tokens = reuse
-        llm.eval(tokens[reuse:])
+        self._prefill(llm, tokens, self._spec is None or self._spec.prefix_cache)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated, finish = 0, "length"
         while generated < budget:
@@ -256,6 +294,94 @@ class LlamaCppBackend(Backend):
                     finish = "cancelled"
                     break
                 llm.eval([token])
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield TextDelta(tail)
+        return finish
+
+    @staticmethod
+    def _prefill(llm, tokens: list[int], reuse_prefix: bool = True) -> None:
+        """Evaluate ``tokens`` on ``llm``'s context, reusing the KV prefix it already holds (unless
+        ``reuse_prefix`` is off: the lab's variants, where the same prompt must give the same text)."""
+        held = llm.input_ids[:llm.n_tokens]
+        same = 0
+        for a, b in zip(held, tokens):
+            if a != b:
+                break
+            same += 1
+        reuse = min(same, len(tokens) - 1) if reuse_prefix else 0  # the last prompt token is evaluated
+        if reuse == 0 or not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.reset()
+            reuse = 0
+        llm.n_tokens = reuse
+        llm.eval(tokens[reuse:])
+
+    def _generate_speculative(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
+                              cancel: threading.Event, stats: SpecStats) -> Iterator[TextDelta]:
+        """``_generate`` for a greedy request with n-gram drafts verified in one decode each (see the
+        module docstring); the same tokens, fewer decode calls when the reply repeats its input."""
+        import llama_cpp as L
+
+        ctx, vocab = llm._ctx.ctx, llm._model.vocab
+        n_vocab = L.llama_vocab_n_tokens(vocab)
+        n_ctx, k_max = llm.n_ctx(), self._spec.spec_draft_tokens
+        self._prefill(llm, tokens, self._spec is None or self._spec.prefix_cache)
+        drafter = NgramDrafter(tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated, finish = 0, "length"
+
+        def emit(token: int, idx: int) -> TextDelta:
+            lp = () if logprobs is None else (token_logprob(L, ctx, idx, token, n_vocab, logprobs, self._piece),)
+            return TextDelta(decoder.decode(llm.detokenize([token])), tokens=1, logprobs=lp)
+
+        token, idx = L.llama_sampler_sample(sampler, ctx, -1), -1
+        while True:
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            if L.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            generated += 1
+            yield emit(token, idx)
+            drafter.extend((token,))
+            if generated >= budget:
+                break
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            # room: every draft token accepted plus the pick after them must stay within the budget
+            draft = drafter.draft(min(k_max, budget - generated - 1, n_ctx - llm.n_tokens - 1))
+            batch = [token, *draft]
+            n_past = llm.n_tokens
+            llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n_past:n_past + len(batch)] = batch
+            llm.n_tokens = n_past + len(batch)  # what the KV holds, should the consumer leave mid-way
+            stats.drafted += len(draft)
+            stop = None
+            for i in range(len(batch)):
+                token, idx = L.llama_sampler_sample(sampler, ctx, i), i
+                if i == len(draft) or token != draft[i]:
+                    break  # the model's pick after the accepted drafts: the next step's token
+                stats.accepted += 1
+                if L.llama_vocab_is_eog(vocab, token):
+                    stop = "stop"
+                    break
+                generated += 1
+                yield emit(token, i)
+                drafter.extend((token,))
+                if cancel.is_set():
+                    stop = "cancelled"
+                    break
+            # keep the cells of the last token and the accepted drafts; drop the rejected ones
+            keep = n_past + 1 + (i if stop is None else i + 1)
+            if keep < llm.n_tokens:
+                llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+                llm.n_tokens = keep
+            if stop is not None:
+                finish = stop
+                break
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail)

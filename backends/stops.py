@@ -53,12 +53,14 @@ def apply_stops(deltas: Iterator[TextDelta], stops: tuple[str, ...], cancel: thr
         out = matcher.push(d.text)
         if matcher.hit:
             cancel.set()
-            prompt_tokens = d.prompt_tokens
+            prompt_tokens, drafted, accepted = d.prompt_tokens, d.draft_tokens, d.accepted_tokens
             for rest in deltas:
                 prompt_tokens = rest.prompt_tokens or prompt_tokens
-            yield replace(d, text=out, finish_reason="stop", prompt_tokens=prompt_tokens)
+                drafted, accepted = drafted + rest.draft_tokens, accepted + rest.accepted_tokens
+            yield replace(d, text=out, finish_reason="stop", prompt_tokens=prompt_tokens, draft_tokens=drafted,
+                          accepted_tokens=accepted)
             return
         if d.finish_reason:
             out += matcher.flush()
-        if out or d.tokens or d.finish_reason or d.prompt_tokens or d.logprobs or d.note:
-            yield replace(d, text=out)  # logprobs and notes go with their tokens
+        if out or d.tokens or d.finish_reason or d.prompt_tokens or d.logprobs or d.note or d.draft_tokens:
+            yield replace(d, text=out)  # logprobs, notes and draft counts go with their tokens

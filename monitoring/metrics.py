@@ -39,6 +39,8 @@ class RequestStats:
     error: str | None = None
     peak_rss_bytes: int | None = None  # process RSS, sampled every RSS_EVERY tokens
     client: str | None = None  # API key id or IP, set by the edge
+    draft_tokens: int | None = None  # speculative decoding: tokens drafted (None: not speculative)
+    accepted_tokens: int | None = None  # speculative decoding: drafted tokens the model accepted
     prompt: str | None = field(default=None, repr=False)  # only with --log-prompts
     itls: list[float] = field(default_factory=list, repr=False)
 
@@ -52,6 +54,11 @@ class RequestStats:
                 d[k] = round(v, 6)
         return d
 
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Speculative decoding: accepted / drafted tokens (None when nothing was drafted)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+
     def summary(self) -> str:
         """One human line, shown under a chat reply."""
         parts = []
@@ -63,6 +70,8 @@ class RequestStats:
             parts.append(f"TPOT {self.tpot_s * 1000:.1f} ms")
         parts.append(f"{self.prompt_tokens} prompt + {self.completion_tokens} output tokens")
         parts.append(f"{self.e2e_s:.2f} s")
+        if self.acceptance_rate is not None:
+            parts.append(f"draft acceptance {self.acceptance_rate:.0%} ({self.accepted_tokens}/{self.draft_tokens})")
         if self.finish_reason and self.finish_reason != "stop":
             parts.append(self.finish_reason)
         return " · ".join(parts)
@@ -94,6 +103,9 @@ class RequestTimer:
             s.prompt_tokens = delta.prompt_tokens
         if delta.finish_reason:
             s.finish_reason = delta.finish_reason
+        if delta.draft_tokens or delta.accepted_tokens:
+            s.draft_tokens = (s.draft_tokens or 0) + delta.draft_tokens
+            s.accepted_tokens = (s.accepted_tokens or 0) + delta.accepted_tokens
 
     def finish(self, outcome: str, error: str | None = None) -> RequestStats:
         s = self.stats

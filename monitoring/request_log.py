@@ -38,6 +38,8 @@ class RequestLog:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.started_at)) + "Z"}
         d = s.as_dict()
         record.update({k: d.get(k) for k in FIELDS})
+        if s.draft_tokens is not None:  # speculative decoding
+            record.update(draft_tokens=s.draft_tokens, accepted_tokens=s.accepted_tokens)
         if s.prompt is not None:
             record["prompt"] = s.prompt
         line = json.dumps(record, ensure_ascii=False)

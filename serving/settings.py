@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     n_ctx: int = Field(_SPEC["n_ctx"], description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
     parallel: int = Field(default_factory=lambda: 1 if _zero_gpu() else _SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
+    speculative: Literal["ngram"] | None = Field(_SPEC["speculative"], description="speculative decoding without a draft "
+                                                 "model for greedy requests: 'ngram' (prompt lookup; llama.cpp with --parallel 1, "
+                                                 "transformers' prompt_lookup_num_tokens); output identical to plain decoding")
+    spec_draft_tokens: int = Field(_SPEC["spec_draft_tokens"], ge=1, le=64, description="with --speculative: most draft "
+                                   "tokens verified per forward pass")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     cache_type: str | None = Field(None, description="llama.cpp KV cache type: f16 (default), q8_0 or q4_0 "
@@ -138,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help_ = f"{field.description} [env {env}]"
         if field.annotation is bool:
             parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=help_)
+        elif name == "speculative":
+            parser.add_argument(_flag(name), dest=name, default=None, choices=["ngram"], help=help_)
         elif name == "allow_remote":
             parser.add_argument(_flag(name), dest=name, nargs="+", default=None, help=help_, metavar="PREFIX")
         else:
