@@ -265,9 +265,10 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token's log probability (natural log of the model's own next-token distribution:
-    the raw logits' softmax, before penalties, temperature and truncation, as llama-server reports) and
-    the ``top`` most likely alternatives, as (token text, logprob)."""
+    """One generated token's log probability (natural log, before temperature and truncation) and the
+    ``top`` most likely alternatives, as (token text, logprob). llama.cpp reports the raw logits'
+    softmax, as llama-server does; transformers the scores after its penalties and any constraint's
+    mask (what its generate() hands to temperature), so alternatives a constraint forbids are left out."""
 
     token: str
     logprob: float
