@@ -329,6 +329,8 @@ class LlamaCppBackend(Backend):
         drafter = NgramDrafter(tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated, finish = 0, "length"
+        k_cur = k_max  # draft length, adapted as transformers' assisted generation does: +2 after a fully
+        # accepted draft, -1 after a rejection (verifying a long draft that fails early costs time)
 
         def emit(token: int, idx: int) -> TextDelta:
             lp = () if logprobs is None else (token_logprob(L, ctx, idx, token, n_vocab, logprobs, self._piece),)
@@ -351,7 +353,7 @@ class LlamaCppBackend(Backend):
                 finish = "cancelled"
                 break
             # room: every draft token accepted plus the pick after them must stay within the budget
-            draft = drafter.draft(min(k_max, budget - generated - 1, n_ctx - llm.n_tokens - 1))
+            draft = drafter.draft(min(k_cur, budget - generated - 1, n_ctx - llm.n_tokens - 1))
             batch = [token, *draft]
             n_past = llm.n_tokens
             llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
@@ -374,6 +376,8 @@ class LlamaCppBackend(Backend):
                 if cancel.is_set():
                     stop = "cancelled"
                     break
+            if draft:
+                k_cur = min(k_max, k_cur + 2) if i == len(draft) else max(1, k_cur - 1)
             # keep the cells of the last token and the accepted drafts; drop the rejected ones
             keep = n_past + 1 + (i if stop is None else i + 1)
             if keep < llm.n_tokens:

@@ -9,7 +9,7 @@ The same GGUF is loaded twice with llama.cpp, one slot each: plain, and with ``s
 word list), greedy, ``--tokens`` new tokens. Requests alternate plain / speculative (never two at
 once), so load on a shared machine hits both alike; one warm-up request each is not counted.
 Printed per prompt: decode tok/s (tokens / wall time of the stream, median and best over the
-rounds), the speedup ratio, the acceptance rate (accepted / drafted tokens) and whether the two
+rounds), the speedup ratio, tokens per CPU-second of this process (less sensitive to other load), the acceptance rate (accepted / drafted tokens) and whether the two
 texts are identical (llama.cpp's kernels are not bit-identical across batch shapes, so a near-tie
 can go the other way inside a verified draft; see backends/llamacpp.py).
 """
@@ -71,11 +71,11 @@ PROMPTS = {
 
 def run(backend: LlamaCppBackend, prompt: str, tokens: int):
     req = ChatRequest((Message("user", prompt),), SamplingParams(max_new_tokens=tokens, temperature=0.0, seed=0))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     deltas = list(backend.stream(req, threading.Event()))
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = sum(d.tokens for d in deltas)
-    return "".join(d.text for d in deltas), n, n / dt, deltas[-1]
+    return "".join(d.text for d in deltas), n, n / dt, n / cpu, deltas[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         run(plain, "Hi", 4), run(spec, "Hi", 4)  # warm-up
         for name in args.prompts.split(","):
             prompt = PROMPTS[name]
-            p_speed, s_speed, drafted, accepted, same = [], [], 0, 0, True
+            p_speed, s_speed, p_cpu, s_cpu, drafted, accepted, same = [], [], [], [], 0, 0, True
             for _ in range(args.rounds):
-                p_text, p_n, p_tps, _ = run(plain, prompt, args.tokens)
-                s_text, s_n, s_tps, last = run(spec, prompt, args.tokens)
+                p_text, p_n, p_tps, p_tpc, _ = run(plain, prompt, args.tokens)
+                s_text, s_n, s_tps, s_tpc, last = run(spec, prompt, args.tokens)
                 p_speed.append(p_tps)
                 s_speed.append(s_tps)
+                p_cpu.append(p_tpc)
+                s_cpu.append(s_tpc)
                 drafted, accepted = drafted + last.draft_tokens, accepted + last.accepted_tokens
                 same = same and s_text == p_text
             med_p, med_s = statistics.median(p_speed), statistics.median(s_speed)
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  plain       tok/s median {med_p:6.1f}  best {max(p_speed):6.1f}")
             print(f"  speculative tok/s median {med_s:6.1f}  best {max(s_speed):6.1f}")
             print(f"  speedup median {med_s / med_p:.2f}x  best-vs-best {max(s_speed) / max(p_speed):.2f}x")
+            cp, cs = statistics.median(p_cpu), statistics.median(s_cpu)
+            print(f"  tokens per CPU-second (steadier on a shared machine): plain {cp:.1f}, speculative {cs:.1f}, "
+                  f"ratio {cs / cp:.2f}x")
             rate = accepted / drafted if drafted else 0.0
             print(f"  acceptance {rate:.0%} ({accepted}/{drafted} drafted tokens)")
             print(f"  texts identical: {same}")
