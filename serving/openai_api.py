@@ -200,7 +200,7 @@ class OpenAIRoutes:
             async for index, d in choices:
                 for delta in states[index].feed(d):
                     yield chunk([one(index, delta)])
-                if d.finish_reason:
+                if d.finish_reason and not choices.streams[index].cut:  # a cut stream ends with its error
                     yield chunk([one(index, {}, states[index].finish_reason)])
             if include_usage:
                 yield chunk([], usage())
@@ -243,7 +243,7 @@ class OpenAIRoutes:
                         part = states[index].feed(d)
                         if part is not None:
                             yield _sse({**base, "choices": [part]})
-                        if d.finish_reason:
+                        if d.finish_reason and not choices.streams[index].cut:  # a cut stream ends with its error
                             end = {"index": index, "text": "", "logprobs": None,
                                    "finish_reason": states[index].completion()["finish_reason"]}
                             yield _sse({**base, "choices": [end]})

@@ -118,7 +118,9 @@ def test_load_another_quantization_and_see_the_monitor_update_live(page, shots, 
     quant.press("Enter")
     page.click("#load")
     page.wait_for_selector("#model-current :text('Q8_0')", timeout=120_000)
-    assert "Loaded" in page.locator("#load-status textarea").input_value()
+    # every page's model line follows a load within 2 s, so it may show Q8_0 before the status box's last line
+    page.wait_for_function("() => document.querySelector('#load-status textarea').value.includes('Loaded')",
+                           timeout=30_000)
     page.screenshot(path=str(shots / "model.png"))
     page.get_by_role("tab", name="Monitor").click()
     page.wait_for_selector("#monitor-figures :text('Q8_0')")
@@ -151,9 +153,10 @@ def test_regenerate_replaces_the_last_reply_and_keeps_the_question(page, shots):
     assert user_turns(page) == 1 and bot_text(page).strip()
     before = page.locator("#chat-stats").inner_text()
     page.click("#regenerate")
-    # a new request's stats line (its timings differ from the first one's)
+    # the new reply is the turn's second version, shown once it has its own stats line (its timings differ)
+    page.wait_for_selector("#version-label :text('2 / 2')", timeout=120_000)
     page.wait_for_function("(b) => { const t = document.querySelector('#chat-stats').innerText;"
-                           " return t.includes('tok/s') && t !== b; }", arg=before)
+                           " return t.includes('tok/s') && t !== b; }", arg=before, timeout=120_000)
     page.wait_for_selector("#chatbot .bot-row :text('Stats:')")  # the chatbot renders after the stats line
     page.screenshot(path=str(shots / "regenerate.png"))
     assert user_turns(page) == 1, "Regenerate must not repeat the question"
