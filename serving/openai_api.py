@@ -96,6 +96,24 @@ def _usage(stats: list, prompt_of: Callable[[int], bool]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+async def _collect(choices, states) -> Response | None:
+    """Feed every choice's deltas to its state (a non-streamed answer); an error as its response."""
+    try:
+        async for index, d in choices:
+            states[index].feed(d)
+    except BackendError as exc:
+        return from_backend_error(exc)
+    except Exception as exc:  # a bug: logged, and still an OpenAI-shaped answer
+        return internal_error(exc)
+    return None
+
+
+def _event_stream(events, choices) -> GenerationResponse:
+    """A streamed answer that cancels ``choices`` when it ends for any reason."""
+    return GenerationResponse(events, choices.cancel, media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def _sse(body: dict) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
@@ -168,16 +186,10 @@ class OpenAIRoutes:
         usage = lambda: _usage([s.stats for s in choices.streams], lambda i: i == 0)  # noqa: E731 - one prompt
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return GenerationResponse(self._chat_sse(choices, states, rid, created, model, include_usage, usage),
-                                      choices.cancel, media_type="text/event-stream",
-                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            async for index, d in choices:
-                states[index].feed(d)
-        except BackendError as exc:
-            return from_backend_error(exc)
-        except Exception as exc:
-            return internal_error(exc)
+            return _event_stream(self._chat_sse(choices, states, rid, created, model, include_usage, usage), choices)
+        failed = await _collect(choices, states)
+        if failed is not None:
+            return failed
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
                              "choices": [s.message() for s in states], "usage": usage()})
 
@@ -255,15 +267,10 @@ class OpenAIRoutes:
                                                      "finish_reason": "error"} for s in states]})
                 yield "data: [DONE]\n\n"
 
-            return GenerationResponse(sse(), choices.cancel, media_type="text/event-stream",
-                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            async for index, d in choices:
-                states[index].feed(d)
-        except BackendError as exc:
-            return from_backend_error(exc)
-        except Exception as exc:
-            return internal_error(exc)
+            return _event_stream(sse(), choices)
+        failed = await _collect(choices, states)
+        if failed is not None:
+            return failed
         return JSONResponse({**base, "choices": [s.completion() for s in states], "usage": usage()})
 
     # --- embeddings, tokenize --------------------------------------------------------------------

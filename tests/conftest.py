@@ -75,6 +75,15 @@ def make_services(manager, stream_interval_s: float | None = None):
     return Services(manager, chat, Lab(manager, base_spec=base), base)
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the browser tests put their screenshots: $QUANTLAB_SCREENSHOTS (docs/ when refreshing them)
+    or a temporary folder."""
+    d = Path(os.environ.get("QUANTLAB_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """This session's fresh cache directory (see QUANTLAB_CACHE_DIR above)."""

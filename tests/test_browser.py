@@ -51,13 +51,6 @@ def page(app_url):
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("QUANTLAB_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 REPLY_JS = "(document.querySelector('#chatbot .bot .message-content')?.innerText || '').replace('Loading content', '')"
 
 

@@ -13,7 +13,7 @@ import pytest
 from backends.base import Backend, ModelSpec
 from backends.llamacpp import LlamaCppBackend
 from tests.conftest import LiveServer, make_settings
-from tests.test_browser import page, pytestmark, shots  # noqa: F401 (fixtures and the Chromium skip)
+from tests.test_browser import page, pytestmark  # noqa: F401 (fixtures and the Chromium skip)
 
 N_CTX = 384
 SPEC = ModelSpec(source="embedded", backend="llamacpp", n_ctx=N_CTX, parallel=1)

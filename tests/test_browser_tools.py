@@ -43,13 +43,6 @@ def page(app_url):
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("QUANTLAB_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the dropdown labelled ``label``, as a person does (open it, click the entry)."""
     page.locator(f"input[aria-label='{label}']").click()
