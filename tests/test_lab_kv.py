@@ -138,7 +138,8 @@ def test_kld_and_memory_follow_the_kv_cache_type(cache_dir):
     assert f16.tokens == q8.tokens == q4.tokens == rows["llamacpp:F16"].tokens > 2000
     assert f16.kld_mean <= q8.kld_mean * 1.05  # q8_0 KV within noise of f16 KV, or above it
     assert q8.kld_mean < q4.kld_mean and f16.kld_mean < q4.kld_mean
-    assert q4.kld_mean > 1.2 * f16.kld_mean, "a q4_0 KV cache must cost measurable quality"
+    assert q8.kld_mean < 2 * f16.kld_mean, "a q8_0 KV cache costs little next to the Q8_0 weights"
+    assert q4.kld_mean > 3 * q8.kld_mean, "a q4_0 KV cache costs measurable quality"
     assert [r.memory["kv_type"] for r in (f16, q8, q4)] == list(KV_CACHE_TYPES)
     assert f16.memory["kv_bytes"] > q8.memory["kv_bytes"] > q4.memory["kv_bytes"]
     assert f16.footprint_mib > q8.footprint_mib > q4.footprint_mib
