@@ -80,7 +80,8 @@ def tool_rows(binary: Path, cache_dir: Path, weights: str, window: int, tokens: 
                  "--kl-divergence-base", str(base))
         for kv in KV_CACHE_TYPES:
             log = run_tool(binary, window, chunks, threads, "-m", str(files[weights]), "--kl-divergence-base",
-                           str(base), "--kl-divergence", "-ctk", kv, "-ctv", kv, "-fa", "off" if kv == "f16" else "on")
+                           str(base), "--kl-divergence", "-ctk", kv, "-ctv", kv, "-fa", "off" if kv == "f16" else "on",
+                           "-v")  # -v: llama.cpp's own lines, its KV cache size among them
             m = re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)
             rows[kv] = {"kv_mib": float(m.group(1)) if m else None, "kld_mean": figure(log, r"Mean    KLD"),
                         "kld_p99": figure(log, r"99\.0%   KLD"), "top1": figure(log, r"Same top p"),
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     for scoring, (rows, seconds) in results.items():
         for name in [REFERENCE, *names]:
             r = rows[name]
-            line = (f"{scoring:10s} {name:26s} {r.memory['kv_mib']:7.2f} {r.kld_mean:9.5f} {r.kld_p99:8.4f} "
+            line = (f"{scoring:10s} {name:26s} {r.memory['kv_bytes'] / 2**20:7.2f} {r.kld_mean:9.5f} {r.kld_p99:8.4f} "
                     f"{100 * r.top1_agreement:8.2f} {r.ppl:8.3f}")
             kv = name.rpartition("+kv:")[2] if "+kv:" in name else None
             if tool and scoring == "llama.cpp" and kv in tool:
