@@ -119,7 +119,8 @@ def main(argv=None) -> int:
 
     print(f"\nKV cache quantization: embedded SmolLM2-135M, {args.weights} weights, reference {REFERENCE}, "
           f"stdlib text, {args.tokens} tokens in windows of {args.window}; KV at n_ctx 2048 x 1 slot")
-    head = f"{'scoring':10s} {'variant':26s} {'KV MiB':>7s} {'KLD mean':>9s} {'KLD p99':>8s} {'top-1 %':>8s} {'PPL':>8s}"
+    head = (f"{'scoring':10s} {'variant':26s} {'KV MiB':>7s} {'KLD mean':>9s} {'KLD p99':>8s} {'top-1 %':>8s} "
+            f"{'PPL':>8s}")
     if tool:
         head += f"  | llama-perplexity: {'KV MiB':>7s} {'KLD mean':>9s} {'KLD p99':>8s} {'top-1 %':>8s} {'PPL':>8s}"
     print(head)

@@ -69,7 +69,8 @@ class Variant:
                     f"write {head} without it.")
             if kv not in KV_CACHE_TYPES:
                 raise UnsupportedQuantization(
-                    f"Unknown KV cache type {kv!r} in {raw!r}: write {KV_MARK} then one of {', '.join(KV_CACHE_TYPES)}.")
+                    f"Unknown KV cache type {kv!r} in {raw!r}: write {KV_MARK} then one of "
+                    f"{', '.join(KV_CACHE_TYPES)}.")
         return cls(backend, registry.normalize(backend, quant), kv)
 
 

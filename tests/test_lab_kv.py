@@ -56,7 +56,8 @@ def test_bad_kv_variants_are_refused_by_name(registry):
 
 
 def test_the_lab_loads_a_kv_variant_with_its_cache_type(tmp_path):
-    lab = Lab(make_manager(cache_dir=tmp_path), base_spec=ModelSpec(source="embedded", backend="llamacpp", cache_type="q8_0"))
+    base = ModelSpec(source="embedded", backend="llamacpp", cache_type="q8_0")  # the server's --cache-type q8_0
+    lab = Lab(make_manager(cache_dir=tmp_path), base_spec=base)
     reg = lab.registry
     assert lab.spec("embedded", Variant.parse("llamacpp:Q8_0+kv:q4_0", reg), 2048).cache_type == "q4_0"
     assert lab.spec("embedded", Variant.parse("llamacpp:Q8_0+kv:f16", reg), 2048).cache_type == "f16"
@@ -116,7 +117,8 @@ def test_kv_bytes_match_what_llama_cpp_allocates(cache_dir, embedded_gguf, n_ctx
         mib, cells, k, v = _llama_cpp_kv_report(embedded_gguf, n_ctx, cache_type)
         assert (k, v) == (cache_type, cache_type)
         assert mem["kv_type"] == info.details["kv_cache_type"] == cache_type
-        assert abs(mem["kv_bytes"] / 2**20 - mib) <= 0.006, (cache_type, mem["kv_bytes"] / 2**20, mib)  # log: 2 decimals
+        # llama.cpp prints MiB with 2 decimals
+        assert abs(mem["kv_bytes"] / 2**20 - mib) <= 0.006, (cache_type, mem["kv_bytes"] / 2**20, mib)
         assert info.footprint_bytes == mem["weights_bytes"] + mem["kv_bytes"]
         sizes[cache_type] = mem["kv_bytes"]
         print(f"\n{cache_type}: app {mem['kv_bytes'] / 2**20:.3f} MiB, llama.cpp {mib:.2f} MiB ({cells} cells)")
