@@ -253,16 +253,28 @@ def source_of(variant: Path) -> dict | None:
         return None
 
 
-def kv_cache_bytes(meta: dict, n_ctx: int, bytes_per_element: float = 2.0) -> int:
-    """K and V for every layer at ``n_ctx`` tokens, from the GGUF's metadata (f16 by default, what
-    llama.cpp allocates unless told otherwise); 0 when the architecture's keys are missing."""
+# Bytes per element of each KV cache type: ggml's block size / elements per block (ggml_type_size /
+# ggml_blck_size; f16 2 bytes, q8_0 34 bytes per 32 values, q4_0 18 per 32). A test checks these
+# against the engine's own ggml and the KV size llama.cpp reports when it allocates the cache.
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def kv_cache_bytes(meta: dict, n_ctx: int, cache_type: str | None = None) -> int:
+    """K and V for every layer at ``n_ctx`` tokens (KV cells), from the GGUF's metadata, in the
+    cache type llama.cpp allocates (``None`` = f16, its default); 0 when the architecture's keys are
+    missing. Per layer: n_ctx x (n_embd_k_gqa + n_embd_v_gqa) elements, as llama.cpp sizes it."""
     arch = meta.get("general.architecture", "llama")
+    name = (cache_type or "f16").strip().lower()
+    if name not in KV_BYTES_PER_ELEMENT:
+        raise UnsupportedQuantization(f"Unknown KV cache type {cache_type!r}: choose one of "
+                                      f"{', '.join(KV_BYTES_PER_ELEMENT)}.")
     try:
         n_layer = int(meta[f"{arch}.block_count"])
         n_embd = int(meta[f"{arch}.embedding_length"])
         n_head = int(meta[f"{arch}.attention.head_count"])
         n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-    except (KeyError, ValueError):
+        head_k = int(meta.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+        head_v = int(meta.get(f"{arch}.attention.value_length", n_embd // max(n_head, 1)))
+    except (KeyError, ValueError, TypeError):
         return 0
-    head_dim = n_embd // max(n_head, 1)
-    return int(2 * n_layer * n_ctx * n_head_kv * head_dim * bytes_per_element)
+    return int(n_layer * n_ctx * n_head_kv * (head_k + head_v) * KV_BYTES_PER_ELEMENT[name])

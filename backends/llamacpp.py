@@ -61,7 +61,7 @@ def physical_cores() -> int:
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
-    capabilities = frozenset({"stream", "logits", "tokenize", "files"})
+    capabilities = frozenset({"stream", "logits", "tokenize", "files", "kv_cache_type"})
     quantizations = gguf.GGUF_MENU
     default_quantization = gguf.GGUF_AS_FILE
     pseudo_quantizations = (gguf.GGUF_AS_FILE,)
@@ -158,6 +158,13 @@ class LlamaCppBackend(Backend):
         ftype = meta.get("general.file_type")
         own_type = gguf.GGUF_NAMES_BY_FTYPE.get(int(ftype), quant) if ftype is not None else quant
         weights = int(llm._model.size())
+        kv_type = (spec.cache_type or "f16").strip().lower()
+        # KV cells llama.cpp allocated: the context it made (it rounds n_ctx up, e.g. 1000 -> 1024), the
+        # batch engine's (every slot's) when batched
+        import llama_cpp
+
+        kv_cells = int(llama_cpp.llama_n_ctx(self._engine.ctx)) if batched else int(llm.n_ctx())
+        kv_bytes = kv_cache_bytes(meta, kv_cells, kv_type)
         details = {
             "file": path.name,
             "n_ctx": n_ctx,
@@ -167,6 +174,8 @@ class LlamaCppBackend(Backend):
             "gpu_offload_supported": gpu_offload,
             "n_params": int(llm._model.n_params()),
             "weights_bytes": weights,
+            "kv_cache_bytes": kv_bytes,
+            "kv_cache_type": kv_type,
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
         }
         self._spec_stats = SpecStats()
@@ -187,7 +196,7 @@ class LlamaCppBackend(Backend):
             quantization=own_type,
             source=str(path),
             context_length=n_ctx,
-            footprint_bytes=weights + kv_cache_bytes(meta, n_ctx * spec.parallel),
+            footprint_bytes=weights + kv_bytes,
             load_seconds=time.perf_counter() - t0,
             device="cuda" if n_gpu_layers and gpu_offload else "cpu",
             details=details,
@@ -441,6 +450,7 @@ class LlamaCppBackend(Backend):
                     n_threads=(self._spec.n_threads if self._spec else None) or physical_cores(),
                     n_gpu_layers=self._n_gpu_layers,
                     verbose=False,
+                    **kv_cache_options(self._spec),  # scored through the same KV cache type as the chat
                 )
             lg = self._logits_llm
             if len(token_ids) > lg.n_ctx():

@@ -54,5 +54,6 @@ def memory_line(mem: dict) -> str:
     if not mem["total_bytes"]:
         return "memory not visible (remote engine)"
     slots = mem["slots"]
-    return (f"{mem['total_mib']:,.1f} MiB = {mem['weights_mib']:,.1f} weights + {mem['kv_mib']:,.1f} KV "
+    kv_type = "" if mem.get("kv_type", "f16") == "f16" else f" {mem['kv_type']}"  # a quantized KV cache says so
+    return (f"{mem['total_mib']:,.1f} MiB = {mem['weights_mib']:,.1f} weights + {mem['kv_mib']:,.1f} KV{kv_type} "
             f"({mem['n_ctx']} ctx x {slots} slot{'s' if slots != 1 else ''}) + {mem['overhead_mib']:,.1f} overhead")

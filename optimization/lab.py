@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import gguf, sources
-from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
+from backends.base import KV_CACHE_TYPES, ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
 from backends.provenance import provenance
@@ -35,26 +35,51 @@ COMPARE_CTX = 2048
 LAB_CTX = COMPARE_CTX  # every lab variant loads at this context x 1 slot: one memory figure per variant
 
 
+KV_CAPABILITY = "kv_cache_type"  # a backend whose KV cache can be quantized (llama.cpp's type_k/type_v)
+KV_MARK = "+kv:"
+KV_MENU = (("Q8_0", "q8_0"), ("Q8_0", "q4_0"), ("Q4_K_M", "q8_0"), ("Q4_K_M", "q4_0"))  # offered in the menus
+
+
 @dataclass(frozen=True)
 class Variant:
+    """``backend:quantization``, optionally ``+kv:TYPE`` (llama.cpp's KV cache type, f16/q8_0/q4_0).
+    Without one, the variant takes the server's ``--cache-type`` (f16 by default)."""
     backend: str
     quantization: str
+    kv: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.backend}:{self.quantization}"
+        return f"{self.backend}:{self.quantization}" + (f"{KV_MARK}{self.kv}" if self.kv else "")
 
     @classmethod
     def parse(cls, text: str, registry: BackendRegistry) -> Variant:
-        backend, sep, quant = (text if isinstance(text, str) else "").strip().partition(":")
+        raw = (text if isinstance(text, str) else "").strip()
+        at = raw.lower().find(KV_MARK)
+        head, kv = (raw[:at], raw[at + len(KV_MARK):].strip().lower()) if at >= 0 else (raw, None)
+        backend, sep, quant = head.partition(":")
         if not sep or backend not in registry.names() or not registry.supports(backend, LAB_CAPABILITY):
             raise UnsupportedQuantization(
-                f"Unknown variant {text!r}: write backend:quantization, e.g. llamacpp:Q8_0 or transformers:nf4.")
-        return cls(backend, registry.normalize(backend, quant))
+                f"Unknown variant {text!r}: write backend:quantization, e.g. llamacpp:Q8_0 or transformers:nf4 "
+                f"(llama.cpp may add a KV cache type: llamacpp:Q8_0{KV_MARK}q8_0).")
+        if kv is not None:
+            if not registry.supports(backend, KV_CAPABILITY):
+                raise UnsupportedQuantization(
+                    f"{raw!r}: the {backend} backend has no KV cache type ({KV_MARK} is for llama.cpp variants); "
+                    f"write {head} without it.")
+            if kv not in KV_CACHE_TYPES:
+                raise UnsupportedQuantization(
+                    f"Unknown KV cache type {kv!r} in {raw!r}: write {KV_MARK} then one of "
+                    f"{', '.join(KV_CACHE_TYPES)}.")
+        return cls(backend, registry.normalize(backend, quant), kv)
 
 
 def variant_menu(registry: BackendRegistry) -> list[str]:
-    return registry.variant_menu(LAB_CAPABILITY)
+    """Every variant the lab can score, then a few with a quantized KV cache (any other can be typed)."""
+    menu = registry.variant_menu(LAB_CAPABILITY)
+    kv = [f"{b}:{q}{KV_MARK}{t}" for b in registry.names() if registry.supports(b, KV_CAPABILITY)
+          for q, t in KV_MENU if f"{b}:{q}" in menu]
+    return menu + kv
 
 
 def parse_variants(texts, registry: BackendRegistry, at_least: int = 1, at_most: int | None = None) -> list[Variant]:
@@ -101,10 +126,12 @@ class Lab:
     # --- loading ---------------------------------------------------------------------------------
 
     def spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
-        """No prefix reuse (``prefix_cache=False``): a greedy run gives the same text whatever ran before."""
+        """No prefix reuse (``prefix_cache=False``): a greedy run gives the same text whatever ran before.
+        A ``+kv:`` variant sets the KV cache type; without one the server's own applies."""
         base = self.base_spec or ModelSpec(source=source, backend=v.backend)
+        kv = {"cache_type": v.kv} if v.kv else {}
         return base.with_(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx, parallel=1,
-                          served_name=None, prefix_cache=False)
+                          served_name=None, prefix_cache=False, **kv)
 
     def describe(self, source: str, lease: Lease) -> dict:
         """What every place showing a variant shows: its memory (one definition) and provenance."""
@@ -155,8 +182,13 @@ class Lab:
         if not n_params:
             return [0 for _ in variants]
         meta = gguf.read_gguf_metadata(path) if path.is_file() and path.suffix == ".gguf" else {}
-        kv = gguf.kv_cache_bytes(meta, n_ctx)  # 0 when the architecture is not in the metadata
-        need = [estimate_model_bytes(n_params, v.quantization if v.quantization in BITS_PER_WEIGHT else "Q8_0", kv)
+        base_kv = (self.base_spec.cache_type if self.base_spec else None) or "f16"
+
+        def kv(v: Variant) -> int:  # 0 when the architecture is not in the metadata
+            kv_type = (v.kv or base_kv) if self.registry.supports(v.backend, KV_CAPABILITY) else "f16"
+            return gguf.kv_cache_bytes(meta, n_ctx, kv_type)
+
+        need = [estimate_model_bytes(n_params, v.quantization if v.quantization in BITS_PER_WEIGHT else "Q8_0", kv(v))
                 for v in variants]
         pooled = sum(lease.info.footprint_bytes for lease in self._pool.values())
         total = (sum(need) if together else max(need)) - (pooled if together else 0)

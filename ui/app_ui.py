@@ -128,7 +128,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
 
             Args:
                 prompt: the user message every variant answers (chat template applied)
-                variants: 2-4 "backend:quantization" names, e.g. ["llamacpp:Q8_0", "transformers:nf4"]
+                variants: 2-4 "backend:quantization" names, e.g. ["llamacpp:Q8_0", "transformers:nf4"]; a llama.cpp one may add its KV cache type, e.g. "llamacpp:Q8_0+kv:q4_0" (f16, q8_0, q4_0)
                 model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
                 max_new_tokens: longest reply per variant, in tokens
                 temperature: sampling temperature (0 = greedy, so the variants can be compared token by token)
@@ -148,7 +148,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
             tensors and memory (weights, KV, overhead, total).
 
             Args:
-                variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]
+                variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]; a llama.cpp one may add its KV cache type, e.g. "llamacpp:Q8_0+kv:q8_0" (f16, q8_0, q4_0), scored through that cache
                 text_path: a text file on the server to score ("" = Python's standard-library docstrings)
                 max_tokens: how many tokens of the text to score
                 model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"

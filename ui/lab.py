@@ -18,9 +18,10 @@ from serving.services import Services
 # Evaluate's table: (column shown, row field, decimals); the units are in the names.
 EVAL_COLUMNS = [("variant", "shown_variant", None), ("bpw", "bpw", 2),
                 ("KLD mean", "kld_mean", 4), ("KLD p99", "kld_p99", 3), ("top-1 agree %", "top1_pct", 1),
-                ("PPL", "ppl", 2), ("memory MiB", "footprint_mib", 1), ("decode tok/s", "decode_tokens_per_s", 1),
-                ("tokens scored", "tokens", None)]
+                ("PPL", "ppl", 2), ("memory MiB", "footprint_mib", 1), ("KV MiB", "kv_mib", 1),
+                ("decode tok/s", "decode_tokens_per_s", 1), ("tokens scored", "tokens", None)]
 TABLE_COLUMNS = [c for c, _, _ in EVAL_COLUMNS]
+KV_INFO = "llama.cpp variants take a KV cache type: add +kv:q8_0 or +kv:q4_0 (e.g. llamacpp:Q4_K_M+kv:q8_0)."
 
 
 def table_rows(rows: list[dict]) -> pd.DataFrame:
@@ -28,10 +29,16 @@ def table_rows(rows: list[dict]) -> pd.DataFrame:
     reference first and marked (provenance goes beside the table: ``provenance_markdown``)."""
     out = []
     for r in rows:
-        r = dict(r, top1_pct=r["top1_agreement"] * 100,
+        r = dict(r, top1_pct=r["top1_agreement"] * 100, kv_mib=(r.get("memory") or {}).get("kv_mib"),
                  shown_variant=r["variant"] + (" (reference)" if r["is_reference"] else ""))
         out.append([round(r[f], d) if d is not None and r.get(f) is not None else r.get(f) for _, f, d in EVAL_COLUMNS])
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def _kv_type(mem: dict) -> str:
+    """ " q8_0" for a quantized KV cache, "" for the default f16."""
+    kv = mem.get("kv_type") or "f16"
+    return "" if kv == "f16" else f" {kv}"
 
 
 def provenance_markdown(rows: list[dict]) -> str:
@@ -162,8 +169,8 @@ def pane_markdown(state: dict, base: str | None = None) -> str:
     prov = state.get("provenance") or {}
     about = [x for x in (prov.get("tensors"), prov.get("note")) if x]
     if mem:
-        about.append(f"memory {mem['weights_mib']:,.1f} weights + {mem['kv_mib']:,.1f} KV ({mem['n_ctx']} ctx x "
-                     f"{mem['slots']}) + {mem['overhead_mib']:,.1f} overhead")
+        about.append(f"memory {mem['weights_mib']:,.1f} weights + {mem['kv_mib']:,.1f} KV{_kv_type(mem)} "
+                     f"({mem['n_ctx']} ctx x {mem['slots']}) + {mem['overhead_mib']:,.1f} overhead")
     lines = [f"**{state['variant']}** · {' · '.join(figures)}{status}"]
     if about:
         lines.append(f"<small>{_esc(' · '.join(about))}</small>")
@@ -192,7 +199,8 @@ def build_compare(h: Services):
         prompt = gr.Textbox(label="Prompt", lines=3, scale=4, value="Explain what quantization does to a neural network.")
         with gr.Column(scale=2):
             variants = gr.Dropdown(variant_menu(h.registry), value=["llamacpp:Q8_0", "llamacpp:Q4_0"], multiselect=True,
-                                   label=f"Variants (up to {MAX_COMPARE})", max_choices=MAX_COMPARE)
+                                   label=f"Variants (up to {MAX_COMPARE})", max_choices=MAX_COMPARE,
+                                   allow_custom_value=True, info=KV_INFO)
             model = gr.Textbox(value="embedded", label="Model source")
     with gr.Row():
         max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
@@ -230,7 +238,8 @@ def build_compare(h: Services):
 
 def build_evaluate(h: Services):
     with gr.Row():
-        variants = gr.Dropdown(variant_menu(h.registry), multiselect=True, label="Variants",
+        variants = gr.Dropdown(variant_menu(h.registry), multiselect=True, label="Variants", allow_custom_value=True,
+                               info=KV_INFO,
                                value=["llamacpp:Q8_0", "llamacpp:Q4_K_M", "llamacpp:Q2_K", "transformers:nf4"])
         reference = gr.Dropdown(variant_menu(h.registry), value=DEFAULT_REFERENCE, label="Reference (unquantized)")
     with gr.Row():
