@@ -49,6 +49,17 @@ def check_checkpoint(path: Path) -> None:
                              "(give a folder with config.json and *.safetensors weights, or a Hugging Face repo id).")
     if not is_checkpoint(path):
         raise ModelLoadError(f"{path.name}/ has a config.json but no *.safetensors (or pytorch_model*.bin) weights.")
+    for name in ("config.json", "tokenizer_config.json"):
+        # llama.cpp's converter opens tokenizers with trust_remote_code=True: a checkpoint that ships
+        # its own code (auto_map) would run it in the server's name
+        try:
+            auto_map = json.loads((path / name).read_text()).get("auto_map") if (path / name).is_file() else None
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{path.name}/{name} is not valid JSON.") from exc
+        if auto_map:
+            raise ModelLoadError(f"{path.name}/ ships its own Python code ({name} has auto_map), which llama.cpp's "
+                                 "converter would run: it is not converted here. Convert it yourself with "
+                                 "llama.cpp's convert_hf_to_gguf.py if you trust that code, then load the GGUF.")
 
 
 def checkpoint_name(path: Path) -> str:

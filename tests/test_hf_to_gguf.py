@@ -132,6 +132,14 @@ def test_not_a_checkpoint_is_a_clear_error_and_leaves_nothing(tmp_path, cache_di
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="not a checkpoint folder: it has no config.json"):
         hf_to_gguf.convert_checkpoint(empty, cache_dir)
+    # a checkpoint that ships its own code: the converter would run it (trust_remote_code), so it is refused
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_llama[0], custom)
+    tc = json.loads((custom / "tokenizer_config.json").read_text())
+    tc["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (custom / "tokenizer_config.json").write_text(json.dumps(tc))
+    with pytest.raises(ModelLoadError, match="ships its own Python code"):
+        hf_to_gguf.convert_checkpoint(custom, cache_dir)
     # config and weights, but an architecture llama.cpp's converter does not know: its error, no file left
     odd = tmp_path / "odd"
     shutil.copytree(tiny_llama[0], odd)
@@ -169,5 +177,5 @@ def test_endpoint_streams_progress_and_ends_with_cache_rows(tiny_llama, cache_di
         assert [r["quantization"] for r in rows] == ["F16", "Q4_K_M"]
         assert all(r["id"].startswith("gguf:tiny-copy-") and r["source"] == "tiny-copy" for r in rows)
         info = srv.manager.load(ModelSpec(source=str(ckpt), backend="llamacpp", quantization="Q4_K_M", n_ctx=256))
-        assert info.quantization == "Q4_K_M" and info.name == rows[1]["repo_id"]  # the cached variant, not remade
+        assert info.quantization == "Q4_K_M" and info.name + ".gguf" == rows[1]["repo_id"]  # the cached variant
         srv.manager.unload()
