@@ -13,6 +13,7 @@ import pytest
 from backends import hf_to_gguf
 from backends.errors import ModelLoadError
 from backends.hf_convert import hf_checkpoint_from_gguf
+from tests.test_hub import hub  # noqa: F401 - the fixture: an offline Hugging Face cache at HF_HUB_CACHE
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -179,3 +180,26 @@ def test_endpoint_streams_progress_and_ends_with_cache_rows(tiny_llama, cache_di
         info = srv.manager.load(ModelSpec(source=str(ckpt), backend="llamacpp", quantization="Q4_K_M", n_ctx=256))
         assert info.quantization == "Q4_K_M" and info.name + ".gguf" == rows[1]["repo_id"]  # the cached variant
         srv.manager.unload()
+
+
+def test_missing_converter_source_is_a_typed_error_saying_how_to_get_it(tmp_path, monkeypatch):
+    from backends.gguf_converter import ConverterUnavailable, ensure_converter
+
+    monkeypatch.setenv("QUANTLAB_LLAMA_SDIST", str(tmp_path / "nowhere.tar.gz"))
+    with pytest.raises(ConverterUnavailable, match=r"pip download --no-deps --no-binary :all: llama-cpp-python==\d"):
+        ensure_converter(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_hub_repo_id_converts_from_its_snapshot(hub, tiny_llama, cache_dir):
+    """A repo id (here: in the Hugging Face cache, offline) resolves through the Hub download code and
+    converts; the F16 is named after the repo, not the snapshot's commit."""
+    from tests.test_hub import add_repo
+
+    add_repo(hub, "quantlab-test/tiny-llama", {p.name: p for p in tiny_llama[0].iterdir() if p.is_file()})
+    lines = []
+    paths = hf_to_gguf.convert_source("quantlab-test/tiny-llama", cache_dir, ["Q8_0"],
+                                      progress=lambda f, m: lines.append((f, m)))
+    assert [p.name for p in paths] == ["quantlab-test--tiny-llama.F16.gguf", "quantlab-test--tiny-llama.Q8_0.gguf"]
+    assert all(p.is_file() and p.parent == paths[0].parent for p in paths)
+    assert [f for f, _ in lines] == sorted(f for f, _ in lines)
