@@ -203,3 +203,29 @@ def test_a_hub_repo_id_converts_from_its_snapshot(hub, tiny_llama, cache_dir):
     assert [p.name for p in paths] == ["quantlab-test--tiny-llama.F16.gguf", "quantlab-test--tiny-llama.Q8_0.gguf"]
     assert all(p.is_file() and p.parent == paths[0].parent for p in paths)
     assert [f for f, _ in lines] == sorted(f for f, _ in lines)
+
+
+def test_stopping_a_conversion_kills_the_converter_and_leaves_nothing(tiny_llama, cache_dir, tmp_path):
+    """The Gradio handler's generator closed mid-conversion (Stop, client gone): the converter
+    subprocess is killed and its partial file removed."""
+    import threading
+    import time
+
+    from tests.conftest import make_manager, make_services
+
+    ckpt = tmp_path / "tiny-stopped"
+    shutil.copytree(tiny_llama[0], ckpt)
+    before = _gguf_files(cache_dir)
+    steps = make_services(make_manager(cache_dir=cache_dir)).convert_to_gguf(str(ckpt), "Q8_0")
+    for _, text, _ in steps:
+        if "layer" in text:  # the converter is running
+            break
+    else:
+        pytest.fail("no layer progress before the end")
+    steps.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and (_gguf_files(cache_dir) != before or any(
+            t.name == "convert-gguf" and t.is_alive() for t in threading.enumerate())):
+        time.sleep(0.1)
+    assert _gguf_files(cache_dir) == before
+    assert not hf_to_gguf.f16_path(ckpt, cache_dir).parent.exists()
