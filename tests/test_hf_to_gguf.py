@@ -229,3 +229,32 @@ def test_stopping_a_conversion_kills_the_converter_and_leaves_nothing(tiny_llama
         time.sleep(0.1)
     assert _gguf_files(cache_dir) == before
     assert not hf_to_gguf.f16_path(ckpt, cache_dir).parent.exists()
+
+
+def test_a_real_llama_checkpoint_converts_faithfully(cache_dir, embedded_gguf):
+    """SmolLM2-135M as a transformers fp32 checkpoint (derived from the embedded GGUF, as the
+    transformers tests do) through the converter: llama.cpp F16 logits within 0.5 % of the largest
+    |logit| of transformers' fp32 ones, same argmax."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backends.llamacpp_open import open_llama
+
+    ckpt = hf_checkpoint_from_gguf(embedded_gguf, cache_dir)
+    f16 = hf_to_gguf.convert_checkpoint(ckpt, cache_dir)
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    ids = tok(TEXT)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0].float().numpy()
+    del model
+    llm = open_llama(str(f16), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    try:
+        llm.eval(ids)
+        got = np.array(llm.scores[:len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    diff, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
+    agree = float((got.argmax(-1) == ref.argmax(-1)).mean())
+    print(f"\nSmolLM2-135M F16 vs fp32: max |diff| {diff:.4f}, max |logit| {scale:.2f}, argmax agreement {agree:.3f}")
+    assert diff <= 0.005 * scale
+    assert agree >= 0.97
