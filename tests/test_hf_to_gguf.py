@@ -5,6 +5,7 @@ transformers' own logits, by KLD ordering in the lab, and through the Gradio end
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -122,6 +123,17 @@ def test_quantized_variants_order_by_kld_in_the_lab(f16, tiny_llama, cache_dir):
     assert all(i["source"] == "tiny-llama" and i["source_type"] == "fp32" for i in rows_cached)
 
 
+def clone(src, dst):
+    """A copy of a checkpoint folder whose files are hard links (the disk is shared); edit a file only
+    through ``rewrite``, which replaces the link instead of writing through it."""
+    return shutil.copytree(src, dst, copy_function=os.link)
+
+
+def rewrite(path, data: dict) -> None:
+    path.unlink()
+    path.write_text(json.dumps(data))
+
+
 def _gguf_files(cache_dir):
     base = cache_dir / "gguf"
     return sorted(str(p) for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
@@ -134,19 +146,17 @@ def test_not_a_checkpoint_is_a_clear_error_and_leaves_nothing(tmp_path, cache_di
     with pytest.raises(ModelLoadError, match="not a checkpoint folder: it has no config.json"):
         hf_to_gguf.convert_checkpoint(empty, cache_dir)
     # a checkpoint that ships its own code: the converter would run it (trust_remote_code), so it is refused
-    custom = tmp_path / "custom"
-    shutil.copytree(tiny_llama[0], custom)
+    custom = clone(tiny_llama[0], tmp_path / "custom")
     tc = json.loads((custom / "tokenizer_config.json").read_text())
     tc["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
-    (custom / "tokenizer_config.json").write_text(json.dumps(tc))
+    rewrite(custom / "tokenizer_config.json", tc)
     with pytest.raises(ModelLoadError, match="ships its own Python code"):
         hf_to_gguf.convert_checkpoint(custom, cache_dir)
     # config and weights, but an architecture llama.cpp's converter does not know: its error, no file left
-    odd = tmp_path / "odd"
-    shutil.copytree(tiny_llama[0], odd)
+    odd = clone(tiny_llama[0], tmp_path / "odd")
     cfg = json.loads((odd / "config.json").read_text())
     cfg["architectures"] = ["NoSuchModelForCausalLM"]
-    (odd / "config.json").write_text(json.dumps(cfg))
+    rewrite(odd / "config.json", cfg)
     with pytest.raises(ModelLoadError, match="converter could not convert odd: .*NoSuchModelForCausalLM"):
         hf_to_gguf.convert_checkpoint(odd, cache_dir)
     assert _gguf_files(cache_dir) == before
@@ -160,8 +170,7 @@ def test_endpoint_streams_progress_and_ends_with_cache_rows(tiny_llama, cache_di
     from backends.base import ModelSpec
     from tests.conftest import LiveServer, make_settings
 
-    ckpt = tmp_path / "tiny-copy"
-    shutil.copytree(tiny_llama[0], ckpt)
+    ckpt = clone(tiny_llama[0], tmp_path / "tiny-copy")
     with LiveServer(make_settings(cache_dir=cache_dir)) as srv:
         client = Client(srv.url, verbose=False)
         try:
@@ -213,8 +222,7 @@ def test_stopping_a_conversion_kills_the_converter_and_leaves_nothing(tiny_llama
 
     from tests.conftest import make_manager, make_services
 
-    ckpt = tmp_path / "tiny-stopped"
-    shutil.copytree(tiny_llama[0], ckpt)
+    ckpt = clone(tiny_llama[0], tmp_path / "tiny-stopped")
     before = _gguf_files(cache_dir)
     steps = make_services(make_manager(cache_dir=cache_dir)).convert_to_gguf(str(ckpt), "Q8_0")
     for _, text, _ in steps:
