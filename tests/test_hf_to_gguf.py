@@ -266,3 +266,24 @@ def test_a_real_llama_checkpoint_converts_faithfully(cache_dir, embedded_gguf):
     print(f"\nSmolLM2-135M F16 vs fp32: max |diff| {diff:.4f}, max |logit| {scale:.2f}, argmax agreement {agree:.3f}")
     assert diff <= 0.005 * scale
     assert agree >= 0.97
+
+
+def test_loading_a_checkpoint_with_llamacpp_converts_then_quantizes_with_progress(tiny_llama, cache_dir, tmp_path):
+    from tests.conftest import make_manager, make_services
+
+    ckpt = clone(tiny_llama[0], tmp_path / "tiny-load")
+    manager = make_manager(cache_dir=cache_dir)
+    services = make_services(manager)
+    try:
+        steps = list(services.load_steps(str(ckpt), "llamacpp", "Q8_0", n_ctx=256, parallel=1))
+        lines = [text for _, text in steps]
+        assert [f for f, _ in steps] == sorted(f for f, _ in steps)
+        assert any("Converting tiny-load: layer 2 of 2" in t for t in lines), lines
+        assert any("Making the Q8_0 variant" in t for t in lines)
+        assert lines[-1].startswith("Loaded tiny-load.Q8_0 · llamacpp · Q8_0")
+        *_, (reply, stats) = services.chat("Hello", [], "", 8, 0.0, 1.0, 0, 1.0, 0)
+        assert stats["completion_tokens"] > 0  # random weights, served like any model
+    finally:
+        manager.unload()
+    assert sorted(p.name for p in hf_to_gguf.f16_path(ckpt, cache_dir).parent.glob("*.gguf")) == [
+        "tiny-load.F16.gguf", "tiny-load.Q8_0.gguf"]
