@@ -213,6 +213,10 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
     own = gguf_file_type(src)
     if own == quant:
         return src
+    beside = _checkpoint_f16_stem(src)
+    if beside is not None:  # the F16 converted from a checkpoint: its variants go beside it
+        target = src.parent / f"{beside}.{quant}.gguf"
+        return target if target.exists() else quantize_gguf(src, target, quant)
     base = cache_dir / "gguf" / f"{src.stem}-{source_key(src)}"
     target = base / f"{src.stem}.{quant}.gguf"
     if target.exists():
@@ -228,6 +232,15 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
 
 
 SOURCE_RECORD = "quantlab-source.json"
+
+
+def _checkpoint_f16_stem(src: Path) -> str | None:
+    """For ``<name>.F16.gguf`` that ``hf_to_gguf`` converted from a checkpoint (its folder's source
+    record says so): ``<name>``; None for any other file."""
+    if not src.name.endswith(".F16.gguf"):
+        return None
+    rec = source_of(src)
+    return src.name[: -len(".F16.gguf")] if rec and rec.get("checkpoint") else None
 
 
 def record_source(folder: Path, src: Path, own: str | None) -> None:

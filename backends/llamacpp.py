@@ -30,7 +30,7 @@ from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends.llamacpp_sampling import sampler_for, token_logprob
 from backends.speculative import SPECULATIVE_KINDS, NgramDrafter, SpecStats
-from backends import gguf
+from backends import gguf, hf_to_gguf
 from backends.gguf import kv_cache_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
 from backends.memory import release_memory
@@ -99,12 +99,17 @@ class LlamaCppBackend(Backend):
 
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
-        path = sources.find_gguf(sources.resolve(spec.source, gguf_file=spec.gguf_file,
-                                                 progress=sources.scaled(progress, 0.05, 0.15)), spec.gguf_file)
+        path = sources.resolve(spec.source, gguf_file=spec.gguf_file, progress=sources.scaled(progress, 0.05, 0.15))
+        step = 0.15
+        if path.is_dir() and not any(path.glob("*.gguf")) and hf_to_gguf.is_checkpoint(path):
+            # a transformers checkpoint: llama.cpp's converter makes its GGUF F16 once (cached)
+            path = hf_to_gguf.convert_checkpoint(path, self._cache_dir, sources.scaled(progress, 0.15, 0.3))
+            step = 0.3
+        path = sources.find_gguf(path, spec.gguf_file)
         gguf.check_gguf(path)
         quant = self.normalize_quantization(spec.quantization)
         if quant != gguf.GGUF_AS_FILE:
-            progress(0.15, f"Making the {quant} variant (cached after the first time)")
+            progress(step, f"Making the {quant} variant (cached after the first time)")
             path = gguf.gguf_variant(path, quant, self._cache_dir)
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:

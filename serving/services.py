@@ -131,6 +131,44 @@ class Services:
                                        in_use=self.manager.in_use_sources())
         return f"Deleted {item['id']} ({item['size_bytes'] / 2**20:.1f} MiB freed)."
 
+    def convert_to_gguf(self, model: str, quantizations: Any = None) -> Iterator[tuple[float, str, list[dict]]]:
+        """Convert a checkpoint folder or Hub repo id to GGUF F16 with llama.cpp's converter, then make
+        each of ``quantizations`` from it. Yields (fraction, status line, []), then (1.0, summary, the new
+        cache rows). Closing the generator (client gone, Stop) ends the conversion and leaves no file."""
+        from backends import hf_to_gguf
+
+        source = as_text(model, "model").strip()
+        quants = parse_quantizations(quantizations)
+        updates: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                result["paths"] = hf_to_gguf.convert_source(
+                    source, self._cache_dir(), quants, allowed_dir=self.manager.allowed_dir,
+                    progress=lambda f, text: updates.put((f, text)), cancel=cancel)
+            except BaseException as exc:  # re-raised below, on the caller's thread
+                result["error"] = exc
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=run, name="convert-gguf", daemon=True)
+        worker.start()
+        try:
+            yield 0.0, f"Converting {source} to GGUF (F16{''.join(', ' + q for q in quants if q != 'F16')})…", []
+            while (item := updates.get()) is not None:
+                yield min(item[0], 0.99), item[1], []
+        finally:
+            cancel.set()  # no-op when done; else the converter subprocess is killed and its file removed
+        if "error" in result:
+            raise result["error"]
+        paths = result["paths"]
+        made = {str(p) for p in paths}
+        rows = [i for i in self.cached_models() if i.get("load", {}).get("model") in made]
+        rows.sort(key=lambda i: [str(p) for p in paths].index(i["load"]["model"]))
+        yield 1.0, f"Made {', '.join(p.name for p in paths)} in {paths[0].parent}", rows
+
     def _cache_dir(self) -> Path:
         return self.manager.cache_dir or default_cache_dir()
 
@@ -165,6 +203,19 @@ class Services:
 
 
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def parse_quantizations(value: Any) -> list[str]:
+    """GGUF types from a list or a comma/space separated string ("" or None = none), upper-cased."""
+    if value is None:
+        return []
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        name = as_text(item, "quantizations").strip().upper()
+        if name:
+            out.append(name)
+    return out
 
 
 def loader_options(**options: Any) -> dict[str, Any]:

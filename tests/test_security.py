@@ -15,7 +15,7 @@ from tests.conftest import LiveServer, make_settings
 MSG = [{"role": "user", "content": "Hi"}]
 CHAT = ("Say hi.", [], "", 4, 0.0, 1.0, 0, 1.0, 0)
 ENDPOINTS = ["load_model", "unload_model", "chat", "complete", "model_status", "stats", "cached_models", "delete_cached",
-             "compare", "evaluate"]
+             "compare", "evaluate", "convert_to_gguf"]
 
 
 @pytest.fixture(scope="module")

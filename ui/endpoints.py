@@ -1,5 +1,5 @@
 """The generation and model endpoints of the Gradio API (/chat, /complete, /load_model,
-/unload_model), each parameter described for the "Use via API" page. New parameters go after the
+/unload_model, /convert_to_gguf), each parameter described for the "Use via API" page. New parameters go after the
 existing ones, with defaults, so older gradio_client calls keep working.
 
 No ``from __future__ import annotations`` here: gr.api reads the return annotation as an object
@@ -146,3 +146,19 @@ def register_model_api(h: Services) -> None:
         return h.unload_model()
 
     described_api(unload_model, api_name="unload_model", concurrency_id="load")
+
+    @gradio_errors
+    def convert_to_gguf(model: str, quantizations: list[str] | None = None) -> tuple[str, list[dict]]:
+        """Convert a transformers checkpoint (safetensors) to GGUF with llama.cpp's own converter
+        (convert_hf_to_gguf.py of the engine's llama.cpp), then make each GGUF type asked for from the
+        F16. Streams ("40% · step", []); the final item is (summary, the new cache rows: F16 first, then
+        each type, as /cached_models lists them). Made once and cached; a failed conversion leaves no file.
+
+        Args:
+            model: a checkpoint folder (config.json + *.safetensors) or a Hugging Face repo id of one
+            quantizations: GGUF types to make from the F16, e.g. ["Q8_0", "Q4_K_M", "Q2_K"] (None or [] = the F16 only)
+        """
+        for fraction, text, rows in h.convert_to_gguf(model, quantizations):
+            yield (text if fraction >= 1.0 else f"{int(fraction * 100)}% · {text}"), rows
+
+    described_api(convert_to_gguf, api_name="convert_to_gguf", concurrency_id="load")

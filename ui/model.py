@@ -10,6 +10,7 @@ import gradio as gr
 
 from backends.base import KV_CACHE_TYPES, ModelSpec
 from backends.errors import user_message
+from backends.gguf import GGUF_FTYPES
 from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from serving.services import COMPUTE_DTYPES, Services
 from ui.edge import gradio_errors
@@ -126,6 +127,13 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
             cache_load = gr.Button("Load", elem_id="cache-load")
             cache_delete = gr.Button("Delete", variant="stop", elem_id="cache-delete")
         cache_status = gr.Textbox(label="", show_label=False, interactive=False, elem_id="cache-status")
+        with gr.Row():
+            convert_source = gr.Textbox(label="Checkpoint to convert to GGUF", elem_id="convert-source", scale=3,
+                                        placeholder="a folder with config.json + *.safetensors, or a Hub repo id")
+            gguf_types = [q for q in h.registry.menu("llamacpp") if q in GGUF_FTYPES and q != "F16"]
+            convert_types = gr.Dropdown(gguf_types, value=["Q8_0", "Q4_K_M"], multiselect=True, scale=2,
+                                        label="Also make (from the F16)", elem_id="convert-types")
+            convert = gr.Button("Convert to GGUF", elem_id="convert")
 
     private = {"api_visibility": "private"}
 
@@ -209,7 +217,20 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
     def picked(evt: gr.SelectData):
         return evt.row_value[0] if evt.row_value else gr.skip()
 
+    def convert_clicked(source: str, types: list[str], progress=gr.Progress()):
+        """llama.cpp's converter, then each type; the status line streams, the table lists the new rows."""
+        try:
+            for fraction, line, _rows in h.convert_to_gguf(source, types):
+                progress(fraction, desc=line)
+                yield line
+        except Exception as exc:
+            message = user_message(exc)
+            yield f"Conversion failed: {message}"
+            raise gr.Error(message, print_exception=False) from None
+
     cache_outputs = [cached, cache_pick]
+    cev = convert.click(convert_clicked, [convert_source, convert_types], cache_status, concurrency_id="load", **private)
+    cev.then(list_cache, None, cache_outputs, **private)
     cache_box.expand(list_cache, None, cache_outputs, **private)
     cache_refresh.click(list_cache, None, cache_outputs, **private)
     ev.then(list_cache, None, cache_outputs, **private)  # a load may have downloaded or derived
