@@ -56,7 +56,7 @@ def quiet_queue(blocks) -> bool:
         from gradio.utils import run_coro_in_background, set_task_name
 
         event = asyncio.Event()
-        wake.append(event)
+        wake[:] = [event]  # a relaunch (the queue started again) gets a fresh one
 
         async def idle() -> None:
             with contextlib.suppress(TimeoutError):
