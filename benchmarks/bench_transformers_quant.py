@@ -22,19 +22,19 @@ def main(argv: list[str]) -> None:
     variants = argv or VARIANTS
     lab = Lab(ModelManager(metrics=MetricsRecorder()))
     t0 = time.perf_counter()
-    started: dict[str, float] = {}
     load_s: dict[str, float] = {}
+    held_or_open = lab._held_or_open
 
-    def progress(f: float, m: str) -> None:  # load time: from "<variant>: loading" to its first scoring step
-        label, _, what = m.rpartition(": ") if ": " in m else (m, "", "")
-        label = label.removeprefix("Reference ")
-        now = time.perf_counter()
-        if what == "loading":
-            started[label] = now
-        elif label in started and label not in load_s:
-            load_s[label] = now - started[label]
-        if what == "loading" or f >= 1.0:
-            print(f"[{now - t0:6.0f} s] {f:4.0%} {m}", flush=True)
+    def timed(source, v):  # the load time each variant's backend measured (LoadedModel.load_seconds)
+        lease, own = held_or_open(source, v)
+        load_s[v.label] = lease.info.load_seconds
+        return lease, own
+
+    lab._held_or_open = timed
+
+    def progress(f: float, m: str) -> None:
+        if m.endswith("loading") or f >= 1.0:
+            print(f"[{time.perf_counter() - t0:6.0f} s] {f:4.0%} {m}", flush=True)
 
     rows = lab.evaluate("embedded", variants, max_tokens=512, window=256, decode_tokens=16, progress=progress)
     print("\n| variant | weights MiB | KLD mean | KLD p99 | top-1 % | PPL | load s | decode tok/s |")
