@@ -128,3 +128,11 @@ def test_compare_runs_the_methods_through_gradio_client(client, live_app):
     with pytest.raises(Exception, match="needs a CUDA GPU"):
         client.predict("hi", ["transformers:torchao-int4wo"], "embedded", 4, 0.0, 0, api_name="/compare")
     assert httpx.get(live_app.url + "/health").status_code == 200  # the served model is still there
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA path runs there")
+def test_load_model_refuses_a_gpu_only_method_and_keeps_the_served_model(client, live_app):
+    before = httpx.get(live_app.url + "/health").json()["model"]
+    with pytest.raises(Exception, match="needs a CUDA GPU"):
+        client.predict("embedded", "transformers", "torchao-int4wo", api_name="/load_model")
+    assert httpx.get(live_app.url + "/health").json()["model"] == before
