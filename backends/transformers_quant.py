@@ -7,7 +7,8 @@ while loading; nothing is written to disk).
 | `torchao-int8wo` | torchao        | int8 weights, one scale per output channel          | CPU and CUDA |
 | `torchao-int4wo` | torchao        | int4 weights in groups of 64, tinygemm int4 kernels | CUDA only    |
 | `quanto-int8`    | optimum-quanto | int8 weights, one scale per output channel          | CPU and CUDA |
-| `quanto-int4`    | optimum-quanto | int4 weights in groups of 64 (scale + shift each)   | CPU and CUDA |
+| `quanto-int4`    | optimum-quanto | int4 weights in groups of 128 (or the largest       | CPU and CUDA |
+|                  |                | multiple of 32 dividing the row), scale + shift     |              |
 
 Activations stay in the model's float dtype for all of them (weight-only quantization).
 torch is imported inside the functions: importing this module is cheap.
@@ -37,9 +38,9 @@ METHODS: dict[str, Method] = {
     "quanto-int8": Method("optimum.quanto", "optimum-quanto", 8.0, True,
                           "optimum-quanto int8 weights, one scale per output channel"),
     "quanto-int4": Method("optimum.quanto", "optimum-quanto", 4.0, True,
-                          "optimum-quanto int4 weights in groups of 64 (a scale and a shift each)"),
+                          "optimum-quanto int4 weights in groups of 128 or fewer (a scale and a shift each)"),
 }
-GROUP_SIZE = 64  # SmolLM2's rows of 576 are no multiple of 128 (torchao would skip those weights)
+GROUP_SIZE = 64  # torchao-int4wo; SmolLM2's rows of 576 are no multiple of 128 (torchao would skip those weights)
 
 
 def is_method(quant: str) -> bool:
