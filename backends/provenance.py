@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 from backends import gguf
+from backends.transformers_quant import METHODS
 
 UNQUANTIZED = {"F32", "F16", "BF16", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}
 # nominal bits per weight of the transformers quantizations (bitsandbytes keeps norms and embeddings)
-NOMINAL_BPW = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 8.0, "nf4": 4.0, "fp4": 4.0}
+NOMINAL_BPW = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 8.0, "nf4": 4.0, "fp4": 4.0,
+               **{q: m.bits for q, m in METHODS.items()}}
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,7 +90,9 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
     if bpw and src_bpw and bpw > src_bpw + 0.05 and quantization not in UNQUANTIZED:  # floats: the note says it
         warning = (f"{quantization} has more bits ({bpw:.2f} bpw) than its source {src_type or name} "
                    f"({src_bpw:.2f} bpw): the extra bits cannot restore what the source lost")
+    method = METHODS[quantization].description if quantization in METHODS else None
     return {
+        "method": method,
         "source": str(src) if src is not None else None, "source_name": name, "source_type": src_type,
         "already_quantized": already, "note": note, "warning": warning,
         "tensor_types": summary["types"] if summary else None, "n_tensors": summary["n_tensors"] if summary else None,
@@ -99,8 +103,8 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
 
 
 def provenance_line(p: dict) -> str:
-    """One line for a status or a pane: tensors · note · ⚠ warning."""
-    parts = [x for x in (p.get("tensors"), p.get("note")) if x]
+    """One line for a status or a pane: tensors · method · note · ⚠ warning."""
+    parts = [x for x in (p.get("tensors"), p.get("method"), p.get("note")) if x]
     if p.get("warning"):
         parts.append("⚠ " + p["warning"])
     return " · ".join(parts)

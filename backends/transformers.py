@@ -1,4 +1,5 @@
-"""Hugging Face transformers models, optionally quantized with bitsandbytes.
+"""Hugging Face transformers models, optionally quantized with bitsandbytes, torchao or optimum-quanto
+(those two: backends/transformers_quant.py).
 
 ``generate`` runs in a worker thread: its token ids come back through a queue, an exception in the
 thread is re-raised on the consumer side (a plain TextIteratorStreamer would hang), and a stopping
@@ -25,6 +26,7 @@ from backends.errors import (
 )
 from backends.hf_convert import hf_checkpoint_from_gguf
 from backends import gguf
+from backends import transformers_quant
 from backends.memory import release_memory
 from backends.slots import SharedExclusive
 
@@ -98,7 +100,7 @@ def _bnb_cpu_ok() -> bool:
 class TransformersBackend(Backend):
     name = "transformers"
     capabilities = frozenset({"stream", "logits", "tokenize", "files"})
-    quantizations = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+    quantizations = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4", *transformers_quant.METHODS)
     default_quantization = "bf16"
     # DRY, XTC and mirostat have no transformers implementation: refused by name (Backend.check_request)
     samplers = frozenset({"min_p", "typical_p", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size"})
@@ -118,6 +120,7 @@ class TransformersBackend(Backend):
         self._paths = SharedExclusive()
         self._grammars = None  # transformers_constraint.Grammars, made on the first constrained request
         self._texts = None  # transformers_logprobs.TokenTexts
+        self._quant = "fp32"
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -148,6 +151,8 @@ class TransformersBackend(Backend):
         device_map = spec.device_map or ("auto" if on_gpu else "cpu")
         if quant in ("int8", "nf4", "fp4") and not bnb_support()[quant]:
             raise UnsupportedQuantization(f"bitsandbytes {quant} is not available on this machine.")
+        if transformers_quant.is_method(quant):
+            transformers_quant.check(quant, on_gpu)
         if quant == "bf16" and not on_gpu and not _cpu_bf16_ok(torch):
             raise UnsupportedQuantization("This CPU cannot run bf16: choose fp32.")
         path = self._checkpoint(spec, progress)
@@ -155,6 +160,9 @@ class TransformersBackend(Backend):
         kwargs: dict = {"device_map": device_map, "trust_remote_code": spec.trust_remote_code}
         if quant in _DTYPES:
             kwargs["dtype"] = getattr(torch, _DTYPES[quant])
+        elif transformers_quant.is_method(quant):
+            kwargs["dtype"] = torch.float32 if not on_gpu else torch.bfloat16
+            kwargs["quantization_config"] = transformers_quant.config(quant)
         elif quant == "int8":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=spec.cpu_offload
@@ -180,6 +188,10 @@ class TransformersBackend(Backend):
         if tok.chat_template is None:
             raise ModelLoadError(f"{path.name} has no chat template: this app serves chat models.")
         self._model, self._tok = model, tok
+        self._quant = quant
+        # torchao/quanto weights are tensor subclasses that get_memory_footprint counts at float size
+        weights = (transformers_quant.weights_bytes(model) if transformers_quant.is_method(quant)
+                   else int(model.get_memory_footprint()))
         cfg = model.config
         self._max_ctx = int(getattr(cfg, "max_position_embeddings", None) or tok.model_max_length or 2048)
         self._max_ctx = min(self._max_ctx, spec.n_ctx) if spec.n_ctx else self._max_ctx
@@ -192,10 +204,11 @@ class TransformersBackend(Backend):
             quantization=quant,
             source=str(path),
             context_length=self._max_ctx,
-            footprint_bytes=int(model.get_memory_footprint()) + (self._batcher.kv_bytes if self._batcher else 0),
+            footprint_bytes=weights + (self._batcher.kv_bytes if self._batcher else 0),
             load_seconds=time.perf_counter() - t0,
             device=self._device,
             details={
+                "weights_bytes": weights,
                 "n_params": int(sum(p.numel() for p in model.parameters())),
                 "device_map": device_map,
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
@@ -330,7 +343,7 @@ class TransformersBackend(Backend):
 
         def run():
             try:
-                with torch.inference_mode():
+                with transformers_quant.grad_mode(self._quant):
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
                     model.generate(**gen_kwargs)
@@ -409,7 +422,7 @@ class TransformersBackend(Backend):
         import torch
 
         model, _ = self._require()
-        with self._lock, torch.inference_mode():
+        with self._lock, transformers_quant.grad_mode(self._quant):
             out = model(torch.tensor([list(token_ids)], device=self._device)).logits[0]
             return out.float().cpu().numpy()
 

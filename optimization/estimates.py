@@ -12,6 +12,7 @@ BITS_PER_WEIGHT = {
     "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5,
     "IQ4_XS": 4.3, "Q3_K_L": 4.3, "Q3_K_M": 3.9, "Q3_K_S": 3.5, "Q2_K": 3.4,
     "fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 9.0, "nf4": 4.8, "fp4": 4.8,
+    "torchao-int8wo": 8.5, "quanto-int8": 8.5, "torchao-int4wo": 4.8, "quanto-int4": 4.8,
 }
 OVERHEAD_BYTES = 64 * 2**20  # runtime buffers, scratch, the tokenizer
 

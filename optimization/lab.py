@@ -336,7 +336,7 @@ class Lab:
             kld_mean=s["kld_mean"], kld_p99=s["kld_p99"], top1_agreement=s["top1_agreement"], tokens=s["tokens"],
             footprint_mib=mem["total_mib"], eval_tokens_per_s=s["eval_tokens_per_s"], decode_tokens_per_s=decode,
             is_reference=is_reference, bpw=prov["bpw"], source=prov["source_name"], source_type=prov["source_type"],
-            note=prov["note"], warning=prov["warning"], tensors=prov["tensors"], memory=mem)
+            note=prov["note"], warning=prov["warning"], tensors=prov["tensors"] or prov.get("method"), memory=mem)
 
 
 def _decode_speed(lease: Lease, tokens: int = 32) -> float | None:
