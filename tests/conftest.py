@@ -19,8 +19,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # A fresh cache per test session (derived checkpoints, GGUF variants), so the code that makes them runs
-# every time; removed at the end. Subprocesses (python app.py, the engine) inherit it.
-_SESSION_CACHE = tempfile.mkdtemp(prefix="quantlab-test-cache-")
+# every time; removed at the end. Subprocesses (python app.py, the engine) inherit it. Test modules
+# that `from tests.conftest import ...` import this file a second time (as `tests.conftest` beside
+# pytest's `conftest`): that copy reuses this process's cache instead of making (and leaking) another.
+_OWNER = os.environ.get("_QUANTLAB_TEST_CACHE_OWNER", "")
+if _OWNER.startswith(f"{os.getpid()}:"):
+    _SESSION_CACHE = _OWNER.split(":", 1)[1]
+else:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="quantlab-test-cache-")
+    os.environ["_QUANTLAB_TEST_CACHE_OWNER"] = f"{os.getpid()}:{_SESSION_CACHE}"
 os.environ["QUANTLAB_CACHE_DIR"] = _SESSION_CACHE
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 
