@@ -17,11 +17,16 @@ With several slots the batch engine does the same per sequence inside its shared
 (``llamacpp_batch``). A model whose memory cannot drop the rejected cells (recurrent or hybrid) is
 served without it, and its details say so.
 
-Greedy output equals plain decoding's wherever the arg-max is not a near-tie: llama.cpp picks its CPU
-kernels by batch shape (one row: ``vec_dot``; two or more: llamafile's sgemm, for the attention and the
-Q8_0 output matmul), so a token verified beside its drafts gets logits a few 1e-3 apart from the same
-token decoded alone (llama.cpp's own speculative decoding has the same property; see
-benchmarks/bench_speculative.py for measured rates).
+Greedy output equals plain decoding's wherever the arg-max is not a near-tie. llama.cpp picks its CPU
+kernels by batch shape (one row per sequence: ``vec_dot``, the softmax rounded to f16 before the V
+product; two or more: llamafile's sgemm), so without flash attention a token verified beside its drafts
+gets logits up to ~1.6 apart (mean |diff| ~0.7) from the same token decoded alone. llama.cpp's own
+speculative decoding has the same property ("expected - we use different kernels for different batch
+sizes", ggml-org/llama.cpp#23335). With flash attention (``--flash-attn``) each query row is computed
+alone and the verified logits are bit-identical to single-token decoding, until the context passes 256
+tokens: single-token decoding then takes the split-KV path (a KV view of 512+ cells, more than one
+thread), whose reduction order differs again. tests/test_speculative.py and
+benchmarks/bench_speculative.py measure both.
 """
 
 from __future__ import annotations
