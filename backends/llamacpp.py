@@ -13,7 +13,22 @@ last token and the draft are evaluated in one ``llama_decode`` with logits at ev
 request's own sampler chain picks the token at each position in turn (so grammar and penalties apply
 exactly as in plain decoding), the draft is accepted up to the first disagreement, whose pick is the
 next token, and the KV cells of the rejected draft tokens are removed. Sampled requests decode plainly.
-With several slots (the batch engine) the option is not applied: the load says so in ``details``.
+With several slots the batch engine does the same per sequence inside its shared batches
+(``llamacpp_batch``). A model whose memory cannot drop the rejected cells (recurrent or hybrid) is
+served without it, and its details say so.
+
+Greedy output equals plain decoding's wherever the arg-max is not a near-tie. llama.cpp picks its CPU
+kernels by batch shape (one row per sequence: ``vec_dot``, the softmax rounded to f16 before the V
+product; two or more: llamafile's sgemm), so without flash attention a token verified beside its drafts
+gets logits up to ~1.6 apart (mean |diff| ~0.7) from the same token decoded alone: measured with
+``bench_speculative.py --identity 64``, 7 of 12 varied prompts' greedy replies differ within 64 tokens
+(first difference at token 9..48); with ``--flash-attn``, 0 of 12. llama.cpp's own
+speculative decoding has the same property ("expected - we use different kernels for different batch
+sizes", ggml-org/llama.cpp#23335). With flash attention (``--flash-attn``) each query row is computed
+alone and the verified logits are bit-identical to single-token decoding, until the context passes 256
+tokens: single-token decoding then takes the split-KV path (a KV view of 512+ cells, more than one
+thread), whose reduction order differs again. tests/test_speculative.py and
+benchmarks/bench_speculative.py measure both.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ from backends import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends.llamacpp_sampling import sampler_for, token_logprob
-from backends.speculative import SPECULATIVE_KINDS, NgramDrafter, SpecStats
+from backends.speculative import NgramDrafter, SpecStats, check_speculative
 from backends import gguf, hf_to_gguf
 from backends.gguf import kv_cache_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
@@ -45,9 +60,6 @@ CHATML_TEMPLATE = (
 # Tokens per embedding input: llama-server's default physical batch (an input must fit one ubatch to be
 # pooled, and llama.cpp keeps a logits row per input token in embedding mode).
 EMBED_MAX_TOKENS = 512
-
-# Most draft tokens verified in one decode (llama.cpp's --draft-max allows 16 by default; more rarely pays).
-MAX_DRAFT_TOKENS = 64
 
 
 def physical_cores() -> int:
@@ -90,6 +102,8 @@ class LlamaCppBackend(Backend):
         self._n_gpu_layers = 0
         self._engine = None  # BatchEngine when spec.parallel > 1
         self._spec_stats = SpecStats()  # drafted/accepted tokens since load (speculative decoding)
+        self._speculative: str | None = None  # the speculative kind in use ("ngram"), None: off
+        self._count_lock = threading.Lock()
         self._details: dict = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -114,12 +128,7 @@ class LlamaCppBackend(Backend):
         progress(0.4, f"Loading {path.name}")
         if spec.n_ctx < 16:
             raise InvalidRequest(f"n_ctx must be at least 16, got {spec.n_ctx}.", "n_ctx")
-        if spec.speculative is not None and spec.speculative not in SPECULATIVE_KINDS:
-            raise InvalidRequest(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)} (or none), "
-                                 f"got {spec.speculative!r}.", "speculative")
-        if spec.speculative is not None and not 1 <= spec.spec_draft_tokens <= MAX_DRAFT_TOKENS:
-            raise InvalidRequest(f"spec_draft_tokens must be 1..{MAX_DRAFT_TOKENS}, got {spec.spec_draft_tokens}.",
-                                 "spec_draft_tokens")
+        check_speculative(spec)
         batched = spec.parallel > 1
         gpu_offload = _gpu_offload_supported()
         asked = spec.n_gpu_layers
@@ -184,13 +193,17 @@ class LlamaCppBackend(Backend):
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
         }
         self._spec_stats = SpecStats()
+        self._speculative = None
         if spec.speculative is not None:
-            details["speculative"] = spec.speculative if not batched else None
+            import llama_cpp as L
+
             details["spec_draft_tokens"] = spec.spec_draft_tokens
-            if batched:
-                details["speculative_note"] = (f"Speculative decoding ({spec.speculative}) runs with one slot only "
-                                               f"(--parallel 1); with parallel={spec.parallel} it is off.")
+            if L.llama_model_is_recurrent(llm._model.model) or L.llama_model_is_hybrid(llm._model.model):
+                details["speculative"] = None
+                details["speculative_note"] = (f"Speculative decoding ({spec.speculative}) needs a KV cache that can "
+                                               "drop rejected draft tokens; this model's recurrent state cannot: off.")
             else:
+                self._speculative = details["speculative"] = spec.speculative
                 details["spec_drafted_tokens"] = details["spec_accepted_tokens"] = 0
         self._details = details
         if asked and not gpu_offload:  # asked for GPU layers on a CPU build: say so instead of failing
@@ -273,13 +286,13 @@ class LlamaCppBackend(Backend):
     def _speculative_for(self, request: ChatRequest) -> bool:
         """Speculative decoding for this request: loaded with it, and a greedy request (a sampled one
         decodes plainly, exactly as without the option)."""
-        spec = self._spec
-        return spec is not None and spec.speculative == "ngram" and request.params.greedy
+        return self._speculative == "ngram" and request.params.greedy
 
     def _count(self, stats: SpecStats) -> None:
-        self._spec_stats.add(stats.drafted, stats.accepted)
-        self._details["spec_drafted_tokens"] = self._spec_stats.drafted
-        self._details["spec_accepted_tokens"] = self._spec_stats.accepted
+        with self._count_lock:  # batched requests finish on their own threads
+            self._spec_stats.add(stats.drafted, stats.accepted)
+            self._details["spec_drafted_tokens"] = self._spec_stats.drafted
+            self._details["spec_accepted_tokens"] = self._spec_stats.accepted
 
     def _generate(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
                   cancel: threading.Event) -> Iterator[TextDelta]:
@@ -416,7 +429,14 @@ class LlamaCppBackend(Backend):
         check_prompt_tokens(request, len(tokens), n_ctx)
         budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
         sampler = sampler_for(L, self._llm, request, n_ctx)  # the engine owns (and frees) it from here
-        yield from self._engine.submit(tokens, sampler, budget, cancel, logprobs=request.logprobs)
+        draft = self._spec.spec_draft_tokens if self._speculative_for(request) else 0
+        for delta in self._engine.submit(tokens, sampler, budget, cancel, logprobs=request.logprobs,
+                                         draft_tokens=draft):
+            if delta.finish_reason and draft:
+                stats = SpecStats()
+                stats.add(delta.draft_tokens, delta.accepted_tokens)
+                self._count(stats)
+            yield delta
 
     def tokenize(self, text: str) -> list[int]:
         return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=False)

@@ -7,6 +7,14 @@ token in one ``llama_decode``, samples each sequence with its own sampler chain 
 with ``llamacpp_sampling``: its own samplers, constraint and seed), and retires sequences that finish or are
 cancelled, freeing their KV cells. Requests join and leave between steps; nobody waits for the
 longest reply.
+
+Speculative decoding (n-gram prompt lookup, ``draft_tokens`` > 0 for a greedy request): such a sequence
+puts its last token and up to ``draft_tokens`` drafted ones (``backends.speculative``) in the same batch
+as everyone else's tokens, with logits at each; its own sampler chain picks the token at each position
+in turn, the drafts are accepted up to the first disagreement (whose pick is the next token), and the
+KV cells of the rejected drafts are removed from that sequence only (``llama_memory_seq_rm``). Other
+sequences, sampled ones included, decode one token per step as before. The final delta carries the
+request's drafted / accepted counts.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
 from backends.llamacpp_sampling import token_logprob
+from backends.speculative import NgramDrafter
 
 _END = object()
 
@@ -40,6 +49,11 @@ class _Seq:
     generated: int = 0
     in_kv: list[int] = field(default_factory=list)  # the tokens whose cells this sequence's KV holds
     decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    draft_max: int = 0  # speculative: most draft tokens per step (0: plain decoding)
+    drafter: NgramDrafter | None = None
+    k_cur: int = 0  # the current draft length, adapted like the single-slot path's
+    drafted: int = 0
+    accepted: int = 0
 
 
 class BatchEngine:
@@ -90,9 +104,13 @@ class BatchEngine:
     # --- client side -----------------------------------------------------------------------------
 
     def submit(self, tokens: list[int], sampler, budget: int, cancel: threading.Event,
-               logprobs: int | None = None) -> Iterator:
-        """Queue a request; ``sampler`` (a llama_sampler chain) is the engine's to free from here."""
-        seq = _Seq(tokens, sampler, budget, cancel, logprobs)
+               logprobs: int | None = None, draft_tokens: int = 0) -> Iterator:
+        """Queue a request; ``sampler`` (a llama_sampler chain) is the engine's to free from here.
+        ``draft_tokens`` > 0: decode it speculatively (a greedy request only: the drafts are checked
+        against the chain's pick, which only reproduces plain decoding when that pick is deterministic)."""
+        seq = _Seq(tokens, sampler, budget, cancel, logprobs, draft_max=draft_tokens, k_cur=draft_tokens)
+        if draft_tokens > 0:
+            seq.drafter = NgramDrafter(tokens)  # built here, on the caller's thread, not the scheduler's
         with self._wake:
             if self._stop:
                 self._free_sampler(seq)
@@ -142,7 +160,8 @@ class BatchEngine:
     def _retire(self, seq: _Seq, finish: str) -> None:
         L = self.L
         tail = seq.decoder.decode(b"", final=True)
-        seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens)))
+        seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens),
+                              draft_tokens=seq.drafted, accepted_tokens=seq.accepted))
         seq.out.put(_END)
         self._kept[seq.slot] = seq.in_kv  # kept for the next request's prefix; cells freed on reuse
         self._free_sampler(seq)
@@ -205,10 +224,11 @@ class BatchEngine:
                 self._running.clear()
 
     def _step(self) -> None:
-        """One llama_decode: a token for every generating sequence, plus prompt chunks."""
+        """One llama_decode: a token (plus its drafts, when speculative) for every generating sequence,
+        plus prompt chunks."""
         L, b = self.L, self.batch
         n = 0
-        sample_at: list[tuple[_Seq, int]] = []
+        sample_at: list[tuple[_Seq, int, list[int]]] = []  # (sequence, batch index of its first logits, drafts)
 
         def add(token: int, pos: int, slot: int, logits: bool) -> None:
             nonlocal n
@@ -219,13 +239,16 @@ class BatchEngine:
             b.logits[n] = logits
             n += 1
 
-        # decoding sequences first (one token each), so prompts never starve them
+        # decoding sequences first (one token each, and their drafts), so prompts never starve them
         for seq in self._running:
             if seq.prefill == len(seq.tokens) and n < self.n_batch:
-                add(seq.last, seq.pos, seq.slot, True)
-                sample_at.append((seq, n - 1))
+                draft = self._draft(seq, self.n_batch - n - 1)
+                sample_at.append((seq, n, draft))
+                for i, token in enumerate((seq.last, *draft)):
+                    add(token, seq.pos + i, seq.slot, True)
                 seq.in_kv.append(seq.last)
-                seq.pos += 1
+                seq.in_kv.extend(draft)
+                seq.pos += 1 + len(draft)
         for seq in self._running:
             if seq.prefill < len(seq.tokens) and n < self.n_batch:
                 take = min(len(seq.tokens) - seq.prefill, self.n_batch - n)
@@ -233,7 +256,7 @@ class BatchEngine:
                     last = seq.prefill + i == len(seq.tokens) - 1
                     add(seq.tokens[seq.prefill + i], seq.pos + i, seq.slot, last)
                     if last:
-                        sample_at.append((seq, n - 1))
+                        sample_at.append((seq, n - 1, []))
                 seq.in_kv.extend(seq.tokens[seq.prefill:seq.prefill + take])
                 seq.prefill += take
                 seq.pos += take
@@ -242,21 +265,59 @@ class BatchEngine:
         if rc != 0:
             raise OutOfMemory("llama.cpp found no room in the KV cache for this batch." if rc == 1 else
                               f"llama_decode returned {rc}")
-        for seq, idx in sample_at:
-            token = L.llama_sampler_sample(seq.sampler, self.ctx, idx)
+        for seq, idx, draft in sample_at:
+            self._take(seq, idx, draft)
+
+    def _draft(self, seq: _Seq, room: int) -> list[int]:
+        """The drafts to verify with ``seq``'s next token: none for a plain sequence; never more than
+        the budget, the context or the batch has room for (every draft accepted plus the pick after
+        them must fit)."""
+        if seq.drafter is None:
+            return []
+        return seq.drafter.draft(min(seq.k_cur, seq.budget - seq.generated - 1,
+                                     self.n_ctx_per_seq - seq.pos - 1, room))
+
+    def _take(self, seq: _Seq, idx: int, draft: list[int]) -> None:
+        """After the decode: the sequence's token(s) from the logits at ``idx`` (and after, one row per
+        draft), emitted one by one as plain decoding would; the rejected drafts' KV cells removed."""
+        L = self.L
+        base = seq.pos - len(draft)  # the position the pick at ``idx`` would be fed at
+        accepted, finish = 0, None
+        for i in range(len(draft) + 1):
+            token = L.llama_sampler_sample(seq.sampler, self.ctx, idx + i)
             if L.llama_vocab_is_eog(self.vocab, token):
-                self._retire(seq, "stop")
-                continue
+                finish = "stop"
+                break
             seq.generated += 1
             seq.last = token
             text = seq.decoder.decode(self.llm.detokenize([token]))
             lp = () if seq.logprobs is None else (
-                token_logprob(L, self.ctx, idx, token, self.n_vocab, seq.logprobs, self._piece),)
+                token_logprob(L, self.ctx, idx + i, token, self.n_vocab, seq.logprobs, self._piece),)
             seq.out.put(TextDelta(text, tokens=1, logprobs=lp))
+            hit = i < len(draft) and token == draft[i]
+            if seq.drafter is not None:
+                seq.drafter.extend((token,))
+            if hit:
+                accepted += 1  # its KV cell (fed as a draft) is the right one: kept
             if seq.cancel.is_set():
-                self._retire(seq, "cancelled")
-            elif seq.generated >= seq.budget or seq.pos >= self.n_ctx_per_seq:
-                self._retire(seq, "length")
+                finish = "cancelled"
+            elif seq.generated >= seq.budget or base + i >= self.n_ctx_per_seq:
+                finish = "length"
+            if finish is not None or not hit:
+                break
+        if draft:
+            seq.drafted += len(draft)
+            seq.accepted += accepted
+            seq.k_cur = min(seq.draft_max, seq.k_cur + 2) if accepted == len(draft) else max(1, seq.k_cur - 1)
+            rejected = len(draft) - accepted
+            if rejected:
+                keep = seq.pos - rejected
+                if not L.llama_memory_seq_rm(self.mem, seq.slot, keep, -1):
+                    raise BackendError("llama.cpp could not remove rejected draft tokens from the KV cache.")
+                seq.pos = keep
+                del seq.in_kv[keep:]
+        if finish is not None:
+            self._retire(seq, finish)
 
 
 def _common(a: list[int], b: list[int]) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 MAX_NGRAM = 3
 MIN_NGRAM = 1
 SPECULATIVE_KINDS = ("ngram",)
+# Most draft tokens verified in one forward pass (llama.cpp's --draft-max allows 16 by default; more rarely pays).
+MAX_DRAFT_TOKENS = 64
 
 
 class NgramDrafter:
@@ -49,6 +51,20 @@ class NgramDrafter:
             if start is not None:
                 return h[start:start + k]
         return []
+
+
+def check_speculative(spec) -> None:
+    """A load's speculative settings (``spec.speculative``, ``spec.spec_draft_tokens``), or InvalidRequest."""
+    from backends.errors import InvalidRequest
+
+    if spec.speculative is None:
+        return
+    if spec.speculative not in SPECULATIVE_KINDS:
+        raise InvalidRequest(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)} (or none), "
+                             f"got {spec.speculative!r}.", "speculative")
+    if not 1 <= spec.spec_draft_tokens <= MAX_DRAFT_TOKENS:
+        raise InvalidRequest(f"spec_draft_tokens must be 1..{MAX_DRAFT_TOKENS}, got {spec.spec_draft_tokens}.",
+                             "spec_draft_tokens")
 
 
 class SpecStats:

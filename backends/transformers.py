@@ -4,6 +4,11 @@
 ``generate`` runs in a worker thread: its token ids come back through a queue, an exception in the
 thread is re-raised on the consumer side (a plain TextIteratorStreamer would hang), and a stopping
 criterion tied to the cancel event stops it within one token.
+
+With ``spec.speculative == "ngram"``, greedy requests without a constraint or logprobs run on
+generate() with prompt lookup (``transformers_speculative``), also when continuous batching is on
+(generate() then takes the model from the batch while it runs, as every generate() request does);
+the final delta carries the drafted / accepted counts.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from backends import gguf
 from backends import transformers_quant
 from backends.memory import release_memory
 from backends.slots import SharedExclusive
+from backends.speculative import SpecStats, check_speculative
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -121,6 +127,10 @@ class TransformersBackend(Backend):
         self._grammars = None  # transformers_constraint.Grammars, made on the first constrained request
         self._texts = None  # transformers_logprobs.TokenTexts
         self._quant = "fp32"
+        self._speculative: str | None = None  # "ngram": prompt lookup for greedy requests; None: off
+        self._draft_tokens = 0
+        self._spec_stats = SpecStats()  # drafted/accepted tokens since load
+        self._details: dict = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -146,6 +156,7 @@ class TransformersBackend(Backend):
 
         hf_logging.disable_progress_bar()  # per-tensor bars flood the server log
         t0 = time.perf_counter()
+        check_speculative(spec)
         quant = self.normalize_quantization(spec.quantization)
         on_gpu = torch.cuda.is_available()
         device_map = spec.device_map or ("auto" if on_gpu else "cpu")
@@ -197,8 +208,13 @@ class TransformersBackend(Backend):
         self._max_ctx = min(self._max_ctx, spec.n_ctx) if spec.n_ctx else self._max_ctx
         self._device = str(next(model.parameters()).device)
         batching = self._start_batching(spec, model, tok) if spec.parallel > 1 else "off (parallel=1)"
+        self._speculative, self._draft_tokens = spec.speculative, spec.spec_draft_tokens
+        self._spec_stats = SpecStats()
+        speculative = {} if spec.speculative is None else {
+            "speculative": spec.speculative, "spec_draft_tokens": spec.spec_draft_tokens,
+            "spec_drafted_tokens": 0, "spec_accepted_tokens": 0}  # the totals grow as requests finish
         progress(1.0, "Loaded")
-        return LoadedModel(
+        loaded = LoadedModel(
             name=spec.served_name or path.name,
             backend=self.name,
             quantization=quant,
@@ -209,6 +225,7 @@ class TransformersBackend(Backend):
             device=self._device,
             details={
                 "weights_bytes": weights,
+                **speculative,
                 "n_params": int(sum(p.numel() for p in model.parameters())),
                 "device_map": device_map,
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
@@ -218,6 +235,8 @@ class TransformersBackend(Backend):
                 **({"double_quant": spec.double_quant, "compute_dtype": spec.compute_dtype} if quant in ("nf4", "fp4") else {}),
             },
         )
+        self._details = loaded.details
+        return loaded
 
     def _start_batching(self, spec: ModelSpec, model, tok) -> str:
         """Continuous batching through transformers' own manager; a model or quantization it cannot run
@@ -272,13 +291,26 @@ class TransformersBackend(Backend):
         constraint = self._constraint(request, n_prompt)  # a bad schema or grammar fails before any output
         yield TextDelta("", prompt_tokens=n_prompt)  # known before the first token, even if cancelled
         batcher = self._batcher
-        # The batch runs temperature/top-k/top-p per request; constraints, logprobs and the other
-        # samplers run on generate() (the two paths take turns on the model).
-        if (batcher is not None and batcher.accepts(params) and request.constraint is None
+        draft = self._draft_tokens if self._speculative_for(request) else 0
+        # The batch runs temperature/top-k/top-p per request; constraints, logprobs, the other samplers
+        # and speculative decoding run on generate() (the two paths take turns on the model).
+        if (batcher is not None and not draft and batcher.accepts(params) and request.constraint is None
                 and request.logprobs is None):
             yield from self._stream_batched(batcher, ids, budget, params, cancel)
         else:
-            yield from self._stream_generate(ids, budget, params, cancel, request, constraint)
+            yield from self._stream_generate(ids, budget, params, cancel, request, constraint, draft)
+
+    def _speculative_for(self, request: ChatRequest) -> bool:
+        """Prompt lookup for this request: loaded with it, greedy, no constraint or logprobs (generate()
+        runs those processors once per verified position, which a grammar's state does not expect)."""
+        return (self._speculative == "ngram" and request.params.greedy and request.constraint is None
+                and request.logprobs is None)
+
+    def _count(self, drafted: int, accepted: int) -> None:
+        """Add a request's counts to the load's totals (called holding ``self._lock``)."""
+        self._spec_stats.add(drafted, accepted)
+        self._details["spec_drafted_tokens"] = self._spec_stats.drafted
+        self._details["spec_accepted_tokens"] = self._spec_stats.accepted
 
     def _constraint(self, request: ChatRequest, n_prompt: int):
         """The logits processor that holds the output to ``request.constraint`` (None without one)."""
@@ -292,13 +324,17 @@ class TransformersBackend(Backend):
         return self._grammars.processor(request.constraint, n_prompt)
 
     def _stream_generate(self, ids: list[int], budget: int, params, cancel: threading.Event,
-                         request: ChatRequest | None = None, constraint=None) -> Iterator[TextDelta]:
-        """One request at a time: generate() in a worker thread, under the model's lock."""
+                         request: ChatRequest | None = None, constraint=None,
+                         draft_tokens: int = 0) -> Iterator[TextDelta]:
+        """One request at a time: generate() in a worker thread, under the model's lock; with
+        ``draft_tokens``, prompt lookup drafting up to that many tokens per forward pass."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         from backends.transformers_sampling import generate_kwargs, processors
+        from backends.transformers_speculative import DraftCounter
+        from backends.transformers_speculative import generate_kwargs as speculative_kwargs
 
         model, tok = self._require()
         n_prompt = len(ids)
@@ -310,6 +346,9 @@ class TransformersBackend(Backend):
             self._texts = TokenTexts(tok)
         tap = (lambda row: q.put(_Row(row))) if top_n is not None else None
         extras = processors(params, n_prompt, constraint, tap)
+        counter = DraftCounter() if draft_tokens else None
+        if counter is not None:
+            extras.append(counter)
 
         class _Streamer(BaseStreamer):
             first = True
@@ -318,7 +357,10 @@ class TransformersBackend(Backend):
                 if self.first:  # generate() puts the prompt first
                     self.first = False
                     return
-                for t in value.reshape(-1).tolist():
+                tokens = value.reshape(-1).tolist()
+                if counter is not None:
+                    counter.step(len(tokens))
+                for t in tokens:
                     q.put(t)
 
             def end(self):
@@ -339,6 +381,7 @@ class TransformersBackend(Backend):
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
             logits_processor=LogitsProcessorList(extras),
             **generate_kwargs(params),
+            **(speculative_kwargs(draft_tokens) if draft_tokens else {}),
         )
 
         def run():
@@ -383,7 +426,10 @@ class TransformersBackend(Backend):
                 cancel.set()  # stops generate() if the consumer went away
                 worker.join()
                 self._paths.release_exclusive()
-            yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt)
+                if counter is not None:
+                    self._count(counter.drafted, counter.accepted)
+            spec = {"draft_tokens": counter.drafted, "accepted_tokens": counter.accepted} if counter else {}
+            yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt, **spec)
 
     def _stream_batched(self, batcher, ids, budget, params, cancel) -> Iterator[TextDelta]:
         decoder = IncrementalDecoder(self._tok)

@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 """Speculative decoding (n-gram prompt lookup) vs plain decoding on the embedded model, in ONE run.
 
-    python benchmarks/bench_speculative.py                 # 200 tokens, 2 rounds, both prompts
+    python benchmarks/bench_speculative.py                 # llama.cpp, one slot, 200 tokens, 2 rounds
+    python benchmarks/bench_speculative.py --parallel 4    # llama.cpp's batch engine (the app's default)
+    python benchmarks/bench_speculative.py --backend transformers --tokens 100
+    python benchmarks/bench_speculative.py --flash-attn    # llama.cpp with flash attention
     python benchmarks/bench_speculative.py --tokens 100 --rounds 3 --draft 8
 
-The same GGUF is loaded twice with llama.cpp, one slot each: plain, and with ``speculative="ngram"``
-(what ``--speculative ngram`` gives). Each prompt's reply repeats its input (a code edit, a quoted
-word list), greedy, ``--tokens`` new tokens. Requests alternate plain / speculative (never two at
-once), so load on a shared machine hits both alike; one warm-up request each is not counted.
-Printed per prompt: decode tok/s (tokens / wall time of the stream, median and best over the
-rounds), the speedup ratio, tokens per CPU-second of this process (less sensitive to other load), the acceptance rate (accepted / drafted tokens) and whether the two
-texts are identical (llama.cpp's kernels are not bit-identical across batch shapes, so a near-tie
-can go the other way inside a verified draft; see backends/llamacpp.py).
+The same model is loaded twice with the chosen backend: plain, and with ``speculative="ngram"`` (what
+``--speculative ngram`` gives). Each prompt's reply repeats its input (a code edit, a quoted word list),
+greedy, ``--tokens`` new tokens. Requests alternate plain / speculative (never two at once), so load on
+a shared machine hits both alike; one warm-up request each is not counted. Printed per prompt: decode
+tok/s (tokens / wall time of the stream, median and best over the rounds), the speedup ratio, tokens
+per CPU-second of this process (less sensitive to other load), the acceptance rate (accepted / drafted
+tokens) and whether the two texts are identical (llama.cpp's kernels are not bit-identical across batch
+shapes, so a near-tie can go the other way inside a verified draft; see backends/llamacpp.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
-from backends.llamacpp import LlamaCppBackend  # noqa: E402
 
 CODE = '''def compute_total(items, tax_rate):
     """Sum price * quantity over the items, then add tax."""
@@ -69,7 +71,39 @@ PROMPTS = {
 }
 
 
-def run(backend: LlamaCppBackend, prompt: str, tokens: int):
+# --identity: varied chat prompts (not only repetitive ones), to count how often greedy text differs
+IDENTITY_PROMPTS = [
+    "Name three colours of the rainbow.", "Write the word 'hello' ten times separated by spaces.",
+    "Explain what a hash table is in two sentences.", "Write a haiku about the sea.",
+    "List the first ten prime numbers.", "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that reverses a string.", "Repeat after me: the quick brown fox jumps over the lazy dog.",
+    "Describe a cat in three sentences.", "Count from 1 to 20 separated by commas.",
+    "Give two tips for writing clean code.", "Translate 'good morning' into French, Spanish and German.",
+]
+
+
+def identity(plain, spec, tokens: int) -> None:
+    """Greedy replies to IDENTITY_PROMPTS with and without speculative decoding: how many differ, and
+    where (the first differing token of each)."""
+    differ, first, total, accepted, drafted = 0, [], 0, 0, 0
+    for prompt in IDENTITY_PROMPTS:
+        req = ChatRequest((Message("user", prompt),), SamplingParams(max_new_tokens=tokens, temperature=0.0, seed=0))
+        a = list(plain.stream(req, threading.Event()))
+        b = list(spec.stream(req, threading.Event()))
+        ta, tb = "".join(d.text for d in a), "".join(d.text for d in b)
+        total += sum(d.tokens for d in a)
+        accepted, drafted = accepted + b[-1].accepted_tokens, drafted + b[-1].draft_tokens
+        if ta != tb:
+            differ += 1
+            pieces_a, pieces_b = [d.text for d in a if d.tokens], [d.text for d in b if d.tokens]
+            first.append(next((i for i, (x, y) in enumerate(zip(pieces_a, pieces_b)) if x != y),
+                              min(len(pieces_a), len(pieces_b))))
+    print(f"\n[identity] {len(IDENTITY_PROMPTS)} prompts x {tokens} tokens ({total} plain tokens): "
+          f"{differ} replies differ" + (f", first differing token at {sorted(first)}" if first else "") +
+          f"; acceptance {accepted}/{drafted}")
+
+
+def run(backend, prompt: str, tokens: int):
     req = ChatRequest((Message("user", prompt),), SamplingParams(max_new_tokens=tokens, temperature=0.0, seed=0))
     t0, c0 = time.perf_counter(), time.process_time()
     deltas = list(backend.stream(req, threading.Event()))
@@ -85,14 +119,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft", type=int, default=8, help="--spec-draft-tokens")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated: " + ", ".join(PROMPTS))
+    ap.add_argument("--backend", choices=("llamacpp", "transformers"), default="llamacpp")
+    ap.add_argument("--parallel", type=int, default=1, help="slots: >1 is llama.cpp's batch engine")
+    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp: flash attention")
+    ap.add_argument("--quantization", default=None, help="transformers: fp32 (default), bf16, ...")
+    ap.add_argument("--identity", type=int, default=0, metavar="TOKENS",
+                    help="instead of timing: count greedy replies that differ over 12 varied prompts of TOKENS tokens")
     args = ap.parse_args(argv)
-    base = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1, n_threads=args.threads)
-    plain, spec = LlamaCppBackend(), LlamaCppBackend()
+    if args.backend == "transformers":
+        from backends.transformers import TransformersBackend as Backend
+
+        base = ModelSpec(source="embedded", backend="transformers", quantization=args.quantization or "fp32",
+                         n_ctx=2048, parallel=args.parallel)
+    else:
+        from backends.llamacpp import LlamaCppBackend as Backend
+
+        base = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=args.parallel,
+                         n_threads=args.threads, flash_attn=args.flash_attn,
+                         prefix_cache=not args.identity)  # --identity: every prompt from a cold cache, repeatable
+    plain, spec = Backend(), Backend()
     plain.load(base)
     info = spec.load(base.with_(speculative="ngram", spec_draft_tokens=args.draft))
-    print(f"model {info.details['file']}, threads {info.details['n_threads']}, {args.tokens} tokens greedy, "
-          f"draft <= {args.draft}, {args.rounds} rounds")
+    print(f"{args.backend}, parallel {args.parallel}, {info.details.get('file') or info.details.get('dtype')}, "
+          f"threads {info.details.get('n_threads', 'torch')}, flash_attn {args.flash_attn}, {args.tokens} tokens "
+          f"greedy, draft <= {args.draft}, {args.rounds} rounds")
     try:
+        if args.identity:
+            identity(plain, spec, args.identity)
+            return 0
         run(plain, "Hi", 4), run(spec, "Hi", 4)  # warm-up
         for name in args.prompts.split(","):
             prompt = PROMPTS[name]
