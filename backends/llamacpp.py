@@ -47,6 +47,7 @@ from backends.llamacpp_sampling import sampler_for, token_logprob
 from backends.speculative import NgramDrafter, SpecStats, check_speculative
 from backends import gguf, hf_to_gguf
 from backends.gguf import kv_cache_bytes
+from backends import llamacpp_compute as compute
 from backends.llamacpp_open import kv_cache_options, open_llama
 from backends.memory import release_memory
 
@@ -320,7 +321,7 @@ class LlamaCppBackend(Backend):
                 if cancel.is_set():
                     finish = "cancelled"
                     break
-                llm.eval([token])
+                compute.run(llm.eval, [token])
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail)
@@ -341,7 +342,7 @@ class LlamaCppBackend(Backend):
             llm.reset()
             reuse = 0
         llm.n_tokens = reuse
-        llm.eval(tokens[reuse:])
+        compute.run(llm.eval, tokens[reuse:])
 
     def _generate_speculative(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
                               cancel: threading.Event, stats: SpecStats) -> Iterator[TextDelta]:
@@ -384,7 +385,7 @@ class LlamaCppBackend(Backend):
             batch = [token, *draft]
             n_past = llm.n_tokens
             llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
-            llm._ctx.decode(llm._batch)
+            compute.run(llm._ctx.decode, llm._batch)
             llm.input_ids[n_past:n_past + len(batch)] = batch
             llm.n_tokens = n_past + len(batch)  # what the KV holds, should the consumer leave mid-way
             stats.drafted += len(draft)
@@ -481,7 +482,7 @@ class LlamaCppBackend(Backend):
             if len(token_ids) > lg.n_ctx():
                 raise ContextLengthExceeded(f"{len(token_ids)} tokens do not fit the {lg.n_ctx()}-token context.")
             lg.reset()
-            lg.eval(list(token_ids))
+            compute.run(lg.eval, list(token_ids))
             return np.array(lg.scores[: len(token_ids)], dtype=np.float32, copy=True)
 
     def _require(self):

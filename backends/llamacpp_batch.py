@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from backends import llamacpp_compute as compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
 from backends.llamacpp_sampling import token_logprob
@@ -261,7 +262,7 @@ class BatchEngine:
                 seq.prefill += take
                 seq.pos += take
         b.n_tokens = n
-        rc = L.llama_decode(self.ctx, b)
+        rc = compute.run(L.llama_decode, self.ctx, b)
         if rc != 0:
             raise OutOfMemory("llama.cpp found no room in the KV cache for this batch." if rc == 1 else
                               f"llama_decode returned {rc}")

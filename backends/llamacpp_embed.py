@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from backends import llamacpp_compute as compute
 from backends.errors import BackendError, ContextLengthExceeded, InvalidRequest, OutOfMemory
 
 POOLED = (1, 2, 3)  # LLAMA_POOLING_TYPE_MEAN, CLS, LAST: one vector per sequence
@@ -66,7 +67,7 @@ class Embedder:
                     b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = t, j, 1, True
                     b.seq_id[j][0] = 0
                 b.n_tokens = len(tokens)
-                rc = L.llama_decode(self.ctx, b)
+                rc = compute.run(L.llama_decode, self.ctx, b)
                 if rc != 0:
                     raise BackendError(f"llama.cpp could not compute the embedding (llama_decode returned {rc}).")
                 ptr = L.llama_get_embeddings_seq(self.ctx, 0)

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""The chat's batch engine before and after another llama.cpp generation on a long-lived thread, in ONE run.
+
+    python benchmarks/bench_compute_thread.py
+
+What a server does all day: the chat model (``--parallel 4``, the batch engine) decodes on its
+scheduler thread, and a Compare variant (one slot) generates on a Gradio worker thread, which lives
+on. libgomp keeps an OpenMP team per calling thread; with more OpenMP threads than CPUs it throttles
+every decode in the process. backends/llamacpp_compute.py runs all llama.cpp compute on one thread;
+this prints the chat's greedy decode tok/s (200 tokens) before, after the other generation, and after
+that model is unloaded, and the ratios after / before (1.0 = no harm).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
+from backends.llamacpp import LlamaCppBackend  # noqa: E402
+from backends.sources import default_cache_dir  # noqa: E402
+
+
+def decode_rate(backend, tokens: int = 200) -> float:
+    req = ChatRequest((Message("user", "Write a long story about a dragon."),),
+                      SamplingParams(max_new_tokens=tokens, temperature=0.0, seed=0))
+    first, n = None, 0
+    for d in backend.stream(req, threading.Event()):
+        if d.tokens and first is None:
+            first = time.perf_counter()
+        n += d.tokens
+    return (n - 1) / (time.perf_counter() - first)
+
+
+def main() -> None:
+    chat = LlamaCppBackend(default_cache_dir())
+    chat.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=4))
+    decode_rate(chat, 8)
+    before = decode_rate(chat)
+    lab = LlamaCppBackend(default_cache_dir())
+    lab.load(ModelSpec(source="embedded", backend="llamacpp", quantization="Q8_0", n_ctx=2048, parallel=1))
+    decode_rate(lab, 16)  # on this (long-lived) main thread, as a Gradio worker would run a Compare pane
+    after = decode_rate(chat)
+    lab.unload()
+    unloaded = decode_rate(chat)
+    chat.unload()
+    print(f"chat batch engine decode tok/s: before {before:.1f}, after another generation {after:.1f} "
+          f"({after / before:.2f}x), after that model unloaded {unloaded:.1f} ({unloaded / before:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
