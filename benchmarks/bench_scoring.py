@@ -10,7 +10,9 @@ Evaluate runs twice, ``scoring="all"`` (every position of each window) and ``sco
 (llama-perplexity's chunks from BOS, second half scored); then llama-perplexity scores the same
 text and files (``--kl-divergence-base`` from the F16, ``-c window --chunks N``, ``-fa off`` as the
 app loads by default: llama-perplexity's ``-fa auto`` turns flash attention on, which alone moves
-Q8_0's mean KLD from 0.00406 to 0.00450 at 4 chunks of 512). Printed: one row
+Q8_0's mean KLD from 0.00406 to 0.00450 at 4 chunks of 512; and ``--no-repack`` on AMX CPUs, where the
+app loads without llama.cpp's repacked weight layouts (backends/llamacpp_open.py): repacked q4_K
+kernels alone move Q4_K_M's KLD by 2 %). Printed: one row
 per variant with PPL, mean and p99 KLD, top-1 agreement from each, and the ratio app / tool in the
 llama.cpp mode. Needs llama-perplexity (benchmarks/build_llama_tools.sh); without it the app's two
 modes are printed alone.
@@ -29,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.gguf import gguf_variant  # noqa: E402
+from backends.llamacpp_open import safe_model_params  # noqa: E402
 from backends.manager import ModelManager  # noqa: E402
 from backends.sources import default_cache_dir, embedded_model_path  # noqa: E402
 from monitoring.metrics import MetricsRecorder  # noqa: E402
@@ -44,7 +47,8 @@ def find_tool(name: str) -> Path | None:
 
 
 def run_tool(binary: Path, window: int, chunks: int, threads: int, *args: str) -> str:
-    out = subprocess.run([str(binary), "-c", str(window), "--chunks", str(chunks), "-t", str(threads), "-fa", "off", *args],
+    same_as_app = ["-fa", "off", *(["--no-repack"] if safe_model_params() else [])]
+    out = subprocess.run([str(binary), "-c", str(window), "--chunks", str(chunks), "-t", str(threads), *same_as_app, *args],
                          capture_output=True, text=True, timeout=1200)
     if out.returncode != 0:
         raise SystemExit(f"llama-perplexity failed:\n{out.stderr[-2000:]}")

@@ -1,7 +1,9 @@
 """scoring="llama.cpp" against llama-perplexity itself: the same text, the same GGUF files (the
-embedded model's F16 reference and its Q8_0 / Q4_K_M / Q2_K variants), chunks of 256 tokens. PPL
-within 1 %, mean KLD within 3 %, "Same top p" within 1 point. The tool runs with `-fa off`, as the app loads
-by default (its `-fa auto` turns flash attention on, which alone moves Q8_0's KLD by ~10 %). Skipped when the binary is absent
+embedded model's F16 reference and its Q8_0 / Q4_K_M / Q2_K variants), chunks of 256 tokens. With the
+same kernels the figures agree to the printed digits (the issue asked PPL 1 %, KLD 3 %, top-1 1 point;
+asserted: 0.1 %, 0.5 %, 0.2 point). The tool runs with `-fa off`, as the app loads
+by default (its `-fa auto` turns flash attention on, which alone moves Q8_0's KLD by ~10 %), and with
+`--no-repack` on AMX CPUs, where the app loads without repacked weights. Skipped when the binary is absent
 (QUANTLAB_LLAMA_TOOLS or ~/.cache/quantlab-tools/bin)."""
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from backends.gguf import gguf_variant
+from backends.llamacpp_open import safe_model_params
 from optimization import quality
 from optimization.lab import Lab
 from tests.conftest import make_manager
@@ -30,7 +33,8 @@ def llama_perplexity() -> Path | None:
 
 
 def run_tool(binary: Path, *args: str) -> str:
-    out = subprocess.run([str(binary), "-c", str(WINDOW), "--chunks", str(CHUNKS), "-t", "2", "-fa", "off", *args],
+    out = subprocess.run([str(binary), "-c", str(WINDOW), "--chunks", str(CHUNKS), "-t", "2", "-fa", "off",
+                          *(["--no-repack"] if safe_model_params() else []), *args],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout + out.stderr
@@ -75,6 +79,6 @@ def test_llamacpp_scoring_matches_llama_perplexity(cache_dir, embedded_gguf, tmp
     for q in QUANTS:
         r, (ppl, kld, top) = rows[q], tool[q]
         assert r.tokens == CHUNKS * (WINDOW - 1 - WINDOW // 2)
-        assert abs(r.ppl / ppl - 1) < 0.01, (q, r.ppl, ppl)
-        assert abs(r.kld_mean / kld - 1) < 0.03, (q, r.kld_mean, kld)
-        assert abs(r.top1_agreement - top) < 0.01, (q, r.top1_agreement, top)
+        assert abs(r.ppl / ppl - 1) < 0.001, (q, r.ppl, ppl)  # the same kernels: equal to the printed digits
+        assert abs(r.kld_mean / kld - 1) < 0.005, (q, r.kld_mean, kld)
+        assert abs(r.top1_agreement - top) < 0.002, (q, r.top1_agreement, top)
