@@ -26,7 +26,10 @@ class LiveServer:
         self.settings = settings
         self.app = create_app(settings)
         self.manager = self.app.state.manager
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning")
+        # a bounded graceful shutdown, as app.py's: gradio_client's heartbeat SSE outlives Client.close(), and
+        # uvicorn would wait for it past __exit__'s join, leaving the model loaded
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                timeout_graceful_shutdown=3)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"
