@@ -177,8 +177,10 @@ class BatchEngine:
                 seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
                 seq.out.put(_END)
                 continue
+            # the free slot whose kept cells share the longest prefix with this prompt; on a tie the lowest,
+            # which keeps the busy slots consecutive (one ubatch per step, see _step)
             seq.slot, reuse = max(((slot, _common(self._kept[slot], seq.tokens)) for slot in self._free),
-                                  key=lambda x: x[1])
+                                  key=lambda x: (x[1], -x[0]))
             self._free.remove(seq.slot)
             reuse = min(reuse, len(seq.tokens) - 1) if self.prefix_cache else 0  # the last prompt token is evaluated
             L = self.L
@@ -240,27 +242,39 @@ class BatchEngine:
             b.logits[n] = logits
             n += 1
 
-        # decoding sequences first (one token each, and their drafts), so prompts never starve them
+        # Room goes to decoding sequences first (a token each, and their drafts), so prompts never starve
+        # them; prompt chunks get what is left.
+        plan: list[tuple[_Seq, list[int], int]] = []  # (sequence, tokens to feed, how many are prompt)
+        room = self.n_batch
         for seq in self._running:
-            if seq.prefill == len(seq.tokens) and n < self.n_batch:
-                draft = self._draft(seq, self.n_batch - n - 1)
-                sample_at.append((seq, n, draft))
-                for i, token in enumerate((seq.last, *draft)):
+            if seq.prefill == len(seq.tokens) and room > 0:
+                draft = self._draft(seq, room - 1)
+                plan.append((seq, [seq.last, *draft], 0))
+                room -= 1 + len(draft)
+        for seq in self._running:
+            if seq.prefill < len(seq.tokens) and room > 0:
+                take = min(len(seq.tokens) - seq.prefill, room)
+                plan.append((seq, seq.tokens[seq.prefill:seq.prefill + take], take))
+                room -= take
+        # The batch lists sequences in slot (= KV stream) order. With a KV stream per sequence llama.cpp
+        # puts only consecutive sequence ids in one ubatch (llama_batch_allocr::split_equal, sequential),
+        # so slots 2, 0, 1, 3 in that order cost three graph computes instead of one: measured on 2 cores,
+        # 33-40 ms instead of 24 ms per 4-token step.
+        plan.sort(key=lambda p: p[0].slot)
+        for seq, feed, prompt in plan:
+            if not prompt:  # the last token and its drafts, logits at each
+                sample_at.append((seq, n, feed[1:]))
+                for i, token in enumerate(feed):
                     add(token, seq.pos + i, seq.slot, True)
-                seq.in_kv.append(seq.last)
-                seq.in_kv.extend(draft)
-                seq.pos += 1 + len(draft)
-        for seq in self._running:
-            if seq.prefill < len(seq.tokens) and n < self.n_batch:
-                take = min(len(seq.tokens) - seq.prefill, self.n_batch - n)
-                for i in range(take):
+            else:  # a prompt chunk; logits only after the prompt's last token
+                for i, token in enumerate(feed):
                     last = seq.prefill + i == len(seq.tokens) - 1
-                    add(seq.tokens[seq.prefill + i], seq.pos + i, seq.slot, last)
+                    add(token, seq.pos + i, seq.slot, last)
                     if last:
                         sample_at.append((seq, n - 1, []))
-                seq.in_kv.extend(seq.tokens[seq.prefill:seq.prefill + take])
-                seq.prefill += take
-                seq.pos += take
+                seq.prefill += prompt
+            seq.in_kv.extend(feed)
+            seq.pos += len(feed)
         b.n_tokens = n
         rc = compute.run(L.llama_decode, self.ctx, b)
         if rc != 0:
