@@ -44,6 +44,7 @@ class ModelSpec:
     n_threads: int | None = None  # None = the backend picks (physical cores)
     parallel: int = 4  # sequences decoded together in one batch (continuous batching), both local backends
     prefix_cache: bool = True  # llama.cpp batched: reuse a slot's KV for a shared prompt prefix
+    prompt_cache_mib: int = 1024  # llama.cpp batched: host memory for KV cells that left a slot (0 = off)
     n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
     device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU
     cpu_offload: bool = False  # transformers + bnb int8: allow fp32 CPU offload of layers that do not fit
@@ -71,6 +72,7 @@ class ModelSpec:
             "gguf_file": settings.gguf_file, "api_base": settings.api_base, "api_key": settings.remote_api_key,
             "n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
             "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
+            "prompt_cache_mib": getattr(settings, "prompt_cache_mib", 1024),
             "trust_remote_code": settings.trust_remote_code,
             "speculative": getattr(settings, "speculative", None),
             "spec_draft_tokens": getattr(settings, "spec_draft_tokens", 8),

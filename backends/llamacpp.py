@@ -165,7 +165,8 @@ class LlamaCppBackend(Backend):
             from backends.llamacpp_batch import BatchEngine
 
             try:
-                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, prefix_cache=spec.prefix_cache)
+                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, prefix_cache=spec.prefix_cache,
+                                           host_cache_bytes=spec.prompt_cache_mib << 20)
             except BaseException:
                 llm.close()
                 raise
@@ -184,6 +185,7 @@ class LlamaCppBackend(Backend):
             "file": path.name,
             "n_ctx": n_ctx,
             "parallel": spec.parallel,
+            "prompt_cache_mib": spec.prompt_cache_mib if batched and spec.prefix_cache else 0,
             "n_threads": llm.n_threads if hasattr(llm, "n_threads") else spec.n_threads,
             "n_gpu_layers": n_gpu_layers,
             "gpu_offload_supported": gpu_offload,

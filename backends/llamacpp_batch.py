@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from backends import llamacpp_compute as compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
+from backends.llamacpp_prompt_cache import MIN_TOKENS, PromptCache
 from backends.llamacpp_sampling import token_logprob
 from backends.speculative import NgramDrafter
 
@@ -59,7 +60,7 @@ class _Seq:
 
 class BatchEngine:
     def __init__(self, llm, slots: int, n_ctx_per_seq: int, n_threads: int, n_batch: int = 512,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, host_cache_bytes: int = 0):
         import llama_cpp as L
 
         self.L = L
@@ -97,6 +98,8 @@ class BatchEngine:
         # llama.cpp's own cache_prompt). prefix_cache=False trades that TTFT for exact repeatability.
         self.prefix_cache = prefix_cache
         self.prefix_hits = 0  # tokens not recomputed thanks to kept prefixes
+        # cells that left a slot, kept in host memory for a later prompt sharing their prefix
+        self.host_cache = PromptCache(host_cache_bytes if prefix_cache else 0)
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
@@ -145,6 +148,7 @@ class BatchEngine:
         self._thread.join(timeout=30)
         L = self.L
         L.llama_batch_free(self.batch)
+        self.host_cache.clear()
         L.llama_free(self.ctx)
         self.ctx = None
 
@@ -177,11 +181,13 @@ class BatchEngine:
                 seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
                 seq.out.put(_END)
                 continue
-            # the free slot whose kept cells share the longest prefix with this prompt; on a tie the lowest,
-            # which keeps the busy slots consecutive (one ubatch per step, see _step)
+            # the free slot whose kept cells share the longest prefix with this prompt (on a tie the one
+            # freed longest ago, as ``_free`` is in the order slots were freed)
             seq.slot, reuse = max(((slot, _common(self._kept[slot], seq.tokens)) for slot in self._free),
-                                  key=lambda x: (x[1], -x[0]))
+                                  key=lambda x: x[1])
             self._free.remove(seq.slot)
+            if self.prefix_cache:
+                reuse = self._from_host_cache(seq, reuse)
             reuse = min(reuse, len(seq.tokens) - 1) if self.prefix_cache else 0  # the last prompt token is evaluated
             L = self.L
             if not L.llama_memory_seq_rm(self.mem, seq.slot, reuse, -1):
@@ -192,6 +198,23 @@ class BatchEngine:
             self.prefix_hits += reuse
             seq.out.put(TextDelta("", prompt_tokens=len(seq.tokens)))
             self._running.append(seq)
+
+    def _from_host_cache(self, seq: _Seq, reuse: int) -> int:
+        """Before ``seq`` overwrites its slot's kept cells: save those to the host cache, and restore a
+        cached prompt instead when it shares a longer prefix with ``seq``'s. Returns the tokens reused."""
+        L, kept, cache = self.L, self._kept[seq.slot], self.host_cache
+        key, cached = cache.best(seq.tokens)
+        gain = key is not None and cached >= reuse + MIN_TOKENS
+        if gain or reuse < len(kept):  # cells about to be lost
+            cache.save(L, self.ctx, seq.slot, kept)
+        if not gain:
+            return reuse
+        if cache.restore(L, self.ctx, key, seq.slot):
+            self._kept[seq.slot] = list(key)
+            return cached
+        L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)  # a failed restore may leave some cells behind
+        self._kept[seq.slot] = []
+        return 0
 
     def _loop(self) -> None:
         L = self.L

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
     n_ctx: int = Field(_SPEC["n_ctx"], description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")
+    prompt_cache_mib: int = Field(1024, ge=0, description="llama.cpp: host memory (MiB) keeping the KV of prompts that "
+                                  "left a slot, so a returning conversation or a shared system prompt is not prefilled again (0 = off)")
     parallel: int = Field(default_factory=lambda: 1 if _zero_gpu() else _SPEC["parallel"], ge=1, le=MAX_PARALLEL, description="conversations decoded together in one batch, llama.cpp and transformers (KV cache for each)")
     speculative: Literal["ngram"] | None = Field(_SPEC["speculative"], description="speculative decoding without a draft "
                                                  "model for greedy requests: 'ngram' (prompt lookup; llama.cpp with --parallel 1, "

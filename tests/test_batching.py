@@ -173,3 +173,46 @@ def greedy_sampler():
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
     return chain
+
+
+def test_a_conversation_whose_slot_was_taken_comes_back_from_host_memory(cache_dir):
+    """Two slots, three conversations: the first one's slot is taken by the third, its KV cells go to the
+    host cache, and its next turn is restored from there instead of prefilled again; with the cache
+    off (prompt_cache_mib=0) the same turn is prefilled from scratch."""
+    reused = {}
+    for mib in (64, 0):
+        b = LlamaCppBackend(cache_dir)
+        b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512, parallel=2, prompt_cache_mib=mib))
+        try:
+            engine = b._engine
+
+            def tok(text: str, bos: bool = True) -> list[int]:
+                return b._llm.tokenize(text.encode(), add_bos=bos, special=True)
+
+            def user(text: str) -> str:
+                return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+            first = tok(user("Tell me about the history of sailing ships across the ocean."))
+            reply = [d for d in engine.submit(first, greedy_sampler(), 16, threading.Event())]
+            assert sum(d.tokens for d in reply) > 0
+            for other in ("Something else entirely: the price of bread in Paris?", "Third topic: rockets?"):
+                list(engine.submit(tok(other), greedy_sampler(), 8, threading.Event()))  # both slots retaken
+            assert all(_common_len(kept, first) <= 1 for kept in engine._kept.values())  # a BOS at most
+            turn = first + tok("".join(d.text for d in reply) + "<|im_end|>\n" + user("And then?"), bos=False)
+            before = engine.prefix_hits
+            answer = [d for d in engine.submit(turn, greedy_sampler(), 8, threading.Event())]
+            assert sum(d.tokens for d in answer) > 0
+            reused[mib] = engine.prefix_hits - before
+            if mib:
+                assert engine.host_cache.hits == 1 and 0 < engine.host_cache.bytes <= mib << 20
+        finally:
+            b.unload()
+    assert reused[64] >= len(first)  # the whole first turn (prompt and the cells of its reply's prefix)
+    assert reused[0] == 0
+
+
+def _common_len(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
