@@ -11,6 +11,7 @@ from ui.api_docs import described_api, fill_trailing_defaults
 from ui.chat import build_chat
 from ui.edge import gradio_errors
 from ui.gradio_queue import quiet_queue
+from ui.gradio_session import lazy_session_config
 from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui.endpoints import V1_NOTE, register_chat_api, register_model_api
@@ -162,5 +163,6 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)
     quiet_queue(blocks)  # event-driven instead of Gradio's 1 ms poll (ui/gradio_queue.py)
+    lazy_session_config(blocks)  # no 13 ms of block configs per REST call (ui/gradio_session.py)
     fill_trailing_defaults(blocks)  # REST callers may leave out the newer parameters, as gradio_client's may
     return blocks
