@@ -5,12 +5,13 @@
 
 Loads the embedded model's derived HF checkpoint once, then alternates, on the same model object and
 the same prompt ids: ``model.generate`` under inference_mode on a thread that ends (as the app's
-unbatched path and bench_serving's raw engine run it) and the app's ``ContinuousBatcher.stream()`` (no HTTP, no chat
-template, no detokenizing), greedy and sampled (temperature 0.7, top-k 40, top-p 0.95).
+unbatched path and bench_serving's raw engine run it) and the app's ``ContinuousBatcher.stream()``
+(no HTTP, no chat template, no detokenizing), greedy and sampled (temperature 0.7, top-k 40, top-p 0.95).
 
 The batcher is built for each of its turns and closed after it: a live batcher keeps its generation
-thread, and with it an OpenMP team, which halves a generate() beside it on a 2-core machine (libgomp
-throttles once a process holds more OpenMP threads than CPUs), so generate() runs with none alive.
+thread, and with it an OpenMP team, which halved a generate() beside it on a 2-core machine (measured;
+presumably libgomp's throttling once a process holds more OpenMP threads than CPUs, as found for
+llama.cpp in README.md), so generate() runs with none alive.
 
 Speeds come from the gaps between consecutive tokens (prefill excluded). On a shared machine outside
 load comes in bursts: the median gap moves with it, the 20th percentile mostly reflects the quiet
@@ -109,12 +110,11 @@ def main() -> None:
                   flush=True)
     for mode in MODES:
         g, b = found[(mode, "generate")], found[(mode, "batcher")]
-        med = statistics.median(g) / statistics.median(b)
-        p20 = statistics.quantiles(g, n=5)[0] / statistics.quantiles(b, n=5)[0]
-        print(f"{mode:7s}: tok/s from the median gap: generate {1 / statistics.median(g):6.2f}, batcher "
-              f"{1 / statistics.median(b):6.2f}, batcher / generate = {med:.3f}; from the 20th percentile gap: "
-              f"generate {1 / statistics.quantiles(g, n=5)[0]:6.2f}, batcher {1 / statistics.quantiles(b, n=5)[0]:6.2f}, "
-              f"batcher / generate = {p20:.3f}")
+        (g_med, b_med), (g_p20, b_p20) = ((f(g), f(b)) for f in (statistics.median,
+                                                                  lambda x: statistics.quantiles(x, n=5)[0]))
+        print(f"{mode:7s}: tok/s from the median gap: generate {1 / g_med:6.2f}, batcher {1 / b_med:6.2f}, "
+              f"batcher / generate = {g_med / b_med:.3f}; from the 20th percentile gap: generate {1 / g_p20:6.2f}, "
+              f"batcher {1 / b_p20:6.2f}, batcher / generate = {g_p20 / b_p20:.3f}")
     backend.unload()
 
 
