@@ -13,6 +13,7 @@ the final delta carries the drafted / accepted counts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -245,7 +246,8 @@ class TransformersBackend(Backend):
 
         try:
             self._batcher = ContinuousBatcher(model, spec.parallel, self._max_ctx, _eos_ids(model, tok),
-                                              prefix_cache=spec.prefix_cache)
+                                              prefix_cache=spec.prefix_cache,
+                                              grad_mode=functools.partial(transformers_quant.grad_mode, self._quant))
         except Exception as exc:  # an attention implementation or cache layout the manager rejects
             log.warning("continuous batching unavailable for this model, generating one at a time: %s", exc)
             self._batcher = None

@@ -32,6 +32,27 @@ def test_concurrent_greedy_requests_get_exactly_their_solo_text(batched):
     assert all(t.strip() for t in alone)
 
 
+def test_batched_greedy_text_equals_plain_generate(batched):
+    """The batch's paged attention, its greedy shortcut in top-k and its inference-mode thread give
+    exactly the tokens of plain generate()."""
+    import torch
+
+    model, tok = batched._model, batched._tok
+    for prompt in PROMPTS[:3]:
+        request = req(prompt, 32)
+        ids = batched.prompt_ids(request)
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                                 max_new_tokens=32, do_sample=False)
+        assert text(batched, request) == tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_the_batch_steps_in_inference_mode(batched):
+    # the paged cache is allocated on the generation thread: an inference tensor iff the loop runs in
+    # torch.inference_mode (transformers' own loop runs under no_grad only, a slower step at batch 1)
+    assert batched._batcher._mgr.batch_processor.cache.cache_tensor.is_inference()
+
+
 def test_what_the_batch_cannot_honour_runs_unbatched_beside_it(batched):
     penalised = req("Describe a cat.", 24, repetition_penalty=1.3)  # no per-request penalty in the manager
     plain = req("What is 2+2?", 24)
