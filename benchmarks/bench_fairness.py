@@ -100,6 +100,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--llama-server", metavar="PATH")
+    p.add_argument("--prompt-cache-mib", type=int, default=0, help="the app's, and llama-server's --cache-ram (0: off)")
     args = p.parse_args()
     from backends.llamacpp import physical_cores
 
@@ -123,7 +124,7 @@ def main() -> int:
         from backends.sources import embedded_model_path
 
         with harness.LlamaServer(args.llama_server, embedded_model_path(), args.n_ctx, args.threads,
-                                 args.parallel) as server:
+                                 args.parallel, args.prompt_cache_mib) as server:
             server.wait_ready()
             oai = clients.openai_client(server.url)
             clients.v1_request(oai, server.model_name, -1, WARMUP_PROMPT, 8)

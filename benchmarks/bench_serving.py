@@ -124,7 +124,7 @@ def llama_server_for(args) -> harness.LlamaServer:
     from backends.sources import embedded_model_path
 
     model = Path(args.model) if args.model else embedded_model_path()
-    return harness.LlamaServer(args.llama_server, model, args.n_ctx, args.threads, args.parallel)
+    return harness.LlamaServer(args.llama_server, model, args.n_ctx, args.threads, args.parallel, args.prompt_cache_mib)
 
 
 def run_app(args, order: list[int], rss: harness.RssTracker) -> dict:
@@ -133,7 +133,8 @@ def run_app(args, order: list[int], rss: harness.RssTracker) -> dict:
     out: dict = {}
     if args.app_mode == "inprocess":
         log("APP: starting create_app() under uvicorn in a thread of this process")
-        server = harness.InProcessApp(args.n_ctx, args.threads if args.backend == "llamacpp" else None)
+        server = harness.InProcessApp(args.n_ctx, args.threads if args.backend == "llamacpp" else None,
+                                      args.prompt_cache_mib)
     else:
         server = harness.AppSubprocess(args)
         log(f"APP: starting {' '.join(server.cmd[1:])}")
@@ -198,6 +199,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="add 16 clients to the default sweep")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads, raw and app alike (default: physical cores, as the app)")
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--prompt-cache-mib", type=int, default=0,
+                    help="the app's host-memory prompt cache and llama-server's --cache-ram (default 0: off for both; the "
+                         "app's earlier phases send every prompt first, so with it on /v1 would restore prompts "
+                         "llama-server and the raw engine meet cold)")
     ap.add_argument("--parallel", type=int, default=4, help="batch slots in the app, either backend (the app's default: 4)")
     ap.add_argument("--app-mode", choices=("inprocess", "subprocess"), default="inprocess",
                     help="inprocess: create_app() under uvicorn in a thread here (default); subprocess: "

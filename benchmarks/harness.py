@@ -64,12 +64,13 @@ def app_spec(args):
 class InProcessApp(LiveServer):
     """The real app (create_app: FastAPI + Gradio + /v1) under uvicorn in a thread of this process."""
 
-    def __init__(self, n_ctx: int, n_threads: int | None):
+    def __init__(self, n_ctx: int, n_threads: int | None, prompt_cache_mib: int = 0):
         super().__init__(make_settings(host="127.0.0.1", n_ctx=n_ctx, n_threads=n_threads, request_log="",
-                                       auth=None, api_key=None, rate_limit_rpm=0, max_streams_per_client=0))
+                                       auth=None, api_key=None, rate_limit_rpm=0, max_streams_per_client=0,
+                                       prompt_cache_mib=prompt_cache_mib))
 
     def load(self, spec) -> dict:
-        info = self.manager.load(spec)
+        info = self.manager.load(spec.with_(prompt_cache_mib=self.settings.prompt_cache_mib))
         return {"name": info.name, "backend": info.backend, "quantization": info.quantization,
                 "device": info.device, "details": info.details}
 
@@ -149,7 +150,7 @@ class AppSubprocess(_ServerProcess):
         self.cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
                     "--request-log", "", "--n-ctx", str(args.n_ctx), "--backend", args.backend,
                     "--model", args.model or "embedded"]
-        self.cmd += ["--parallel", str(args.parallel)]
+        self.cmd += ["--parallel", str(args.parallel), "--prompt-cache-mib", str(getattr(args, "prompt_cache_mib", 0))]
         if args.backend == "llamacpp":
             self.cmd += ["--n-threads", str(args.threads)]
         else:
@@ -175,20 +176,23 @@ class LlamaServer(_ServerProcess):
     pinned llama-cpp-python vendors) with the app's GGUF, threads and batch slots: ``-np`` slots of
     ``n_ctx`` tokens each (llama-server splits ``-c`` between its slots), flash attention off (llama-cpp-python's
     default, which the app keeps; llama-server's ``auto`` turns it on, and the different kernel flips some
-    greedy tokens), and weight repacking off where the app turns it off (AMX CPUs, see
-    backends/llamacpp_open.py)."""
+    greedy tokens), weight repacking off where the app turns it off (AMX CPUs, see
+    backends/llamacpp_open.py), and its host-memory prompt cache (``--cache-ram``) the size of the app's
+    (``--prompt-cache-mib``; the benchmarks' default 0 turns both off: every path then meets each prompt
+    cold, as the raw engine does, whatever earlier phases sent the app)."""
 
     name = "llama-server"
     model_name = "default"
 
-    def __init__(self, binary: str | Path, model_path: Path, n_ctx: int, n_threads: int, parallel: int):
+    def __init__(self, binary: str | Path, model_path: Path, n_ctx: int, n_threads: int, parallel: int,
+                 cache_ram_mib: int = 0):
         from backends.llamacpp_open import cpu_has_amx
 
         super().__init__()
         self.binary = Path(binary)
         self.cmd = [str(self.binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(self.port),
                     "-t", str(n_threads), "-tb", str(n_threads), "-np", str(parallel), "-c", str(n_ctx * parallel),
-                    "-fa", "off", "-a", self.model_name, "--no-webui"]
+                    "-fa", "off", "-a", self.model_name, "--no-webui", "--cache-ram", str(cache_ram_mib)]
         if cpu_has_amx():
             self.cmd.append("--no-repack")
 
