@@ -20,12 +20,18 @@ from monitoring.stats import percentile
 
 # The issue's goals, and what the plain alternatives reached on the 2-core CPU machines (a plain
 # Gradio app streaming llama-cpp-python; llama-cpp-python's own OpenAI server), for the table.
-GOAL_TOK_S_RATIO = 0.95
-GOAL_TTFT_ADDED_MS = 50.0
-GOAL_SCALING = {"llamacpp": {8: 2.5}, "transformers": {8: 4.0}}  # aggregate tok/s at N clients / at 1 client
+# Issue 16: Gradio REST /chat within 20 ms of raw TTFT and >= 0.97 of its decode; the first goals (0.95,
+# 50 ms) for the other paths. /v1 against llama-server: >= 0.97 decode and aggregate, TTFT within 5 ms.
+# No scaling goal for llama.cpp: llama-batched-bench shows the engine itself gains ~1.6x from batch 8 on
+# these CPUs (the old 2.5x was beyond it); llama-server's own scaling is the yardstick.
+GOAL_TOK_S_RATIO = {"app_gradio": 0.95, "app_rest": 0.97, "app_v1": 0.95}
+GOAL_TTFT_ADDED_MS = {"app_gradio": 50.0, "app_rest": 20.0, "app_v1": 50.0}
+GOAL_SCALING = {"llamacpp": {}, "transformers": {8: 4.0}}  # aggregate tok/s at N clients / at 1 client
+GOAL_VS_LLAMA_SERVER = 0.97
+GOAL_TTFT_VS_LLAMA_SERVER_MS = 5.0
 REFERENCE = {
     "app_gradio": "plain Gradio app: 0.87, +110 ms",
-    "app_rest": "",
+    "app_rest": "llama-server's own /v1: 0.93-0.99 of raw (2026-11-25)",
     "app_v1": "llama-cpp-python server: 0.87, +7 ms",
 }
 
@@ -125,8 +131,8 @@ def build_results(args, raw_samples, raw_info, app, rss, started: float) -> dict
     }
     verdict = {}
     for k in APP_PATHS:
-        verdict[f"{k}_tok_s"] = _meets(ratios[f"{k}_tok_s_vs_raw"], GOAL_TOK_S_RATIO, higher=True)
-        verdict[f"{k}_ttft"] = _meets(ttft_added[f"{k}_ms"], GOAL_TTFT_ADDED_MS, higher=False)
+        verdict[f"{k}_tok_s"] = _meets(ratios[f"{k}_tok_s_vs_raw"], GOAL_TOK_S_RATIO[k], higher=True)
+        verdict[f"{k}_ttft"] = _meets(ttft_added[f"{k}_ms"], GOAL_TTFT_ADDED_MS[k], higher=False)
     for n, goal in goals["scaling_min"].items():
         if n in scaling:
             verdict[f"scaling_{n}"] = _meets(scaling[n], goal, higher=True)
@@ -230,10 +236,10 @@ def render(res: dict) -> str:
     ]
     for k in APP_PATHS:
         lines.append(f"{'app ' + short[k] + ' tok/s / raw':<36}{_f(r[k + '_tok_s_vs_raw'], '.3f'):>10}"
-                     f"{'>= ' + str(GOAL_TOK_S_RATIO):>10}{_ok(v[k + '_tok_s']):>6}  {ref.get(k, '')}")
+                     f"{'>= ' + str(GOAL_TOK_S_RATIO[k]):>10}{_ok(v[k + '_tok_s']):>6}  {ref.get(k, '')}")
     for k in APP_PATHS:
         lines.append(f"{'app ' + short[k] + ' TTFT added (p50, ms)':<36}{_f(t[k + '_ms'], '+.1f'):>10}"
-                     f"{'<= ' + str(int(GOAL_TTFT_ADDED_MS)):>10}{_ok(v[k + '_ttft']):>6}")
+                     f"{'<= ' + str(int(GOAL_TTFT_ADDED_MS[k])):>10}{_ok(v[k + '_ttft']):>6}")
     for n, sc in res["scaling"].items():
         if n == "1":
             continue
@@ -283,9 +289,13 @@ def render_vs_llama_server(res: dict) -> list[str]:
     lines = [
         "",
         f"app vs llama-server (same GGUF, threads and -np; measured alternately) · {ls.get('version') or ls['binary']}",
-        f"{'app /v1 decode tok/s / llama-server':<44}{_f(vs['app_v1_tok_s_vs_llama_server'], '.3f'):>10}",
-        f"{'app /v1 TTFT - llama-server TTFT (p50, ms)':<44}{_f(vs['app_v1_ttft_added_ms_vs_llama_server'], '+.1f'):>10}",
+        f"{'app /v1 decode tok/s / llama-server':<44}{_f(vs['app_v1_tok_s_vs_llama_server'], '.3f'):>10}"
+        f"   goal >= {GOAL_VS_LLAMA_SERVER}{_ok(_meets(vs['app_v1_tok_s_vs_llama_server'], GOAL_VS_LLAMA_SERVER, True)):>6}",
+        f"{'app /v1 TTFT - llama-server TTFT (p50, ms)':<44}{_f(vs['app_v1_ttft_added_ms_vs_llama_server'], '+.1f'):>10}"
+        f"   goal <= +{GOAL_TTFT_VS_LLAMA_SERVER_MS:.0f}"
+        f"{_ok(_meets(vs['app_v1_ttft_added_ms_vs_llama_server'], GOAL_TTFT_VS_LLAMA_SERVER_MS, False)):>7}",
         f"{'llama-server decode tok/s / raw':<44}{_f(vs['llama_server_tok_s_vs_raw'], '.3f'):>10}",
+        f"app aggregate / llama-server's: goal >= {GOAL_VS_LLAMA_SERVER} at every level",
         f"{'clients':>7}{'app agg tok/s':>15}{'llama-server':>14}{'app / llama-server':>20}{'llama-server scaling':>22}"
         f"{'its TTFT p50':>14}",
     ]
