@@ -1,9 +1,11 @@
 """Hugging Face transformers models, optionally quantized with bitsandbytes, torchao or optimum-quanto
 (those two: backends/transformers_quant.py).
 
-``generate`` runs in a worker thread: its token ids come back through a queue, an exception in the
-thread is re-raised on the consumer side (a plain TextIteratorStreamer would hang), and a stopping
-criterion tied to the cancel event stops it within one token.
+``generate`` runs in a worker thread (the continuous batch's generation thread when a batcher is
+alive, so the process keeps one OpenMP team: ``transformers_loop_calls``): its token ids come back
+through a queue, an exception in the thread is re-raised on the consumer side (a plain
+TextIteratorStreamer would hang), and a stopping criterion tied to the cancel event stops it within
+one token.
 
 With ``spec.speculative == "ngram"``, greedy requests without a constraint or logprobs run on
 generate() with prompt lookup (``transformers_speculative``), also when continuous batching is on
@@ -18,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from backends import sources
@@ -398,8 +400,7 @@ class TransformersBackend(Backend):
 
         with self._lock:
             self._paths.acquire_exclusive()
-            worker = threading.Thread(target=run, name="hf-generate", daemon=True)
-            worker.start()
+            done = self._start_generate(run)
             decoder = IncrementalDecoder(tok)
             generated, finish = 0, "length"
             row = None  # the logprob tap's row for the next token (it comes before the token)
@@ -426,12 +427,28 @@ class TransformersBackend(Backend):
                     finish = "stop"
             finally:
                 cancel.set()  # stops generate() if the consumer went away
-                worker.join()
+                done()
                 self._paths.release_exclusive()
                 if counter is not None:
                     self._count(counter.drafted, counter.accepted)
             spec = {"draft_tokens": counter.drafted, "accepted_tokens": counter.accepted} if counter else {}
             yield TextDelta(decoder.flush(), finish_reason=finish, prompt_tokens=n_prompt, **spec)
+
+    def _start_generate(self, run: Callable[[], None]) -> Callable[[], None]:
+        """Start ``run`` (one generate(), under the exclusive path); returns what waits for its end.
+
+        With a batcher alive it runs on the batcher's generation thread, between steps (none is running):
+        a thread of its own would build a second OpenMP team beside that thread's, and libgomp, with more
+        threads than CPUs, throttles both, which halved this generate() on 2 cores
+        (``transformers_loop_calls``). Without one (or once its thread has ended) a short-lived thread
+        runs it; its team goes with it."""
+        batcher = self._batcher
+        future = batcher.submit(run) if batcher is not None else None
+        if future is not None:
+            return future.result
+        worker = threading.Thread(target=run, name="hf-generate", daemon=True)
+        worker.start()
+        return worker.join
 
     def _stream_batched(self, batcher, ids, budget, params, cancel) -> Iterator[TextDelta]:
         decoder = IncrementalDecoder(self._tok)

@@ -10,7 +10,9 @@ generation thread that dies fails every waiting request instead of hanging it.
 Per-request sampling uses the manager's per-request logits processors (temperature, top-k, top-p),
 top-k and top-p swapped for faster ones that also draw the token (``transformers_batch_sampling``).
 Greedy is top-k 1. What the manager cannot do per request (repetition penalty, a seed for sampled
-text) is reported by ``accepts`` so the backend runs that request on its unbatched path.
+text) is reported by ``accepts`` so the backend runs that request on its unbatched path, whose
+generate() it hands to ``submit``: it runs on the generation thread between steps, so torch's OpenMP
+keeps one team in the process (``transformers_loop_calls``).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 
 from backends.base import SamplingParams
 from backends.errors import BackendError
+from backends.transformers_loop_calls import LoopCalls
 
 PAGE_SIZE = 64  # tokens per KV page: small pages waste less on short chats
 _POLL_S = 0.25
@@ -59,7 +63,11 @@ class ContinuousBatcher:
         from backends.transformers_batch_sampling import install
 
         install(self._mgr)  # top-k/top-p/draw without full-vocabulary sorts (issue 16)
-        _run_loop_in(self._mgr, grad_mode or torch.inference_mode)
+        # other torch compute (the backend's generate()) runs on the generation thread between steps, so
+        # the process keeps one OpenMP team (transformers_loop_calls)
+        self._calls = LoopCalls()
+        self._calls.install(self._mgr)
+        _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls)
         self._routes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._counter = 0
@@ -140,6 +148,10 @@ class ContinuousBatcher:
             with self._lock:
                 self._routes.pop(rid, None)
 
+    def submit(self, fn: Callable[[], object]) -> Future | None:
+        """Run ``fn`` on the generation thread between steps; None once that thread has ended."""
+        return self._calls.submit(fn)
+
     def _fatal(self) -> str | None:
         err = self._mgr.background_thread_status.fatal_error
         return f"{type(err).__name__}: {err}" if err is not None else None
@@ -149,18 +161,22 @@ class ContinuousBatcher:
         self._dispatcher.join(timeout=5)
 
 
-def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager]) -> None:
+def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls: LoopCalls) -> None:
     """Run the manager's generation thread inside ``grad_mode()``, as generate() runs in the app.
 
     transformers steps the batch under ``torch.no_grad`` only; at batch 1 on a CPU the 135M model's
     step is ~1,000 small ops, and inference mode skips the version counters and view tracking each
     of them pays under no_grad. The cache it allocates on that thread becomes an inference tensor,
     which only that thread touches. The thread's target is looked up on the instance by ``start()``,
-    so this must run before it."""
+    so this must run before it. On the way out the thread runs what ``calls`` still holds and closes it,
+    so a call is never left waiting on a thread that has gone."""
     loop = manager._run_generation_loop
 
     def run() -> None:
-        with grad_mode():
-            loop()
+        try:
+            with grad_mode():
+                loop()
+        finally:
+            calls.close()
 
     manager._run_generation_loop = run

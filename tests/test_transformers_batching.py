@@ -4,6 +4,8 @@ intact and frees its slot, and what the batch cannot honour runs unbatched besid
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import pytest
@@ -64,6 +66,36 @@ def test_what_the_batch_cannot_honour_runs_unbatched_beside_it(batched):
     mixed = concurrently(lambda r: text(batched, r), [(penalised,), (plain,)])
     assert mixed == [alone, plain_alone]
     assert text(batched, penalised) == alone
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_an_unbatched_request_beside_the_batch_adds_no_openmp_team(batched):
+    """Its generate() runs on the batch's generation thread (backends/transformers_loop_calls.py).
+
+    torch's libgomp keeps an OpenMP team per calling thread; a generate() on a thread of its own beside
+    the live batcher's added that thread and its team's workers (2 on 2 CPUs), and with more OpenMP
+    threads than CPUs libgomp throttles: the generate() ran at half speed (benchmarks/README.md). The
+    mechanism is checked here, not a timing."""
+    penalised = req("Describe a cat.", 24, repetition_penalty=1.3)
+    assert not batched._batcher.accepts(penalised.params)
+    text(batched, penalised)  # anything lazily made by the first fallback exists from here on
+    before = os_threads()
+    during = None
+    out = []
+    for delta in batched.stream(penalised, threading.Event()):
+        out.append(delta.text)
+        if delta.tokens and during is None:
+            during = os_threads()  # mid-generation: a thread running it, and its team, would be alive now
+    assert during is not None and "".join(out).strip()
+    assert during - before <= 0, (before, during)
+
+
+def test_a_call_handed_to_the_batch_runs_on_its_generation_thread(batched):
+    thread = batched._batcher._mgr._generation_thread
+    assert batched._batcher.submit(threading.current_thread).result(timeout=30) is thread
 
 
 def test_sampled_requests_stream_with_their_own_parameters(batched):
