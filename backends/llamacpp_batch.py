@@ -6,7 +6,10 @@ prompts are prefilled in chunks inside the same batches), gives every running se
 token in one ``llama_decode``, samples each sequence with its own sampler chain (built by the caller
 with ``llamacpp_sampling``: its own samplers, constraint and seed), and retires sequences that finish or are
 cancelled, freeing their KV cells. Requests join and leave between steps; nobody waits for the
-longest reply.
+longest reply. Every batch lists its sequences in slot order (llama.cpp fits only consecutive
+sequence ids into one ubatch). A new request takes the free slot whose kept cells share the longest
+prefix with its prompt; cells about to be overwritten go to a host-memory cache
+(``llamacpp_prompt_cache``) from which a later prompt sharing more of them is restored.
 
 Speculative decoding (n-gram prompt lookup, ``draft_tokens`` > 0 for a greedy request): such a sequence
 puts its last token and up to ``draft_tokens`` drafted ones (``backends.speculative``) in the same batch
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from backends import llamacpp_compute as compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
-from backends.llamacpp_prompt_cache import MIN_TOKENS, PromptCache
+from backends.llamacpp_prompt_cache import MIN_TOKENS, PromptCache, common_prefix
 from backends.llamacpp_sampling import token_logprob
 from backends.speculative import NgramDrafter
 
@@ -183,7 +186,7 @@ class BatchEngine:
                 continue
             # the free slot whose kept cells share the longest prefix with this prompt (on a tie the one
             # freed longest ago, as ``_free`` is in the order slots were freed)
-            seq.slot, reuse = max(((slot, _common(self._kept[slot], seq.tokens)) for slot in self._free),
+            seq.slot, reuse = max(((slot, common_prefix(self._kept[slot], seq.tokens)) for slot in self._free),
                                   key=lambda x: x[1])
             self._free.remove(seq.slot)
             if self.prefix_cache:
@@ -356,12 +359,3 @@ class BatchEngine:
                 del seq.in_kv[keep:]
         if finish is not None:
             self._retire(seq, finish)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -10,6 +10,7 @@ import pytest
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp_prompt_cache import common_prefix
 from tests.conftest import long_request
 
 PROMPTS = ["Name three colours.", "Write a haiku about rain.", "What is 2+2?", "Describe a cat.",
@@ -197,7 +198,7 @@ def test_a_conversation_whose_slot_was_taken_comes_back_from_host_memory(cache_d
             assert sum(d.tokens for d in reply) > 0
             for other in ("Something else entirely: the price of bread in Paris?", "Third topic: rockets?"):
                 list(engine.submit(tok(other), greedy_sampler(), 8, threading.Event()))  # both slots retaken
-            assert all(_common_len(kept, first) <= 1 for kept in engine._kept.values())  # a BOS at most
+            assert all(common_prefix(kept, first) <= 1 for kept in engine._kept.values())  # a BOS at most
             turn = first + tok("".join(d.text for d in reply) + "<|im_end|>\n" + user("And then?"), bos=False)
             before = engine.prefix_hits
             answer = [d for d in engine.submit(turn, greedy_sampler(), 8, threading.Event())]
@@ -209,10 +210,3 @@ def test_a_conversation_whose_slot_was_taken_comes_back_from_host_memory(cache_d
             b.unload()
     assert reused[64] >= len(first)  # the whole first turn (prompt and the cells of its reply's prefix)
     assert reused[0] == 0
-
-
-def _common_len(a, b) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
