@@ -23,6 +23,7 @@ request's drafted / accepted counts.
 from __future__ import annotations
 
 import codecs
+import logging
 import queue
 import threading
 from collections import deque
@@ -37,6 +38,7 @@ from backends.llamacpp_sampling import token_logprob
 from backends.speculative import NgramDrafter
 
 _END = object()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -190,7 +192,13 @@ class BatchEngine:
                                   key=lambda x: x[1])
             self._free.remove(seq.slot)
             if self.prefix_cache:
-                reuse = self._from_host_cache(seq, reuse)
+                try:
+                    reuse = self._from_host_cache(seq, reuse)
+                except Exception:  # noqa: BLE001 - the host cache is an optimisation: prefill instead
+                    log.exception("llama.cpp host prompt cache failed; prefilling the prompt instead")
+                    self.host_cache.clear()
+                    self._kept[seq.slot], reuse = [], 0
+                    self.L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
             reuse = min(reuse, len(seq.tokens) - 1) if self.prefix_cache else 0  # the last prompt token is evaluated
             L = self.L
             if not L.llama_memory_seq_rm(self.mem, seq.slot, reuse, -1):
@@ -209,7 +217,7 @@ class BatchEngine:
         key, cached = cache.best(seq.tokens)
         gain = key is not None and cached >= reuse + MIN_TOKENS
         if gain or reuse < len(kept):  # cells about to be lost
-            cache.save(L, self.ctx, seq.slot, kept)
+            cache.save(L, self.ctx, seq.slot, kept, protect=key if gain else None)
         if not gain:
             return reuse
         if cache.restore(L, self.ctx, key, seq.slot):

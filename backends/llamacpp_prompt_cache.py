@@ -41,21 +41,23 @@ class PromptCache:
                 best_key, best_n = key, n
         return best_key, best_n
 
-    def save(self, L, ctx, seq_id: int, tokens: list[int]) -> bool:
-        """Copy sequence ``seq_id``'s cells (which hold ``tokens``) out of the context."""
+    def save(self, L, ctx, seq_id: int, tokens: list[int], protect: tuple[int, ...] | None = None) -> bool:
+        """Copy sequence ``seq_id``'s cells (which hold ``tokens``) out of the context, evicting the least
+        recently used entries to make room, never ``protect`` (the entry about to be restored)."""
         key = tuple(tokens)
         if self.max_bytes <= 0 or len(key) < MIN_TOKENS or any(k[:len(key)] == key for k in self._entries):
             return False  # off, too short, or already held (by itself or a longer entry)
         size = L.llama_state_seq_get_size(ctx, seq_id)
-        if size > self.max_bytes:
+        protected = len(self._entries[protect]) if protect in self._entries else 0
+        if size + protected > self.max_bytes:
             return False
         buf = (ctypes.c_uint8 * size)()
         if L.llama_state_seq_get_data(ctx, buf, size, seq_id) != size:
             return False
-        for k in [k for k in self._entries if key[:len(k)] == k]:  # what this entry supersedes
+        for k in [k for k in self._entries if key[:len(k)] == k and k != protect]:  # what this entry supersedes
             self._drop(k)
-        while self._entries and self.bytes + size > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+        while self.bytes + size > self.max_bytes:
+            self._drop(next(k for k in self._entries if k != protect))
         self._entries[key] = buf
         self.bytes += size
         return True

@@ -180,33 +180,57 @@ def test_a_conversation_whose_slot_was_taken_comes_back_from_host_memory(cache_d
     """Two slots, three conversations: the first one's slot is taken by the third, its KV cells go to the
     host cache, and its next turn is restored from there instead of prefilled again; with the cache
     off (prompt_cache_mib=0) the same turn is prefilled from scratch."""
-    reused = {}
-    for mib in (64, 0):
-        b = LlamaCppBackend(cache_dir)
-        b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512, parallel=2, prompt_cache_mib=mib))
-        try:
-            engine = b._engine
+    reused = {mib: returning_conversation(cache_dir, mib) for mib in (64, 0)}
+    assert reused[64][0] >= reused[64][1]  # the whole first turn (prompt and the cells of its reply's prefix)
+    assert reused[0][0] < 8  # the chat template's first tokens at most
 
-            def tok(text: str, bos: bool = True) -> list[int]:
-                return b._llm.tokenize(text.encode(), add_bos=bos, special=True)
 
-            def user(text: str) -> str:
-                return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+def test_the_entry_being_restored_is_never_evicted_to_make_room(cache_dir):
+    """The slot's own cells are saved before a cached prompt is restored into it; with the cache full,
+    making room must not evict the very entry about to be restored (the scheduler would fail)."""
+    reused, first_len = returning_conversation(cache_dir, 64, squeeze=True)
+    assert reused >= first_len
 
-            first = tok(user("Tell me about the history of sailing ships across the ocean."))
-            reply = [d for d in engine.submit(first, greedy_sampler(), 16, threading.Event())]
-            assert sum(d.tokens for d in reply) > 0
-            for other in ("Something else entirely: the price of bread in Paris?", "Third topic: rockets?"):
-                list(engine.submit(tok(other), greedy_sampler(), 8, threading.Event()))  # both slots retaken
-            assert all(common_prefix(kept, first) <= 1 for kept in engine._kept.values())  # a BOS at most
-            turn = first + tok("".join(d.text for d in reply) + "<|im_end|>\n" + user("And then?"), bos=False)
-            before = engine.prefix_hits
-            answer = [d for d in engine.submit(turn, greedy_sampler(), 8, threading.Event())]
-            assert sum(d.tokens for d in answer) > 0
-            reused[mib] = engine.prefix_hits - before
-            if mib:
-                assert engine.host_cache.hits == 1 and 0 < engine.host_cache.bytes <= mib << 20
-        finally:
-            b.unload()
-    assert reused[64] >= len(first)  # the whole first turn (prompt and the cells of its reply's prefix)
-    assert reused[0] == 0
+
+def returning_conversation(cache_dir, mib: int, squeeze: bool = False) -> tuple[int, int]:
+    """A first conversation, two others that take both slots, then the first one's next turn. Returns
+    (prompt tokens the next turn reused, tokens of the first turn's prompt). ``squeeze``: the cache's
+    budget is cut to what it holds before the next turn, so saving the slot's cells needs eviction."""
+    b = LlamaCppBackend(cache_dir)
+    b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512, parallel=2, prompt_cache_mib=mib))
+    try:
+        engine = b._engine
+
+        def tok(text: str, bos: bool = True) -> list[int]:
+            return b._llm.tokenize(text.encode(), add_bos=bos, special=True)
+
+        def user(text: str) -> str:
+            return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+        def run(tokens: list[int], n: int) -> list:
+            out: list = []
+            worker = threading.Thread(target=lambda: out.extend(engine.submit(tokens, greedy_sampler(), n,
+                                                                              threading.Event())))
+            worker.start()
+            worker.join(60)
+            assert not worker.is_alive(), "the engine stopped answering"
+            assert sum(d.tokens for d in out) > 0
+            return out
+
+        first = tok(user("Tell me about the history of sailing ships across the ocean."))
+        reply = run(first, 16)
+        for other in ("Something else entirely: what is the price of bread in Paris and in London these days?",
+                      "Third topic: how do rockets reach orbit, and why do they need several stages?"):
+            run(tok(user(other)), 8)  # both slots retaken
+        assert all(common_prefix(kept, first) < 8 for kept in engine._kept.values())  # the template's start at most
+        if squeeze:
+            assert engine.host_cache.bytes > 0
+            engine.host_cache.max_bytes = engine.host_cache.bytes
+        turn = first + tok("".join(d.text for d in reply) + "<|im_end|>\n" + user("And then?"), bos=False)
+        before = engine.prefix_hits
+        run(turn, 8)
+        if mib:
+            assert engine.host_cache.hits == 1 and 0 < engine.host_cache.bytes <= engine.host_cache.max_bytes
+        return engine.prefix_hits - before, len(first)
+    finally:
+        b.unload()
