@@ -75,12 +75,9 @@ def gaps(stamps: list[float]) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--dtype", default="fp32")
-    args = ap.parse_args()
+def embedded_model(args):
+    """The backend (to unload) with the embedded model's derived checkpoint at ``args.dtype``, loaded without a
+    batcher (parallel=1); the chat-templated prompt ids and the EOS ids. Prints the setting."""
     import torch
 
     backend = TransformersBackend(default_cache_dir())
@@ -89,9 +86,18 @@ def main() -> None:
     model, tok = backend._model, backend._tok
     ids = list(tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                        tokenize=True, return_dict=True)["input_ids"])
-    eos = _eos_ids(model, tok)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load avg {os.getloadavg()[0]:.2f}, prompt {len(ids)} tokens, {args.tokens} new tokens x {args.rounds}")
+    return backend, model, ids, _eos_ids(model, tok)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--dtype", default="fp32")
+    args = ap.parse_args()
+    backend, model, ids, eos = embedded_model(args)
     generate_stamps(model, ids, 8, MODES["greedy"])  # warm-up
     found: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):

@@ -30,12 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.base import ModelSpec  # noqa: E402
-from backends.sources import default_cache_dir  # noqa: E402
-from backends.transformers import TransformersBackend, _eos_ids  # noqa: E402
 from backends.transformers_batch import ContinuousBatcher  # noqa: E402
-
-PROMPT = "Write a long story about a dragon who learns to bake bread."
+from benchmarks.bench_transformers_batching import embedded_model  # noqa: E402
 
 
 def os_threads() -> int:
@@ -79,17 +75,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--dtype", default="fp32")
     args = ap.parse_args()
-    import torch
-
-    backend = TransformersBackend(default_cache_dir())
-    backend.load(ModelSpec(source="embedded", backend="transformers", quantization=args.dtype, n_ctx=1024,
-                           parallel=1))
-    model, tok = backend._model, backend._tok
-    ids = list(tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                       tokenize=True, return_dict=True)["input_ids"])
-    eos = _eos_ids(model, tok)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load avg {os.getloadavg()[0]:.2f}, prompt {len(ids)} tokens, {args.tokens} new tokens x {args.rounds}")
+    backend, model, ids, eos = embedded_model(args)
     on_thread(generate_call(model, ids, 8, [], []))  # warm-up
     print(f"OS threads, no batcher, idle: {os_threads()}")
     found: dict[str, list[float]] = {}
