@@ -28,7 +28,7 @@ def create_app(settings, manager=None):
     from monitoring.prometheus import PrometheusExporter
     from monitoring.request_log import RequestLog
     from optimization.lab import Lab
-    from serving.auth import AccessPolicy, ApiKeyMiddleware
+    from serving.auth import KEY_USER, AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
     from serving.chat_service import ChatService
@@ -39,6 +39,10 @@ def create_app(settings, manager=None):
     from ui.app_ui import build_blocks
 
     policy = AccessPolicy(settings.auth, settings.api_key, settings.protect_metrics)  # bad --auth fails here
+    if settings.exposed and not policy.configured:
+        log.warning("serving on %s without --auth or --api-key: anyone who can reach port %d can chat, load and "
+                    "delete models and read the server's status. Set --auth USER:PASS and/or --api-key KEY.",
+                    settings.bind_host, settings.port)
     monitor = MemoryMonitor(interval=settings.monitor_interval)
     if manager is None:
         manager = ModelManager(metrics=MetricsRecorder(rss=monitor.rss), cache_dir=settings.cache_dir,
@@ -68,15 +72,29 @@ def create_app(settings, manager=None):
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.chat = chat
-    add_ops_routes(app, manager, exporter, policy)
+    add_ops_routes(app, manager, exporter, policy, exposed=settings.exposed)
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
-    app.add_middleware(ApiKeyMiddleware, policy=policy)
+    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before any parsing
-    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login,
-                               auth_message="QuantLab: log in (with --api-key, any user name and the key).")
+    if settings.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    message = "QuantLab: log in." + (f" With the API key: user name '{KEY_USER}'." if policy.api_key else "")
+    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, auth_message=message)
+
+
+def server_config(app, settings, host: str | None = None, **options):
+    """uvicorn's configuration for ``app``. uvicorn's own X-Forwarded-For handling is off: it would
+    trust 127.0.0.1 by default, so any local process could pick the address its rate limit is
+    counted under; the app applies ``--forwarded-allow-ips`` itself (``create_app``)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host or settings.bind_host, port=settings.port, log_level="warning",
+                          proxy_headers=False, **options)
 
 
 def load_in_background(manager, spec) -> threading.Thread:
@@ -131,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         load_in_background(app.state.manager, ModelSpec.from_settings(settings))
     log.info("serving on http://%s:%d", settings.bind_host, settings.port)
     # uvicorn's own deadline comes a little later, so the cut streams can send their last events.
-    config = uvicorn.Config(app, host=settings.bind_host, port=settings.port, log_level="warning",
-                            timeout_graceful_shutdown=settings.shutdown_timeout + CUT_GRACE_S)
+    config = server_config(app, settings, timeout_graceful_shutdown=settings.shutdown_timeout + CUT_GRACE_S)
     server = GracefulServer(config)
     server.run()
     if server.deadline is not None:

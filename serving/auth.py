@@ -1,11 +1,17 @@
 """Who may use what.
 
 - ``--auth USER:PASS`` (or a file of such lines): Gradio's login protects the UI and the Gradio API
-  (gradio_client: ``Client(url, auth=(user, pass))``).
-- ``--api-key KEY``: /v1 (and /tokenize, /detokenize) requires ``Authorization: Bearer KEY``; the UI and the Gradio API then
-  require a login too, with the key as password (any user name), so no door stays open.
-- With only ``--auth``, /v1 accepts the same credentials (HTTP Basic, or Bearer ``user:pass``).
-- /health is always open; /metrics is open unless ``--protect-metrics``.
+  (gradio_client: ``Client(url, auth=(user, pass))``). /v1, /tokenize and /detokenize accept the same
+  credentials (HTTP Basic, or Bearer ``user:pass``).
+- ``--api-key KEY``: /v1, /tokenize and /detokenize accept ``Authorization: Bearer KEY``. The UI and
+  the Gradio API then need a login too (no door stays open), and the key opens it for one identity
+  only: the user name ``api`` (``KEY_USER``), never a name of ``--auth``. A login names exactly one
+  user and checks that user's password: the key is not a password for every user, so it cannot be
+  used to act as ``alice`` (her chats under ``--chat-dir``, her rate-limit bucket, her name in the
+  request log). ``api`` is a shared service identity: the server keeps no chats for it
+  (``is_personal``), they stay in each browser.
+- /health and /live are always open (/health tells callers without credentials the status only);
+  /metrics is open unless ``--protect-metrics``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from starlette.responses import JSONResponse
+from starlette.routing import Match, Mount
+
+KEY_USER = "api"  # the one user name the --api-key logs in as (Gradio login, HTTP Basic)
+PUBLIC_PATHS = frozenset({"/health", "/live", "/openapi.json"})
 
 
 def parse_auth(auth: str | None) -> list[tuple[str, str]]:
@@ -35,28 +45,39 @@ def parse_auth(auth: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def is_personal(user: str | None) -> bool:
+    """Whether ``user`` is one person's login (whose chats the server may keep), not the shared
+    identity the API key logs in as."""
+    return bool(user) and user != KEY_USER
+
+
 class AccessPolicy:
     def __init__(self, auth: str | None, api_key: str | None, protect_metrics: bool = False):
         self.pairs = parse_auth(auth)
         self.api_key = api_key or None
         self.protect_metrics = protect_metrics
+        if self.api_key and any(user == KEY_USER for user, _ in self.pairs):
+            raise ValueError(f"--auth names the user '{KEY_USER}', the name --api-key logs in as: rename that user")
+
+    @property
+    def configured(self) -> bool:
+        """Whether any credentials are asked for at all."""
+        return bool(self.pairs or self.api_key)
 
     @property
     def ui_login(self) -> Callable[[str, str], bool] | None:
         """The function Gradio calls to check a login, or None for an open UI."""
-        if not self.pairs and not self.api_key:
+        if not self.configured:
             return None
+        return self.login_ok
 
-        def check(user: str, password: str) -> bool:
-            if self.api_key and _eq(password, self.api_key):
-                return True
-            return any(_eq(user, u) and _eq(password, p) for u, p in self.pairs)
-
-        return check
+    def login_ok(self, user: str, password: str) -> bool:
+        """A login names one user: that user's password, or the API key for ``KEY_USER`` alone."""
+        return self._key_ok(user, password) or self._pair_ok(user, password)
 
     def http_client_id(self, authorization: str | None) -> str | None:
         """The client id for valid /v1 credentials, None if they are missing or wrong."""
-        if not self.pairs and not self.api_key:
+        if not self.configured:
             return "open"
         if not authorization:
             return None
@@ -64,25 +85,35 @@ class AccessPolicy:
         value = value.strip()
         if scheme.lower() == "bearer":
             if self.api_key and _eq(value, self.api_key):
-                return "key:" + hashlib.sha256(value.encode()).hexdigest()[:12]
-            if ":" in value and self._pair_ok(*value.split(":", 1)):
-                return "user:" + value.split(":", 1)[0]
+                return self._key_id()
+            user, sep, password = value.partition(":")
+            if sep and self._pair_ok(user, password):
+                return "user:" + user
         elif scheme.lower() == "basic":
             try:
-                user, _, password = base64.b64decode(value).decode().partition(":")
+                user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return None
-            if self._pair_ok(user, password) or (self.api_key and _eq(password, self.api_key)):
+            if sep and self._key_ok(user, password):
+                return self._key_id()
+            if sep and self._pair_ok(user, password):
                 return "user:" + user
         return None
 
-    def _pair_ok(self, user: str, password: str) -> bool:
-        return any(_eq(user, u) and _eq(password, p) for u, p in self.pairs)
+    def _key_ok(self, user: str, password: str) -> bool:
+        return bool(self.api_key) and _eq(user, KEY_USER) and _eq(password, self.api_key)
 
-    def guards(self, path: str) -> bool:
-        if path.startswith("/v1/") or path in ("/v1", "/tokenize", "/detokenize"):
-            return True
-        return self.protect_metrics and path == "/metrics"
+    def _key_id(self) -> str:
+        return "key:" + hashlib.sha256(self.api_key.encode()).hexdigest()[:12]
+
+    def _pair_ok(self, user: str, password: str) -> bool:
+        # every pair is compared (no early exit), each in constant time
+        return sum(_eq(user, u) & _eq(password, p) for u, p in self.pairs) > 0
+
+    def public(self, path: str) -> bool:
+        """The app's own routes anyone may call: liveness, readiness, the OpenAPI schema, and
+        /metrics unless --protect-metrics."""
+        return path in PUBLIC_PATHS or (path == "/metrics" and not self.protect_metrics)
 
 
 def _eq(a: str, b: str) -> bool:
@@ -90,15 +121,28 @@ def _eq(a: str, b: str) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Pure ASGI (streams and disconnects pass through untouched): checks /v1 (and /metrics when
-    asked) before any handler runs, and records the client id in request.state.client_id."""
+    """Pure ASGI (streams and disconnects pass through untouched): checks the credentials of every
+    request to one of the app's own routes (``router``: /v1, /tokenize, /detokenize, and any route
+    added later) before its handler runs, unless the route is public (``AccessPolicy.public``);
+    records the client id in request.state.client_id. Deny by default: a new route is guarded
+    without being listed here. The Gradio app mounted beside them has its own login."""
 
-    def __init__(self, app, policy: AccessPolicy):
+    def __init__(self, app, policy: AccessPolicy, router=None):
         self.app = app
         self.policy = policy
+        self.router = router
+
+    def guards(self, scope) -> bool:
+        path = scope["path"]
+        if self.policy.public(path):
+            return False
+        if path == "/v1" or path.startswith("/v1/"):
+            return True
+        return self.router is not None and any(
+            not isinstance(route, Mount) and route.matches(scope)[0] != Match.NONE for route in self.router.routes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.policy.guards(scope["path"]):
+        if scope["type"] == "http" and self.policy.configured and self.guards(scope):
             auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             client = self.policy.http_client_id(auth)
             if client is None:
@@ -108,5 +152,5 @@ class ApiKeyMiddleware:
                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["client_id"] = None if client == "open" else client
+            scope.setdefault("state", {})["client_id"] = client
         await self.app(scope, receive, send)

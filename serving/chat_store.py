@@ -21,7 +21,14 @@ MAX_STORE_BYTES = 20 * 2**20  # one user's chats; a bigger save is refused
 
 def browser_secret(folder: Path) -> str:
     """The key gr.BrowserState encrypts the chats with: made once, kept in ``folder`` (the cache
-    directory), readable by this user only."""
+    directory), readable by this user only.
+
+    What it protects, exactly: the browser encrypts with it, so Gradio sends it in the page's config
+    to every client that can open the page (every logged-in user; everyone when there is no login).
+    It keeps the stored chats unreadable to whoever holds a copy of the browser's storage (a copied
+    profile, a backup, a disk image) but cannot open this app. It is not access control between the
+    app's users: a user of the app who got another browser's storage could read it. Chats kept on
+    the server (``--chat-dir``) are separated per login instead."""
     path = Path(folder) / "browser-state-key"
     try:
         key = path.read_text().strip()

@@ -367,19 +367,21 @@ ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "e
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
     routes = OpenAIRoutes(manager, chat)
+    bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
+              "embeddings": EmbeddingRequest, "tokenize": TokenizeRequest, "detokenize": DetokenizeRequest}
+    handlers = {"models": routes.models, "chat/completions": routes.chat_completions,
+                "completions": routes.completions, "embeddings": routes.embeddings}
     router = APIRouter(prefix="/v1", tags=["openai"])
-    router.add_api_route("/models", routes.models, methods=["GET"])
-    router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"],
-                         openapi_extra=openapi_body(ChatCompletionRequest))
-    router.add_api_route("/completions", routes.completions, methods=["POST"],
-                         openapi_extra=openapi_body(CompletionRequest))
-    router.add_api_route("/embeddings", routes.embeddings, methods=["POST"],
-                         openapi_extra=openapi_body(EmbeddingRequest))
+    for name, handler in handlers.items():
+        extra = {"openapi_extra": openapi_body(bodies[name])} if name in bodies else {}
+        router.add_api_route(f"/{name}", handler, methods=[ROUTES[name]], **extra)
+        # a trailing slash (as some clients write base URLs) reaches the same handler
+        router.add_api_route(f"/{name}/", handler, methods=[ROUTES[name]], include_in_schema=False)
     app.include_router(router)
-    app.add_api_route("/tokenize", routes.tokenize, methods=["POST"], tags=["llama-server"],
-                      openapi_extra=openapi_body(TokenizeRequest))
-    app.add_api_route("/detokenize", routes.detokenize, methods=["POST"], tags=["llama-server"],
-                      openapi_extra=openapi_body(DetokenizeRequest))
+    for name, handler in (("tokenize", routes.tokenize), ("detokenize", routes.detokenize)):
+        app.add_api_route(f"/{name}", handler, methods=["POST"], tags=["llama-server"],
+                          openapi_extra=openapi_body(bodies[name]))
+        app.add_api_route(f"/{name}/", handler, methods=["POST"], include_in_schema=False)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     def unknown(rest: str, request: Request) -> JSONResponse:

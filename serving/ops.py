@@ -2,11 +2,17 @@
 
 /health: 200 with the serving model while one is ready, 503 (JSON) while loading or empty. With
 --auth or --api-key, callers without credentials get the status alone (no paths, no last error).
+With no credentials configured on an exposed address (--listen), every caller is one of those
+anonymous callers: they get the whole body, but with each absolute path cut to its file name (the
+server's folder layout and user names are nobody's business). On 127.0.0.1 the body is whole.
 While a new model loads beside a serving one, the app is still ready (it keeps answering with the
 old model) and the body says what is loading.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,16 +21,33 @@ from backends.manager import ModelManager
 from monitoring.prometheus import PrometheusExporter
 from serving.auth import AccessPolicy
 
+# An absolute path inside a text: POSIX (not part of a URL or a relative path) or Windows.
+_ABS_PATH = re.compile(r"(?<![\w:/.~%-])/(?:[^\s'\"/,;()\[\]{}<>]+/)*[^\s'\"/,;()\[\]{}<>]*"
+                       r"|\b[A-Za-z]:\\[^\s'\",;()\[\]{}<>]*")
+
+
+def file_names_only(value: Any) -> Any:
+    """``value`` (a JSON body) with every absolute path in its strings replaced by its last part."""
+    if isinstance(value, str):
+        return _ABS_PATH.sub(lambda m: re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1] or "/", value)
+    if isinstance(value, dict):
+        return {k: file_names_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [file_names_only(v) for v in value]
+    return value
+
 
 def add_ops_routes(app: FastAPI, manager: ModelManager, exporter: PrometheusExporter,
-                   policy: AccessPolicy | None = None) -> None:
+                   policy: AccessPolicy | None = None, exposed: bool = False) -> None:
     @app.get("/health", include_in_schema=True, tags=["ops"])
     def health(request: Request) -> JSONResponse:
         body = manager.status()
         code = 200 if body["status"] == "ready" else 503
-        if policy is not None and policy.ui_login is not None \
-                and policy.http_client_id(request.headers.get("authorization")) is None:
-            body = {"status": body["status"]}  # auth is on: paths, models and errors are for logged-in callers
+        if policy is not None and policy.configured:
+            if policy.http_client_id(request.headers.get("authorization")) is None:
+                body = {"status": body["status"]}  # auth is on: paths, models and errors are for logged-in callers
+        elif exposed:
+            body = file_names_only(body)
         return JSONResponse(body, status_code=code)
 
     @app.get("/live", tags=["ops"])

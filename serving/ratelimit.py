@@ -1,11 +1,15 @@
 """Per-client limits: requests per minute (token bucket) and concurrent streams.
 
-A client is its API key (hashed) or its address. Over the limit raises Busy with a Retry-After,
-which /v1 turns into 429 and the UI into a gr.Error.
+A client is its API key (hashed), its user, or its address: the address it connects from, or the one
+a proxy of ``--forwarded-allow-ips`` names in X-Forwarded-For (never a header from anyone else, or
+rotating it would give a fresh bucket per request). Over the limit raises Busy with a Retry-After in
+whole seconds, which /v1 turns into 429 (the same number in the header and the message) and the UI
+into a gr.Error.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -65,9 +69,9 @@ class RateLimiter:
             if self.rpm:
                 b.tokens = min(float(self.rpm), b.tokens + (now - b.updated) * self.rpm / 60.0)
                 b.updated = now
-                if b.tokens < 1.0:
-                    wait = (1.0 - b.tokens) * 60.0 / self.rpm
-                    raise Busy(f"Rate limit of {self.rpm} requests per minute reached: retry in {wait:.0f} s.",
-                               retry_after=wait)
+                if b.tokens < 1.0:  # whole seconds, rounded up: the message says what Retry-After says
+                    wait = max(1, math.ceil((1.0 - b.tokens) * 60.0 / self.rpm))
+                    raise Busy(f"Rate limit of {self.rpm} requests per minute reached: retry in {wait} s.",
+                               retry_after=float(wait))
                 b.tokens -= 1.0
             b.streams += 1

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="bearer key required on /v1; the UI/Gradio API then ask for it as password")
     protect_metrics: bool = Field(False, description="require the /v1 credentials on /metrics too")
     rate_limit_rpm: int = Field(0, description="requests per minute per client (API key, user or IP); 0 = no limit")
+    forwarded_allow_ips: str | None = Field(default_factory=lambda: os.environ.get("FORWARDED_ALLOW_IPS") or None,
+                                            description="comma-separated addresses or networks of the reverse proxies "
+                                            "whose X-Forwarded-For/-Proto are believed (the client address for rate "
+                                            "limits and logs), '*' for any; default none: every client is the address "
+                                            "it connects from (uvicorn's FORWARDED_ALLOW_IPS is read too)")
     max_streams_per_client: int = Field(0, description="concurrent generations per client; 0 = no limit")
     n_ctx: int = Field(_SPEC["n_ctx"], description="context length per conversation (llama.cpp; caps transformers)")
     no_prefix_cache: bool = Field(False, description="llama.cpp: recompute every prompt (exactly repeatable greedy output, slower TTFT)")

@@ -21,15 +21,14 @@ class LiveServer:
     def __init__(self, settings):
         import uvicorn
 
-        from app import create_app
+        from app import create_app, server_config
 
         self.settings = settings
         self.app = create_app(settings)
         self.manager = self.app.state.manager
         # a bounded graceful shutdown, as app.py's: gradio_client's heartbeat SSE outlives Client.close(), and
         # uvicorn would wait for it past __exit__'s join, leaving the model loaded
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning",
-                                timeout_graceful_shutdown=3)
+        config = server_config(self.app, settings, host="127.0.0.1", timeout_graceful_shutdown=3)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"

@@ -17,6 +17,7 @@ import gradio as gr
 
 from backends.base import MAX_NEW_TOKENS_LIMIT
 from backends.sources import default_cache_dir
+from serving.auth import is_personal
 from serving.chat_store import ChatStore, browser_secret
 from serving.services import Services
 from serving.zerogpu import gpu_task
@@ -124,7 +125,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     # --- the store: save after every change, restore on page load -------------------------------
 
     def user_of(request: gr.Request | None) -> str | None:
-        return getattr(request, "username", None) if disk is not None and request is not None else None
+        """The logged-in person whose chats --chat-dir keeps (not the API key's shared identity)."""
+        user = getattr(request, "username", None) if disk is not None and request is not None else None
+        return user if is_personal(user) else None
 
     def export_files(store: dict, chat_id: str | None) -> tuple[str, str]:
         folder = Path(tempfile.mkdtemp(prefix="quantlab-chat-"))
