@@ -116,6 +116,11 @@ class AccessPolicy:
         return path in PUBLIC_PATHS or (path == "/metrics" and not self.protect_metrics)
 
 
+def _is_gradio(route) -> bool:
+    """The Gradio app mounted at the root: it checks its own login."""
+    return isinstance(route, Mount) and route.path in ("", "/")
+
+
 def _eq(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
@@ -139,7 +144,7 @@ class ApiKeyMiddleware:
         if path == "/v1" or path.startswith("/v1/"):
             return True
         return self.router is not None and any(
-            not isinstance(route, Mount) and route.matches(scope)[0] != Match.NONE for route in self.router.routes)
+            not _is_gradio(route) and route.matches(scope)[0] != Match.NONE for route in self.router.routes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.policy.configured and self.guards(scope):

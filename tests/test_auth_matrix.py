@@ -113,14 +113,19 @@ def leaves(routes, prefix: str = ""):
             yield prefix + route.path, frozenset(getattr(route, "methods", None) or {"GET"})
 
 
+def is_gradio(route) -> bool:
+    return isinstance(route, Mount) and route.path in ("", "/")
+
+
 def own_routes(app) -> list[tuple[str, str]]:
-    return sorted({(path, m) for route in app.routes if not isinstance(route, Mount)
+    """Every route of the app but the Gradio app mounted at the root (other mounts included)."""
+    return sorted({(path, m) for route in app.routes if not is_gradio(route)
                    for path, methods in leaves([route]) for m in methods if m != "HEAD"})
 
 
 def gradio_routes(app) -> list[tuple[str, str]]:
     own = {path for path, _ in own_routes(app)}  # shadowed by the app's own (e.g. /openapi.json)
-    mounts = [r for r in app.routes if isinstance(r, Mount)]
+    mounts = [r for r in app.routes if is_gradio(r)]
     return sorted({(path or "/", m) for path, methods in leaves(mounts) if (path or "/") not in own
                    for m in methods if m != "HEAD"})
 
