@@ -18,7 +18,7 @@ from gradio_client import Client
 
 from backends.base import ModelSpec
 from backends.errors import Busy
-from serving.chat_store import ChatStore
+from serving.chat_store import ChatStore, browser_secret
 from serving.ratelimit import RateLimiter
 from tests.conftest import LiveServer, make_settings
 
@@ -112,6 +112,18 @@ def test_the_key_login_never_reads_or_writes_a_users_chats(chats_server):
         api.close()
     assert chats_server.alice_file.read_bytes() == before
     assert sorted(p.name for p in chats_server.chat_dir.iterdir()) == [chats_server.alice_file.name]
+
+
+def test_the_browser_chat_key_goes_to_logged_in_clients_only(chats_server):
+    """What README's "Who may do what" promises of the key the browser encrypts chats with."""
+    key = browser_secret(chats_server.manager.cache_dir)
+    assert key not in httpx.get(chats_server.url + "/", follow_redirects=True).text
+    assert httpx.get(chats_server.url + "/config").status_code == 401
+    alice = gradio_login(chats_server.url, "alice", "wonderland")
+    try:
+        assert key in alice.get("/config").text  # the browser needs it: not a secret from the app's users
+    finally:
+        alice.close()
 
 
 def test_an_auth_user_named_like_the_key_identity_is_refused_at_start(tmp_path):
