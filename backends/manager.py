@@ -296,19 +296,19 @@ class ModelManager:
         def acquire() -> bool:
             nonlocal acquired
             acquired = r.slots.acquire(cancel)
+            if not acquired and cancel in r.cut:  # cut while waiting for a slot
+                raise ModelUnloaded(_cut_message(r))
             return acquired
 
         def deltas() -> Iterator[TextDelta]:
+            # a reply the server cut is an error the client sees, never a short reply that looks finished
             for delta in apply_stops(r.backend.stream(request, cancel), request.stop, cancel):
                 if delta.finish_reason == "cancelled" and cancel in r.cut:
                     raise ModelUnloaded(_cut_message(r))
                 yield delta
 
         try:
-            for delta in self.metrics.timed(timer, deltas, acquire):
-                if delta.finish_reason == "cancelled" and cancel in r.cut:  # cut while waiting for a slot
-                    raise ModelUnloaded(_cut_message(r))
-                yield delta
+            yield from self.metrics.timed(timer, deltas, acquire)
         finally:
             cancel.set()
             if acquired:

@@ -153,6 +153,7 @@ def check_load_fits(estimate: LoadEstimate, *, on_gpu: bool, monitor: MemoryMoni
             room, what = left, (f"{left / 2**20:,.0f} MiB of the --memory-budget-mib {budget_bytes / 2**20:,.0f} "
                                 f"({held_bytes / 2**20:,.0f} MiB held by the models loaded now)")
     if estimate.total > room:
+        cpu = " (or n_gpu_layers 0 / device_map cpu to load into RAM)" if where.endswith("GPU memory") else ""
         raise OutOfMemory(f"Not loaded: this load needs {estimate.line()}, but only {what} is free. Lower n_ctx "
                           "or parallel (the KV cache grows with both), choose a smaller quantization or KV cache "
-                          "type, or unload a model first. The model loaded now keeps serving.")
+                          f"type{cpu}, or unload a model first. The model loaded now keeps serving.")
