@@ -52,6 +52,7 @@ def create_app(settings, manager=None):
     exporter = PrometheusExporter(manager, monitor)
     base_spec = ModelSpec.from_settings(settings)
     manager.server_engine = ServerEngine(configured_bases(base_spec), settings.remote_api_key)
+    manager.drain_s = settings.load_drain_timeout
     chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client),
                        limits=settings.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
                                    "every entry point; 0 = the model's context")
     allow_remote: Annotated[list[str], NoDecode] = Field(default_factory=list, description="with --listen: base URLs (PREFIX ...) the "
                                     "remote backend may use, e.g. http://gpu-box:8000/v1; none by default")
+    load_drain_timeout: float = Field(300.0, ge=0, description="on /load_model, seconds the replaced model gets to "
+                                      "finish the replies it is running (new requests already go to the new model); "
+                                      "replies still running then end with an error")
     memory_budget_mib: int = Field(0, ge=0, description="most memory (MiB) the loaded models may take together; a "
                                    "/load_model whose estimate (weights + KV at n_ctx x parallel + overhead) does not fit "
                                    "it, or the free memory, is refused (0 = the free memory alone)")

@@ -74,7 +74,7 @@ def test_a_load_larger_than_the_free_memory_is_refused(cache_dir):
 
 
 def _stream(url: str, model: str, max_tokens: int, out: dict, first: threading.Event) -> None:
-    oai = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+    oai = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=1500)
     text, finish, usage = [], None, None
     try:
         for chunk in oai.chat.completions.create(model=model, messages=COUNT, max_tokens=max_tokens, temperature=0,
@@ -93,22 +93,24 @@ def _stream(url: str, model: str, max_tokens: int, out: dict, first: threading.E
         first.set()
 
 
+@pytest.mark.timeout(1800)
 def test_a_load_lets_running_v1_streams_finish_on_the_old_model(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir)) as srv:
+    # a drain bound no slow machine reaches: the test is about finishing, not about speed
+    with LiveServer(make_settings(cache_dir=cache_dir, load_drain_timeout=1500)) as srv:
         c = Client(srv.url, verbose=False)
         try:
             assert "Loaded" in load(c, 2048, 2)
             name = srv.manager.current.name
             out: dict = {}
             first = threading.Event()
-            t = threading.Thread(target=_stream, args=(srv.url, name, 200, out, first), daemon=True)
+            t = threading.Thread(target=_stream, args=(srv.url, name, 120, out, first), daemon=True)
             t.start()
             assert first.wait(300) and "error" not in out
             status = load(c, 1024, 1)  # another variant of the same model, while the stream runs
             assert status.startswith("Loaded"), status
-            t.join(600)
+            t.join(1500)
             assert "error" not in out, out.get("error")
-            assert out["finish"] == "length" and out["usage"].completion_tokens == 200, out
+            assert out["finish"] == "length" and out["usage"].completion_tokens == 120, out
             assert c.predict(api_name="/model_status")["options"]["n_ctx"] == 1024  # the new model serves
             assert still_serves(srv.url, name) == name
             assert srv.manager.status()["finishing"] == []
