@@ -23,6 +23,8 @@ def create_app(settings, manager=None):
 
     from backends.base import ModelSpec
     from backends.manager import ModelManager
+    from backends.remote import configured_bases
+    from backends.urls import ServerEngine
     from monitoring.memory import MemoryMonitor
     from monitoring.metrics import MetricsRecorder
     from monitoring.prometheus import PrometheusExporter
@@ -53,9 +55,12 @@ def create_app(settings, manager=None):
     manager.metrics.add_listener(request_log.on_event)
     exporter = PrometheusExporter(manager, monitor)
     base_spec = ModelSpec.from_settings(settings)
+    manager.server_engine = ServerEngine(configured_bases(base_spec), settings.remote_api_key)
+    manager.drain_s = settings.load_drain_timeout
     chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client),
                        limits=settings.limits)
-    services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor)
+    services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,
+                        memory_budget_bytes=settings.memory_budget_mib * 2**20)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -54,6 +54,7 @@ class ModelSpec:
     gguf_file: str | None = None  # for a Hub repo holding several GGUF files
     api_base: str | None = None  # remote: base URL of the OpenAI-compatible server
     api_key: str | None = None  # remote: bearer key (never logged)
+    remote_timeout: float = 30.0  # remote: seconds a load waits for the engine (connect, answer)
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
     cache_type: str | None = None  # llama.cpp KV cache type (K and V): "f16", "q8_0", "q4_0"; None = f16
     flash_attn: bool = False  # llama.cpp flash attention (forced on for a quantized V cache, which needs it)
@@ -76,6 +77,7 @@ class ModelSpec:
             "trust_remote_code": settings.trust_remote_code,
             "speculative": getattr(settings, "speculative", None),
             "spec_draft_tokens": getattr(settings, "spec_draft_tokens", 8),
+            "remote_timeout": getattr(settings, "remote_timeout", 30.0),
         }
         for name in ("cache_type", "flash_attn", "device_map", "compute_dtype"):  # loader flags, when given
             if getattr(settings, name, None) is not None:

@@ -69,6 +69,12 @@ class NoModelLoaded(BackendUnavailable):
         super().__init__(message)
 
 
+class ModelUnloaded(BackendUnavailable):
+    """A running generation was cut because its model was unloaded (not a finished reply)."""
+
+    code = "model_unloaded"
+
+
 class ServerShuttingDown(BackendUnavailable):
     """The server stopped a generation because it is shutting down (past --shutdown-timeout)."""
 

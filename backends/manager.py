@@ -4,7 +4,10 @@ It owns the chat's resident model and the models the quantization lab leases (``
 Every generation, chat or lab, runs through one path here: the model's slots (granted in arrival
 order), stop strings, and the injected Recorder (timing, /metrics, the request log, the Monitor).
 A failed load leaves the previous model serving: the new model is loaded beside the old one and
-swapped in only once it works.
+swapped in only once it works. Then new requests go to the new model while the old one finishes
+the replies it is running (a drain, up to ``drain_s``); only then is it freed. A reply the server
+has to cut (an unload, a drain past its bound) ends with a ModelUnloaded error its client sees,
+never as a short answer that looks finished.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ from typing import Any
 
 from backends import sources
 from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta, _no_progress
-from backends.errors import BackendError, Busy, InvalidRequest, ModelLoadError, NoModelLoaded, OutOfMemory
+from backends.errors import (
+    BackendError,
+    Busy,
+    InvalidRequest,
+    ModelLoadError,
+    ModelUnloaded,
+    NoModelLoaded,
+    OutOfMemory,
+)
 from backends.registry import BackendRegistry, default_registry
 from backends.slots import FairSlots
 from backends.stops import apply_stops
-from backends.urls import remote_allowed
+from backends.urls import ServerEngine, remote_allowed
 
 
 @dataclass(eq=False)  # identity: held in a set
@@ -33,20 +44,30 @@ class _Resident:
     active: set[threading.Event] = field(default_factory=set)
     idle: threading.Condition = field(default_factory=threading.Condition)
     closed: bool = False
+    cut: set[threading.Event] = field(default_factory=set)  # generations the server ended (not their clients)
+    stop_drain: bool = False  # the server is stopping: cut what still runs now
+
+
+DRAIN_S = 300.0  # how long a replaced model may finish its running replies before they are cut
+CUT_GRACE_S = 5.0  # how long cut generations get to stop before the model is freed anyway
 
 
 class ModelManager:
     def __init__(self, *, metrics: Recorder, cache_dir: Path | None = None, allowed_dir: Path | None = None,
                  registry: BackendRegistry | None = None, log_prompts: bool = False,
-                 allowed_remote: tuple[str, ...] | None = None):
+                 allowed_remote: tuple[str, ...] | None = None, server_engine: ServerEngine | None = None,
+                 drain_s: float = DRAIN_S):
         self.registry = registry or default_registry()  # tests register a fake backend
         self.cache_dir = cache_dir
         self.allowed_dir = allowed_dir  # set when serving beyond loopback: local paths confined here
         self.allowed_remote = allowed_remote  # set when serving beyond loopback: remote bases must match one
+        self.server_engine = server_engine or ServerEngine()  # the one engine --remote-api-key may go to
         self.metrics = metrics
         self.log_prompts = log_prompts
         self._resident: _Resident | None = None
         self._leases: set[_Resident] = set()  # lab variants, each with its own backend
+        self._retiring: set[_Resident] = set()  # replaced or unloaded, finishing their replies
+        self.drain_s = drain_s
         self._swap = threading.Lock()  # guards self._resident and self._leases
         self._loading_lock = threading.Lock()  # one chat load at a time
         self.loading: ModelSpec | None = None
@@ -70,6 +91,12 @@ class ModelManager:
         with self._swap:
             return [r.info for r in self._leases]
 
+    def held_models(self) -> list[LoadedModel]:
+        """Every model in memory: the chat's, the lab's, and replaced ones still finishing replies."""
+        with self._swap:
+            held = ([self._resident] if self._resident else []) + list(self._leases) + list(self._retiring)
+        return [r.info for r in held]
+
     def status(self) -> dict:
         cur = self.current
         return {
@@ -78,8 +105,15 @@ class ModelManager:
             "loading": repr(self.loading) if self.loading else None,
             "last_error": self.last_error,
             "lab_models": [info.as_dict() for info in self.leased()],
+            "finishing": self._finishing(),
             "options": self._load_options(),
         }
+
+    def _finishing(self) -> list[dict]:
+        """Replaced models still finishing the replies they were running (name, replies left)."""
+        with self._swap:
+            retiring = list(self._retiring)
+        return [{"name": r.info.name, "quantization": r.info.quantization, "running": len(r.active)} for r in retiring]
 
     def _load_options(self) -> dict | None:
         """The loaded model's load options (what the Model tab's form shows), None when none is loaded."""
@@ -93,7 +127,7 @@ class ModelManager:
     def in_use_sources(self) -> list[str]:
         """Files and folders of every model held (chat and lab): the caches never delete these."""
         with self._swap:
-            held = ([self._resident] if self._resident else []) + list(self._leases)
+            held = ([self._resident] if self._resident else []) + list(self._leases) + list(self._retiring)
         return [r.info.source for r in held if "files" in type(r.backend).capabilities]
 
     # --- load / unload ---------------------------------------------------------------------------
@@ -113,8 +147,11 @@ class ModelManager:
             path = sources.resolve_local(source, self.allowed_dir)
             spec = spec.with_(source=str(path))
         base = cls.remote_base(spec)
-        if base is not None and self.allowed_remote is not None and not remote_allowed(base, self.allowed_remote):
-            raise InvalidRequest("This server does not allow that remote engine (see --allow-remote).", "api_base")
+        if base is not None:
+            if self.allowed_remote is not None and not remote_allowed(base, self.allowed_remote):
+                raise InvalidRequest("This server does not allow that remote engine (see --allow-remote).", "api_base")
+            # the server's key goes to its own engine only; another URL gets the caller's key or none
+            spec = spec.with_(api_key=self.server_engine.key_for(base, spec.api_key))
         return spec
 
     def _open(self, spec: ModelSpec, progress: Progress) -> _Resident:
@@ -140,16 +177,21 @@ class ModelManager:
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
         spec = self.validate(spec)
         if not self._loading_lock.acquire(blocking=False):
-            raise Busy(f"Another model is loading ({self.loading.source if self.loading else '?'}); try again when it is done.")
+            if self.loading is None:  # the last load is done; the model it replaced is finishing its replies
+                raise Busy("The model replaced by the last load is finishing its running replies; try again when it "
+                           "is done (GET /health lists it under 'finishing').")
+            raise Busy(f"Another model is loading ({self.loading.source}); try again when it is done.")
         try:
             self.loading = spec
             self.last_error = None
             new = self._open(spec, progress)
             with self._swap:
                 old, self._resident = self._resident, new
+                if old is not None:
+                    self._retiring.add(old)
+            self.loading = None  # the new model serves from here on
             if old is not None:
-                progress(0.97, f"Unloading {old.info.name}")
-                self._retire(old)
+                self._retire(old, drain_s=self.drain_s, progress=progress)
             return new.info
         except BackendError as exc:
             self.last_error = str(exc)
@@ -159,8 +201,11 @@ class ModelManager:
             self._loading_lock.release()
 
     def unload(self) -> LoadedModel | None:
+        """Free the chat's model now: replies still running on it end with a ModelUnloaded error."""
         with self._swap:
             old, self._resident = self._resident, None
+            if old is not None:
+                self._retiring.add(old)
         if old is None:
             return None
         self._retire(old)
@@ -172,6 +217,11 @@ class ModelManager:
         not a daemon)."""
         with self._swap:
             leases = list(self._leases)
+            retiring = list(self._retiring)
+        for r in retiring:  # a replaced model finishing its replies: cut them now
+            with r.idle:
+                r.stop_drain = True
+                r.idle.notify_all()
         for r in leases:
             self._close_lease(r)
         self.unload()
@@ -189,16 +239,32 @@ class ModelManager:
             if r not in self._leases:
                 return
             self._leases.discard(r)
+            self._retiring.add(r)
         self._retire(r)
 
-    def _retire(self, old: _Resident, grace: float = 5.0) -> None:
-        """Cancel the streams still running on ``old``, wait for them, free its memory."""
-        with old.idle:
-            old.closed = True
-            for ev in old.active:
-                ev.set()
-            old.idle.wait_for(lambda: not old.active, timeout=grace)
-        old.backend.unload()
+    def _retire(self, old: _Resident, drain_s: float = 0.0, progress: Progress = _no_progress) -> None:
+        """Free ``old`` (already out of the pool: no new request reaches it). With ``drain_s``, its
+        running and queued generations first get up to that long to finish; those still running
+        then are cut (each ends with ModelUnloaded, which its client sees); then its memory goes."""
+        try:
+            with old.idle:
+                old.closed = True
+                if drain_s > 0 and old.active and not old.stop_drain:
+                    progress(0.97, f"Loaded; {old.info.name} finishes its {len(old.active)} running "
+                                   f"repl{'ies' if len(old.active) != 1 else 'y'} before it is unloaded")
+                    old.idle.wait_for(lambda: not old.active or old.stop_drain, timeout=drain_s)
+                if old.active:
+                    progress(0.98, f"Unloading {old.info.name}: cutting {len(old.active)} running repl"
+                                   f"{'ies' if len(old.active) != 1 else 'y'}")
+                for ev in old.active:
+                    old.cut.add(ev)
+                    ev.set()
+                old.idle.wait_for(lambda: not old.active, timeout=CUT_GRACE_S)
+            progress(0.99, f"Unloading {old.info.name}")
+            old.backend.unload()
+        finally:
+            with self._swap:
+                self._retiring.discard(old)
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -230,17 +296,26 @@ class ModelManager:
         def acquire() -> bool:
             nonlocal acquired
             acquired = r.slots.acquire(cancel)
+            if not acquired and cancel in r.cut:  # cut while waiting for a slot
+                raise ModelUnloaded(_cut_message(r))
             return acquired
 
+        def deltas() -> Iterator[TextDelta]:
+            # a reply the server cut is an error the client sees, never a short reply that looks finished
+            for delta in apply_stops(r.backend.stream(request, cancel), request.stop, cancel):
+                if delta.finish_reason == "cancelled" and cancel in r.cut:
+                    raise ModelUnloaded(_cut_message(r))
+                yield delta
+
         try:
-            yield from self.metrics.timed(
-                timer, lambda: apply_stops(r.backend.stream(request, cancel), request.stop, cancel), acquire)
+            yield from self.metrics.timed(timer, deltas, acquire)
         finally:
             cancel.set()
             if acquired:
                 r.slots.release()
             with r.idle:
                 r.active.discard(cancel)
+                r.cut.discard(cancel)
                 r.idle.notify_all()
 
     @property
@@ -275,6 +350,7 @@ class ModelManager:
                 r.slots.release()
             with r.idle:
                 r.active.discard(cancel)
+                r.cut.discard(cancel)
                 r.idle.notify_all()
 
     def tokenize(self, text: str) -> list[int]:
@@ -311,6 +387,11 @@ class ModelManager:
         gen = self.stream(request, threading.Event(), endpoint, t0)
         text = "".join(delta.text for delta in gen)
         return text, gen.stats.as_dict()
+
+
+def _cut_message(r: _Resident) -> str:
+    return (f"{r.info.name} was unloaded while this reply was running: the reply was cut short. "
+            "Send the request again (it goes to the model loaded now).")
 
 
 class Lease:

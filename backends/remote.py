@@ -40,7 +40,8 @@ from backends.errors import (
 log = logging.getLogger("quantlab.remote")
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 300.0  # between two chunks: long prompts on a busy engine can take a while
+READ_TIMEOUT_S = 300.0  # streams, between two chunks: long prompts on a busy engine can take a while
+MAX_MODELS_BYTES = 4 * 2**20  # the engine's /models answer: more is not a model list
 
 
 def split_source(spec: ModelSpec) -> tuple[str, str]:
@@ -69,6 +70,21 @@ def split_source(spec: ModelSpec) -> tuple[str, str]:
     return base, model
 
 
+def configured_bases(spec: ModelSpec) -> tuple[str, ...]:
+    """The engine base URLs a server's own settings name: ``--api-base`` and, with ``--backend
+    remote``, a ``--model http://host/v1#name``. Only these get ``--remote-api-key``."""
+    bases = []
+    candidates = [spec.with_(source="")] if spec.api_base else []
+    if spec.backend == "remote":
+        candidates.append(spec)
+    for candidate in candidates:
+        try:
+            bases.append(split_source(candidate)[0])
+        except ModelLoadError:
+            pass
+    return tuple(bases)
+
+
 class RemoteBackend(Backend):
     name = "remote"
     capabilities = frozenset({"stream"})
@@ -93,9 +109,7 @@ class RemoteBackend(Backend):
                               timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
         progress(0.3, f"Asking {base} for its models")
         try:
-            r = client.get("/models")
-            r.raise_for_status()
-            served = [m for m in r.json().get("data", []) if isinstance(m, dict)]
+            served = _served_models(client, spec.remote_timeout)
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             # One answer for every failure (refused, timed out, an error status, not JSON) and none of
             # the target's body: a load must not map ports or read internal services. Details: the log.
@@ -107,7 +121,10 @@ class RemoteBackend(Backend):
             model = ids[0]
         if model not in ids:
             client.close()
-            raise ModelNotFound(f"The engine at {base} does not serve {model!r}; it serves: {', '.join(ids) or 'nothing'}.")
+            # what the engine serves stays in the log: an error never echoes the target's answer
+            log.warning("remote engine %s does not serve %r; it serves: %.500s", base, model, ", ".join(ids))
+            raise ModelNotFound(f"The engine at {base} does not serve {model[:200]!r} ({len(ids)} model"
+                                f"{'s' if len(ids) != 1 else ''} served; see its /v1/models or the server log).")
         info = next(m for m in served if m.get("id") == model)
         self._client, self._model, self._base = client, model, base
         return LoadedModel(
@@ -115,11 +132,12 @@ class RemoteBackend(Backend):
             backend=self.name,
             quantization="as served",
             source=base,
-            context_length=int(info.get("max_model_len") or info.get("context_length") or 0),
+            context_length=_whole(info.get("max_model_len")) or _whole(info.get("context_length")),
             footprint_bytes=0,
             load_seconds=time.perf_counter() - t0,
             device="remote",
-            details={"api_base": base, "remote_model": model, "owned_by": info.get("owned_by")},
+            details={"api_base": base, "remote_model": model,
+                     "owned_by": str(info.get("owned_by"))[:100] if info.get("owned_by") is not None else None},
         )
 
     def unload(self) -> None:
@@ -237,6 +255,36 @@ class RemoteBackend(Backend):
         extra = max(0, (usage or {}).get("completion_tokens", counted) - counted)
         yield TextDelta("", tokens=extra, finish_reason=finish or "stop",
                         prompt_tokens=(usage or {}).get("prompt_tokens", 0))
+
+
+def _served_models(client: httpx.Client, timeout_s: float) -> list[dict]:
+    """The engine's /models list, within ``timeout_s`` in all (connect, each read, and the whole
+    answer: an engine that accepts and never answers, or trickles, fails the load, not holds it) and
+    at most MAX_MODELS_BYTES."""
+    deadline = time.monotonic() + timeout_s
+    timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+    body = bytearray()
+    with client.stream("GET", "/models", timeout=timeout) as r:
+        r.raise_for_status()
+        for part in r.iter_bytes():
+            body += part
+            if len(body) > MAX_MODELS_BYTES:
+                raise ValueError("the model list is too large")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the model list took too long")
+    data = json.loads(bytes(body)).get("data", [])
+    if not isinstance(data, list):
+        raise ValueError("no model list")
+    return [m for m in data if isinstance(m, dict)]
+
+
+def _whole(value: object) -> int:
+    """A context length the engine reported, or 0 when it is not a whole number."""
+    try:
+        n = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return n if 0 < n < 1 << 31 else 0
 
 
 def _message(m: Message) -> dict:

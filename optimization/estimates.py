@@ -1,7 +1,15 @@
-"""Memory estimates made before a load (from file sizes and bits per weight), and whether they fit."""
+"""Memory estimates made before a load (from file sizes, headers and bits per weight), and whether
+they fit the free memory (RAM, or the GPU's when the load goes there) or a configured budget."""
 
 from __future__ import annotations
 
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends import gguf
+from backends.errors import OutOfMemory
 from monitoring.memory import MemoryMonitor
 
 # Bits per weight of each quantization, averaged over a typical model (the quantized tensors plus the
@@ -34,3 +42,118 @@ def fits(needed_bytes: int, on_gpu: bool = False, monitor: MemoryMonitor | None 
     else:
         free = psutil.virtual_memory().available
     return needed_bytes <= int(free * 0.9), free
+
+
+# --- a load's estimate, checked before /load_model touches anything -------------------------------
+
+KV_ELEMENT_BYTES_HF = {"fp32": 4}  # transformers keeps K/V in its compute dtype: 2 bytes unless fp32
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                            "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class LoadEstimate:
+    """What a load is expected to take: weights + KV cache (n_ctx x slots) + overhead."""
+
+    weights: int
+    kv: int
+    overhead: int
+    n_ctx: int
+    slots: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.overhead
+
+    def line(self) -> str:
+        mib = lambda n: f"{n / 2**20:,.0f}"  # noqa: E731
+        return (f"about {mib(self.total)} MiB = {mib(self.weights)} weights + {mib(self.kv)} KV cache "
+                f"({self.n_ctx} ctx x {self.slots} slot{'s' if self.slots != 1 else ''}) + {mib(self.overhead)} overhead")
+
+
+def estimate_load(path: Path, quantization: str | None, n_ctx: int, slots: int, kv_type: str | None = None) -> LoadEstimate | None:
+    """The estimate for loading the GGUF file or checkpoint folder at ``path`` at ``quantization``
+    with ``slots`` KV caches of ``n_ctx`` tokens; None when the files do not say (no metadata)."""
+    cells = n_ctx * slots
+    if path.is_file() and path.suffix == ".gguf":
+        meta = gguf.read_gguf_metadata(path)
+        size = path.stat().st_size
+        own = gguf.GGUF_NAMES_BY_FTYPE.get(int(meta["general.file_type"])) if "general.file_type" in meta else None
+        weights = size
+        if quantization in BITS_PER_WEIGHT and quantization != own and own in BITS_PER_WEIGHT:
+            weights = int(size * BITS_PER_WEIGHT[quantization] / BITS_PER_WEIGHT[own])
+        kv = gguf.kv_cache_bytes(meta, cells, kv_type if kv_type in gguf.KV_BYTES_PER_ELEMENT else None)
+        return LoadEstimate(weights, kv, OVERHEAD_BYTES, n_ctx, slots)
+    if path.is_dir() and (path / "config.json").is_file():
+        n_params = _safetensors_params(path)
+        if not n_params:
+            return None
+        weights = int(n_params * BITS_PER_WEIGHT.get(quantization or "", 16.0) / 8)
+        kv = _config_kv_bytes(path / "config.json", cells, KV_ELEMENT_BYTES_HF.get(quantization or "", 2))
+        return LoadEstimate(weights, kv, OVERHEAD_BYTES, n_ctx, slots)
+    return None
+
+
+def _safetensors_params(folder: Path) -> int:
+    """Parameter count from the safetensors headers (shapes and dtypes; no tensor is read)."""
+    total = 0
+    for f in sorted(folder.glob("*.safetensors"))[:200]:
+        try:
+            with f.open("rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                if n > 100 * 2**20:
+                    return 0
+                header = json.loads(fh.read(n))
+        except (OSError, struct.error, ValueError):
+            return 0
+        for name, t in header.items():
+            if name != "__metadata__" and isinstance(t, dict):
+                count = 1
+                for dim in t.get("shape") or []:
+                    count *= int(dim)
+                total += count
+    return total
+
+
+def _config_kv_bytes(config: Path, cells: int, element_bytes: int) -> int:
+    try:
+        c = json.loads(config.read_text())
+        c = c.get("text_config", c) if isinstance(c.get("text_config"), dict) else c
+        layers, heads = int(c["num_hidden_layers"]), int(c["num_attention_heads"])
+        kv_heads = int(c.get("num_key_value_heads") or heads)
+        head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 0
+    return layers * cells * kv_heads * head_dim * 2 * element_bytes
+
+
+def free_memory(on_gpu: bool, monitor: MemoryMonitor | None, all_gpus: bool = False) -> tuple[int, str]:
+    """(free bytes, where): the GPU's free memory when the load goes to the GPU (every GPU's with a
+    device map that spreads), else the RAM the OS says is available."""
+    import psutil
+
+    if on_gpu and monitor is not None and monitor.gpu.available:
+        devs = [d for d in monitor.gpu.devices() if "total_bytes" in d]
+        if devs:
+            devs = devs if all_gpus else devs[:1]
+            return sum(d["total_bytes"] - d["used_bytes"] for d in devs), "free GPU memory"
+    return int(psutil.virtual_memory().available), "available RAM"
+
+
+def check_load_fits(estimate: LoadEstimate, *, on_gpu: bool, monitor: MemoryMonitor | None = None,
+                    all_gpus: bool = False, budget_bytes: int = 0, held_bytes: int = 0) -> None:
+    """OutOfMemory, saying the estimate, the free memory and what to lower, when ``estimate`` does
+    not fit in 90% of the free memory, or (with a budget) in the budget less the models held (the
+    model loaded now stays loaded until the new one is ready, so it counts)."""
+    free, where = free_memory(on_gpu, monitor, all_gpus)
+    room, what = int(free * 0.9), f"{free / 2**20:,.0f} MiB {where} (90% of it usable)"
+    if budget_bytes:
+        left = max(budget_bytes - held_bytes, 0)
+        if left < room:
+            room, what = left, (f"{left / 2**20:,.0f} MiB of the --memory-budget-mib {budget_bytes / 2**20:,.0f} "
+                                f"({held_bytes / 2**20:,.0f} MiB held by the models loaded now)")
+    if estimate.total > room:
+        cpu = " (or n_gpu_layers 0 / device_map cpu to load into RAM)" if where.endswith("GPU memory") else ""
+        raise OutOfMemory(f"Not loaded: this load needs {estimate.line()}, but only {what} is free. Lower n_ctx "
+                          "or parallel (the KV cache grows with both), choose a smaller quantization or KV cache "
+                          f"type{cpu}, or unload a model first. The model loaded now keeps serving.")

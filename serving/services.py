@@ -13,28 +13,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backends import hub_cache
+from backends import hub_cache, sources
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, SamplingParams
-from backends.errors import InvalidRequest
+from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
-from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+from backends.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
+from optimization import estimates
 from optimization.lab import DEFAULT_REFERENCE, Lab
 from serving.chat_service import ChatService, as_int, as_number, as_text, chat_request, text_of
 
 
 class Services:
     def __init__(self, manager: ModelManager, chat: ChatService, lab: Lab, base_spec: ModelSpec,
-                 monitor: MemoryMonitor | None = None):
+                 monitor: MemoryMonitor | None = None, memory_budget_bytes: int = 0):
         """``base_spec``: the server's load options (``ModelSpec.from_settings``); a load from the UI
-        or the API overrides the model, backend and quantization."""
+        or the API overrides the model, backend and quantization. ``memory_budget_bytes``: the most
+        the models held may take together (``--memory-budget-mib``; 0 = only the free memory bounds)."""
         self.manager = manager
         self.chat_service = chat
         self.lab = lab
         self.base_spec = base_spec
         self.monitor = monitor
+        self.memory_budget_bytes = memory_budget_bytes
 
     @property
     def registry(self):
@@ -57,6 +60,7 @@ class Services:
         spec = self.manager.validate(self.base_spec.with_(
             source=as_text(model, "model").strip(), backend=as_text(backend, "backend").strip(),
             quantization=as_text(quantization, "quantization") or None, **options))
+        self.check_memory(spec)  # before anything is touched: a refused load leaves the old model serving
         updates: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}
 
@@ -78,6 +82,25 @@ class Services:
         info = result["info"]
         yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
                     f"{model_memory(info)['total_mib']:,.1f} MiB · {info.load_seconds:.1f} s · {info.device}")
+
+    def check_memory(self, spec: ModelSpec) -> None:
+        """OutOfMemory naming the estimate, the free memory and what to lower when ``spec`` cannot fit:
+        weights + KV cache (n_ctx x parallel) + overhead against the free RAM (the GPU's free memory
+        when the layers go there) or the budget less the models held. A source not on this machine
+        yet (a Hub repo still to download) or without readable metadata is not estimated."""
+        if "files" not in self.registry.get(spec.backend).capabilities:
+            return  # a remote engine: its memory is not ours
+        path = local_model_file(spec, self.manager.allowed_dir)
+        if path is None:
+            return
+        est = estimates.estimate_load(path, spec.quantization, spec.n_ctx, spec.parallel, spec.cache_type)
+        if est is None:
+            return
+        on_gpu = spec.n_gpu_layers != 0 and (spec.device_map or "").strip().lower() != "cpu"
+        held = sum(model_memory(info)["total_bytes"] for info in self.manager.held_models())
+        estimates.check_load_fits(est, on_gpu=on_gpu, monitor=self.monitor,
+                                  all_gpus=(spec.device_map or "").strip().lower() == "auto",
+                                  budget_bytes=self.memory_budget_bytes, held_bytes=held)
 
     def unload_model(self) -> str:
         info = self.manager.unload()
@@ -203,6 +226,22 @@ class Services:
 
 
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def local_model_file(spec: ModelSpec, allowed_dir: Path | None) -> Path | None:
+    """The GGUF file or checkpoint folder a validated ``spec`` loads, when it is on this machine now."""
+    source = (spec.source or "").strip()
+    try:
+        if source == EMBEDDED_ALIAS:
+            return embedded_model_path()
+        if sources.looks_like_repo_id(source, allowed_dir):
+            return None
+        path = Path(source)
+        if path.is_dir() and not (path / "config.json").is_file():
+            return sources.find_gguf(path, spec.gguf_file)
+        return path if path.exists() else None
+    except BackendError:  # the load itself says what is wrong with the source, in its own words
+        return None
 
 
 def parse_quantizations(value: Any) -> list[str]:

@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
     no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
-    remote_api_key: str | None = Field(None, description="remote backend: its API key")
+    remote_api_key: str | None = Field(None, description="remote backend: its API key (sent to --api-base only; a load "
+                                       "naming another URL sends the caller's key or none)")
+    remote_timeout: float = Field(_SPEC["remote_timeout"], gt=0, le=600, description="remote backend: seconds a load "
+                                  "waits for the engine to connect and list its models (streams wait up to 300 s "
+                                  "between chunks)")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
     chat_dir: Path | None = Field(None, description="keep each logged-in user's past chats on the server in this folder "
                                                      "(default: only in the browser's storage)")
@@ -91,6 +95,12 @@ class Settings(BaseSettings):
                                    "every entry point; 0 = the model's context")
     allow_remote: Annotated[list[str], NoDecode] = Field(default_factory=list, description="with --listen: base URLs (PREFIX ...) the "
                                     "remote backend may use, e.g. http://gpu-box:8000/v1; none by default")
+    load_drain_timeout: float = Field(300.0, ge=0, description="on /load_model, seconds the replaced model gets to "
+                                      "finish the replies it is running (new requests already go to the new model); "
+                                      "replies still running then end with an error")
+    memory_budget_mib: int = Field(0, ge=0, description="most memory (MiB) the loaded models may take together; a "
+                                   "/load_model whose estimate (weights + KV at n_ctx x parallel + overhead) does not fit "
+                                   "it, or the free memory, is refused (0 = the free memory alone)")
     monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
 
     @field_validator("backend")

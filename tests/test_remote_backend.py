@@ -50,7 +50,7 @@ def test_cancel_closes_the_stream_quickly(engine):
 
 
 def test_clear_errors_for_wrong_model_bad_key_and_down_engine(engine):
-    with pytest.raises(ModelNotFound, match="serves: smollm2-remote"):
+    with pytest.raises(ModelNotFound, match="does not serve 'llama-70b'"):  # its list stays in the log
         RemoteBackend().load(spec(engine).with_(source="llama-70b"))
     # issue 12: a wrong key and a dead port read the same (no port mapping, no body echoed)
     with pytest.raises(BackendUnavailable, match="Remote engine unreachable"):

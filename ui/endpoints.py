@@ -86,8 +86,9 @@ def register_chat_api(h: Services, slots: int) -> None:
 
 def load_model_doc(h: Services) -> str:
     menus = "; ".join(f"{name}: {', '.join(h.registry.menu(name))}" for name in h.registry.names())
-    return f"""Load a model for the chat (the old one keeps serving until the new one is ready; a failed
-    load leaves it loaded). Streams status lines ("40% · step"); the last says what was loaded.
+    return f"""Load a model for the chat (the old one keeps serving until the new one is ready and finishes
+    the replies it is running; a failed load, or one refused because its memory estimate does not fit,
+    leaves it loaded). Streams status lines ("40% · step"); the last says what was loaded.
     Quantizations by backend: {menus} (llama.cpp also takes any GGUF type, e.g. Q3_K_S).
 
     Args:
@@ -95,7 +96,7 @@ def load_model_doc(h: Services) -> str:
         backend: {" | ".join(h.registry.names())}
         quantization: one of the backend's quantizations listed above ("" = its default)
         api_base: remote backend: the engine's OpenAI-compatible base URL ("" = the server's --api-base)
-        api_key: remote backend: the engine's key ("" = the server's --remote-api-key)
+        api_key: remote backend: the engine's key ("" = the server's --remote-api-key, which is sent to the server's own --api-base only; another URL gets no key)
         gguf_file: for a Hub repo holding several .gguf files, the one to load ("" = the only or first one)
         n_ctx: context length per conversation, in tokens (0 = the server's --n-ctx)
         parallel: conversations decoded together, each with its own KV cache (0 = the server's --parallel)
