@@ -31,6 +31,7 @@ def create_app(settings, manager=None):
     from serving.auth import AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
+    from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
     from serving.openai_api import add_openai_routes
     from serving.ops import add_ops_routes
@@ -72,10 +73,12 @@ def create_app(settings, manager=None):
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
+    app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=settings.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
     app.add_middleware(ApiKeyMiddleware, policy=policy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before any parsing
     return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login,
+                               max_file_size=settings.max_upload_bytes,
                                auth_message="QuantLab: log in (with --api-key, any user name and the key).")
 
 
