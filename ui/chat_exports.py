@@ -7,7 +7,8 @@ then copied once more into its cache (20 saves of a large store: 52 MB). Now the
 into Gradio's cache folder (so Gradio serves them without a copy), in one folder per browser session
 (named by a hash of Gradio's session id, which the client chooses and so never becomes a path), with
 a subfolder per content: a save replaces the session's older subfolders, and the folders of sessions
-idle for ``SESSION_TTL_S`` (or beyond ``MAX_SESSIONS``, oldest first) are removed at the next save.
+idle for ``SESSION_TTL_S`` (or beyond ``MAX_SESSIONS`` or ``MAX_BYTES``, oldest first) are removed at
+the next save.
 What stays on disk is bounded by the open sessions, not by the number of saves. No gradio import.
 """
 
@@ -26,7 +27,8 @@ from ui import chat_history as past
 FOLDER = "quantlab-chat-exports"
 KEEP_PER_SESSION = 2  # the newest pair, and the one before it (a download that started just before a save)
 SESSION_TTL_S = 6 * 3600
-MAX_SESSIONS = 256
+MAX_SESSIONS = 64
+MAX_BYTES = 256 * 2**20  # all sessions' exports together; the least recently saved sessions go first
 
 
 class ChatExports:
@@ -66,7 +68,8 @@ class ChatExports:
     def _prune_sessions(self) -> None:
         sessions = sorted((p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
                           reverse=True)
-        now = time.time()
+        now, total = time.time(), 0
         for i, folder in enumerate(sessions):
-            if i >= MAX_SESSIONS or now - folder.stat().st_mtime > SESSION_TTL_S:
+            total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            if i > 0 and (i >= MAX_SESSIONS or total > MAX_BYTES or now - folder.stat().st_mtime > SESSION_TTL_S):
                 shutil.rmtree(folder, ignore_errors=True)
