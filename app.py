@@ -33,6 +33,7 @@ def create_app(settings, manager=None):
     from serving.auth import KEY_USER, AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
+    from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
     from serving.openai_api import add_openai_routes
     from serving.ops import add_ops_routes
@@ -81,6 +82,7 @@ def create_app(settings, manager=None):
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
+    app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=settings.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
     app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before any parsing
@@ -89,7 +91,8 @@ def create_app(settings, manager=None):
 
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     message = "QuantLab: log in." + (f" With the API key: user name '{KEY_USER}'." if policy.api_key else "")
-    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, auth_message=message)
+    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, max_file_size=settings.max_upload_bytes,
+                               auth_message=message)
 
 
 def server_config(app, settings, host: str | None = None, **options):

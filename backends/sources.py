@@ -76,13 +76,41 @@ def _confined(source: str, allowed_dir: Path | None) -> Path:
     if allowed_dir is not None:
         root = allowed_dir.expanduser().resolve()
         candidate = (root / path).resolve() if not path.is_absolute() else path.resolve()
-        embedded = embedded_model_path().resolve()
-        if candidate != embedded and root not in candidate.parents and candidate != root:
-            raise ModelNotFound(f"Models must be inside the models directory ({root.name}/) on this server.")
+        if candidate != embedded_model_path().resolve():
+            confine(candidate, root)
+            if candidate.is_dir():
+                confine_tree(candidate, root)
         path = candidate
     if path.exists():
         return path.resolve()
     raise ModelNotFound(f"No model at {source[:200]!r}: the path does not exist.")
+
+
+MAX_TREE_ENTRIES = 10_000  # a model folder holds a few dozen files; a bigger tree is refused, not walked
+
+
+def inside(path: Path, root: Path) -> bool:
+    """``path`` is ``root`` or lies in it, both compared with every symlink resolved: a name that only
+    starts like the root (``models-private`` beside ``models``), ``..`` and links out are all outside."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def confine(path: Path, root: Path) -> Path:
+    """``path`` resolved, if it lies inside ``root``; else ModelNotFound (the one refusal every
+    path-taking entry point gives on a server that confines paths)."""
+    if not inside(path, root):
+        raise ModelNotFound(f"Models must be inside the models directory ({Path(root).resolve().name}/) on this server.")
+    return Path(path).resolve()
+
+
+def confine_tree(folder: Path, root: Path) -> None:
+    """Every entry of a model folder (a GGUF picked from it, a checkpoint's weights) must resolve inside
+    ``root`` too: a folder in the models directory must not be a way to reach a file outside it."""
+    for i, entry in enumerate(Path(folder).rglob("*")):
+        if i >= MAX_TREE_ENTRIES:
+            raise ModelNotFound(f"{Path(folder).name}/ holds more than {MAX_TREE_ENTRIES} files: not a model folder.")
+        if entry.is_symlink():
+            confine(entry, root)
 
 
 def hub_cache_dir() -> Path:

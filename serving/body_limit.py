@@ -3,7 +3,7 @@
 Pure ASGI, in front of every route: a declared ``Content-Length`` over the limit is answered 413
 at once, without reading; a body sent without one (chunked) is read up to the limit and answered
 413 as soon as it passes it. Bodies within the limit are replayed to the app unchanged. Gradio's
-file upload route is left to Gradio (its own ``max_file_size``).
+file upload route has its own limit (``--max-upload-bytes``, ``serving/uploads.py``).
 """
 
 from __future__ import annotations

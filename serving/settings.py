@@ -89,6 +89,8 @@ class Settings(BaseSettings):
                                   "streams still running then end with an error event and the exit code is 1")
     max_body_bytes: int = Field(4 * 2**20, ge=1024, description="largest request body accepted (/v1 and the Gradio API); "
                                 "larger ones get 413 before they are parsed")
+    max_upload_bytes: int = Field(20 * 2**20, ge=1024, description="largest file upload (Import JSON, an evaluation "
+                                  "text); uploads are deleted after an hour and at most 10 times this is stored")
     max_prompt_chars: int = Field(MAX_MESSAGE_CHARS, ge=1, description="largest conversation, in characters "
                                   "(system prompt + history + message), checked before tokenizing, on every entry point")
     max_prompt_tokens: int = Field(0, ge=0, description="largest prompt in tokens, checked before generating, on "

@@ -9,7 +9,6 @@ past chats' store in ``ui/chat_history.py``. Chats live in the browser (gr.Brows
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from serving.chat_store import ChatStore, browser_secret
 from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui import chat_history as past
+from ui.chat_exports import ChatExports
 from ui.chat_actions import ChatActions, format_stats, stats_message, toasting  # noqa: F401 (re-exported)
 from ui.chat_turns import STATS_TITLE_MARK  # noqa: F401 (re-exported)
 from ui.sampling import SamplingColumn, build_sampling
@@ -65,6 +65,7 @@ class ChatSection:
 def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> ChatSection:
     actions = ChatActions(h)
     disk = ChatStore(chat_dir) if chat_dir else None
+    exports = ChatExports(gr.utils.get_upload_folder())  # Gradio's cache: served from there, never copied
     with gr.Row():
         with gr.Column(scale=1, min_width=210, elem_id="past-chats"):
             new = gr.Button("New chat", size="sm", variant="primary", elem_id="new-chat")
@@ -124,24 +125,24 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
 
     # --- the store: save after every change, restore on page load -------------------------------
 
-    def user_of(request: gr.Request | None) -> str | None:
-        """The logged-in person whose chats --chat-dir keeps (not the API key's shared identity)."""
-        user = getattr(request, "username", None) if disk is not None and request is not None else None
-        return user if is_personal(user) else None
+    # Gradio hands a handler the gr.Request only through a positional parameter annotated with it (not
+    # one after *values): the handlers below that take the settings as *values have it first.
 
-    def export_files(store: dict, chat_id: str | None) -> tuple[str, str]:
-        folder = Path(tempfile.mkdtemp(prefix="quantlab-chat-"))
-        chat = past.get_chat(store, chat_id) or {"messages": []}
-        one, every = folder / "conversation.json", folder / "all-chats.json"
-        one.write_text(json.dumps(past.plain_messages(chat["messages"]), ensure_ascii=False, indent=2))
-        every.write_text(json.dumps(past.export_all(store), ensure_ascii=False, indent=2))
-        return str(one), str(every)
+    def user_of(request: gr.Request | None) -> str | None:
+        """The logged-in user whose chats ``--chat-dir`` keeps; None (the browser keeps them) without
+        --chat-dir, without a login, or for the API key's shared identity: anonymous visitors never
+        share a file on the server."""
+        user = getattr(request, "username", None) if disk is not None and request is not None else None
+        return user if isinstance(user, str) and user and is_personal(user) else None
+
+    def export_files(store: dict, chat_id: str | None, request: gr.Request | None) -> tuple[str, str]:
+        return exports.write(getattr(request, "session_hash", None), store, chat_id)
 
     def listing(store: dict, chat_id: str | None, query: str = ""):
         return gr.Radio(choices=past.chat_choices(store, query), value=chat_id)
 
     @toasting(6)
-    def sync(history, versions_, store, chat_id, query, *values, request: gr.Request = None):
+    def sync(request: gr.Request, history, versions_, store, chat_id, query, *values):
         """Save the chat on screen (with its settings) into the store; refresh the list and exports.
         Which chat is on screen is never changed here (a save that lands after a switch must not
         switch back): only a chat saved for the first time gets its id."""
@@ -149,7 +150,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         user = user_of(request)
         if user:
             disk.save(user, store)
-        one, every = export_files(store, saved_id)
+        one, every = export_files(store, saved_id, request)
         chat = past.get_chat(store, saved_id)
         return (store, saved_id if chat_id is None else gr.skip(), one, every, listing(store, saved_id, query),
                 chat["title"])
@@ -157,12 +158,12 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     sync_inputs = [chatbot, versions, saved, current, search, *params]
     sync_outputs = [saved, current, export, export_all, chat_list, title]
 
-    def show_chat(store: dict, chat_id: str | None, query: str = ""):
+    def show_chat(store: dict, chat_id: str | None, request: gr.Request | None, query: str = ""):
         """Put a stored chat on screen: messages, versions, its settings (when they fit this page)."""
         chat = past.get_chat(store, chat_id) or past.make_chat()
         values = chat.get("params") or []
         restored = list(values) if len(values) == len(params) else [gr.skip()] * len(params)
-        one, every = export_files(store, chat_id)
+        one, every = export_files(store, chat_id, request)
         return (chat["messages"], chat.get("versions") or {}, chat_id, None, "", "", one, every,
                 listing(store, chat_id, query), chat["title"] if chat_id else "", *restored)
 
@@ -176,10 +177,10 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         if isinstance(store, list) and store:  # a conversation saved before past chats existed
             store, _ = past.import_chats(None, store)
         store = past.valid_store(store)
-        return (store, *show_chat(store, store["current"]))
+        return (store, *show_chat(store, store["current"], request))
 
     @toasting(len(show_outputs) + 1)
-    def switch(chat_id, history, versions_, store, current_id, query, *values, request: gr.Request = None):
+    def switch(request: gr.Request, chat_id, history, versions_, store, current_id, query, *values):
         if chat_id == current_id:
             return tuple(gr.skip() for _ in range(len(show_outputs) + 1))
         if current_id or history:  # keep the chat being left, settings included
@@ -188,17 +189,17 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id, query))
+        return (store, *show_chat(store, chat_id, request, query))
 
     @toasting(len(show_outputs) + 1)
-    def start_new(history, versions_, store, current_id, *values, request: gr.Request = None):
+    def start_new(request: gr.Request, history, versions_, store, current_id, *values):
         if current_id or history:
             store, _ = past.save_chat(store, current_id, history or [], versions_, list(values))
         store, chat_id = past.new_chat(store, list(values))
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id))
+        return (store, *show_chat(store, chat_id, request))
 
     @toasting(len(show_outputs) + 1)
     def delete_current(store, current_id, request: gr.Request = None):
@@ -206,7 +207,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id))
+        return (store, *show_chat(store, chat_id, request))
 
     @toasting(3)
     def rename_current(name, store, current_id, query, request: gr.Request = None):
@@ -227,7 +228,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id))
+        return (store, *show_chat(store, chat_id, request))
 
     def clear_chat():
         return [], {}, None, "", ""
