@@ -69,6 +69,25 @@ def split_source(spec: ModelSpec) -> tuple[str, str]:
     return base, model
 
 
+def _context_length(info: dict) -> int:
+    """The context length a /models entry reports (vLLM's ``max_model_len``, else ``context_length``;
+    0 = not said), or ModelLoadError ending the sentence "The engine at <url> ..." when it is not a
+    whole number (the value itself is not echoed: it is the target's text)."""
+    for key in ("max_model_len", "context_length"):
+        value = info.get(key)
+        if value is None or value == "" or value == 0:
+            continue
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, float) and value.is_integer() and 0 < value < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise ModelLoadError(f"reports a {key} that is not a positive whole number: it does not look like an "
+                                 "OpenAI-compatible engine.")
+        return value
+    return 0
+
+
 class RemoteBackend(Backend):
     name = "remote"
     capabilities = frozenset({"stream"})
@@ -109,13 +128,18 @@ class RemoteBackend(Backend):
             client.close()
             raise ModelNotFound(f"The engine at {base} does not serve {model!r}; it serves: {', '.join(ids) or 'nothing'}.")
         info = next(m for m in served if m.get("id") == model)
+        try:
+            context_length = _context_length(info)
+        except ModelLoadError as exc:
+            client.close()
+            raise ModelLoadError(f"The engine at {base} {exc}") from None
         self._client, self._model, self._base = client, model, base
         return LoadedModel(
             name=spec.served_name or model,
             backend=self.name,
             quantization="as served",
             source=base,
-            context_length=int(info.get("max_model_len") or info.get("context_length") or 0),
+            context_length=context_length,
             footprint_bytes=0,
             load_seconds=time.perf_counter() - t0,
             device="remote",

@@ -125,7 +125,7 @@ def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = 
                 raise InvalidRequest("response_format cannot be combined with tool_choice required or a named "
                                      "function (the reply is then a tool call).", "response_format")
             only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
-            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)))
+            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)), param="tools")
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.logprobs:
         features["logprobs"] = body.top_logprobs or 0
