@@ -26,10 +26,11 @@ def _bad_char(text: str) -> int | None:
     return None
 
 
-def check_body(body: Any, max_depth: int = MAX_BODY_DEPTH) -> None:
+def check_body(body: Any, max_depth: int = MAX_BODY_DEPTH, at: tuple = ()) -> None:
     """InvalidRequest (naming the top-level field) at the first string that is not valid Unicode or
-    the first object/array deeper than ``max_depth``."""
-    todo: list[tuple[Any, int, tuple]] = [(body, 0, ())]
+    the first object/array deeper than ``max_depth``. ``at``: where ``body`` sits in the request, for
+    JSON decoded from one of its strings (a tool call's arguments)."""
+    todo: list[tuple[Any, int, tuple]] = [(body, 0, at)]
     while todo:
         node, depth, path = todo.pop()
         if isinstance(node, str):
