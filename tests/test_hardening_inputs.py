@@ -58,7 +58,6 @@ SURROGATES = [  # (id, body, the param the 400 names)
     ("tool-call arguments, escaped", {"tools": [WEATHER], "messages": tool_turns(arguments=json.dumps({"city": BAD}))},
      "messages"),
     ("a key", {"tools": [with_(("function", "parameters", "properties", BAD), {"type": "string"}, WEATHER)]}, "tools"),
-    ("stop", {"stop": [BAD]}, "stop"),
 ]
 
 
