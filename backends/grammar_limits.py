@@ -138,18 +138,49 @@ def pattern_repeats(pattern: str, param: str = "response_format") -> int:
     return stack[0][0] + stack[0][1]
 
 
-def gbnf_shape(text: str) -> tuple[int, int]:
-    """(deepest group nesting, number of rules) of GBNF ``text``; literals, character classes and
-    comments are skipped as llama.cpp's parser skips them."""
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}  # llama.cpp's parse_char: \\xHH, \\uHHHH, \\UHHHHHHHH
+
+
+def _chars(body: str) -> list[int]:
+    """The code points a GBNF literal's or class's ``body`` (between its delimiters) names, escapes decoded."""
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            e = body[i + 1]
+            if e in _HEX_DIGITS:
+                digits = body[i + 2:i + 2 + _HEX_DIGITS[e]]
+                try:
+                    out.append(int(digits, 16))
+                except ValueError:
+                    out.append(-1)
+                i += 2 + len(digits)
+                continue
+            out.append(ord(e))
+            i += 2
+        else:
+            out.append(ord(body[i]))
+            i += 1
+    return out
+
+
+def gbnf_shape(text: str) -> tuple[int, int, bool]:
+    """(deepest group nesting, number of rules, whether a literal requires the character U+0000) of
+    GBNF ``text``; literals, character classes and comments are skipped as llama.cpp's parser skips
+    them. No token can produce U+0000 (llama.cpp ends a token's text there): a grammar that requires
+    it leaves no token allowed, and llama.cpp then aborts the process when it accepts one."""
     depth = deepest = rules = 0
+    nul = False
     i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == '"' or c == "[":
             close = '"' if c == '"' else "]"
-            i += 1
+            start = i = i + 1
             while i < n and text[i] != close:
                 i += 2 if text[i] == "\\" else 1
+            chars = _chars(text[start:i])
+            if 0 in chars and (c == '"' or chars == [0]):
+                nul = True  # a literal with U+0000, or a class of U+0000 alone
             i += 1
         elif c == "#":
             while i < n and text[i] not in "\r\n":
@@ -166,20 +197,23 @@ def gbnf_shape(text: str) -> tuple[int, int]:
             i += 3
         else:
             i += 1
-    return deepest, rules
+    return deepest, rules, nul
 
 
 def check_gbnf(text: str, param: str = "response_format", what: str = "the grammar") -> None:
     """InvalidRequest naming ``param`` if GBNF ``text`` is longer than MAX_GBNF_CHARS, has more than
-    MAX_GBNF_RULES rules, or nests groups deeper than MAX_GBNF_NESTING. ``what`` names the text's
+    MAX_GBNF_RULES rules, requires U+0000, or nests groups deeper than MAX_GBNF_NESTING. ``what`` names the text's
     origin in the message (e.g. "this JSON schema's grammar")."""
     if len(text) > MAX_GBNF_CHARS:
         raise InvalidRequest(f"{param}: {what} is {len(text):,} characters long; this server accepts at most "
                              f"{MAX_GBNF_CHARS:,}.", param)
-    deepest, rules = gbnf_shape(text)
+    deepest, rules, nul = gbnf_shape(text)
     if rules > MAX_GBNF_RULES:
         raise InvalidRequest(f"{param}: {what} has {rules:,} rules; this server accepts at most {MAX_GBNF_RULES:,}.",
                              param)
+    if nul:
+        raise InvalidRequest(f"{param}: {what} requires the character U+0000, which no token can produce (in a JSON "
+                             "schema: a const, enum or pattern holding \\u0000).", param)
     if deepest > MAX_GBNF_NESTING:
         raise InvalidRequest(f"{param}: {what} nests {deepest:,} groups deep; llama.cpp's grammar parser is "
                              f"allowed at most {MAX_GBNF_NESTING:,} (each character up to maxLength, each item up "

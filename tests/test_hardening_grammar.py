@@ -115,6 +115,11 @@ CRASHES = [  # (id, request, the words the 400 must say, param)
      f"at most {MAX_SCHEMA_REPEATS:,}", "response_format"),
     ("minLength 10**9", chat(response_format=string_format(minLength=10**9)), f"at most {MAX_SCHEMA_REPEATS:,}",
      "response_format"),
+    # a const the grammar must write as U+0000: no token can, and llama.cpp aborted (SIGABRT)
+    ("const NUL", chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "const": "\u0000"}}}), "U+0000", "response_format"),
+    ("enum with NUL, completions", complete(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"enum": ["a", "b\u0000"]}}}), "U+0000", "response_format"),
     # one past what llama.cpp's parser accepts: refused by name, not by llama.cpp's log line
     ("maxLength 1001", chat(response_format=string_format(maxLength=MAX_GBNF_NESTING + 1)), "nests 1,001 groups",
      "response_format"),
@@ -159,12 +164,23 @@ def test_legitimate_structured_output_still_works(app_url):
 # --- the bounds themselves (fast) ---------------------------------------------------------------------
 
 def test_gbnf_nesting_is_measured_outside_literals_and_classes():
-    assert gbnf_shape('root ::= "(((" [(] ( "a" ( "b" )? )*  # ((((\nx ::= "\\"(" y') == (2, 2)
-    assert gbnf_shape("root ::= " + "(" * 5 + '"a"' + ")" * 5) == (5, 1)
+    assert gbnf_shape('root ::= "(((" [(] ( "a" ( "b" )? )*  # ((((\nx ::= "\\"(" y') == (2, 2, False)
+    assert gbnf_shape("root ::= " + "(" * 5 + '"a"' + ")" * 5) == (5, 1, False)
     check_gbnf("root ::= " + "(" * MAX_GBNF_NESTING + '"a"' + ")" * MAX_GBNF_NESTING)
     with pytest.raises(InvalidRequest) as err:
         check_gbnf("root ::= " + "(" * (MAX_GBNF_NESTING + 1) + '"a"' + ")" * (MAX_GBNF_NESTING + 1))
     assert err.value.param == "response_format" and f"{MAX_GBNF_NESTING + 1:,} groups deep" in str(err.value)
+
+
+@pytest.mark.parametrize("gbnf, nul", [('root ::= "a\\u0000"', True), ('root ::= "b" | "\\x00"', True),
+                                       ("root ::= [\\x00]", True), ('root ::= "\\\\x00"', False),
+                                       ("root ::= [\\x00-\\x1F]", False), ('root ::= [^\\x00] "\\u0001"', False)])
+def test_a_grammar_that_requires_nul_is_refused(gbnf, nul):
+    """No token yields U+0000: a grammar that requires it leaves nothing to sample, and llama.cpp aborts."""
+    assert gbnf_shape(gbnf)[2] is nul
+    if nul:
+        with pytest.raises(InvalidRequest, match="U\\+0000"):
+            check_gbnf(gbnf)
 
 
 def test_pattern_repetitions_multiply_through_groups():
