@@ -8,6 +8,7 @@ it; the manager only knows this protocol, so imports keep pointing down).
 from __future__ import annotations
 
 import abc
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from backends.errors import InvalidRequest, UnsupportedQuantization
+from backends.grammar_limits import check_gbnf, check_schema
 
 # Bounds for user-supplied sampling parameters. Anything outside is a clear InvalidRequest.
 MAX_NEW_TOKENS_LIMIT = 32768
@@ -215,17 +217,30 @@ ROLES = ("system", "user", "assistant", "tool")
 class Constraint:
     """Constrained decoding: the output must match. ``kind``: "json_object" (any JSON object),
     "json_schema" (``schema``: the JSON Schema as JSON text) or "grammar" (``schema``: a GBNF grammar,
-    llama.cpp only). A backend that cannot constrain refuses with InvalidRequest naming
-    ``response_format``."""
+    llama.cpp only). ``param``: the request field it came from (``tools`` for a forced tool call),
+    named by every refusal. A backend that cannot constrain refuses with InvalidRequest naming it.
+    A schema or grammar over the bounds of ``grammar_limits`` is refused here, before any engine
+    sees it."""
 
     kind: str
     schema: str | None = None
+    param: str = "response_format"
 
     def __post_init__(self) -> None:
         if self.kind not in ("json_object", "json_schema", "grammar"):
-            raise InvalidRequest(f"Unknown constraint kind {self.kind!r}.", "response_format")
+            raise InvalidRequest(f"Unknown constraint kind {self.kind!r}.", self.param)
         if self.kind != "json_object" and not self.schema:
-            raise InvalidRequest(f"A {self.kind} constraint needs its schema.", "response_format")
+            raise InvalidRequest(f"A {self.kind} constraint needs its schema.", self.param)
+        if self.kind == "json_schema":
+            try:
+                schema = json.loads(self.schema)
+            except RecursionError:
+                raise InvalidRequest(f"{self.param}: the JSON schema nests too deeply.", self.param) from None
+            except (TypeError, ValueError):
+                return  # not JSON: the backend refuses it by name when it builds its grammar
+            check_schema(schema, self.param)
+        elif self.kind == "grammar":
+            check_gbnf(self.schema, self.param)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import secrets
 
 from backends.base import ChatRequest, Constraint, SamplingParams, TokenLogprob
 from backends.errors import InvalidRequest
+from backends.grammar_limits import check_gbnf
 
 PENALTY_LAST_N = 64  # llama.cpp's repeat_last_n default
 DRY_SEQ_BREAKERS = ("\n", ":", "\"", "*")  # llama.cpp's default DRY sequence breakers
@@ -23,30 +24,36 @@ MIN_KEEP = 1
 
 
 def grammar_text(constraint: Constraint | None) -> str | None:
-    """The GBNF for ``constraint`` (None = unconstrained), or InvalidRequest naming response_format."""
+    """The GBNF for ``constraint`` (None = unconstrained), or InvalidRequest naming its field. The
+    converted grammar is measured (``check_gbnf``) before llama.cpp parses it: its parser recurses
+    once per nested group and a schema's maxLength alone can nest deep enough to overflow the stack."""
     if constraint is None:
         return None
     from llama_cpp import llama_grammar
 
+    param = constraint.param
     if constraint.kind == "json_object":
         return llama_grammar.JSON_GBNF
     if constraint.kind == "grammar":
-        return constraint.schema
+        return constraint.schema  # measured when the Constraint was made
     try:
         schema = json.loads(constraint.schema)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"The JSON schema is not valid JSON: {exc}", "response_format") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"The JSON schema is not valid JSON: {exc}", param) from exc
     if not isinstance(schema, (dict, bool)):
-        raise InvalidRequest("The JSON schema must be a JSON object.", "response_format")
+        raise InvalidRequest("The JSON schema must be a JSON object.", param)
     try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+        text = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
-        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {exc}", "response_format") from exc
+        raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {str(exc)[:300]}", param) from exc
+    check_gbnf(text, param, "this JSON schema's grammar")
+    return text
 
 
-def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str | None, n_ctx: int):
+def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str | None, n_ctx: int,
+                  param: str = "response_format"):
     """A new llama_sampler chain for one request (the caller frees it with llama_sampler_free).
-    An invalid ``grammar`` is InvalidRequest(response_format) and nothing is leaked."""
+    A ``grammar`` llama.cpp refuses is InvalidRequest naming ``param`` and nothing is leaked."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731 - the chain owns what is added
     p = params
@@ -55,8 +62,9 @@ def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str |
         g = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
         if not g:
             L.llama_sampler_free(chain)
-            raise InvalidRequest("The grammar could not be parsed (llama.cpp GBNF expected, start rule \"root\").",
-                                 "response_format")
+            raise InvalidRequest(f"{param}: llama.cpp refused the grammar of this constraint (a GBNF with a \"root\" "
+                                 "rule is expected, without left recursion, and one repetition may make at most 2,000 "
+                                 "rules: lower maxLength, maxItems or a pattern's {m,n}).", param)
         add(g)
     if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
         add(L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repetition_penalty,
@@ -95,8 +103,9 @@ def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str |
 def sampler_for(L, llm, request: ChatRequest, n_ctx: int):
     """``build_sampler`` for ``request`` on the model of the Llama object ``llm``."""
     vocab = llm._model.vocab
+    param = request.constraint.param if request.constraint is not None else "response_format"
     return build_sampler(L, vocab, L.llama_vocab_n_tokens(vocab), request.params,
-                         grammar_text(request.constraint), n_ctx)
+                         grammar_text(request.constraint), n_ctx, param)
 
 
 def token_logprob(L, ctx, idx: int, token: int, n_vocab: int, top_n: int, piece) -> TokenLogprob:

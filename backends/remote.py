@@ -85,6 +85,25 @@ def configured_bases(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(bases)
 
 
+def _context_length(info: dict) -> int:
+    """The context length a /models entry reports (vLLM's ``max_model_len``, else ``context_length``;
+    0 = not said), or ModelLoadError ending the sentence "The engine at <url> ..." when it is not a
+    whole number (the value itself is not echoed: it is the target's text)."""
+    for key in ("max_model_len", "context_length"):
+        value = info.get(key)
+        if value is None or value == "" or value == 0:
+            continue
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, float) and value.is_integer() and 0 < value < 2**63:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise ModelLoadError(f"reports a {key} that is not a positive whole number: it does not look like an "
+                                 "OpenAI-compatible engine.")
+        return value
+    return 0
+
+
 class RemoteBackend(Backend):
     name = "remote"
     capabilities = frozenset({"stream"})
@@ -126,13 +145,18 @@ class RemoteBackend(Backend):
             raise ModelNotFound(f"The engine at {base} does not serve {model[:200]!r} ({len(ids)} model"
                                 f"{'s' if len(ids) != 1 else ''} served; see its /v1/models or the server log).")
         info = next(m for m in served if m.get("id") == model)
+        try:
+            context_length = _context_length(info)
+        except ModelLoadError as exc:
+            client.close()
+            raise ModelLoadError(f"The engine at {base} {exc}") from None
         self._client, self._model, self._base = client, model, base
         return LoadedModel(
             name=spec.served_name or model,
             backend=self.name,
             quantization="as served",
             source=base,
-            context_length=_whole(info.get("max_model_len")) or _whole(info.get("context_length")),
+            context_length=context_length,
             footprint_bytes=0,
             load_seconds=time.perf_counter() - t0,
             device="remote",
@@ -276,15 +300,6 @@ def _served_models(client: httpx.Client, timeout_s: float) -> list[dict]:
     if not isinstance(data, list):
         raise ValueError("no model list")
     return [m for m in data if isinstance(m, dict)]
-
-
-def _whole(value: object) -> int:
-    """A context length the engine reported, or 0 when it is not a whole number."""
-    try:
-        n = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return 0
-    return n if 0 < n < 1 << 31 else 0
 
 
 def _message(m: Message) -> dict:

@@ -22,9 +22,11 @@ _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_sepa
 
 
 def grammar_for(constraint: Constraint) -> str:
-    """llguidance's grammar text for ``constraint``; InvalidRequest naming response_format if it is bad."""
+    """llguidance's grammar text for ``constraint``; InvalidRequest naming its field if it is bad.
+    (The schema's size and depth were bounded when the Constraint was made: ``grammar_limits``.)"""
     import llguidance
 
+    param = constraint.param
     try:
         if constraint.kind == "json_object":
             return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, overrides=_JSON_OPTIONS)
@@ -32,15 +34,15 @@ def grammar_for(constraint: Constraint) -> str:
             try:
                 schema = json.loads(constraint.schema or "")
             except ValueError as exc:
-                raise InvalidRequest(f"The JSON schema is not valid JSON: {exc}", "response_format") from exc
+                raise InvalidRequest(f"The JSON schema is not valid JSON: {exc}", param) from exc
             if not isinstance(schema, dict):
-                raise InvalidRequest("The JSON schema must be a JSON object.", "response_format")
+                raise InvalidRequest("The JSON schema must be a JSON object.", param)
             return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
         return llguidance.grammar_from("gbnf", constraint.schema or "")
     except InvalidRequest:
         raise
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {exc}", "response_format") from exc
+    except (ValueError, TypeError, RuntimeError, RecursionError) as exc:  # llguidance's refusals
+        raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {str(exc)[:300]}", param) from exc
 
 
 class Grammars:
@@ -71,11 +73,11 @@ class Grammars:
         tokenizer = self._lltokenizer()
         error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if error and not error.startswith("WARNING"):
-            raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {error}", "response_format")
+            raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {error[:300]}", constraint.param)
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if matcher.is_error():
-            raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {matcher.get_error()}",
-                                 "response_format")
+            raise InvalidRequest(f"The {constraint.kind} constraint cannot be used: {matcher.get_error()[:300]}",
+                                 constraint.param)
         return ConstraintProcessor(matcher, n_prompt, self._eos)
 
 

@@ -5,6 +5,10 @@
   delivered): 404, instead of an event stream that aborts.
 - A body that is not JSON, nests deeper than Python's parser goes (50,000 ``[``: a RecursionError
   in Gradio), or whose ``data`` is not a list: 400 with a sentence, not a 500 or pydantic's dump.
+- The page's own events, ``POST /gradio_api/queue/join`` and ``/gradio_api/run/predict``, address a
+  function by ``fn_index``: one no event has (99999, -1) is a KeyError in Gradio, a missing one on
+  ``run/predict`` a FnIndexInferError, fewer ``data`` items than the function's inputs a ValueError:
+  404 / 400 here instead of Gradio's 500.
 
 Takes the Blocks as an object (no gradio import): it reads the API names from ``blocks.fns`` and
 the queue's own event tables. The body arrives already bounded (``serving.body_limit``).
@@ -64,7 +68,57 @@ class GradioGuardMiddleware:
             if problem:
                 await error(400, problem, "invalid_json")(scope, receive, send)
                 return
+            if parts[:2] in (["queue", "join"], ["run", INTERNAL]):
+                refused = self.fn_problem(json.loads(body), internal=parts[0] == "run")
+                if refused:
+                    await error(*refused)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
+
+    def event_fns(self, session_hash) -> dict:
+        """The functions a request of ``session_hash`` can address by fn_index (as Gradio looks them
+        up: the session's own, which ``gr.render`` may extend, else the app's), without creating a session."""
+        holder = getattr(self.blocks, "state_holder", None)
+        if isinstance(session_hash, str) and holder is not None and session_hash in holder:
+            return holder.session_data[session_hash].blocks_config.fns
+        return self.blocks.fns
+
+    def fn_problem(self, body: dict, internal: bool) -> tuple[int, str, str] | None:
+        """(status, message, code) when ``body``'s fn_index would fail inside Gradio; None when it is fine
+        (or absent on queue/join, which Gradio answers with its own 400)."""
+        index = body.get("fn_index")
+        if index is None:
+            if internal:
+                return 400, "run/predict needs the fn_index of the event to run (or POST /gradio_api/call/<name>).", \
+                    "missing_fn_index"
+            return None
+        index = _as_index(index)
+        if index is None:
+            return None  # Gradio's own 422 says what type it wants
+        fn = self.event_fns(body.get("session_hash")).get(index)
+        if fn is None:
+            return 404, f"No event with fn_index {index} on this server.", "unknown_fn_index"
+        inputs = len(getattr(fn, "inputs", None) or ())
+        if internal and not getattr(fn, "cancels", None) and len(body.get("data") or ()) < inputs:
+            return 400, f"The event with fn_index {index} takes {inputs} input(s); {len(body.get('data') or ())} given.", \
+                "missing_inputs"
+        return None
+
+
+def _as_index(value) -> int | None:
+    """``value`` as the int Gradio's pydantic body would make of it (7, "7", 7.0), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 async def _read(receive):

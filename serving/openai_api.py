@@ -37,6 +37,7 @@ from serving.openai_schema import (
     openapi_body,
 )
 from serving.openai_stream import Choices, GenerationResponse
+from serving.request_json import check_body
 
 log = logging.getLogger("quantlab.v1")
 
@@ -71,7 +72,8 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 
 async def parse_body(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
-    """The body as ``model``, or the OpenAI-style 400 saying what is wrong with it."""
+    """The body as ``model``, or the OpenAI-style 400 saying what is wrong with it (``check_body``
+    first: a lone surrogate or a too-deep nesting anywhere in it)."""
     try:
         raw = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -80,6 +82,10 @@ async def parse_body(request: Request, model: type[BaseModel]) -> BaseModel | JS
         return error_response(400, "The request body nests JSON too deeply.", "invalid_request_error")
     if not isinstance(raw, dict):
         return error_response(400, "The request body must be a JSON object.", "invalid_request_error")
+    try:
+        check_body(raw)  # every string valid Unicode, nothing nested too deep: before any field is read
+    except InvalidRequest as exc:
+        return from_backend_error(exc)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -19,6 +19,7 @@ from serving.openai_schema import (
     ResponseFormat,
     SamplerFields,
 )
+from serving.request_json import check_body
 from serving.tool_calls import call_schema
 
 DEFAULT_MAX_TOKENS = 1024  # chat
@@ -87,12 +88,14 @@ def _messages(body: ChatCompletionRequest) -> list[Message]:
             calls = tuple({"id": c.id or f"call_{i}_{k}", "type": "function",
                            "function": {"name": c.function.name, "arguments": c.function.arguments}}
                           for k, c in enumerate(m.tool_calls or ()))
-            for c in calls:
+            for k, c in enumerate(calls):
                 try:
-                    json.loads(c["function"]["arguments"])
-                except ValueError:
+                    arguments = json.loads(c["function"]["arguments"])
+                except (ValueError, RecursionError):
                     raise InvalidRequest(f"messages[{i}].tool_calls: the arguments of {c['function']['name']!r} "
                                          "are not valid JSON.", "messages") from None
+                # decoded, they reach the chat template: the same checks as the body itself
+                check_body(arguments, at=("messages", i, "tool_calls", k, "function", "arguments"))
                 call_names[c["id"]] = c["function"]["name"]
             out.append(Message("assistant", text, tool_calls=calls, reasoning=m.reasoning_content))
         elif role == "tool":
@@ -125,7 +128,7 @@ def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = 
                 raise InvalidRequest("response_format cannot be combined with tool_choice required or a named "
                                      "function (the reply is then a tool call).", "response_format")
             only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
-            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)))
+            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)), param="tools")
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.logprobs:
         features["logprobs"] = body.top_logprobs or 0

@@ -248,6 +248,9 @@ def parse_quantizations(value: Any) -> list[str]:
     """GGUF types from a list or a comma/space separated string ("" or None = none), upper-cased."""
     if value is None:
         return []
+    if not isinstance(value, (str, list, tuple)):
+        raise InvalidRequest(f"quantizations must be a list of GGUF types or a comma-separated string, got "
+                             f"{type(value).__name__}.", "quantizations")
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
     out = []
     for item in items:
