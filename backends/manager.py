@@ -17,7 +17,7 @@ from typing import Any
 
 from backends import sources
 from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta, _no_progress
-from backends.errors import BackendError, BackendUnavailable, Busy, InvalidRequest, ModelLoadError, NoModelLoaded, OutOfMemory
+from backends.errors import BackendError, Busy, Cancelled, InvalidRequest, ModelLoadError, NoModelLoaded, OutOfMemory
 from backends.registry import BackendRegistry, default_registry
 from backends.slots import FairSlots
 from backends.stops import apply_stops
@@ -317,7 +317,7 @@ class ModelManager:
         if len(vectors) < len(texts):
             if r.closed:
                 raise NoModelLoaded("That model was unloaded.")
-            raise BackendUnavailable("The embeddings request was cancelled before it finished.")
+            raise Cancelled("The embeddings request was cancelled before it finished.")
         return vectors
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
