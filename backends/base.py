@@ -431,8 +431,11 @@ class Backend(abc.ABC):
         the live context counter."""
         raise InvalidRequest(f"The {self.name} backend cannot count tokens.")
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One embedding per text ("embeddings" feature)."""
+    def embed(self, texts: Sequence[str], cancel: threading.Event | None = None,
+              on_input: Callable[[int], None] | None = None) -> list[list[float]]:
+        """One embedding per text ("embeddings" feature), in order. Once ``cancel`` is set it stops
+        between inputs and returns the vectors made so far; ``on_input(tokens)`` runs after each input
+        (the manager records progress with it)."""
         raise InvalidRequest(f"The {self.name} backend does not make embeddings.")
 
 

@@ -100,6 +100,14 @@ class Busy(BackendError):
         self.retry_after = retry_after
 
 
+class Cancelled(BackendError):
+    """Work stopped because its caller went away or asked it to stop (Stop, a disconnect, a shutdown)."""
+
+    http_status = 499  # nginx's "client closed request": nobody is normally left to read it
+    error_type = "cancelled"
+    code = "cancelled"
+
+
 def user_message(exc: BaseException) -> str:
     """The sentence shown for an error (typed errors carry their own)."""
     if isinstance(exc, BackendError):

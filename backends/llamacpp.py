@@ -37,7 +37,7 @@ import codecs
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from backends import sources
@@ -48,6 +48,7 @@ from backends.speculative import NgramDrafter, SpecStats, check_speculative
 from backends import gguf, hf_to_gguf
 from backends.gguf import kv_cache_bytes
 from backends import llamacpp_compute as compute
+from backends.llamacpp_detokenize import detokenize_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
 from backends.memory import release_memory
 
@@ -452,10 +453,12 @@ class LlamaCppBackend(Backend):
         for t in ids:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
                 raise InvalidRequest(f"Token id {t!r} is not in this model's vocabulary (0..{n_vocab - 1}).", "tokens")
-        return llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+        return detokenize_bytes(llm, ids, special=True).decode("utf-8", errors="replace")
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """L2-normalised embeddings from a second context on the same model (made on first use)."""
+    def embed(self, texts: Sequence[str], cancel: threading.Event | None = None,
+              on_input: Callable[[int], None] | None = None) -> list[list[float]]:
+        """L2-normalised embeddings from a second context on the same model (made on first use);
+        stops between inputs once ``cancel`` is set."""
         llm = self._require()
         with self._embed_lock:
             if self._embedder is None:
@@ -463,7 +466,7 @@ class LlamaCppBackend(Backend):
 
                 self._embedder = Embedder(llm, min(self._spec.n_ctx, llm._model.n_ctx_train(), EMBED_MAX_TOKENS))
             embedder = self._embedder
-        return embedder.embed(texts)
+        return embedder.embed(texts, cancel, on_input)
 
     def logits(self, token_ids: Sequence[int]):
         """Logits at every position, from a second context created with logits_all=True (the

@@ -13,7 +13,7 @@ never as a short answer that looks finished.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, Model
 from backends.errors import (
     BackendError,
     Busy,
+    Cancelled,
     InvalidRequest,
     ModelLoadError,
     ModelUnloaded,
@@ -333,26 +334,6 @@ class ModelManager:
             self.registry.require(r.spec.backend, capability, what)
         return r
 
-    def _on_model(self, r: _Resident, work: Callable[[], Any]) -> Any:
-        """Run ``work`` on ``r``'s backend holding one of its slots (an unload waits for it)."""
-        cancel = threading.Event()
-        with r.idle:
-            if r.closed:
-                raise NoModelLoaded("That model was unloaded.")
-            r.active.add(cancel)
-        acquired = r.slots.acquire(cancel)
-        try:
-            if not acquired:
-                raise NoModelLoaded("That model was unloaded.")
-            return work()
-        finally:
-            if acquired:
-                r.slots.release()
-            with r.idle:
-                r.active.discard(cancel)
-                r.cut.discard(cancel)
-                r.idle.notify_all()
-
     def tokenize(self, text: str) -> list[int]:
         """The chat model's tokens for ``text`` (BOS added as the model says)."""
         r = self._held("tokenize", "tokenize text")
@@ -362,13 +343,60 @@ class ModelManager:
         r = self._held("tokenize", "detokenize tokens")
         return r.backend.detokenize(token_ids)
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One embedding per text from the chat's model ("embeddings" feature), in one of its slots."""
+    def embed(self, texts: Sequence[str], cancel: threading.Event | None = None, endpoint: str = "embeddings",
+              t0: float | None = None, client: str | None = None) -> list[list[float]]:
+        """One embedding per text from the chat's model ("embeddings" feature), like a generation: in
+        one of its slots (arrival order, shared with chats), timed and recorded (/metrics, the request
+        log: ``prompt_tokens`` counts the tokens embedded, ``finish_reason`` says "cancelled" when it
+        stopped early). ``cancel`` (a client gone), an unload or a shutdown stops it between inputs;
+        then it raises instead of returning a partial list."""
         r = self._held(None, "")
         cls = type(r.backend)
         if "embeddings" not in cls.features:
             raise InvalidRequest(f"The {cls.name} backend does not make embeddings.", "input")
-        return self._on_model(r, lambda: r.backend.embed(list(texts)))
+        cancel = cancel or threading.Event()
+        texts = list(texts)
+        with r.idle:
+            if r.closed:
+                raise NoModelLoaded("That model was unloaded.")
+            r.active.add(cancel)  # an unload or shutdown sets it
+        timer = self.metrics.start(endpoint, r.info.name, r.info.quantization, t0, client, None)
+        vectors: list[list[float]] = []
+        acquired = False
+
+        def acquire() -> bool:
+            nonlocal acquired
+            acquired = r.slots.acquire(cancel)
+            return acquired
+
+        def progress() -> Iterator[TextDelta]:
+            embedded = 0
+
+            def one_done(tokens: int) -> None:
+                nonlocal embedded
+                embedded += tokens
+                timer.chunk(TextDelta("", prompt_tokens=embedded))
+
+            vectors.extend(r.backend.embed(texts, cancel, one_done))
+            yield TextDelta("", finish_reason="stop" if len(vectors) == len(texts) else "cancelled",
+                            prompt_tokens=embedded)
+
+        try:
+            for _ in self.metrics.timed(timer, progress, acquire):
+                pass
+        finally:
+            if acquired:
+                r.slots.release()
+            with r.idle:
+                r.active.discard(cancel)
+                r.cut.discard(cancel)
+                r.idle.notify_all()
+        if len(vectors) < len(texts):
+            if r.closed:
+                raise NoModelLoaded("That model was unloaded.")
+            raise Cancelled("The embeddings request was cancelled before it finished.")
+        return vectors
+
     def count_prompt_tokens(self, request: ChatRequest) -> int:
         """How many tokens ``request``'s prompt takes on the chat's model (chat template applied); the
         backend's InvalidRequest when it cannot count, NoModelLoaded when nothing is loaded."""

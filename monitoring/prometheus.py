@@ -1,6 +1,6 @@
 """GET /metrics in Prometheus text format, names following vLLM's where one exists
 (``vllm:time_to_first_token_seconds`` -> ``quantlab:time_to_first_token_seconds``), labelled by
-model and endpoint (chat, ui, v1, compare, evaluate). The exporter has its own CollectorRegistry (no process-global registry) and listens to the
+model and endpoint (chat, ui, v1, embeddings, compare, evaluate). The exporter has its own CollectorRegistry (no process-global registry) and listens to the
 manager's MetricsRecorder, so every entry point (UI, Gradio API, /v1) is counted once.
 """
 

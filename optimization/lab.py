@@ -19,7 +19,7 @@ from pathlib import Path
 
 from backends import gguf, sources
 from backends.base import KV_CACHE_TYPES, ChatRequest, Message, ModelSpec, SamplingParams
-from backends.errors import BackendError, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
+from backends.errors import BackendError, Cancelled, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
 from backends.provenance import provenance
 from backends.registry import BackendRegistry
@@ -33,6 +33,9 @@ DEFAULT_REFERENCE = "transformers:fp32"
 MAX_COMPARE = 4
 COMPARE_CTX = 2048
 LAB_CTX = COMPARE_CTX  # every lab variant loads at this context x 1 slot: one memory figure per variant
+# Most tokens one evaluation scores (each variant scores them all): 4x the UI's slider, minutes per
+# variant on a CPU; a run of 714 s once came from an unbounded max_tokens.
+MAX_EVAL_TOKENS = 32_768
 
 
 KV_CAPABILITY = "kv_cache_type"  # a backend whose KV cache can be quantized (llama.cpp's type_k/type_v)
@@ -268,9 +271,12 @@ class Lab:
     def evaluate(self, source: str, variant_texts, reference: str = DEFAULT_REFERENCE, text_path: str | None = None,
                  max_tokens: int = 1024, window: int = 256, decode_tokens: int = 32,
                  progress: Callable[[float, str], None] = lambda f, m: None,
-                 scoring: str = "all") -> list[quality.QualityRow]:
+                 scoring: str = "all", cancel: threading.Event | None = None) -> list[quality.QualityRow]:
         """``scoring``: "all" (every position of each window) or "llama.cpp" (llama-perplexity's chunks
-        and second-half positions, so its PPL, KLD and "Same top p" can be checked on the same GGUFs)."""
+        and second-half positions, so its PPL, KLD and "Same top p" can be checked on the same GGUFs).
+        Only the start of the text that can be scored is read (``quality.text_bytes_for``). Once
+        ``cancel`` is set (Stop, a client gone) it stops before the next window or variant (Cancelled)."""
+        cancel = cancel or threading.Event()
         quality.scoring_offset(scoring, 0)  # an unknown scoring fails before any work
         variants = parse_variants(variant_texts, self.registry, at_least=1)
         ref_variant = Variant.parse(reference, self.registry)
@@ -279,13 +285,16 @@ class Lab:
             raise InvalidRequest("window must be between 16 and 4096 tokens.", "window")
         if max_tokens < window:
             raise InvalidRequest(f"max tokens ({max_tokens}) must be at least one window ({window}).", "max_tokens")
+        if max_tokens > MAX_EVAL_TOKENS:
+            raise InvalidRequest(f"max tokens ({max_tokens:,}) is more than one evaluation scores (at most "
+                                 f"{MAX_EVAL_TOKENS:,}): score fewer tokens.", "max_tokens")
         if text_path:  # resolved once (inside --models-dir on an exposed server); exactly that file is read
             try:
                 text_path = str(sources.resolve_local(text_path, self.manager.allowed_dir))
             except ModelNotFound as exc:
                 raise InvalidRequest(str(exc).replace("Models must", "Evaluation texts must").replace(
                     "No model at", "No evaluation text at"), "text_path") from exc
-        text = quality.load_text(text_path)
+        text = quality.load_text(text_path, quality.text_bytes_for(max_tokens))
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
         ref = quality.Reference(directory=self.manager.cache_dir)
@@ -303,19 +312,22 @@ class Lab:
                     windows = quality.windows_of(lease.tokenize(text), window, max_tokens)
                 progress(0.02, f"Reference {ref_variant.label}: scoring {len(windows)} windows of {window} tokens")
                 s = quality.score(lease.logits, windows, ref, build_reference=True, scoring=scoring,
-                                  progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"))
+                                  progress=lambda f: progress(f / steps, f"Reference {ref_variant.label}"),
+                                  cancel=cancel)
                 s.update(kld_mean=0.0, kld_p99=0.0, top1_agreement=1.0)
-                rows = [self._row(source, ref_variant, lease, s, decode_tokens, is_reference=True)]
+                rows = [self._row(source, ref_variant, lease, s, decode_tokens, cancel, is_reference=True)]
             finally:
                 if own:
                     lease.close()
             for i, v in enumerate(variants, start=1):
+                if cancel.is_set():
+                    raise Cancelled("The evaluation was stopped.")
                 progress(i / steps, f"{v.label}: loading")
                 lease, own = self._held_or_open(source, v)
                 try:
-                    s = quality.score(lease.logits, windows, ref, scoring=scoring,
+                    s = quality.score(lease.logits, windows, ref, scoring=scoring, cancel=cancel,
                                       progress=lambda f, i=i, v=v: progress((i + f) / steps, f"{v.label}: scoring"))
-                    rows.append(self._row(source, v, lease, s, decode_tokens))
+                    rows.append(self._row(source, v, lease, s, decode_tokens, cancel))
                 finally:
                     if own:
                         lease.close()
@@ -326,9 +338,9 @@ class Lab:
             ref.close()
             self._lock.release()
 
-    def _row(self, source: str, v: Variant, lease: Lease, s: dict, decode_tokens: int,
+    def _row(self, source: str, v: Variant, lease: Lease, s: dict, decode_tokens: int, cancel: threading.Event,
              is_reference: bool = False) -> quality.QualityRow:
-        decode = _decode_speed(lease, decode_tokens) if decode_tokens > 1 else None
+        decode = _decode_speed(lease, decode_tokens, cancel) if decode_tokens > 1 else None
         about = self.describe(source, lease)
         mem, prov = about["memory"], about["provenance"]
         return quality.QualityRow(
@@ -339,11 +351,15 @@ class Lab:
             note=prov["note"], warning=prov["warning"], tensors=prov["tensors"] or prov.get("method"), memory=mem)
 
 
-def _decode_speed(lease: Lease, tokens: int = 32) -> float | None:
-    """Greedy decode speed of a variant, measured by the manager's one timing path."""
+def _decode_speed(lease: Lease, tokens: int, cancel: threading.Event) -> float | None:
+    """Greedy decode speed of a variant, measured by the manager's one timing path (stops on ``cancel``)."""
     request = ChatRequest((Message("user", "Write a short paragraph about rivers."),),
                           SamplingParams(max_new_tokens=tokens, temperature=0.0))
-    gen = lease.stream(request, threading.Event(), endpoint="evaluate")
+    stop = threading.Event()  # the stream's own: the manager sets it when the stream ends
+    gen = lease.stream(request, stop, endpoint="evaluate")
     for _ in gen:
-        pass
+        if cancel.is_set():
+            stop.set()
+    if cancel.is_set():
+        raise Cancelled("The evaluation was stopped.")
     return gen.stats.tokens_per_s

@@ -7,16 +7,18 @@ one at a time and compared position by position without holding two models or tw
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import inspect
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from backends.errors import InvalidRequest
+from backends.errors import Cancelled, InvalidRequest
 
 # Modules whose docstrings make the default evaluation text: English prose about code, shipped with
 # every Python, so the meter needs no download. Fixed order: the same text on every machine.
@@ -44,13 +46,28 @@ def stdlib_text(max_chars: int = 200_000) -> str:
     return "\n\n".join(parts)[:max_chars]
 
 
-def load_text(path: str | None) -> str:
+# Bytes read from an evaluation text per token to score: English prose takes about 4 bytes a token and
+# code rarely more than 8, so this reads several times what will be scored and never the whole of a
+# large file (a 10 MB text used to be read and tokenized in full to score 1,024 tokens).
+BYTES_PER_TOKEN = 16
+
+
+def text_bytes_for(max_tokens: int) -> int:
+    """How much of an evaluation text to read to score ``max_tokens`` tokens (with a wide margin)."""
+    return max(4096, int(max_tokens) * BYTES_PER_TOKEN)
+
+
+def load_text(path: str | None, max_bytes: int) -> str:
+    """The first ``max_bytes`` bytes of the text at ``path`` (a character cut at the end is left out),
+    or the default text (Python's docstrings) cut to as many characters."""
     if not path:
-        return stdlib_text()
+        return stdlib_text(max_chars=min(200_000, max_bytes))
     p = Path(path).expanduser()
     if not p.is_file():
         raise InvalidRequest(f"No evaluation text at {path!r}.", "text")
-    return p.read_text(encoding="utf-8", errors="replace")
+    with open(p, "rb") as f:
+        data = f.read(max_bytes)
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -139,14 +156,14 @@ def scoring_offset(scoring: str, window: int) -> int:
 
 def score(logits_fn: Callable[[list[int]], np.ndarray], windows: list[list[int]], ref: Reference,
           build_reference: bool = False, progress: Callable[[float], None] = lambda f: None,
-          scoring: str = "all") -> dict:
+          scoring: str = "all", cancel: threading.Event | None = None) -> dict:
     """Perplexity of ``logits_fn`` over ``windows`` and, against ``ref``, KL divergence (mean, p99)
     and top-1 agreement. With ``build_reference`` the log-probs are written into ``ref`` instead.
 
     ``scoring="all"`` scores the logits at every position but the last of each window, each predicting
     the next token; ``"llama.cpp"`` is llama-perplexity's convention: only positions ``len(w) // 2`` ..
     len(w) - 2 (windows from ``chunks_llamacpp``), and its KLD sum (reference log-probs below -16 left
-    out, no clipping)."""
+    out, no clipping). Once ``cancel`` is set it stops before the next window (Cancelled)."""
     import time
 
     first_scored = scoring_offset(scoring, len(windows[0]))
@@ -155,6 +172,8 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], windows: list[list[int]]
     nll, klds, agree, pos = [], [], 0, 0
     t0 = time.perf_counter()
     for wi, w in enumerate(windows):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("The evaluation was stopped.")
         logits = np.asarray(logits_fn(w), dtype=np.float32)
         if logits.shape[0] < len(w):
             raise InvalidRequest("The backend returned fewer logits than tokens.")

@@ -25,6 +25,7 @@ from serving.ratelimit import RateLimiter
 # value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
 STREAM_INTERVAL_S = 0.04
 MAX_MESSAGE_CHARS = 200_000  # the default of --max-prompt-chars
+MAX_EMBED_TOKENS = 8192  # the default of --max-embed-tokens (16 inputs of llama-server's 512-token batch)
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 200
 
@@ -33,10 +34,12 @@ MAX_STOP_CHARS = 200
 class RequestLimits:
     """The size limits every entry point applies (the UI, Gradio's /chat, /v1, the lab's Compare):
     ``max_prompt_chars`` over the whole conversation, checked before anything is tokenized;
-    ``max_prompt_tokens`` (0 = the model's context) checked by the backend before generating."""
+    ``max_prompt_tokens`` (0 = the model's context) checked by the backend before generating;
+    ``max_embed_tokens``: the tokens one embeddings request may ask for, over all its inputs."""
 
     max_prompt_chars: int = MAX_MESSAGE_CHARS
     max_prompt_tokens: int = 0
+    max_embed_tokens: int = MAX_EMBED_TOKENS
 
 
 def clean_text(text: str, name: str) -> str:

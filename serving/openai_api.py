@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import struct
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
 from serving.chat_service import ChatService, clean_text
+from serving.disconnect import run_until_disconnect
 from serving.openai_choices import ChatChoice, CompletionChoice
 from serving.openai_convert import choices_of, to_chat_request, to_completion_requests
 from serving.openai_schema import (
@@ -282,6 +284,7 @@ class OpenAIRoutes:
     # --- embeddings, tokenize --------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Response:
+        t0 = time.perf_counter()
         body = await parse_body(request, EmbeddingRequest)
         if isinstance(body, Response):
             return body
@@ -302,8 +305,16 @@ class OpenAIRoutes:
             if total > self.chat.limits.max_prompt_chars:
                 raise InvalidRequest(f"input is {total:,} characters long; this server accepts at most "
                                      f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "input")
-            vectors = await run_in_threadpool(self.manager.embed, texts)
             tokens = await run_in_threadpool(self._count_tokens, texts)
+            budget = self.chat.limits.max_embed_tokens
+            if tokens > budget:
+                raise InvalidRequest(f"input is {tokens:,} tokens long; this server embeds at most {budget:,} tokens "
+                                     "per request (--max-embed-tokens): split it into smaller requests.", "input")
+            client = self.client_of(request)
+            cancel = threading.Event()
+            with self.chat.limiter.slot(client):
+                vectors = await run_until_disconnect(
+                    request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client))
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:
@@ -360,6 +371,10 @@ class OpenAIRoutes:
             self.resolve_model("")
             if any(t < 0 for t in body.tokens):
                 raise InvalidRequest("tokens: token ids are not negative.", "tokens")
+            limit = self.chat.limits.max_prompt_chars  # a token is at least a character: /tokenize's output fits
+            if len(body.tokens) > limit:
+                raise InvalidRequest(f"tokens: {len(body.tokens):,} tokens; this server detokenizes at most {limit:,} "
+                                     "per request (--max-prompt-chars).", "tokens")
             text = await run_in_threadpool(self.manager.detokenize, body.tokens)
         except BackendError as exc:
             return from_backend_error(exc)

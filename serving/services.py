@@ -216,12 +216,13 @@ class Services:
 
     def evaluate(self, variants: Any, text_path: str | None = None, max_tokens: Any = 1024,
                  model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: Any = 256,
-                 scoring: Any = "all", progress=lambda f, m: None) -> list[dict]:
+                 scoring: Any = "all", progress=lambda f, m: None, cancel: threading.Event | None = None) -> list[dict]:
+        """The lab's evaluation; ``cancel`` (set by Stop or a client gone) stops it between windows."""
         rows = self.lab.evaluate(as_text(model, "model").strip() or "embedded", variants,
                                  as_text(reference, "reference") or DEFAULT_REFERENCE,
                                  as_text(text_path, "text_path").strip() or None, as_int(max_tokens, "max_tokens"),
                                  as_int(window, "window"), progress=progress,
-                                 scoring=as_text(scoring, "scoring").strip() or "all")
+                                 scoring=as_text(scoring, "scoring").strip() or "all", cancel=cancel)
         return [r.as_dict() for r in rows]
 
 

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, ModelSpec
 from backends.registry import default_registry
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
-from serving.chat_service import MAX_MESSAGE_CHARS, RequestLimits
+from serving.chat_service import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
 
 
 # Load defaults are declared once, on ModelSpec; the flags show them.
@@ -95,6 +95,8 @@ class Settings(BaseSettings):
                                   "(system prompt + history + message), checked before tokenizing, on every entry point")
     max_prompt_tokens: int = Field(0, ge=0, description="largest prompt in tokens, checked before generating, on "
                                    "every entry point; 0 = the model's context")
+    max_embed_tokens: int = Field(MAX_EMBED_TOKENS, ge=1, description="largest embeddings request, in tokens over "
+                                  "all its inputs (/v1/embeddings); larger ones are refused before any work")
     allow_remote: Annotated[list[str], NoDecode] = Field(default_factory=list, description="with --listen: base URLs (PREFIX ...) the "
                                     "remote backend may use, e.g. http://gpu-box:8000/v1; none by default")
     load_drain_timeout: float = Field(300.0, ge=0, description="on /load_model, seconds the replaced model gets to "
@@ -147,7 +149,7 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> RequestLimits:
-        return RequestLimits(self.max_prompt_chars, self.max_prompt_tokens)
+        return RequestLimits(self.max_prompt_chars, self.max_prompt_tokens, self.max_embed_tokens)
 
 
 def _flag(name: str) -> str:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from ui.api_docs import described_api, fill_trailing_defaults
 from ui.chat import build_chat
-from ui.edge import gradio_errors
+from ui.edge import cancellable, gradio_errors
 from ui.gradio_queue import quiet_queue
 from ui.gradio_session import lazy_session_config
 from serving.services import Services
@@ -141,24 +141,25 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         described_api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
 
         @gradio_errors
-        def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
-                     reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
+        async def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
+                           reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
             """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
             the same token ids, with memory and tok/s. With GGUF variants, a GGUF reference such as
             "llamacpp:F16" and scoring "llama.cpp", the figures match llama-perplexity's. The first row is the
             reference's own (is_reference true); every row carries bpw, source, source_type, note, warning,
-            tensors and memory (weights, KV, overhead, total).
+            tensors and memory (weights, KV, overhead, total). Cancelling the job stops it before the next window.
 
             Args:
                 variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]; a llama.cpp one may add its KV cache type, e.g. "llamacpp:Q8_0+kv:q8_0" (f16, q8_0, q4_0), scored through that cache
                 text_path: a text file on the server to score ("" = Python's standard-library docstrings)
-                max_tokens: how many tokens of the text to score
+                max_tokens: how many tokens of the text to score (at most 32768; only the start of the text that is scored is read)
                 model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
                 reference: the "backend:quantization" every variant is measured against (its logits are the truth)
                 window: tokens per scored window (the context each position sees)
                 scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of `window` tokens from BOS, second half scored)
             """
-            return h.evaluate(variants, text_path, max_tokens, model, reference, window, scoring)
+            return await cancellable(lambda cancel: h.evaluate(variants, text_path, max_tokens, model, reference,
+                                                               window, scoring, cancel=cancel))
 
         described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
     blocks.queue(default_concurrency_limit=1, max_size=64)

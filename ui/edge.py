@@ -6,15 +6,21 @@ kind (a generator stays a generator function, which is how Gradio decides to str
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import inspect
 import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import gradio as gr
 
 from backends.errors import BackendError, user_message
 
 log = logging.getLogger("quantlab.ui")
+T = TypeVar("T")
 
 
 def _to_gr_error(exc: BaseException) -> gr.Error:
@@ -24,7 +30,19 @@ def _to_gr_error(exc: BaseException) -> gr.Error:
 
 
 def gradio_errors(fn):
-    """Decorate a handler (plain or generator) so BackendErrors reach the user as gr.Error."""
+    """Decorate a handler (plain, async or generator) so BackendErrors reach the user as gr.Error."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _to_gr_error(exc) from exc
+
+        return async_wrapper
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -57,3 +75,17 @@ def client_of(request: gr.Request | None) -> str | None:
     if getattr(request, "username", None):
         return "user:" + request.username
     return request.client.host if request.client else None
+
+
+async def cancellable(work: Callable[[threading.Event], T]) -> T:
+    """``work(cancel)`` in a worker thread, awaited so that Gradio can cancel it: a Stop button,
+    ``job.cancel()`` or Gradio dropping the event cancels this coroutine at once, and ``cancel`` is
+    set for the work to stop at its next step (a plain handler would run to the end for nobody:
+    Gradio cannot interrupt a thread). The context is copied, so gr.Progress works in ``work``."""
+    cancel = threading.Event()
+    ctx = contextvars.copy_context()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, ctx.run, work, cancel)
+    except BaseException:
+        cancel.set()
+        raise

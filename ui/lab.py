@@ -12,7 +12,7 @@ import pandas as pd
 from monitoring.model_memory import MEMORY_LEGEND
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from optimization.quality import SCORINGS
-from ui.edge import gradio_errors
+from ui.edge import cancellable, gradio_errors
 from serving.services import Services
 
 # Evaluate's table: (column shown, row field, decimals); the units are in the names.
@@ -250,7 +250,9 @@ def build_evaluate(h: Services):
         window = gr.Slider(64, 2048, value=256, step=64, label="Window")
         scoring = gr.Dropdown(list(SCORINGS), value="all", label="Scoring",
                               info="llama.cpp: llama-perplexity's convention (second half of each chunk scored)")
-    run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
+    with gr.Row():
+        run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="evaluate-stop")
     legend = gr.Markdown(elem_id="evaluate-legend")
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Quality vs the reference (lower KLD is better)", interactive=False,
                          elem_id="evaluate-table", wrap=True)
@@ -261,9 +263,10 @@ def build_evaluate(h: Services):
         json_out = gr.File(label="JSON")
 
     @gradio_errors
-    def evaluate_ui(variants, reference, model, text_file, max_tokens, window, scoring, progress=gr.Progress()):
-        rows = h.evaluate(variants, text_file, max_tokens, model, reference, window, scoring,
-                          progress=lambda f, m: progress(f, desc=m))
+    async def evaluate_ui(variants, reference, model, text_file, max_tokens, window, scoring, progress=gr.Progress()):
+        rows = await cancellable(lambda cancel: h.evaluate(variants, text_file, max_tokens, model, reference, window,
+                                                           scoring, progress=lambda f, m: progress(f, desc=m),
+                                                           cancel=cancel))
         out = Path(tempfile.mkdtemp(prefix="quantlab-eval-"))
         pd.DataFrame([{k: v for k, v in r.items() if k != "memory"} for r in rows]).to_csv(
             out / "evaluation.csv", index=False)
@@ -271,6 +274,7 @@ def build_evaluate(h: Services):
         return (evaluate_legend(rows, scoring), table_rows(rows), provenance_markdown(rows), quality_plot(rows),
                 str(out / "evaluation.csv"), str(out / "evaluation.json"))
 
-    run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring],
-              [legend, table, provenance_md, plot, csv_out, json_out],
-              api_visibility="private", concurrency_id="lab", concurrency_limit=1)
+    ev = run.click(evaluate_ui, [variants, reference, model, text_file, max_tokens, window, scoring],
+                   [legend, table, provenance_md, plot, csv_out, json_out],
+                   api_visibility="private", concurrency_id="lab", concurrency_limit=1)
+    stop.click(None, None, None, cancels=[ev], api_visibility="private")
