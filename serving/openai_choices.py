@@ -127,7 +127,10 @@ class CompletionChoice:
         for lp in lps:
             part["tokens"].append(lp.token)
             part["token_logprobs"].append(lp.logprob)
-            part["top_logprobs"].append(dict(lp.top))
+            top: dict[str, float] = {}
+            for text, logprob in lp.top:  # tokens that render alike (bytes of one character) share a key:
+                top.setdefault(text, logprob)  # it keeps the most likely one's logprob, in its place
+            part["top_logprobs"].append(top)
             part["text_offset"].append(self.offset)
             self.offset += len(lp.token)
         for k, v in part.items():
