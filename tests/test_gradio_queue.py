@@ -37,7 +37,8 @@ def tiny():
     assert quiet_queue(demo)
     assert not quiet_queue(demo)  # applied once
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    client = Client(demo.local_url, verbose=False)
+    # httpx's 5 s default read timeout is not enough for /queue/join on a machine busy with other work
+    client = Client(demo.local_url, verbose=False, httpx_kwargs={"timeout": 120})
     try:
         yield client, started
     finally:
