@@ -15,6 +15,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from backends.gguf import gguf_variant
 from backends.llamacpp_open import safe_model_params
 from optimization import quality
@@ -48,6 +50,7 @@ def figure(log: str, pattern: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.timeout(1800)  # four 4096-token scorings in the app and four in the tool: minutes on a shared CPU
 def test_llamacpp_scoring_matches_llama_perplexity(cache_dir, embedded_gguf, tmp_path):
     binary = llama_perplexity()
     if binary is None:  # a failure in CI, where .ci/run builds it before the tests

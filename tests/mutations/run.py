@@ -132,7 +132,7 @@ def run_tests(copy: Path, m: Mutation, python: str) -> tuple[str, str]:
     if out.returncode == 0:
         return "SURVIVED", last
     if out.returncode == 1:
-        failed = [line for line in tail if line.startswith(("FAILED", "ERROR"))]
+        failed = [line for line in tail if line.startswith(("FAILED tests/", "ERROR tests/"))]  # not log lines
         return "caught", (failed[0] if failed else last)
     if out.returncode in (4, 5):  # a selector naming no file / matching no test
         return "no tests", last
