@@ -3,10 +3,12 @@
 # llama.cpp that the pinned llama-cpp-python sdist vendors: the same source as the app's engine, so the
 # benchmark's anchor measures the same kernels.
 #
-#   benchmarks/build_llama_tools.sh [OUT_DIR]      # default: $QUANTLAB_TOOLS_DIR or ~/.cache/quantlab-tools
+#   benchmarks/build_llama_tools.sh [--if-needed] [OUT_DIR]   # default: $QUANTLAB_TOOLS_DIR or ~/.cache/quantlab-tools
 #
 # Sources go to OUT_DIR/src, binaries to OUT_DIR/bin; nothing is written into the repository. About 10
-# minutes on 2 cores. Environment: LLAMA_CPP_PYTHON_VERSION (default: the pin, 0.3.36), PYTHON (pip's
+# minutes on 2 cores. --if-needed (what .ci/run uses): do nothing when OUT_DIR/bin already holds the
+# tools built by this script from the pinned version (its stamp, OUT_DIR/bin/.built-from, says which).
+# Environment: LLAMA_CPP_PYTHON_VERSION (default: the pin in requirements.txt), PYTHON (pip's
 # interpreter; default the repo's .venv), JOBS (default: all CPUs), NICE (default 19: the machines are shared).
 #
 # CPUs with Intel AMX: llama.cpp's AMX matmul kernels crash in this version (the app turns them off at
@@ -17,8 +19,12 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IF_NEEDED=0
+if [[ "${1:-}" == "--if-needed" ]]; then IF_NEEDED=1; shift; fi
 OUT="${1:-${QUANTLAB_TOOLS_DIR:-$HOME/.cache/quantlab-tools}}"
-VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+PIN="$(sed -n 's/^llama-cpp-python==\([0-9][0-9.]*\).*/\1/p' "$REPO/requirements.txt")"
+PIN="${PIN%%$'\n'*}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-${PIN:?no llama-cpp-python==VERSION pin in requirements.txt}}"
 JOBS="${JOBS:-$(nproc)}"
 NICE="${NICE:-19}"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -28,6 +34,23 @@ case "$(realpath -m "$OUT")/" in
   "$REPO"/*) echo "error: OUT_DIR must be outside the repository ($REPO)" >&2; exit 2 ;;
 esac
 TARGETS=(llama-server llama-perplexity llama-batched-bench llama-bench)
+AMX=0
+if grep -qw -e amx_tile -e amx_int8 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then AMX=1; fi
+STAMP="$OUT/bin/.built-from"
+BUILT_FROM="llama-cpp-python==$VERSION amx-kernels-off=$AMX"
+BUILD="$OUT/build-$VERSION"
+
+up_to_date() {  # every tool in bin/, built from this version (by the stamp, or identical to this version's build)
+  local t
+  for t in "${TARGETS[@]}"; do [[ -x "$OUT/bin/$t" ]] || return 1; done
+  [[ "$(cat "$STAMP" 2>/dev/null)" == "$BUILT_FROM" ]] && return 0
+  for t in "${TARGETS[@]}"; do cmp -s "$BUILD/bin/$t" "$OUT/bin/$t" || return 1; done
+  echo "$BUILT_FROM" >"$STAMP"  # installed from this version's build before the stamp existed
+}
+if (( IF_NEEDED )) && up_to_date; then
+  echo "== llama.cpp tools in $OUT/bin are up to date ($BUILT_FROM): not rebuilding"
+  exit 0
+fi
 
 SRC="$OUT/src"
 TREE="$SRC/llama_cpp_python-$VERSION"
@@ -45,16 +68,13 @@ CMAKE_ARGS=(
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF   # no network at configure time; the web UI is not needed
   -DGGML_NATIVE=ON
 )
-AMX=0
-if grep -qw -e amx_tile -e amx_int8 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then
-  AMX=1
+if (( AMX )); then
   echo "== this CPU has AMX: building without llama.cpp's AMX kernels"
   NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   CMAKE_ARGS+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
                "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
 fi
 
-BUILD="$OUT/build-$VERSION"
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 echo "== configuring in $BUILD"
@@ -81,5 +101,6 @@ if (( AMX )); then
   done
   echo "== checked: no AMX backend in the binaries"
 fi
+echo "$BUILT_FROM" >"$STAMP"
 "$OUT/bin/llama-server" --version 2>&1 | grep -m1 '^version' || true
 for t in "${TARGETS[@]}"; do echo "$OUT/bin/$t"; done

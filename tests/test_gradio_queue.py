@@ -37,7 +37,8 @@ def tiny():
     assert quiet_queue(demo)
     assert not quiet_queue(demo)  # applied once
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    client = Client(demo.local_url, verbose=False)
+    # httpx's 5 s default read timeout is not enough for /queue/join on a machine busy with other work
+    client = Client(demo.local_url, verbose=False, httpx_kwargs={"timeout": 120})
     try:
         yield client, started
     finally:
@@ -52,14 +53,26 @@ def test_an_event_pushed_to_an_idle_queue_runs(tiny):
     assert client.predict("xyz", api_name="/flip") == "zyx"
 
 
+def queued(job, limit_s: float = 120.0) -> None:
+    """Wait until the server has taken ``job`` into its queue: /queue/join answers with the event id
+    only after the event was appended to the queue, so the next event submitted after this arrives
+    after it, however busy the machine (a sleep between submissions only makes that likely). The
+    limit only keeps a broken server from hanging the test."""
+    end = time.monotonic() + limit_s
+    while job.communicator.event_id is None and not job.done():
+        if time.monotonic() > end:
+            pytest.fail(f"the server did not take the event into its queue within {limit_s:.0f} s")
+        time.sleep(0.002)
+
+
 def test_events_behind_a_concurrency_limit_all_run_in_arrival_order(tiny):
     client, started = tiny
     started.clear()
     jobs = []
     for i in range(4):
         jobs.append(client.submit(f"job{i}", api_name="/slow"))
-        time.sleep(0.05)  # arrival order is submission order
-    assert [j.result(timeout=30) for j in jobs] == [f"JOB{i}" for i in range(4)]
+        queued(jobs[-1])  # arrival order is submission order: each one is in the queue before the next is sent
+    assert [j.result(timeout=60) for j in jobs] == [f"JOB{i}" for i in range(4)]
     assert started == [f"job{i}" for i in range(4)]
 
 
