@@ -6,6 +6,8 @@ directly) and ``main()`` parses flags, starts loading the model in the backgroun
 
 from __future__ import annotations
 
+import backends.omp_env  # noqa: F401 - first: the OpenMP wait policy, before any engine library loads
+
 import logging
 import sys
 import threading

@@ -35,9 +35,11 @@ _POLL_S = 0.25
 
 class ContinuousBatcher:
     def __init__(self, model, slots: int, n_ctx: int, eos: Sequence[int], prefix_cache: bool = True,
-                 grad_mode: Callable[[], AbstractContextManager] | None = None):
+                 grad_mode: Callable[[], AbstractContextManager] | None = None,
+                 on_thread: Callable[[], None] = lambda: None):
         """``grad_mode`` makes the no-autograd context the generation thread runs in (default
-        ``torch.inference_mode``; quanto weights need ``torch.no_grad``, see transformers_quant.grad_mode)."""
+        ``torch.inference_mode``; quanto weights need ``torch.no_grad``, see transformers_quant.grad_mode).
+        ``on_thread`` runs first on the generation thread (the backend sets torch's threads there)."""
         import torch
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -67,7 +69,7 @@ class ContinuousBatcher:
         # the process keeps one OpenMP team (transformers_loop_calls)
         self._calls = LoopCalls()
         self._calls.install(self._mgr)
-        _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls)
+        _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls, on_thread)
         self._routes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._counter = 0
@@ -161,7 +163,8 @@ class ContinuousBatcher:
         self._dispatcher.join(timeout=5)
 
 
-def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls: LoopCalls) -> None:
+def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls: LoopCalls,
+                 on_thread: Callable[[], None] = lambda: None) -> None:
     """Run the manager's generation thread inside ``grad_mode()``, as generate() runs in the app.
 
     transformers steps the batch under ``torch.no_grad`` only; at batch 1 on a CPU the 135M model's
@@ -174,6 +177,7 @@ def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls
 
     def run() -> None:
         try:
+            on_thread()
             with grad_mode():
                 loop()
         finally:

@@ -1,0 +1,71 @@
+"""The OpenMP wait policy of every engine in this process: set here, before any engine library loads.
+
+llama.cpp (as llama-cpp-python builds it) and torch both compute on OpenMP teams (libgomp). At each
+barrier between two graph ops a thread that arrives first waits for the others; libgomp makes it
+*spin* for ``GOMP_SPINCOUNT`` iterations (300,000 by default, unbounded with
+``OMP_WAIT_POLICY=active``) before it sleeps on a futex. On a quiet machine that spinning is what
+makes small ops fast. On a shared CPU (another process busy: a Space's cpu-basic, a CI runner, a
+laptop with a browser open) it is a collapse: the waiting thread burns the core that the thread it
+waits for needs, and every op waits a scheduler time slice. Measured on a 2-core machine with one
+busy process beside the engine: 2 threads with the default spin decoded a few tok/s, 1 thread or a
+short spin tens (benchmarks/README.md, "Shared CPU").
+
+libgomp reads these variables once, when it is loaded (the first ``import llama_cpp`` or ``import
+torch``), so they are set here and this module is imported first: by ``backends/__init__.py``
+(every engine module lives in the ``backends`` package) and at the top of ``app.py``. A value the
+user already set in the environment is kept as it is. :func:`describe` says, for ``/health``,
+what is in force and whether libgomp was already loaded before this module ran (then the policy
+could not apply, and it says so).
+"""
+
+from __future__ import annotations
+
+import os
+from types import MappingProxyType
+
+# Spin this many iterations at a barrier, then sleep: a few hundred microseconds, longer than the
+# gap between two ops of a decode step on a free core (so a quiet machine keeps its speed) and far
+# shorter than a scheduler time slice (so a preempted partner costs a sleep, not a burned core).
+SPIN_COUNT = "10000"
+DEFAULTS = MappingProxyType({"GOMP_SPINCOUNT": SPIN_COUNT})
+POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def libgomp_loaded(maps: str = "/proc/self/maps") -> bool:
+    """Whether a libgomp is mapped into this process already (its policy then fixed)."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:  # not Linux: unknown, assume not
+        return False
+
+
+def _apply() -> MappingProxyType:
+    """Set the defaults the user has not set; what was found and done, read once at import."""
+    loaded_before = libgomp_loaded()
+    user = {k: os.environ[k] for k in POLICY_VARS if k in os.environ}
+    set_here = {}
+    if not user:  # either variable set by the user means they chose the policy: leave both alone
+        for name, value in DEFAULTS.items():
+            os.environ[name] = value
+            set_here[name] = value
+    return MappingProxyType({"user": MappingProxyType(user), "set": MappingProxyType(set_here),
+                             "libgomp_loaded_before": loaded_before})
+
+
+_APPLIED = _apply()
+
+
+def describe() -> dict:
+    """The wait policy in force, for /health's details: the variables, who set them, and why."""
+    env = {k: os.environ.get(k) for k in POLICY_VARS}
+    if _APPLIED["libgomp_loaded_before"]:
+        why = ("libgomp was loaded before the app set its wait policy (an engine library was imported "
+               "first): libgomp's own defaults are in force")
+    elif _APPLIED["user"]:
+        why = "set in the environment by the user: kept"
+    else:
+        why = (f"GOMP_SPINCOUNT={SPIN_COUNT}: a waiting thread spins briefly then sleeps, so a busy CPU "
+               "does not stall every op (the app's default; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to override)")
+    return {"env": env, "source": "user" if _APPLIED["user"] else "app", "applied": not _APPLIED["libgomp_loaded_before"],
+            "why": why}
