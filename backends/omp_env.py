@@ -56,6 +56,16 @@ def _apply() -> MappingProxyType:
 _APPLIED = _apply()
 
 
+def environ_without_policy() -> dict:
+    """This process's environment less the variables set here: for a child process that should meet
+    libgomp's defaults (llama-server, a raw engine in a benchmark), as a user would start it."""
+    env = dict(os.environ)
+    for name, value in _APPLIED["set"].items():
+        if env.get(name) == value:
+            env.pop(name)
+    return env
+
+
 def describe() -> dict:
     """The wait policy in force, for /health's details: the variables, who set them, and why."""
     env = {k: os.environ.get(k) for k in POLICY_VARS}
