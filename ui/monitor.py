@@ -82,7 +82,9 @@ def figures_markdown(stats: dict) -> str:
           (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")
     lines.append(f"**Requests** {q['running']} running · {q['waiting']} waiting · {q['total']} done{p50}")
     if m and m.get("n_threads"):
-        lines.append(f"**Threads** {m['n_threads']} ({m.get('threads_why') or m.get('threads_mode', '')})")
+        now = (f" · {m['n_threads_now']} now (other processes used {m['cpu_others_cores']:.1f} cores)"
+               if m.get("cpu_others_cores") is not None else "")
+        lines.append(f"**Threads** {m['n_threads']} ({m.get('threads_why') or m.get('threads_mode', '')}){now}")
     contended = contention_line(stats["recent"])
     if contended:
         lines.append(contended)
