@@ -39,7 +39,7 @@ class ContinuousBatcher:
                  on_thread: Callable[[], None] = lambda: None):
         """``grad_mode`` makes the no-autograd context the generation thread runs in (default
         ``torch.inference_mode``; quanto weights need ``torch.no_grad``, see transformers_quant.grad_mode).
-        ``on_thread`` runs first on the generation thread (the backend sets torch's threads there)."""
+        ``on_thread`` runs on the generation thread before each step (the backend sets torch's threads there)."""
         import torch
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -69,7 +69,14 @@ class ContinuousBatcher:
         # the process keeps one OpenMP team (transformers_loop_calls)
         self._calls = LoopCalls()
         self._calls.install(self._mgr)
-        _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls, on_thread)
+        body = self._mgr._generation_loop_body  # looked up on the instance at each step
+
+        def threads_then_body(*args, **kwargs):
+            on_thread()  # the model's torch threads for this step (auto follows the CPU other processes leave)
+            return body(*args, **kwargs)
+
+        self._mgr._generation_loop_body = threads_then_body
+        _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls)
         self._routes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._counter = 0
@@ -163,8 +170,7 @@ class ContinuousBatcher:
         self._dispatcher.join(timeout=5)
 
 
-def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls: LoopCalls,
-                 on_thread: Callable[[], None] = lambda: None) -> None:
+def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls: LoopCalls) -> None:
     """Run the manager's generation thread inside ``grad_mode()``, as generate() runs in the app.
 
     transformers steps the batch under ``torch.no_grad`` only; at batch 1 on a CPU the 135M model's
@@ -177,7 +183,6 @@ def _run_loop_in(manager, grad_mode: Callable[[], AbstractContextManager], calls
 
     def run() -> None:
         try:
-            on_thread()
             with grad_mode():
                 loop()
         finally:
