@@ -31,6 +31,7 @@ from backends import omp_env
 
 AUTO = "auto"
 MAX_THREADS = 1024
+_BAD = "n_threads (--threads) must be 'auto' (0) or a whole number, got {value!r}."
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class ThreadChoice:
 
 def parse_threads(value) -> int | None:
     """``auto`` / None / "" / 0 -> None (auto); a whole number 1..1024 -> itself; else InvalidRequest."""
-    if value is None or isinstance(value, bool):
-        if value is None:
-            return None
-        raise InvalidRequest(f"threads must be 'auto' or a whole number, got {value!r}.", "n_threads")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest(_BAD.format(value=value), "n_threads")
     if isinstance(value, str):
         text = value.strip().lower()
         if text in ("", AUTO):
@@ -58,17 +59,18 @@ def parse_threads(value) -> int | None:
         try:
             value = int(text)
         except ValueError:
-            raise InvalidRequest(f"threads must be 'auto' or a whole number, got {value!r}.", "n_threads") from None
+            raise InvalidRequest(_BAD.format(value=value), "n_threads") from None
     if isinstance(value, float):
         if not value.is_integer():
-            raise InvalidRequest(f"threads must be 'auto' or a whole number, got {value!r}.", "n_threads")
+            raise InvalidRequest(_BAD.format(value=value), "n_threads")
         value = int(value)
     if not isinstance(value, int):
-        raise InvalidRequest(f"threads must be 'auto' or a whole number, got {value!r}.", "n_threads")
+        raise InvalidRequest(_BAD.format(value=value), "n_threads")
     if value == 0:
         return None
     if not 1 <= value <= MAX_THREADS:
-        raise InvalidRequest(f"threads must be 'auto' (0) or between 1 and {MAX_THREADS}, got {value}.", "n_threads")
+        raise InvalidRequest(f"n_threads (--threads) must be 'auto' (0) or between 1 and {MAX_THREADS}, "
+                             f"got {value}.", "n_threads")
     return value
 
 

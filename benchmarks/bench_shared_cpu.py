@@ -249,7 +249,7 @@ def phase_llamacpp(args) -> dict:
     from backends.sources import embedded_model_path
 
     with contextlib.ExitStack() as stack:
-        app = stack.enter_context(App())
+        app = stack.enter_context(App(env=args.app_environ))
         ls = stack.enter_context(DefaultLlamaServer(args.llama_server, embedded_model_path()))
         log(f"LLAMACPP: {' '.join(app.cmd[1:])} | {' '.join(ls.cmd)}")
         info = app.wait_loaded()
@@ -267,7 +267,7 @@ def phase_transformers(args) -> dict:
 
     checkpoint = hf_checkpoint_from_gguf(embedded_model_path(), default_cache_dir())
     with contextlib.ExitStack() as stack:
-        app = stack.enter_context(App(["--backend", "transformers", "--quantization", args.dtype]))
+        app = stack.enter_context(App(["--backend", "transformers", "--quantization", args.dtype], args.app_environ))
         log(f"TRANSFORMERS: {' '.join(app.cmd[1:])} | generate() on {checkpoint.name} at {args.dtype}")
         raw = RawGenerate(checkpoint, args.dtype)
         stack.callback(raw.close)
@@ -358,11 +358,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--short", action="store_true", help="CI smoke: 1 round, 16 tokens, the llama.cpp phase")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="transformers: weights dtype (app and raw)")
     ap.add_argument("--llama-server", default=str(Path("~/.cache/quantlab-tools/bin/llama-server").expanduser()))
+    ap.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the app in the llama.cpp and transformers phases, e.g. "
+                         "GOMP_SPINCOUNT=300000 to try another wait policy (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shared_cpu.json"))
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (1 if args.short else 3)
     args.max_tokens = args.max_tokens or (16 if args.short else 64)
     args.busy_levels = [int(x) for x in args.busy.split(",") if x.strip()]
+    try:
+        args.app_environ = dict(item.split("=", 1) for item in args.app_env)
+    except ValueError:
+        ap.error("--app-env takes NAME=VALUE")
     args.phases = args.only or (["llamacpp"] if args.short else ["llamacpp", "transformers", "compare"])
     if "llamacpp" in args.phases and not os.access(args.llama_server, os.X_OK):
         ap.error(f"--llama-server {args.llama_server} is not an executable (benchmarks/build_llama_tools.sh builds it)")

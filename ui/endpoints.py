@@ -99,7 +99,7 @@ def load_model_doc(h: Services) -> str:
         gguf_file: for a Hub repo holding several .gguf files, the one to load ("" = the only or first one)
         n_ctx: context length per conversation, in tokens (0 = the server's --n-ctx)
         parallel: conversations decoded together, each with its own KV cache (0 = the server's --parallel)
-        n_threads: CPU threads of the model's engine, llama.cpp or torch (0 or "auto" = the server's --threads, auto by default: the physical cores this process may use; a number is used exactly)
+        n_threads: CPU threads of the model's engine, llama.cpp or torch (0 = the server's --threads, auto by default: the physical cores this process may use, adapted to the CPU other processes leave; a number is used exactly)
         n_gpu_layers: llama.cpp layers on the GPU (-1 = all; "" = the server's default)
         cache_type: llama.cpp KV cache type: f16, q8_0 or q4_0 ("" = the server's; quantized ones use flash attention)
         flash_attn: llama.cpp: use flash attention (None = the server's --flash-attn)
@@ -129,7 +129,7 @@ def load_steps(h: Services, model, backend, quantization, api_base, api_key, ggu
 def register_model_api(h: Services) -> None:
     @gradio_errors
     def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
-                   gguf_file: str = "", n_ctx: int = 0, parallel: int = 0, n_threads: int | str = 0,
+                   gguf_file: str = "", n_ctx: int = 0, parallel: int = 0, n_threads: int = 0,
                    n_gpu_layers: int | None = None, cache_type: str = "", flash_attn: bool | None = None,
                    device_map: str = "", compute_dtype: str = "", double_quant: bool | None = None) -> str:
         options = load_options(n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map,
