@@ -6,17 +6,18 @@
     python benchmarks/bench_shared_cpu.py --rounds 5 --max-tokens 128   # longer
     python benchmarks/bench_shared_cpu.py --only llamacpp          # or transformers, compare
 
-Three phases, each with 0, 1 and 2 busy processes (``python -c 'while True: pass'``) beside the servers:
+Three phases, in this order (each printed as soon as it is done):
 
-1. **llama.cpp**: the app with its defaults (``python app.py``, embedded model) against llama.cpp's own
-   ``llama-server`` with its defaults (``--llama-server``, default ``~/.cache/quantlab-tools/bin/llama-server``,
-   built by ``benchmarks/build_llama_tools.sh``; started with libgomp's defaults, as its users run it), the same
-   GGUF, one ``/v1`` stream at a time, the two taking turns on each prompt.
-2. **transformers**: the app with ``--backend transformers`` against ``generate()`` in a process of its own
-   (torch's defaults), the same checkpoint and dtype, the same alternation.
-3. **Compare of 3 llama.cpp variants** with one busy process: the app's defaults, the same variants run one
+1. **llama.cpp**, with 0, 1 and 2 busy processes (``python -c 'while True: pass'``) beside the servers: the app
+   with its defaults (``python app.py``, embedded model) against llama.cpp's own ``llama-server`` with its
+   defaults (``--llama-server``, default ``~/.cache/quantlab-tools/bin/llama-server``, built by
+   ``benchmarks/build_llama_tools.sh``; started with libgomp's defaults, as its users run it), the same GGUF,
+   one ``/v1`` stream at a time, the two taking turns on each prompt.
+2. **Compare of 3 llama.cpp variants** with one busy process: the app's defaults, the same variants run one
    after another, and the app as it was before the thread policy (``--threads 2`` with libgomp's default
    spin, ``GOMP_SPINCOUNT=300000``: fixed threads that spin at every barrier).
+3. **transformers**, with 0, 1 and 2 busy processes: the app with ``--backend transformers`` against
+   ``generate()`` in a process of its own (torch's defaults), the same checkpoint and dtype, the same alternation.
 
 A request is capped at ``--cap-s`` seconds (a collapsed engine would otherwise take minutes); decode tok/s is
 (tokens - 1) / (last token - first token) either way. Medians over ``--rounds``; the ratios are the goals of
@@ -351,7 +352,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="requests per path and busy level (default 3; --short 1)")
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 64; --short 16)")
     ap.add_argument("--cap-s", type=float, default=10.0, help="longest a request may run (seconds)")
-    ap.add_argument("--compare-tokens", type=int, default=24, help="tokens per variant in the Compare phase")
+    ap.add_argument("--compare-tokens", type=int, default=16, help="tokens per variant in the Compare phase")
     ap.add_argument("--busy", default="0,1,2", help="busy process counts (comma-separated)")
     ap.add_argument("--only", choices=("llamacpp", "transformers", "compare"), action="append",
                     help="run only these phases (repeatable; default all, --short: llamacpp)")
@@ -370,7 +371,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.app_environ = dict(item.split("=", 1) for item in args.app_env)
     except ValueError:
         ap.error("--app-env takes NAME=VALUE")
-    args.phases = args.only or (["llamacpp"] if args.short else ["llamacpp", "transformers", "compare"])
+    args.phases = args.only or (["llamacpp"] if args.short else ["llamacpp", "compare", "transformers"])
     if "llamacpp" in args.phases and not os.access(args.llama_server, os.X_OK):
         ap.error(f"--llama-server {args.llama_server} is not an executable (benchmarks/build_llama_tools.sh builds it)")
     return args
@@ -383,12 +384,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     res: dict = {"args": {k: v for k, v in vars(args).items()}, "load_avg_start": os.getloadavg()}
     phases = {"llamacpp": phase_llamacpp, "transformers": phase_transformers, "compare": phase_compare}
-    for name in args.phases:
-        res[name] = phases[name](args)
-    res["load_avg_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str))
+    for name in args.phases:
+        res[name] = phases[name](args)
+        res["load_avg_end"] = os.getloadavg()
+        out.write_text(json.dumps(res, indent=2, default=str))  # each phase kept as soon as it is done
+        log("so far:\n" + render(res, args))
     print(render(res, args), flush=True)
     print(f"load average at start / end: {res['load_avg_start'][0]:.1f} / {res['load_avg_end'][0]:.1f}; JSON: {out}")
     return 0
