@@ -7,8 +7,8 @@ barrier between two graph ops a thread that arrives first waits for the others; 
 makes small ops fast. On a shared CPU (another process busy: a Space's cpu-basic, a CI runner, a
 laptop with a browser open) it is a collapse: the waiting thread burns the core that the thread it
 waits for needs, and every op waits a scheduler time slice. Measured on a 2-core machine with one
-busy process beside the engine: 2 threads with the default spin decoded a few tok/s, 1 thread or a
-short spin tens (benchmarks/README.md, "Shared CPU").
+busy process beside the engine, 2 threads with the default spin decoded under 1 tok/s; 1 thread or
+a short spin decoded tens (benchmarks/README.md, "Shared CPU").
 
 libgomp reads these variables once, when it is loaded (the first ``import llama_cpp`` or ``import
 torch``), so they are set here and this module is imported first: by ``backends/__init__.py``
@@ -23,10 +23,13 @@ from __future__ import annotations
 import os
 from types import MappingProxyType
 
-# Spin this many iterations at a barrier, then sleep: a few hundred microseconds, longer than the
-# gap between two ops of a decode step on a free core (so a quiet machine keeps its speed) and far
-# shorter than a scheduler time slice (so a preempted partner costs a sleep, not a burned core).
-SPIN_COUNT = "10000"
+# Spin this many iterations at a barrier, then sleep. One iteration is a load and a `pause` (~30 ns on
+# the 2-core EPYC this was measured on), so ~0.9 ms: longer than the gap between two ops of a decode
+# and than the gap between two tokens (sampling, streaming) on a free core, so a quiet machine keeps
+# llama-server's speed; a tenth of libgomp's default (300,000, ~9 ms), so a partner thread preempted
+# by another process costs under a millisecond per op instead of a burned time slice. Under lasting
+# contention auto threads go down to 1 (backends/threads.py), where no thread waits at all.
+SPIN_COUNT = "30000"
 DEFAULTS = MappingProxyType({"GOMP_SPINCOUNT": SPIN_COUNT})
 POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -75,7 +78,8 @@ def describe() -> dict:
     elif _APPLIED["user"]:
         why = "set in the environment by the user: kept"
     else:
-        why = (f"GOMP_SPINCOUNT={SPIN_COUNT}: a waiting thread spins briefly then sleeps, so a busy CPU "
-               "does not stall every op (the app's default; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to override)")
+        why = (f"GOMP_SPINCOUNT={SPIN_COUNT}: a waiting thread spins under a millisecond, then sleeps, so a "
+               "preempted partner does not burn a core at every op (the app's default; set OMP_WAIT_POLICY or "
+               "GOMP_SPINCOUNT to override)")
     return {"env": env, "source": "user" if _APPLIED["user"] else "app", "applied": not _APPLIED["libgomp_loaded_before"],
             "why": why}

@@ -8,9 +8,13 @@ than its CPU affinity allows, no more than a container's CPU quota (``cpu.max`` 
 Space or ``docker --cpus`` sets). Hyper-threads are left out: llama.cpp's threads wait for each
 other at every op, and two of them on one core's siblings wait longest.
 
-What keeps that count fast when another process wants the cores is the OpenMP wait policy
-(``backends.omp_env``): measured on a 2-core machine, 2 threads with it keep ahead of 1 thread with
-one busy process beside them, and match 1 thread with two (benchmarks/README.md, "Shared CPU").
+At run time auto follows the CPU other processes leave (:class:`AdaptiveThreads`): every generating
+llama.cpp decode and every torch step takes the cores no other process used in the last quarter second, at least 1. On a
+quiet machine that is every core, the fastest; with a busy process beside it on 2 cores, 1 thread, which
+waits for nobody (llama.cpp's and torch's threads meet at a barrier after every op, and one preempted
+thread stalls them all: measured, 2 threads fell below 1 tok/s where 1 thread kept tens;
+benchmarks/README.md, "Shared CPU"). The OpenMP wait policy (``backends.omp_env``) bounds what a
+preempted partner costs in between.
 
 Each engine's choice is its own (a llama.cpp context carries its thread count; a transformers model
 sets torch's on the thread that computes for it), so loading a second engine never changes the
@@ -151,10 +155,11 @@ class AdaptiveThreads:
     stalls the whole step. Every ``interval_s`` this looks at how many cores other processes used
     since the last look and gives the engine the cores left (at least 1, at most its auto count):
     quiet, every core (the fastest); with a busy process beside it on 2 cores, 1 thread, which has a
-    core to itself and waits for nobody. Measured on 2 cores: 1 thread beside one busy process kept
-    more than half of the quiet 2-thread speed, 2 threads fell to a few tok/s (benchmarks/README.md,
+    core to itself and waits for nobody, where 2 threads fell below 1 tok/s (benchmarks/README.md,
     "Shared CPU"). The decode's own process is left out of the count (its threads are the ones being
-    sized), so an idle machine is seen as idle while the engine itself is busy."""
+    sized), so an idle machine is seen as idle while the engine itself is busy. Greedy text does not
+    depend on the count (llama.cpp without flash attention and torch gave the same 96 tokens at 1 and
+    2 threads; with flash attention llama.cpp's split-KV path past 256 tokens needs 2 or more)."""
 
     SLACK = 0.4  # others using up to 0.6 of a core still leave that core to the engine
 
