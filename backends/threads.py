@@ -161,8 +161,10 @@ class AdaptiveThreads:
     depend on the count (llama.cpp without flash attention and torch gave the same 96 tokens at 1 and
     2 threads; with flash attention llama.cpp's split-KV path past 256 tokens needs 2 or more)."""
 
-    SLACK = 0.2  # others using up to 0.8 of a core still leave that core to the engine (measured: with others
-    # at ~0.5-0.8 of a core llama-server's 2 threads still beat 1; a whole busy core collapses them)
+    # others using up to 0.8 of a core still leave that core to the engine: with other test runs taking part
+    # of a core, llama-server's 2 threads decoded 116 tok/s (median) where 1 thread gave 63; a whole busy
+    # core is what collapses 2 threads (benchmarks/README.md, "Shared CPU")
+    SLACK = 0.2
 
     def __init__(self, most: int, interval_s: float = 0.25, cpus: int | None = None,
                  on_change=lambda n, others: None):
