@@ -40,6 +40,7 @@ LOAD_ENGINE = ("from backends.llamacpp import LlamaCppBackend; from backends.bas
                "print('threads', b._llm._ctx.ctx and __import__('llama_cpp').llama_n_threads(b._llm._ctx.ctx)); b.unload()")
 
 
+@pytest.mark.slow  # a fresh interpreter loading an engine library
 def test_the_app_entry_sets_the_spin_policy_before_llama_cpp_loads_libgomp():
     from backends.omp_env import SPIN_COUNT
 
@@ -48,6 +49,7 @@ def test_the_app_entry_sets_the_spin_policy_before_llama_cpp_loads_libgomp():
     assert f"GOMP_SPINCOUNT = '{SPIN_COUNT}'" in report
 
 
+@pytest.mark.slow  # a fresh interpreter loading an engine library
 def test_the_backends_package_alone_sets_it_too_and_torch_gets_it():
     from backends.omp_env import SPIN_COUNT
 
@@ -56,6 +58,7 @@ def test_the_backends_package_alone_sets_it_too_and_torch_gets_it():
     assert f"GOMP_SPINCOUNT = '{SPIN_COUNT}'" in report
 
 
+@pytest.mark.slow  # a fresh interpreter loading an engine library
 def test_an_engine_imported_first_is_detected_and_reported():
     """The check above is live: when libgomp loads before the app's module, its own default spin is in
     force, and the app says so in /health's wait-policy details instead of claiming its policy."""
@@ -66,6 +69,7 @@ def test_an_engine_imported_first_is_detected_and_reported():
     assert "applied False" in report
 
 
+@pytest.mark.slow  # a fresh interpreter loading an engine library
 def test_a_policy_the_user_set_is_kept():
     report = libgomp_settings("import app; import llama_cpp; import backends.omp_env as o; print(o.describe()['source'])",
                               GOMP_SPINCOUNT="1234")
