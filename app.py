@@ -1,10 +1,14 @@
 """Entry point: ``python app.py [flags]`` serves the UI, the Gradio API, /health and /v1 on one port.
 
-Nothing happens at import time: ``create_app(settings)`` builds the FastAPI app (tests call it
-directly) and ``main()`` parses flags, starts loading the model in the background and runs uvicorn.
+Nothing happens at import time but one thing: ``backends.omp_env`` puts the OpenMP wait policy in the
+environment, which libgomp reads once when the first engine library loads, so it comes first.
+``create_app(settings)`` builds the FastAPI app (tests call it directly) and ``main()`` parses flags,
+starts loading the model in the background and runs uvicorn.
 """
 
 from __future__ import annotations
+
+import backends.omp_env  # noqa: F401 - first: the OpenMP wait policy, before any engine library loads
 
 import logging
 import sys

@@ -34,7 +34,6 @@ benchmarks/bench_speculative.py measure both.
 from __future__ import annotations
 
 import codecs
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,8 @@ from backends import llamacpp_compute as compute
 from backends.llamacpp_detokenize import detokenize_bytes
 from backends.llamacpp_open import kv_cache_options, open_llama
 from backends.memory import release_memory
+from backends.threads import AdaptiveThreads, ContextThreads, physical_cores  # noqa: F401 - physical_cores: re-exported
+from backends.threads import choose as choose_threads
 
 # Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
 CHATML_TEMPLATE = (
@@ -62,15 +63,6 @@ CHATML_TEMPLATE = (
 # Tokens per embedding input: llama-server's default physical batch (an input must fit one ubatch to be
 # pooled, and llama.cpp keeps a logits row per input token in embedding mode).
 EMBED_MAX_TOKENS = 512
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:  # pragma: no cover - psutil is a requirement
-        return os.cpu_count() or 1
 
 
 class LlamaCppBackend(Backend):
@@ -102,6 +94,9 @@ class LlamaCppBackend(Backend):
         self._spec: ModelSpec | None = None
         self._path: Path | None = None
         self._n_gpu_layers = 0
+        self._threads = None  # ThreadChoice made at load: every context of the model uses it
+        self._adaptive = None  # AdaptiveThreads with auto on the CPU: the threads each decode uses now
+        self._sync_threads = lambda: None
         self._engine = None  # BatchEngine when spec.parallel > 1
         self._spec_stats = SpecStats()  # drafted/accepted tokens since load (speculative decoding)
         self._speculative: str | None = None  # the speculative kind in use ("ngram"), None: off
@@ -135,11 +130,13 @@ class LlamaCppBackend(Backend):
         gpu_offload = _gpu_offload_supported()
         asked = spec.n_gpu_layers
         n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
+        threads = choose_threads(spec.n_threads)  # every context of this model computes with it
         try:
             llm = open_llama(
                 str(path),
                 n_ctx=64 if batched else spec.n_ctx,  # batched: the engine's context holds the KV caches
-                n_threads=spec.n_threads or physical_cores(),
+                n_threads=threads.threads,
+                n_threads_batch=threads.threads,
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
                 **kv_cache_options(spec),  # type_k/type_v, flash_attn (the batch engine copies them)
@@ -161,12 +158,20 @@ class LlamaCppBackend(Backend):
             llm.close()
             raise ModelLoadError(f"The chat template in {path.name} is not valid Jinja: {exc}") from exc
         self._llm, self._spec, self._path, self._n_gpu_layers = llm, spec, path, n_gpu_layers
-        n_threads = spec.n_threads or physical_cores()
+        self._threads = threads
+        # auto on the CPU: each decode takes the cores other processes leave (backends/threads.py)
+        import llama_cpp as L
+
+        self._adaptive = (AdaptiveThreads(threads.threads, on_change=self._threads_changed)
+                          if threads.mode == "auto" and threads.threads > 1 and not n_gpu_layers else None)
+        self._sync_threads = ContextThreads(L, llm._ctx.ctx, self._adaptive, threads.threads).sync
+        n_threads = threads.threads
         if batched:
             from backends.llamacpp_batch import BatchEngine
 
             try:
-                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, prefix_cache=spec.prefix_cache,
+                self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, adaptive=self._adaptive,
+                                           prefix_cache=spec.prefix_cache,
                                            host_cache_bytes=spec.prompt_cache_mib << 20)
             except BaseException:
                 llm.close()
@@ -187,7 +192,9 @@ class LlamaCppBackend(Backend):
             "n_ctx": n_ctx,
             "parallel": spec.parallel,
             "prompt_cache_mib": spec.prompt_cache_mib if batched and spec.prefix_cache else 0,
-            "n_threads": llm.n_threads if hasattr(llm, "n_threads") else spec.n_threads,
+            **threads.as_details(),  # n_threads, threads_mode, threads_why, omp_wait_policy
+            **({"threads_why": f"{threads.why}; each decode takes the cores other processes leave (1 to "
+                               f"{threads.threads})", "n_threads_now": threads.threads} if self._adaptive else {}),
             "n_gpu_layers": n_gpu_layers,
             "gpu_offload_supported": gpu_offload,
             "n_params": int(llm._model.n_params()),
@@ -223,6 +230,11 @@ class LlamaCppBackend(Backend):
             device="cuda" if n_gpu_layers and gpu_offload else "cpu",
             details=details,
         )
+
+    def _threads_changed(self, n: int, others: float) -> None:
+        """Auto threads moved (another process took or gave back CPU): /health shows it."""
+        self._details["n_threads_now"] = n
+        self._details["cpu_others_cores"] = others
 
     @property
     def max_concurrency(self) -> int:
@@ -324,14 +336,14 @@ class LlamaCppBackend(Backend):
                 if cancel.is_set():
                     finish = "cancelled"
                     break
+                self._sync_threads()
                 compute.run(llm.eval, [token])
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail)
         return finish
 
-    @staticmethod
-    def _prefill(llm, tokens: list[int], reuse_prefix: bool = True) -> None:
+    def _prefill(self, llm, tokens: list[int], reuse_prefix: bool = True) -> None:
         """Evaluate ``tokens`` on ``llm``'s context, reusing the KV prefix it already holds (unless
         ``reuse_prefix`` is off: the lab's variants, where the same prompt must give the same text)."""
         held = llm.input_ids[:llm.n_tokens]
@@ -345,6 +357,7 @@ class LlamaCppBackend(Backend):
             llm.reset()
             reuse = 0
         llm.n_tokens = reuse
+        self._sync_threads()
         compute.run(llm.eval, tokens[reuse:])
 
     def _generate_speculative(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
@@ -388,6 +401,7 @@ class LlamaCppBackend(Backend):
             batch = [token, *draft]
             n_past = llm.n_tokens
             llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
+            self._sync_threads()
             compute.run(llm._ctx.decode, llm._batch)
             llm.input_ids[n_past:n_past + len(batch)] = batch
             llm.n_tokens = n_past + len(batch)  # what the KV holds, should the consumer leave mid-way
@@ -478,7 +492,7 @@ class LlamaCppBackend(Backend):
             if self._logits_llm is None:
                 self._logits_llm = open_llama(
                     str(self._path), n_ctx=max(len(token_ids), 512), logits_all=True,
-                    n_threads=(self._spec.n_threads if self._spec else None) or physical_cores(),
+                    n_threads=self._threads.threads, n_threads_batch=self._threads.threads,
                     n_gpu_layers=self._n_gpu_layers,
                     verbose=False,
                     **kv_cache_options(self._spec),  # scored through the same KV cache type as the chat

@@ -65,8 +65,11 @@ class _Seq:
 
 class BatchEngine:
     def __init__(self, llm, slots: int, n_ctx_per_seq: int, n_threads: int, n_batch: int = 512,
-                 prefix_cache: bool = True, host_cache_bytes: int = 0):
+                 prefix_cache: bool = True, host_cache_bytes: int = 0, adaptive=None):
+        """``adaptive``: the model's ``backends.threads.AdaptiveThreads`` (auto threads), None for a fixed count."""
         import llama_cpp as L
+
+        from backends.threads import ContextThreads
 
         self.L = L
         self.llm = llm  # the Llama object: model, vocab and tokenizer (its own context is not used here)
@@ -88,6 +91,7 @@ class BatchEngine:
         if not self.ctx:
             raise OutOfMemory(f"llama.cpp could not allocate a context for {slots} sequences of {n_ctx_per_seq} tokens.")
         self.mem = L.llama_get_memory(self.ctx)
+        self._sync_threads = ContextThreads(L, self.ctx, adaptive, n_threads).sync
         self.vocab = llm._model.vocab
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
@@ -310,6 +314,7 @@ class BatchEngine:
             seq.in_kv.extend(feed)
             seq.pos += len(feed)
         b.n_tokens = n
+        self._sync_threads()
         rc = compute.run(L.llama_decode, self.ctx, b)
         if rc != 0:
             raise OutOfMemory("llama.cpp found no room in the KV cache for this batch." if rc == 1 else

@@ -38,6 +38,8 @@ from backends import transformers_quant
 from backends.memory import release_memory
 from backends.slots import SharedExclusive
 from backends.speculative import SpecStats, check_speculative
+from backends.threads import AdaptiveThreads
+from backends.threads import choose as choose_threads
 
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -134,6 +136,8 @@ class TransformersBackend(Backend):
         self._draft_tokens = 0
         self._spec_stats = SpecStats()  # drafted/accepted tokens since load
         self._details: dict = {}
+        self._threads = None  # ThreadChoice made at load; set on every thread that computes for this model
+        self._adaptive = None  # AdaptiveThreads with auto on the CPU
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class TransformersBackend(Backend):
         hf_logging.disable_progress_bar()  # per-tensor bars flood the server log
         t0 = time.perf_counter()
         check_speculative(spec)
+        threads = choose_threads(spec.n_threads)
         quant = self.normalize_quantization(spec.quantization)
         on_gpu = torch.cuda.is_available()
         device_map = spec.device_map or ("auto" if on_gpu else "cpu")
@@ -203,6 +208,9 @@ class TransformersBackend(Backend):
             raise ModelLoadError(f"{path.name} has no chat template: this app serves chat models.")
         self._model, self._tok = model, tok
         self._quant = quant
+        self._threads = threads
+        self._adaptive = (AdaptiveThreads(threads.threads) if threads.mode == "auto" and threads.threads > 1
+                          and not on_gpu else None)
         # torchao/quanto weights are tensor subclasses that get_memory_footprint counts at float size
         weights = (transformers_quant.weights_bytes(model) if transformers_quant.is_method(quant)
                    else int(model.get_memory_footprint()))
@@ -234,12 +242,29 @@ class TransformersBackend(Backend):
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                 "trust_remote_code": spec.trust_remote_code,
                 "batching": batching,
+                **threads.as_details(),  # n_threads, threads_mode, threads_why, omp_wait_policy
+                **({"threads_why": f"{threads.why}; each step takes the cores other processes leave (1 to "
+                                   f"{threads.threads})"} if self._adaptive else {}),
                 **({"kv_cache_bytes": self._batcher.kv_bytes} if self._batcher else {}),
                 **({"double_quant": spec.double_quant, "compute_dtype": spec.compute_dtype} if quant in ("nf4", "fp4") else {}),
             },
         )
         self._details = loaded.details
         return loaded
+
+    def _use_threads(self) -> None:
+        """torch's thread count for this model, on the calling thread. torch keeps one per thread once
+        that thread has computed (its OpenMP team's size): each thread that computes for this model sets
+        it first, so a second model loaded with another count does not change this one's. With auto on the
+        CPU the count follows the cores other processes leave (``backends.threads.AdaptiveThreads``); it is
+        called before every step of a generation."""
+        import torch
+
+        if self._threads is None:
+            return
+        n = self._adaptive.now() if self._adaptive is not None else self._threads.threads
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
     def _start_batching(self, spec: ModelSpec, model, tok) -> str:
         """Continuous batching through transformers' own manager; a model or quantization it cannot run
@@ -248,7 +273,7 @@ class TransformersBackend(Backend):
 
         try:
             self._batcher = ContinuousBatcher(model, spec.parallel, self._max_ctx, _eos_ids(model, tok),
-                                              prefix_cache=spec.prefix_cache,
+                                              prefix_cache=spec.prefix_cache, on_thread=self._use_threads,
                                               grad_mode=functools.partial(transformers_quant.grad_mode, self._quant))
         except Exception as exc:  # an attention implementation or cache layout the manager rejects
             log.warning("continuous batching unavailable for this model, generating one at a time: %s", exc)
@@ -370,8 +395,11 @@ class TransformersBackend(Backend):
             def end(self):
                 q.put(_END)
 
+        use_threads = self._use_threads
+
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
+                use_threads()  # after each step, for the next: the model's threads (auto: adapted)
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         eos = _eos_ids(model, tok)
@@ -390,6 +418,7 @@ class TransformersBackend(Backend):
 
         def run():
             try:
+                self._use_threads()  # this thread's torch threads are this model's (never another engine's)
                 with transformers_quant.grad_mode(self._quant):
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
@@ -488,6 +517,7 @@ class TransformersBackend(Backend):
 
         model, _ = self._require()
         with self._lock, transformers_quant.grad_mode(self._quant):
+            self._use_threads()  # the caller's thread computes: with this model's thread count
             out = model(torch.tensor([list(token_ids)], device=self._device)).logits[0]
             return out.float().cpu().numpy()
 

@@ -35,9 +35,11 @@ _POLL_S = 0.25
 
 class ContinuousBatcher:
     def __init__(self, model, slots: int, n_ctx: int, eos: Sequence[int], prefix_cache: bool = True,
-                 grad_mode: Callable[[], AbstractContextManager] | None = None):
+                 grad_mode: Callable[[], AbstractContextManager] | None = None,
+                 on_thread: Callable[[], None] = lambda: None):
         """``grad_mode`` makes the no-autograd context the generation thread runs in (default
-        ``torch.inference_mode``; quanto weights need ``torch.no_grad``, see transformers_quant.grad_mode)."""
+        ``torch.inference_mode``; quanto weights need ``torch.no_grad``, see transformers_quant.grad_mode).
+        ``on_thread`` runs on the generation thread before each step (the backend sets torch's threads there)."""
         import torch
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -67,6 +69,13 @@ class ContinuousBatcher:
         # the process keeps one OpenMP team (transformers_loop_calls)
         self._calls = LoopCalls()
         self._calls.install(self._mgr)
+        body = self._mgr._generation_loop_body  # looked up on the instance at each step
+
+        def threads_then_body(*args, **kwargs):
+            on_thread()  # the model's torch threads for this step (auto follows the CPU other processes leave)
+            return body(*args, **kwargs)
+
+        self._mgr._generation_loop_body = threads_then_body
         _run_loop_in(self._mgr, grad_mode or torch.inference_mode, self._calls)
         self._routes: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()

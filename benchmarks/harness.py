@@ -91,6 +91,7 @@ class _ServerProcess:
 
     name = "server"
     cmd: list[str]
+    env: dict | None = None  # None: this process's environment
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -100,7 +101,7 @@ class _ServerProcess:
 
     def __enter__(self):
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
     @property
@@ -187,8 +188,10 @@ class LlamaServer(_ServerProcess):
     def __init__(self, binary: str | Path, model_path: Path, n_ctx: int, n_threads: int, parallel: int,
                  cache_ram_mib: int = 0):
         from backends.llamacpp_open import cpu_has_amx
+        from backends.omp_env import environ_without_policy
 
         super().__init__()
+        self.env = environ_without_policy()  # llama-server with libgomp's defaults, as its users run it
         self.binary = Path(binary)
         self.cmd = [str(self.binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(self.port),
                     "-t", str(n_threads), "-tb", str(n_threads), "-np", str(parallel), "-c", str(n_ctx * parallel),

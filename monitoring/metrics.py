@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from backends.base import TextDelta
+from backends.threads import cpu_snapshot
+from monitoring.contention import QuietSpeed
+from monitoring.contention import describe as describe_contention
 
 
 @dataclass
@@ -39,6 +42,7 @@ class RequestStats:
     error: str | None = None
     peak_rss_bytes: int | None = None  # process RSS, sampled every RSS_EVERY tokens
     client: str | None = None  # API key id or IP, set by the edge
+    cpu_contended: dict | None = None  # decoded far below this model's quiet speed: the figures (monitoring.contention)
     draft_tokens: int | None = None  # speculative decoding: tokens drafted (None: not speculative)
     accepted_tokens: int | None = None  # speculative decoding: drafted tokens the model accepted
     prompt: str | None = field(default=None, repr=False)  # only with --log-prompts
@@ -74,6 +78,8 @@ class RequestStats:
             parts.append(f"draft acceptance {self.acceptance_rate:.0%} ({self.accepted_tokens}/{self.draft_tokens})")
         if self.finish_reason and self.finish_reason != "stop":
             parts.append(self.finish_reason)
+        if self.cpu_contended:
+            parts.append(describe_contention(self.cpu_contended))
         return " · ".join(parts)
 
 
@@ -85,9 +91,12 @@ class RequestTimer:
         self.t0 = time.perf_counter() if t0 is None else t0
         self.stats = RequestStats(request_id, endpoint, model, quantization, time.time() - (time.perf_counter() - self.t0))
         self._last: float | None = None
+        self.peak_running = 0  # most generations of the app running at once while this one ran
+        self.cpu_start = None  # monitoring.contention.cpu_snapshot() when it started generating
 
     def started_generating(self) -> None:
         self.stats.queue_wait_s = time.perf_counter() - self.t0
+        self.cpu_start = cpu_snapshot()
 
     def chunk(self, delta: TextDelta) -> None:
         now = time.perf_counter()
@@ -138,6 +147,8 @@ class MetricsRecorder:
         self.running = 0
         self.waiting = 0
         self.total = 0
+        self.quiet = QuietSpeed()  # each model's best speed alone, to tell a contended CPU
+        self._running_timers: set[RequestTimer] = set()
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -181,6 +192,9 @@ class MetricsRecorder:
             with self._lock:
                 self.waiting -= 1
                 self.running += 1
+                self._running_timers.add(timer)
+                for t in self._running_timers:  # each running one now has this many beside it
+                    t.peak_running = max(t.peak_running, len(self._running_timers))
             counted_running = True
             self._emit("running", timer.stats)
             rss, peak, n = self._rss, 0, 0
@@ -204,9 +218,11 @@ class MetricsRecorder:
             raise
         finally:
             stats = timer.finish(outcome, error)
+            stats.cpu_contended = self.quiet.judge(stats, alone=timer.peak_running == 1, cpu_start=timer.cpu_start)
             with self._lock:
                 if counted_running:
                     self.running -= 1
+                    self._running_timers.discard(timer)
                 else:
                     self.waiting -= 1
                 self.total += 1

@@ -18,6 +18,7 @@ from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, Samp
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
+from backends.threads import parse_threads
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
@@ -284,14 +285,15 @@ def loader_options(**options: Any) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{name} must be true or false, got {value!r}.", name)
             out[name] = value
-        elif name in ("n_ctx", "parallel", "n_threads", "n_gpu_layers"):
+        elif name == "n_threads":  # "auto" / 0 = auto (the server's --threads); a number is used exactly
+            n = parse_threads(value)
+            if n is not None:
+                out[name] = n
+        elif name in ("n_ctx", "parallel", "n_gpu_layers"):
             n = as_int(value, name)
-            low, high = {"n_ctx": (16, 1 << 20), "parallel": (1, MAX_PARALLEL), "n_threads": (0, 1024),
-                         "n_gpu_layers": (-1, 100_000)}[name]
+            low, high = {"n_ctx": (16, 1 << 20), "parallel": (1, MAX_PARALLEL), "n_gpu_layers": (-1, 100_000)}[name]
             if not low <= n <= high:
                 raise InvalidRequest(f"{name} must be between {low} and {high}, got {n}.", name)
-            if name == "n_threads" and n == 0:
-                continue  # 0 = the backend picks (physical cores)
             out[name] = n
         else:
             raise InvalidRequest(f"Unknown load option {name!r}.", name)

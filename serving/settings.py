@@ -16,8 +16,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, ModelSpec
+from backends.errors import InvalidRequest
 from backends.registry import default_registry
 from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+from backends.threads import parse_threads
 from serving.chat_service import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
 
 
@@ -64,7 +66,8 @@ class Settings(BaseSettings):
                                                  "transformers' prompt_lookup_num_tokens); output identical to plain decoding")
     spec_draft_tokens: int = Field(_SPEC["spec_draft_tokens"], ge=1, le=64, description="with --speculative: most draft "
                                    "tokens verified per forward pass")
-    n_threads: int | None = Field(None, description="CPU threads for llama.cpp (default: physical cores)")
+    n_threads: int | None = Field(None, description="CPU threads of every engine (llama.cpp and torch): 'auto' (default: "
+                                  "the physical cores this process may use) or a number, used exactly; also --threads")
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     cache_type: str | None = Field(None, description="llama.cpp KV cache type: f16 (default), q8_0 or q4_0 "
                                    "(quantized types use flash attention)")
@@ -122,6 +125,14 @@ class Settings(BaseSettings):
             raise ValueError(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
         return v.strip().lower() if v else None
 
+    @field_validator("n_threads", mode="before")
+    @classmethod
+    def _threads(cls, v):
+        try:
+            return parse_threads(v)  # "auto", "", 0 -> None (auto)
+        except InvalidRequest as exc:  # its message names the accepted values
+            raise ValueError(str(exc)) from None
+
     @field_validator("allow_remote", mode="before")
     @classmethod
     def _prefixes(cls, v):
@@ -168,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             parser.add_argument(_flag(name), dest=name, default=None, choices=["ngram"], help=help_)
         elif name == "allow_remote":
             parser.add_argument(_flag(name), dest=name, nargs="+", default=None, help=help_, metavar="PREFIX")
+        elif name == "n_threads":  # --threads auto|N, the name every engine shares; --n-threads kept
+            parser.add_argument("--threads", _flag(name), dest=name, default=None, help=help_, metavar="auto|N")
         else:
             parser.add_argument(_flag(name), dest=name, default=None, help=help_, metavar=name.upper())
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import gradio as gr
 
 from backends.errors import BackendError, user_message
+from monitoring.contention import describe as describe_contention
 from serving.chat_service import Turn, text_of
 from serving.reasoning import ReasoningSplitter
 from serving.services import Services
@@ -69,6 +70,8 @@ def format_stats(stats: dict) -> str:
     if stats.get("finish_reason") not in (None, "stop", "cancelled"):
         parts.append(f"finish: {stats['finish_reason']}")
     text = " · ".join(parts) + f" · {stats.get('model', '')} ({stats.get('quantization', '')})"
+    if stats.get("cpu_contended"):  # far below this model's quiet speed: say why instead of leaving a guess
+        text += f"  \n⚠ {describe_contention(stats['cpu_contended'])}"
     return text + (f"  \n{stats['note']}" if stats.get("note") else "")
 
 
@@ -78,8 +81,9 @@ def stats_message(stats: dict) -> dict:
     tps = f" · {stats['tokens_per_s']:.1f} tok/s" if stats.get("tokens_per_s") else ""
     ttft = f"TTFT {stats['ttft_s'] * 1000:.0f} ms" if stats.get("ttft_s") is not None else "no tokens"
     stopped = "stopped · " if stats.get("finish_reason") == "cancelled" else ""
+    contended = " · ⚠ CPU contended" if stats.get("cpu_contended") else ""
     title = (f"{STATS_TITLE_MARK} {stopped}{ttft}{tps} · {stats.get('prompt_tokens', 0)} → "
-             f"{stats.get('completion_tokens', 0)} tokens · {stats.get('e2e_s', 0):.2f} s")
+             f"{stats.get('completion_tokens', 0)} tokens · {stats.get('e2e_s', 0):.2f} s{contended}")
     return {"role": "assistant", "content": format_stats(stats), "metadata": {"title": title, "status": "done"}}
 
 

@@ -100,7 +100,7 @@ def load_model_doc(h: Services) -> str:
         gguf_file: for a Hub repo holding several .gguf files, the one to load ("" = the only or first one)
         n_ctx: context length per conversation, in tokens (0 = the server's --n-ctx)
         parallel: conversations decoded together, each with its own KV cache (0 = the server's --parallel)
-        n_threads: llama.cpp CPU threads (0 = physical cores)
+        n_threads: CPU threads of the model's engine, llama.cpp or torch (0 = the server's --threads, auto by default: the physical cores this process may use, adapted to the CPU other processes leave; a number is used exactly)
         n_gpu_layers: llama.cpp layers on the GPU (-1 = all; "" = the server's default)
         cache_type: llama.cpp KV cache type: f16, q8_0 or q4_0 ("" = the server's; quantized ones use flash attention)
         flash_attn: llama.cpp: use flash attention (None = the server's --flash-attn)
@@ -113,7 +113,7 @@ def load_model_doc(h: Services) -> str:
 def load_options(n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map, compute_dtype,
                  double_quant) -> dict:
     """The loader options as Services.load_steps takes them: 0 / "" / None = the server's default."""
-    return {"n_ctx": n_ctx or None, "parallel": parallel or None, "n_threads": n_threads or None,
+    return {"n_ctx": n_ctx or None, "parallel": parallel or None, "n_threads": n_threads or None,  # 0 / "auto": the server's
             "n_gpu_layers": None if n_gpu_layers in (None, "") else n_gpu_layers, "cache_type": cache_type,
             "flash_attn": flash_attn, "device_map": device_map, "compute_dtype": compute_dtype,
             "double_quant": double_quant}

@@ -84,7 +84,8 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
                     parallel = gr.Number(value=spec.parallel, precision=0, minimum=1, label="Parallel slots",
                                          info="conversations decoded together", elem_id="parallel")
                     n_threads = gr.Number(value=spec.n_threads or 0, precision=0, minimum=0, label="Threads",
-                                          info="llama.cpp; 0 = physical cores")
+                                          info="every engine; 0 = auto (the physical cores this process may use)",
+                                          elem_id="n-threads")
                 with gr.Row():
                     n_gpu_layers = gr.Number(value=spec.n_gpu_layers, precision=0, minimum=-1, label="GPU layers",
                                              info="llama.cpp; -1 = all, 0 = CPU, empty = all if the build has a GPU")

@@ -11,6 +11,7 @@ import time
 import gradio as gr
 import pandas as pd
 
+from monitoring.contention import describe as describe_contention
 from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from serving.services import Services
 
@@ -80,7 +81,23 @@ def figures_markdown(stats: dict) -> str:
     p50 = (f" · p50 TTFT {q['ttft_p50_s'] * 1000:.0f} ms" if q["ttft_p50_s"] is not None else "") + \
           (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")
     lines.append(f"**Requests** {q['running']} running · {q['waiting']} waiting · {q['total']} done{p50}")
+    if m and m.get("n_threads"):
+        now = (f" · {m['n_threads_now']} now (other processes used {m['cpu_others_cores']:.1f} cores)"
+               if m.get("cpu_others_cores") is not None else "")
+        lines.append(f"**Threads** {m['n_threads']} ({m.get('threads_why') or m.get('threads_mode', '')}){now}")
+    contended = contention_line(stats["recent"])
+    if contended:
+        lines.append(contended)
     return "\n\n".join(lines)
+
+
+def contention_line(recent: list[dict]) -> str:
+    """The last finished reply's verdict: '' unless it decoded far below its model's quiet speed."""
+    done = [r for r in recent if r["outcome"] == "ok" and r.get("tokens_per_s")]
+    if not done or not done[-1].get("cpu_contended"):
+        return ""
+    r = done[-1]
+    return f"**⚠ {describe_contention(r['cpu_contended'])}** (request #{r['request_id']}, {r['model']})"
 
 
 def build_monitor(h: Services):
