@@ -331,7 +331,7 @@ class LlamaCppBackend(Backend):
                 break
             lp = () if logprobs is None else (token_logprob(L, ctx, -1, token, n_vocab, logprobs, self._piece),)
             generated += 1
-            yield TextDelta(decoder.decode(llm.detokenize([token])), tokens=1, logprobs=lp)
+            yield TextDelta(decoder.decode(detokenize_bytes(llm, [token], special=False)), tokens=1, logprobs=lp)
             if generated < budget:
                 if cancel.is_set():
                     finish = "cancelled"
@@ -378,7 +378,7 @@ class LlamaCppBackend(Backend):
 
         def emit(token: int, idx: int) -> TextDelta:
             lp = () if logprobs is None else (token_logprob(L, ctx, idx, token, n_vocab, logprobs, self._piece),)
-            return TextDelta(decoder.decode(llm.detokenize([token])), tokens=1, logprobs=lp)
+            return TextDelta(decoder.decode(detokenize_bytes(llm, [token], special=False)), tokens=1, logprobs=lp)
 
         token, idx = L.llama_sampler_sample(sampler, ctx, -1), -1
         while True:

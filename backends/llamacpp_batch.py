@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from backends import llamacpp_compute as compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
+from backends.llamacpp_detokenize import detokenize_bytes
 from backends.llamacpp_prompt_cache import MIN_TOKENS, PromptCache, common_prefix
 from backends.llamacpp_sampling import token_logprob
 from backends.speculative import NgramDrafter
@@ -344,7 +345,7 @@ class BatchEngine:
                 break
             seq.generated += 1
             seq.last = token
-            text = seq.decoder.decode(self.llm.detokenize([token]))
+            text = seq.decoder.decode(detokenize_bytes(self.llm, [token], special=False))
             lp = () if seq.logprobs is None else (
                 token_logprob(L, self.ctx, idx + i, token, self.n_vocab, seq.logprobs, self._piece),)
             seq.out.put(TextDelta(text, tokens=1, logprobs=lp))
