@@ -312,12 +312,7 @@ class ModelManager:
             yield from self.metrics.timed(timer, deltas, acquire)
         finally:
             cancel.set()
-            if acquired:
-                r.slots.release()
-            with r.idle:
-                r.active.discard(cancel)
-                r.cut.discard(cancel)
-                r.idle.notify_all()
+            _leave(r, cancel, acquired)
 
     @property
     def max_concurrency(self) -> int:
@@ -385,12 +380,7 @@ class ModelManager:
             for _ in self.metrics.timed(timer, progress, acquire):
                 pass
         finally:
-            if acquired:
-                r.slots.release()
-            with r.idle:
-                r.active.discard(cancel)
-                r.cut.discard(cancel)
-                r.idle.notify_all()
+            _leave(r, cancel, acquired)
         if len(vectors) < len(texts):
             if r.closed:
                 raise NoModelLoaded("That model was unloaded.")
@@ -415,6 +405,17 @@ class ModelManager:
         gen = self.stream(request, threading.Event(), endpoint, t0)
         text = "".join(delta.text for delta in gen)
         return text, gen.stats.as_dict()
+
+
+def _leave(r: _Resident, cancel: threading.Event, acquired: bool) -> None:
+    """A request done on ``r``: its slot back (if it got one), forgotten as running and as cut, and an
+    unload or load waiting for ``r`` to go idle woken."""
+    if acquired:
+        r.slots.release()
+    with r.idle:
+        r.active.discard(cancel)
+        r.cut.discard(cancel)
+        r.idle.notify_all()
 
 
 def _cut_message(r: _Resident) -> str:
