@@ -70,3 +70,15 @@ def wait_healthy(url: str, proc=None, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value, polled every 0.2 s; AssertionError naming ``what`` after
+    ``timeout`` seconds (a liveness bound, not a speed assertion)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import openai
@@ -20,7 +19,7 @@ import pytest
 
 from backends.base import ModelSpec
 from tests.conftest import LiveServer, free_port, make_settings
-from tests.live_server import wait_healthy
+from tests.live_server import wait_for, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +33,6 @@ def long_inputs(n: int) -> list[str]:
 
 def openai_client(url: str, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=timeout, max_retries=0)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
 
 
 def log_records(path) -> list[dict]:

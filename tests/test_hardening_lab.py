@@ -4,22 +4,12 @@ the end. Real app, the real gradio_client, the embedded model; timeouts are live
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from optimization import quality
 from optimization.lab import MAX_EVAL_TOKENS
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+from tests.live_server import wait_for
 
 
 def big_text(path, megabytes: int = 10):
