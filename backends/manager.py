@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from backends import sources
+from backends.files import sources
 from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta, _no_progress
 from backends.errors import (
     BackendError,

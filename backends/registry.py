@@ -59,8 +59,8 @@ class BackendRegistry:
 
 
 def default_registry() -> BackendRegistry:
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
     from backends.remote import RemoteBackend
-    from backends.transformers import TransformersBackend
+    from backends.hf.backend import TransformersBackend
 
     return BackendRegistry([LlamaCppBackend, TransformersBackend, RemoteBackend])

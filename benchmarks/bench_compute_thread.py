@@ -6,7 +6,7 @@
 What a server does all day: the chat model (``--parallel 4``, the batch engine) decodes on its
 scheduler thread, and a Compare variant (one slot) generates on a Gradio worker thread, which lives
 on. libgomp keeps an OpenMP team per calling thread; with more OpenMP threads than CPUs it throttles
-every decode in the process. backends/llamacpp_compute.py runs all llama.cpp compute on one thread;
+every decode in the process. backends/llamacpp/compute.py runs all llama.cpp compute on one thread;
 this prints the chat's greedy decode tok/s (200 tokens) before, after the other generation, and after
 that model is unloaded, and the ratios after / before (1.0 = no harm).
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
-from backends.llamacpp import LlamaCppBackend  # noqa: E402
-from backends.sources import default_cache_dir  # noqa: E402
+from backends.llamacpp.backend import LlamaCppBackend  # noqa: E402
+from backends.files.sources import default_cache_dir  # noqa: E402
 
 
 def decode_rate(backend, tokens: int = 200) -> float:

@@ -102,7 +102,7 @@ def main() -> int:
     p.add_argument("--llama-server", metavar="PATH")
     p.add_argument("--prompt-cache-mib", type=int, default=0, help="the app's, and llama-server's --cache-ram (0: off)")
     args = p.parse_args()
-    from backends.llamacpp import physical_cores
+    from backends.llamacpp.backend import physical_cores
 
     args.threads = args.threads or physical_cores()
     args.backend, args.model, args.dtype = "llamacpp", None, None
@@ -121,7 +121,7 @@ def main() -> int:
         poller.join()
         rows.append(summary("app /v1", samples, args.clients, args.parallel) | {"waiting_peak": peak[0]})
     if args.llama_server:
-        from backends.sources import embedded_model_path
+        from backends.files.sources import embedded_model_path
 
         with harness.LlamaServer(args.llama_server, embedded_model_path(), args.n_ctx, args.threads,
                                  args.parallel, args.prompt_cache_mib) as server:

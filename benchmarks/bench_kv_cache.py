@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.base import KV_CACHE_TYPES  # noqa: E402
-from backends.gguf import gguf_variant  # noqa: E402
+from backends.files.gguf import gguf_variant  # noqa: E402
 from backends.manager import ModelManager  # noqa: E402
-from backends.sources import default_cache_dir, embedded_model_path  # noqa: E402
+from backends.files.sources import default_cache_dir, embedded_model_path  # noqa: E402
 from monitoring.metrics import MetricsRecorder  # noqa: E402
 from optimization import quality  # noqa: E402
 from optimization.lab import Lab  # noqa: E402

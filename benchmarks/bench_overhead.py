@@ -45,7 +45,7 @@ def idle_cpu(seconds: float) -> dict:
 
 
 def steps(clients: int, max_tokens: int, parallel: int) -> dict:
-    from backends import llamacpp_batch
+    from backends.llamacpp import batch as llamacpp_batch
     from benchmarks import clients as bench_clients
     from benchmarks import harness
     from benchmarks.bench_serving import parse_args

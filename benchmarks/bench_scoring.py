@@ -11,7 +11,7 @@ Evaluate runs twice, ``scoring="all"`` (every position of each window) and ``sco
 text and files (``--kl-divergence-base`` from the F16, ``-c window --chunks N``, ``-fa off`` as the
 app loads by default: llama-perplexity's ``-fa auto`` turns flash attention on, which alone moves
 Q8_0's mean KLD from 0.00406 to 0.00450 at 4 chunks of 512; and ``--no-repack`` on AMX CPUs, where the
-app loads without llama.cpp's repacked weight layouts (backends/llamacpp_open.py): repacked q4_K
+app loads without llama.cpp's repacked weight layouts (backends/llamacpp/open.py): repacked q4_K
 kernels alone move Q4_K_M's KLD by 2 %). Printed: one row
 per variant with PPL, mean and p99 KLD, top-1 agreement from each, and the ratio app / tool in the
 llama.cpp mode. Needs llama-perplexity (benchmarks/build_llama_tools.sh); without it the app's two
@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.gguf import gguf_variant  # noqa: E402
-from backends.llamacpp_open import safe_model_params  # noqa: E402
+from backends.files.gguf import gguf_variant  # noqa: E402
+from backends.llamacpp.open import safe_model_params  # noqa: E402
 from backends.manager import ModelManager  # noqa: E402
-from backends.sources import default_cache_dir, embedded_model_path  # noqa: E402
+from backends.files.sources import default_cache_dir, embedded_model_path  # noqa: E402
 from monitoring.metrics import MetricsRecorder  # noqa: E402
 from optimization import quality  # noqa: E402
 from optimization.lab import Lab  # noqa: E402

@@ -72,7 +72,7 @@ def on_own_thread(fn, *args):
     """``fn(*args)`` on a thread that ends with it. libgomp keeps an OpenMP team per calling thread for
     that thread's life: a raw engine decoded on this (main) thread would leave its team behind, and with
     the app's compute thread's team the process would hold more OpenMP threads than CPUs, which
-    throttles every later decode (the app measured 0.28x of raw that way; backends/llamacpp_compute.py)."""
+    throttles every later decode (the app measured 0.28x of raw that way; backends/llamacpp/compute.py)."""
     out: list = []
 
     def target():
@@ -121,7 +121,7 @@ def sweep(args, targets: dict) -> dict:
 
 
 def llama_server_for(args) -> harness.LlamaServer:
-    from backends.sources import embedded_model_path
+    from backends.files.sources import embedded_model_path
 
     model = Path(args.model) if args.model else embedded_model_path()
     return harness.LlamaServer(args.llama_server, model, args.n_ctx, args.threads, args.parallel, args.prompt_cache_mib)
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "(benchmarks/build_llama_tools.sh builds one)")
     args.concurrency_levels = levels
     if args.threads is None:
-        from backends.llamacpp import physical_cores
+        from backends.llamacpp.backend import physical_cores
 
         args.threads = physical_cores()
     return args

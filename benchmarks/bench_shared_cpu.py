@@ -112,7 +112,7 @@ class DefaultLlamaServer(_ServerProcess):
     name = "llama-server"
 
     def __init__(self, binary: str, model_path: Path):
-        from backends.llamacpp_open import cpu_has_amx
+        from backends.llamacpp.open import cpu_has_amx
         from backends.omp_env import environ_without_policy
 
         super().__init__()
@@ -247,7 +247,7 @@ def alternate(paths: dict, args, label: str) -> dict:
 
 
 def phase_llamacpp(args) -> dict:
-    from backends.sources import embedded_model_path
+    from backends.files.sources import embedded_model_path
 
     with contextlib.ExitStack() as stack:
         app = stack.enter_context(App(env=args.app_environ))
@@ -263,8 +263,8 @@ def phase_llamacpp(args) -> dict:
 
 
 def phase_transformers(args) -> dict:
-    from backends.hf_convert import hf_checkpoint_from_gguf
-    from backends.sources import default_cache_dir, embedded_model_path
+    from backends.files.hf_convert import hf_checkpoint_from_gguf
+    from backends.files.sources import default_cache_dir, embedded_model_path
 
     checkpoint = hf_checkpoint_from_gguf(embedded_model_path(), default_cache_dir())
     with contextlib.ExitStack() as stack:

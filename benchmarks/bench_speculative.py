@@ -14,7 +14,7 @@ a shared machine hits both alike; one warm-up request each is not counted. Print
 tok/s (tokens / wall time of the stream, median and best over the rounds), the speedup ratio, tokens
 per CPU-second of this process (less sensitive to other load), the acceptance rate (accepted / drafted
 tokens) and whether the two texts are identical (llama.cpp's kernels are not bit-identical across batch
-shapes, so a near-tie can go the other way inside a verified draft; see backends/llamacpp.py).
+shapes, so a near-tie can go the other way inside a verified draft; see backends/llamacpp/backend.py).
 """
 
 from __future__ import annotations
@@ -127,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of timing: count greedy replies that differ over 12 varied prompts of TOKENS tokens")
     args = ap.parse_args(argv)
     if args.backend == "transformers":
-        from backends.transformers import TransformersBackend as Backend
+        from backends.hf.backend import TransformersBackend as Backend
 
         base = ModelSpec(source="embedded", backend="transformers", quantization=args.quantization or "fp32",
                          n_ctx=2048, parallel=args.parallel)
     else:
-        from backends.llamacpp import LlamaCppBackend as Backend
+        from backends.llamacpp.backend import LlamaCppBackend as Backend
 
         base = ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=args.parallel,
                          n_threads=args.threads, flash_attn=args.flash_attn,

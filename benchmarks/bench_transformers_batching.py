@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.base import ModelSpec, SamplingParams  # noqa: E402
-from backends.sources import default_cache_dir  # noqa: E402
-from backends.transformers import TransformersBackend, _eos_ids  # noqa: E402
-from backends.transformers_batch import ContinuousBatcher  # noqa: E402
+from backends.files.sources import default_cache_dir  # noqa: E402
+from backends.hf.backend import TransformersBackend, _eos_ids  # noqa: E402
+from backends.hf.batch import ContinuousBatcher  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 MODES = {"greedy": SamplingParams(temperature=0.0),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.transformers_batch import ContinuousBatcher  # noqa: E402
+from backends.hf.batch import ContinuousBatcher  # noqa: E402
 from benchmarks.bench_transformers_batching import embedded_model  # noqa: E402
 
 

@@ -12,7 +12,7 @@
 # interpreter; default the repo's .venv), JOBS (default: all CPUs), NICE (default 19: the machines are shared).
 #
 # CPUs with Intel AMX: llama.cpp's AMX matmul kernels crash in this version (the app turns them off at
-# run time, backends/llamacpp_open.py). GGML_NATIVE's -march=native would compile them in, and the
+# run time, backends/llamacpp/open.py). GGML_NATIVE's -march=native would compile them in, and the
 # GGML_AMX_* options only add AMX, so the AMX ISA is switched off at compile time with -mno-amx-*
 # (GCC lets an explicit -mno-<isa> win over -march=native); the script then checks that no AMX backend
 # symbol made it into the binaries.

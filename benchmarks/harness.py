@@ -178,7 +178,7 @@ class LlamaServer(_ServerProcess):
     ``n_ctx`` tokens each (llama-server splits ``-c`` between its slots), flash attention off (llama-cpp-python's
     default, which the app keeps; llama-server's ``auto`` turns it on, and the different kernel flips some
     greedy tokens), weight repacking off where the app turns it off (AMX CPUs, see
-    backends/llamacpp_open.py), and its host-memory prompt cache (``--cache-ram``) the size of the app's
+    backends/llamacpp/open.py), and its host-memory prompt cache (``--cache-ram``) the size of the app's
     (``--prompt-cache-mib``; the benchmarks' default 0 turns both off: every path then meets each prompt
     cold, as the raw engine does, whatever earlier phases sent the app)."""
 
@@ -187,7 +187,7 @@ class LlamaServer(_ServerProcess):
 
     def __init__(self, binary: str | Path, model_path: Path, n_ctx: int, n_threads: int, parallel: int,
                  cache_ram_mib: int = 0):
-        from backends.llamacpp_open import cpu_has_amx
+        from backends.llamacpp.open import cpu_has_amx
         from backends.omp_env import environ_without_policy
 
         super().__init__()

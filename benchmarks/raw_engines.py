@@ -21,7 +21,7 @@ class RawLlamaCpp:
     engine = "llama_cpp.Llama.create_chat_completion(stream=True)"
 
     def __init__(self, model_path: Path, n_ctx: int, n_threads: int):
-        from backends.llamacpp_open import open_llama
+        from backends.llamacpp.open import open_llama
 
         # n_threads_batch as the app's engine uses it (llama-cpp-python would default it to every CPU,
         # which gives the raw path a faster prefill than the app's whenever --threads < CPUs); the
@@ -121,14 +121,14 @@ class RawTransformers:
 
 def open_raw_engine(args):
     """The raw engine for ``args.backend`` and the model the app will serve; returns (engine, info)."""
-    from backends.sources import default_cache_dir, embedded_model_path
+    from backends.files.sources import default_cache_dir, embedded_model_path
 
     if args.backend == "llamacpp":
         path = Path(args.model) if args.model else embedded_model_path()
         log(f"RAW: llama_cpp.Llama({path.name}, n_ctx={args.n_ctx}, n_threads={args.threads}, n_threads_batch={args.threads})")
         engine = RawLlamaCpp(path, args.n_ctx, args.threads)
         return engine, {"engine": engine.engine, "model_file": str(path)}
-    from backends.hf_convert import hf_checkpoint_from_gguf
+    from backends.files.hf_convert import hf_checkpoint_from_gguf
 
     if args.model:
         checkpoint = Path(args.model)

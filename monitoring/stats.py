@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends.manager import ModelManager
-from backends.provenance import provenance
+from backends.files.provenance import provenance
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import MEMORY_LEGEND, model_memory
 

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends import gguf
+from backends.files import gguf
 from backends.errors import OutOfMemory
 from monitoring.memory import MemoryMonitor
 

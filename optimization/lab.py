@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends import gguf, sources
+from backends.files import gguf, sources
 from backends.base import KV_CACHE_TYPES, ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, Cancelled, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
-from backends.provenance import provenance
+from backends.files.provenance import provenance
 from backends.registry import BackendRegistry
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backends import hub_cache, sources
+from backends.files import hub_cache, sources
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
-from backends.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
+from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
 from backends.threads import parse_threads
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
@@ -159,7 +159,7 @@ class Services:
         """Convert a checkpoint folder or Hub repo id to GGUF F16 with llama.cpp's converter, then make
         each of ``quantizations`` from it. Yields (fraction, status line, []), then (1.0, summary, the new
         cache rows). Closing the generator (client gone, Stop) ends the conversion and leaves no file."""
-        from backends import hf_to_gguf
+        from backends.files import hf_to_gguf
 
         source = as_text(model, "model").strip()
         quants = parse_quantizations(quantizations)

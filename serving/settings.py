@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, ModelSpec
 from backends.errors import InvalidRequest
 from backends.registry import default_registry
-from backends.sources import EMBEDDED_ALIAS, default_cache_dir
+from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir
 from backends.threads import parse_threads
 from serving.chat_service import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
 

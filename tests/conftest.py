@@ -32,7 +32,7 @@ os.environ["QUANTLAB_CACHE_DIR"] = _SESSION_CACHE
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
-from backends.sources import default_cache_dir, embedded_model_path  # noqa: E402
+from backends.files.sources import default_cache_dir, embedded_model_path  # noqa: E402
 
 PROMPT = (Message("user", "Name three colours of the rainbow."),)
 
@@ -104,7 +104,7 @@ def embedded_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def llama_backend(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
     b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1))

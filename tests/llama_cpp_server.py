@@ -1,10 +1,10 @@
 """``python -m tests.llama_cpp_server ARGS``: llama-cpp-python's own OpenAI server (the real remote
-engine in the tests), with the model parameters this CPU needs (``backends.llamacpp_open``)."""
+engine in the tests), with the model parameters this CPU needs (``backends.llamacpp.open``)."""
 
 import runpy
 import sys
 
-from backends.llamacpp_open import patch_for_this_process
+from backends.llamacpp.open import patch_for_this_process
 
 if __name__ == "__main__":
     patch_for_this_process()

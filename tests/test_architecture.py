@@ -59,3 +59,63 @@ def test_backends_know_nothing_of_web_frameworks():
     wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}" for package in ("backends", "monitoring", "optimization")
              for p in python_files(package) for line, m in imported_modules(p) if m.split(".")[0] in web]
     assert wrong == []
+
+
+ENGINE_PACKAGES = {"backends.llamacpp", "backends.hf"}
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def module_level_imports(path: Path) -> list[tuple[int, str]]:
+    """Imports that run when the module is imported (not those inside a function)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in inside:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def test_the_weight_files_package_never_imports_an_engine():
+    """backends/files/ (sources, Hub cache, GGUF, converters, provenance) never imports an engine package
+    (backends.llamacpp, backends.hf), so every backend and the lab can use it; its converters call an engine
+    library (llama.cpp's quantizer, transformers' GGUF reader) only inside the function that converts."""
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in python_files("backends/files")
+             for line, m in imported_modules(p) if any(_under(m, e) for e in ENGINE_PACKAGES)]
+    wrong += [f"{p.relative_to(ROOT)}:{line} imports {m} at module level" for p in python_files("backends/files")
+              for line, m in module_level_imports(p) if m.split(".")[0] in ENGINES]
+    assert wrong == []
+
+
+def test_the_engine_packages_never_import_each_other():
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}"
+             for mine, other in (("backends/llamacpp", "backends.hf"), ("backends/hf", "backends.llamacpp"))
+             for p in python_files(mine) for line, m in imported_modules(p) if _under(m, other)]
+    assert wrong == []
+
+
+def test_only_engine_packages_import_their_engine():
+    """llama_cpp is imported only under backends/llamacpp/, torch, transformers and bitsandbytes only under
+    backends/hf/ (beside the converters in backends/files/, inside their functions, and backends/memory.py,
+    which empties the CUDA cache when torch is already loaded)."""
+    homes = {"llama_cpp": ("backends/llamacpp/", "backends/files/"),
+             "torch": ("backends/hf/", "backends/files/", "backends/memory.py"),
+             "transformers": ("backends/hf/", "backends/files/"), "bitsandbytes": ("backends/hf/",)}
+    wrong = [f"{p.relative_to(ROOT).as_posix()}:{line} imports {m}" for p in python_files("backends")
+             for line, m in imported_modules(p)
+             if m.split(".")[0] in homes and not p.relative_to(ROOT).as_posix().startswith(homes[m.split(".")[0]])]
+    assert wrong == []
+
+
+def test_the_package_rules_see_a_cross_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from backends.hf.quant import check\n")
+    assert any(_under(m, "backends.hf") for _, m in imported_modules(bad))

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
-from backends.llamacpp import LlamaCppBackend
-from backends.llamacpp_prompt_cache import common_prefix
+from backends.llamacpp.backend import LlamaCppBackend
+from backends.llamacpp.prompt_cache import common_prefix
 from tests.conftest import long_request
 
 PROMPTS = ["Name three colours.", "Write a haiku about rain.", "What is 2+2?", "Describe a cat.",
@@ -136,7 +136,7 @@ def test_each_decode_lists_sequences_in_slot_order(cache_dir, monkeypatch):
     batch listing slots 3, 2, 1, 0 is computed as four graphs instead of one (33-40 ms instead of 24 ms
     per step on 2 cores). Requests admitted into slots in reverse order (each prompt goes to the slot
     whose kept prefix it shares) must still be batched in slot order."""
-    from backends import llamacpp_compute
+    from backends.llamacpp import compute as llamacpp_compute
 
     b = LlamaCppBackend(cache_dir)
     b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=256, parallel=4))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backends.base import Backend, ModelSpec
-from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp.backend import LlamaCppBackend
 from tests.conftest import LiveServer, make_settings
 from tests.test_browser import page, pytestmark  # noqa: F401 (fixtures and the Chromium skip)
 

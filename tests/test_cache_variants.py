@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from backends import gguf, hub_cache
+from backends.files import gguf, hub_cache
 from backends.errors import InvalidRequest, ModelLoadError
 
 

@@ -154,7 +154,7 @@ def test_regenerate_adds_a_version_and_stop_marks_the_reply_with_its_stats():
 
 @pytest.mark.slow
 def test_the_real_model_fits_a_long_chat_into_a_small_context(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     if LlamaCppBackend.count_prompt_tokens is Backend.count_prompt_tokens:
         pytest.skip("this llama.cpp backend cannot count prompt tokens yet (the engine branch adds it)")

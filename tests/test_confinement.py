@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from backends.base import ModelSpec
-from backends.sources import embedded_model_path
+from backends.files.sources import embedded_model_path
 from tests.conftest import LiveServer, make_settings
 
 pytestmark = pytest.mark.slow

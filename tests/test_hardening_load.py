@@ -12,7 +12,7 @@ import psutil
 import pytest
 from gradio_client import Client
 
-from backends.sources import embedded_model_path
+from backends.files.sources import embedded_model_path
 from optimization.estimates import estimate_load
 from tests.conftest import LiveServer, make_settings
 

@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 
 from backends.base import ModelSpec
-from backends.sources import embedded_model_path
+from backends.files.sources import embedded_model_path
 from tests.conftest import LiveServer, free_port, make_settings
 from tests.live_server import wait_healthy
 

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from backends import hf_to_gguf
+from backends.files import hf_to_gguf
 from backends.errors import ModelLoadError
-from backends.hf_convert import hf_checkpoint_from_gguf
+from backends.files.hf_convert import hf_checkpoint_from_gguf
 from tests.test_hub import hub  # noqa: F401 - the fixture: an offline Hugging Face cache at HF_HUB_CACHE
 
 torch = pytest.importorskip("torch")
@@ -57,7 +57,7 @@ def test_conversion_reports_progress_and_caches(f16, tiny_llama, cache_dir):
     fractions = [f for f, _ in lines]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("layer 2 of 2" in m for _, m in lines) and any("Writing" in m for _, m in lines)
-    from backends.gguf import gguf_file_type, read_gguf_metadata
+    from backends.files.gguf import gguf_file_type, read_gguf_metadata
 
     assert gguf_file_type(path) == "F16"
     assert read_gguf_metadata(path)["general.architecture"] == "llama"
@@ -69,7 +69,7 @@ def test_conversion_reports_progress_and_caches(f16, tiny_llama, cache_dir):
 def test_f16_logits_match_transformers_fp32(f16, tiny_llama):
     """Tolerance: max |logit diff| <= 2.5x what rounding the weights to fp16 in transformers itself
     does, mean |diff| <= 0.5 % of the largest |logit|, argmax agreement >= 90 %."""
-    from backends.llamacpp_open import open_llama
+    from backends.llamacpp.open import open_llama
 
     _, model, tok = tiny_llama
     ids = tok(TEXT)["input_ids"]
@@ -192,7 +192,7 @@ def test_endpoint_streams_progress_and_ends_with_cache_rows(tiny_llama, cache_di
 
 
 def test_missing_converter_source_is_a_typed_error_saying_how_to_get_it(tmp_path, monkeypatch):
-    from backends.gguf_converter import ConverterUnavailable, ensure_converter
+    from backends.files.gguf_converter import ConverterUnavailable, ensure_converter
 
     monkeypatch.setenv("QUANTLAB_LLAMA_SDIST", str(tmp_path / "nowhere.tar.gz"))
     with pytest.raises(ConverterUnavailable, match=r"pip download --no-deps --no-binary :all: llama-cpp-python==\d"):
@@ -245,7 +245,7 @@ def test_a_real_llama_checkpoint_converts_faithfully(cache_dir, embedded_gguf):
     |logit| of transformers' fp32 ones, same argmax."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backends.llamacpp_open import open_llama
+    from backends.llamacpp.open import open_llama
 
     ckpt = hf_checkpoint_from_gguf(embedded_gguf, cache_dir)
     f16 = hf_to_gguf.convert_checkpoint(ckpt, cache_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends import hub_cache, sources
+from backends.files import hub_cache, sources
 from backends.base import ModelSpec
 from backends.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from tests.conftest import LiveServer, greedy, make_manager, make_services, make_settings

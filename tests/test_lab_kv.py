@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from backends import gguf
+from backends.files import gguf
 from backends.base import KV_CACHE_TYPES, ModelSpec
 from backends.errors import UnsupportedQuantization
 from backends.registry import default_registry
@@ -89,7 +89,7 @@ def test_the_memory_line_names_a_quantized_kv_cache():
 
 def _llama_cpp_kv_report(path, n_ctx: int, cache_type: str) -> tuple[float, int, str, str]:
     """(MiB, cells, K type, V type) from llama.cpp's own log line when it allocates the KV cache."""
-    from backends.llamacpp_open import kv_cache_options, open_llama
+    from backends.llamacpp.open import kv_cache_options, open_llama
 
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):  # llama-cpp-python's log callback prints to sys.stderr
@@ -104,7 +104,7 @@ def _llama_cpp_kv_report(path, n_ctx: int, cache_type: str) -> tuple[float, int,
 @pytest.mark.slow
 @pytest.mark.parametrize("n_ctx", [2048, 1000])  # 1000: llama.cpp rounds the context up (1024 cells)
 def test_kv_bytes_match_what_llama_cpp_allocates(cache_dir, embedded_gguf, n_ctx):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     sizes = {}
     for cache_type in KV_CACHE_TYPES:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from backends import gguf
-from backends.provenance import provenance
+from backends.files import gguf
+from backends.files.provenance import provenance
 from monitoring.model_memory import model_memory
 from tests.conftest import make_manager, make_services
 

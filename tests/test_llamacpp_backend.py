@@ -9,7 +9,7 @@ import pytest
 
 from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import ContextLengthExceeded, ModelLoadError, ModelNotFound
-from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp.backend import LlamaCppBackend
 from tests.conftest import cancel_mid_stream, greedy
 
 

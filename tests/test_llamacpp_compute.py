@@ -1,4 +1,4 @@
-"""Every llama.cpp decode in the process runs on one OS thread (backends/llamacpp_compute.py).
+"""Every llama.cpp decode in the process runs on one OS thread (backends/llamacpp/compute.py).
 
 libgomp keeps an OpenMP team per calling thread for that thread's life; once the process holds more
 OpenMP threads than CPUs, every decode slows (measured 123 -> 34 tok/s for the chat's batch engine
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backends import llamacpp_compute
+from backends.llamacpp import compute as llamacpp_compute
 from backends.base import ModelSpec
 from tests.conftest import greedy
 
@@ -35,7 +35,7 @@ def test_run_returns_results_and_raises_errors_on_the_caller():
 
 @pytest.mark.slow
 def test_generations_from_many_long_lived_threads_add_no_openmp_team(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
     b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512, parallel=1, n_threads=2))

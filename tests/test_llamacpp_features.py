@@ -13,8 +13,8 @@ import pytest
 
 from backends.base import ChatRequest, Constraint, Message, ModelSpec, SamplingParams
 from backends.errors import ContextLengthExceeded, InvalidRequest, NoModelLoaded
-from backends.llamacpp import LlamaCppBackend
-from backends.llamacpp_template import ChatTemplate
+from backends.llamacpp.backend import LlamaCppBackend
+from backends.llamacpp.template import ChatTemplate
 from tests.conftest import make_manager
 
 RAINBOW = (Message("user", "Name three colours of the rainbow."),)

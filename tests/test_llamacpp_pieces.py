@@ -1,6 +1,6 @@
 """Generated text keeps every byte of every token: llama-cpp-python's per-token ``detokenize`` reads
 pieces through a 32-byte buffer and silently drops longer ones (this model has 47, runs of spaces that
-deep code indentation uses), so the engine's streams decode pieces with backends.llamacpp_detokenize."""
+deep code indentation uses), so the engine's streams decode pieces with backends.llamacpp.detokenize."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _long_pieces(llm) -> list[tuple[int, bytes]]:
 
 
 def test_long_token_pieces_come_back_whole(llama_backend):
-    from backends.llamacpp_detokenize import detokenize_bytes
+    from backends.llamacpp.detokenize import detokenize_bytes
 
     llm = llama_backend._llm
     long = _long_pieces(llm)

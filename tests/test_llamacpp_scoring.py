@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.gguf import gguf_variant
-from backends.llamacpp_open import safe_model_params
+from backends.files.gguf import gguf_variant
+from backends.llamacpp.open import safe_model_params
 from optimization import quality
 from optimization.lab import Lab
 from tests.conftest import make_manager, require_or_skip

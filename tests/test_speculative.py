@@ -117,7 +117,7 @@ def test_unknown_speculative_kind_is_a_clear_cli_error(capsys):
 
 @pytest.fixture(scope="module")
 def spec_backend(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
     info = b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=1, speculative="ngram"))
@@ -190,7 +190,7 @@ def test_stats_report_the_acceptance_rate(cache_dir):
 # --- llama.cpp's batch engine (the default, --parallel 4) -----------------------------------------------
 
 def _batched(cache_dir, speculative, **kw):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
     info = b.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=1024, parallel=4, prefix_cache=False,
@@ -281,7 +281,7 @@ def test_batched_cancel_mid_draft_frees_the_slot(batched_pair):
 def test_with_flash_attention_greedy_output_is_exactly_plain_decoding(cache_dir, parallel):
     """Flash attention computes each query row alone (no batch-shape dependence) while the context is
     short: verified drafts then give exactly the plain run's text, on a near-tie prompt too."""
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     prompts = [REPEAT, COLOURS, (Message("user", "Say 'one two three one two three' three times."),)]
     texts = {}
@@ -312,7 +312,7 @@ def test_manager_stats_report_acceptance_with_the_batch_engine(cache_dir):
 
 @pytest.fixture(scope="module")
 def hf_pair(cache_dir):
-    from backends.transformers import TransformersBackend
+    from backends.hf.backend import TransformersBackend
 
     plain, spec = TransformersBackend(cache_dir), TransformersBackend(cache_dir)
     plain.load(ModelSpec(source="embedded", backend="transformers", quantization="fp32", parallel=1))
@@ -345,7 +345,7 @@ def test_transformers_sampled_requests_draft_nothing(hf_pair):
 
 
 def test_transformers_bad_speculative_settings_are_clear_errors(cache_dir):
-    from backends.transformers import TransformersBackend
+    from backends.hf.backend import TransformersBackend
 
     with pytest.raises(InvalidRequest, match="spec_draft_tokens"):
         TransformersBackend(cache_dir).load(ModelSpec(source="embedded", backend="transformers", quantization="fp32",
@@ -353,7 +353,7 @@ def test_transformers_bad_speculative_settings_are_clear_errors(cache_dir):
 
 
 def test_bad_speculative_settings_are_clear_errors(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     b = LlamaCppBackend(cache_dir)
     with pytest.raises(InvalidRequest, match="ngram"):

@@ -35,7 +35,7 @@ def libgomp_settings(code: str, **env: str) -> str:
     return out.stderr + out.stdout
 
 
-LOAD_ENGINE = ("from backends.llamacpp import LlamaCppBackend; from backends.base import ModelSpec; "
+LOAD_ENGINE = ("from backends.llamacpp.backend import LlamaCppBackend; from backends.base import ModelSpec; "
                "b = LlamaCppBackend(); b.load(ModelSpec(source='embedded', backend='llamacpp', parallel=1)); "
                "print('threads', b._llm._ctx.ctx and __import__('llama_cpp').llama_n_threads(b._llm._ctx.ctx)); b.unload()")
 
@@ -107,7 +107,7 @@ def n_threads_of(ctx) -> int:
 
 
 def test_llama_cpp_user_threads_are_exact_and_a_second_engine_leaves_them(cache_dir):
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
 
     first, second = LlamaCppBackend(cache_dir), LlamaCppBackend(cache_dir)
     try:
@@ -135,7 +135,7 @@ def test_torch_threads_are_the_models_own_on_every_thread_that_computes(cache_di
     its own (torch keeps a thread count per computing thread; each model sets its own first)."""
     import torch
 
-    from backends.transformers import TransformersBackend
+    from backends.hf.backend import TransformersBackend
 
     one, two = TransformersBackend(cache_dir), TransformersBackend(cache_dir)
     seen: dict[str, list[int]] = {"one": [], "two": []}

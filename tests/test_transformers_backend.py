@@ -10,7 +10,7 @@ import pytest
 
 from backends.base import ChatRequest, ModelSpec, SamplingParams
 from backends.errors import BackendError, UnsupportedQuantization
-from backends.transformers import TransformersBackend, bnb_support
+from backends.hf.backend import TransformersBackend, bnb_support
 from tests.conftest import cancel_mid_stream, greedy, long_request
 
 torch = pytest.importorskip("torch")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from backends.base import ModelSpec
-from backends.transformers import TransformersBackend
+from backends.hf.backend import TransformersBackend
 from tests.test_batching import PROMPTS, cancel_one_mid_batch, concurrently, req, text, walk_away_from_all_slots
 
 
@@ -73,7 +73,7 @@ def os_threads() -> int:
 
 
 def test_an_unbatched_request_beside_the_batch_adds_no_openmp_team(batched):
-    """Its generate() runs on the batch's generation thread (backends/transformers_loop_calls.py).
+    """Its generate() runs on the batch's generation thread (backends/hf/loop_calls.py).
 
     torch's libgomp keeps an OpenMP team per calling thread; a generate() on a thread of its own beside
     the live batcher's added that thread and its team's workers (2 on 2 CPUs), and with more OpenMP

@@ -12,7 +12,7 @@ import pytest
 
 from backends.base import ChatRequest, Constraint, Message, ModelSpec, SamplingParams
 from backends.errors import InvalidRequest
-from backends.transformers import TransformersBackend
+from backends.hf.backend import TransformersBackend
 from tests.conftest import PROMPT, greedy, make_manager
 
 torch = pytest.importorskip("torch")
@@ -227,7 +227,7 @@ def test_a_template_that_knows_tools_and_variables_gets_them(hf):
     own tokenizer."""
     from transformers import AutoTokenizer
 
-    from backends.transformers_chat import prompt_ids
+    from backends.hf.chat import prompt_ids
 
     tok = AutoTokenizer.from_pretrained(hf._model.name_or_path)
     tok.chat_template = (
@@ -272,7 +272,7 @@ def _cb_processors():
     from transformers.generation.continuous_batching.cb_logits_processors import (
         ContinuousBatchingTopKLogitsWarper, ContinuousBatchingTopPLogitsWarper)
 
-    from backends.transformers_batch_sampling import TopK, TopPAndDraw, _rebuild
+    from backends.hf.batch_sampling import TopK, TopPAndDraw, _rebuild
 
     top_k = ContinuousBatchingTopKLogitsWarper(TopKLogitsWarper(top_k=40))
     top_p = ContinuousBatchingTopPLogitsWarper(TopPLogitsWarper(top_p=0.9))

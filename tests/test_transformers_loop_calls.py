@@ -1,4 +1,4 @@
-"""Calls queued for the continuous batch's generation thread (backends/transformers_loop_calls.py), on a
+"""Calls queued for the continuous batch's generation thread (backends/hf/loop_calls.py), on a
 stand-in for transformers' manager: they run on the loop's thread between its steps, their errors reach
 the caller and never the loop, and once the loop has ended nothing is left waiting."""
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from backends.transformers_loop_calls import LoopCalls
+from backends.hf.loop_calls import LoopCalls
 
 
 class FakeManager:

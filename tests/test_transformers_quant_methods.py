@@ -15,8 +15,8 @@ import pytest
 from backends.base import ModelSpec
 from backends.errors import UnsupportedQuantization
 from backends.registry import default_registry
-from backends.transformers import TransformersBackend
-from backends.transformers_quant import METHODS, grad_mode
+from backends.hf.backend import TransformersBackend
+from backends.hf.quant import METHODS, grad_mode
 from monitoring.model_memory import model_memory
 from optimization.quality import log_softmax, stdlib_text
 from tests.conftest import greedy

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from backends.base import MAX_NEW_TOKENS_LIMIT
-from backends.sources import default_cache_dir
+from backends.files.sources import default_cache_dir
 from serving.auth import is_personal
 from serving.chat_store import ChatStore, browser_secret
 from serving.services import Services

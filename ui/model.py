@@ -10,7 +10,7 @@ import gradio as gr
 
 from backends.base import KV_CACHE_TYPES, ModelSpec
 from backends.errors import user_message
-from backends.gguf import GGUF_FTYPES
+from backends.files.gguf import GGUF_FTYPES
 from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from serving.services import COMPUTE_DTYPES, Services
 from ui.edge import gradio_errors

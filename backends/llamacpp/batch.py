@@ -30,12 +30,12 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from backends import llamacpp_compute as compute
+from backends.llamacpp import compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
-from backends.llamacpp_detokenize import detokenize_bytes
-from backends.llamacpp_prompt_cache import MIN_TOKENS, PromptCache, common_prefix
-from backends.llamacpp_sampling import token_logprob
+from backends.llamacpp.detokenize import detokenize_bytes
+from backends.llamacpp.prompt_cache import MIN_TOKENS, PromptCache, common_prefix
+from backends.llamacpp.sampling import token_logprob
 from backends.speculative import NgramDrafter
 
 _END = object()

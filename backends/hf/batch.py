@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 
 from backends.base import SamplingParams
 from backends.errors import BackendError
-from backends.transformers_loop_calls import LoopCalls
+from backends.hf.loop_calls import LoopCalls
 
 PAGE_SIZE = 64  # tokens per KV page: small pages waste less on short chats
 _POLL_S = 0.25
@@ -62,7 +62,7 @@ class ContinuousBatcher:
         )
         self._mgr = model.init_continuous_batching(generation_config=generation_config,
                                                    continuous_batching_config=config)
-        from backends.transformers_batch_sampling import install
+        from backends.hf.batch_sampling import install
 
         install(self._mgr)  # top-k/top-p/draw without full-vocabulary sorts (issue 16)
         # other torch compute (the backend's generate()) runs on the generation thread between steps, so

@@ -1,5 +1,5 @@
 """Hugging Face transformers models, optionally quantized with bitsandbytes, torchao or optimum-quanto
-(those two: backends/transformers_quant.py).
+(those two: backends/hf/quant.py).
 
 ``generate`` runs in a worker thread (the continuous batch's generation thread when a batcher is
 alive, so the process keeps one OpenMP team: ``transformers_loop_calls``): its token ids come back
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from backends import sources
+from backends.files import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import (
     InvalidRequest,
@@ -32,9 +32,9 @@ from backends.errors import (
     OutOfMemory,
     UnsupportedQuantization,
 )
-from backends.hf_convert import hf_checkpoint_from_gguf
-from backends import gguf
-from backends import transformers_quant
+from backends.files.hf_convert import hf_checkpoint_from_gguf
+from backends.files import gguf
+from backends.hf import quant as transformers_quant
 from backends.memory import release_memory
 from backends.slots import SharedExclusive
 from backends.speculative import SpecStats, check_speculative
@@ -269,7 +269,7 @@ class TransformersBackend(Backend):
     def _start_batching(self, spec: ModelSpec, model, tok) -> str:
         """Continuous batching through transformers' own manager; a model or quantization it cannot run
         keeps the one-at-a-time path (said in the load details, never a failed load)."""
-        from backends.transformers_batch import ContinuousBatcher
+        from backends.hf.batch import ContinuousBatcher
 
         try:
             self._batcher = ContinuousBatcher(model, spec.parallel, self._max_ctx, _eos_ids(model, tok),
@@ -302,7 +302,7 @@ class TransformersBackend(Backend):
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The raw prompt's tokens, or the messages through the chat template (tools, continue, kwargs)."""
-        from backends.transformers_chat import prompt_ids
+        from backends.hf.chat import prompt_ids
 
         _, tok = self._require()
         return prompt_ids(tok, request)
@@ -345,7 +345,7 @@ class TransformersBackend(Backend):
         """The logits processor that holds the output to ``request.constraint`` (None without one)."""
         if request.constraint is None:
             return None
-        from backends.transformers_constraint import Grammars
+        from backends.hf.constraint import Grammars
 
         model, tok = self._require()
         if self._grammars is None:
@@ -361,16 +361,16 @@ class TransformersBackend(Backend):
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from backends.transformers_sampling import generate_kwargs, processors
-        from backends.transformers_speculative import DraftCounter
-        from backends.transformers_speculative import generate_kwargs as speculative_kwargs
+        from backends.hf.sampling import generate_kwargs, processors
+        from backends.hf.speculative import DraftCounter
+        from backends.hf.speculative import generate_kwargs as speculative_kwargs
 
         model, tok = self._require()
         n_prompt = len(ids)
         q: queue.Queue = queue.Queue()
         top_n = request.logprobs if request is not None else None
         if top_n is not None and self._texts is None:
-            from backends.transformers_logprobs import TokenTexts
+            from backends.hf.logprobs import TokenTexts
 
             self._texts = TokenTexts(tok)
         tap = (lambda row: q.put(_Row(row))) if top_n is not None else None

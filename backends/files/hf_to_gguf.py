@@ -20,10 +20,10 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from backends import gguf, sources
+from backends.files import gguf, sources
 from backends.base import Progress, _no_progress
 from backends.errors import ModelLoadError
-from backends.gguf_converter import ConverterUnavailable, converter_command, ensure_converter
+from backends.files.gguf_converter import ConverterUnavailable, converter_command, ensure_converter
 
 F16_SUFFIX = ".F16.gguf"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from backends import llamacpp_compute as compute
+from backends.llamacpp import compute
 from backends.errors import BackendError, ContextLengthExceeded, InvalidRequest, OutOfMemory
 
 POOLED = (1, 2, 3)  # LLAMA_POOLING_TYPE_MEAN, CLS, LAST: one vector per sequence

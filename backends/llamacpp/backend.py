@@ -39,16 +39,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from backends import sources
+from backends.files import sources
 from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress, TextDelta, _no_progress, check_prompt_tokens
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
-from backends.llamacpp_sampling import sampler_for, token_logprob
+from backends.llamacpp.sampling import sampler_for, token_logprob
 from backends.speculative import NgramDrafter, SpecStats, check_speculative
-from backends import gguf, hf_to_gguf
-from backends.gguf import kv_cache_bytes
-from backends import llamacpp_compute as compute
-from backends.llamacpp_detokenize import detokenize_bytes
-from backends.llamacpp_open import kv_cache_options, open_llama
+from backends.files import gguf, hf_to_gguf
+from backends.files.gguf import kv_cache_bytes
+from backends.llamacpp import compute
+from backends.llamacpp.detokenize import detokenize_bytes
+from backends.llamacpp.open import kv_cache_options, open_llama
 from backends.memory import release_memory
 from backends.threads import AdaptiveThreads, ContextThreads, physical_cores  # noqa: F401 - physical_cores: re-exported
 from backends.threads import choose as choose_threads
@@ -106,7 +106,7 @@ class LlamaCppBackend(Backend):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, progress: Progress = _no_progress) -> LoadedModel:
-        from backends.llamacpp_template import ChatTemplate
+        from backends.llamacpp.template import ChatTemplate
 
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
@@ -167,7 +167,7 @@ class LlamaCppBackend(Backend):
         self._sync_threads = ContextThreads(L, llm._ctx.ctx, self._adaptive, threads.threads).sync
         n_threads = threads.threads
         if batched:
-            from backends.llamacpp_batch import BatchEngine
+            from backends.llamacpp.batch import BatchEngine
 
             try:
                 self._engine = BatchEngine(llm, spec.parallel, spec.n_ctx, n_threads, adaptive=self._adaptive,
@@ -476,7 +476,7 @@ class LlamaCppBackend(Backend):
         llm = self._require()
         with self._embed_lock:
             if self._embedder is None:
-                from backends.llamacpp_embed import Embedder
+                from backends.llamacpp.embed import Embedder
 
                 self._embedder = Embedder(llm, min(self._spec.n_ctx, llm._model.n_ctx_train(), EMBED_MAX_TOKENS))
             embedder = self._embedder

@@ -9,8 +9,8 @@ import functools
 import json
 from pathlib import Path
 
-from backends import gguf
-from backends.transformers_quant import METHODS
+from backends.files import gguf
+from backends.files.quant_methods import METHODS
 
 UNQUANTIZED = {"F32", "F16", "BF16", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}
 # nominal bits per weight of the transformers quantizations (bitsandbytes keeps norms and embeddings)

@@ -7,7 +7,7 @@ repetition penalty, constraints, logprobs, seeds for sampled text, prompt lookup
 one. With more OpenMP threads than CPUs libgomp throttles (its workers sleep on a futex between ops
 instead of spinning) and every parallel region slows: measured on the 2-core machine, such a
 generate() ran at about half its speed while a batcher was alive, even an idle one
-(benchmarks/bench_transformers_fallback.py). The same cause as llama.cpp's (backends/llamacpp_compute.py),
+(benchmarks/bench_transformers_fallback.py). The same cause as llama.cpp's (backends/llamacpp/compute.py),
 and the same cure: one thread does the compute.
 
 The manager's loop calls ``_generation_loop_body`` once per step (or per 0.1 s wait when idle); it is

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from backends import sources
+from backends.files import sources
 from backends.errors import InvalidRequest, ModelNotFound
 
 DERIVED_KINDS = {"gguf": "gguf-variants", "hf": "derived-checkpoint"}
@@ -160,8 +160,8 @@ def _derived_items(cache_dir: Path) -> list[dict]:
 def _gguf_items(folder: Path) -> list[dict]:
     """One row per file of a source's variant folder: each GGUF variant to load or delete on its
     own, and any unfinished conversion (to delete)."""
-    from backends.gguf import source_of
-    from backends.provenance import provenance
+    from backends.files.gguf import source_of
+    from backends.files.provenance import provenance
 
     rec = None
     items = []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backends.base import Progress, _no_progress
 from backends.errors import ModelLoadError
-from backends.gguf import source_key
+from backends.files.gguf import source_key
 
 MARKER = "quantlab-derived.txt"
 

@@ -16,30 +16,10 @@ torch is imported inside the functions: importing this module is cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from backends.errors import UnsupportedQuantization
+from backends.files.quant_methods import METHODS
 
 
-@dataclass(frozen=True)
-class Method:
-    package: str  # the import name
-    pip: str  # the pip name, for the error that says how to get it
-    bits: float  # nominal bits per quantized weight
-    cpu: bool  # kernels that run on this CPU
-    description: str  # what provenance says the method is
-
-
-METHODS: dict[str, Method] = {
-    "torchao-int8wo": Method("torchao", "torchao", 8.0, True,
-                             "torchao int8 weight-only: int8 weights, one scale per output channel"),
-    "torchao-int4wo": Method("torchao", "torchao", 4.0, False,
-                             "torchao int4 weight-only: int4 weights in groups of 64 (tinygemm CUDA kernels)"),
-    "quanto-int8": Method("optimum.quanto", "optimum-quanto", 8.0, True,
-                          "optimum-quanto int8 weights, one scale per output channel"),
-    "quanto-int4": Method("optimum.quanto", "optimum-quanto", 4.0, True,
-                          "optimum-quanto int4 weights in groups of 128 or fewer (a scale and a shift each)"),
-}
 GROUP_SIZE = 64  # torchao-int4wo; SmolLM2's rows of 576 are no multiple of 128 (torchao would skip those weights)
 
 
