@@ -9,6 +9,13 @@ from dataclasses import replace
 from backends.base import TextDelta
 
 
+def partial_suffix(text: str, *markers: str) -> int:
+    """Length of the longest end of ``text`` that is a proper start of one of ``markers``: the part of a
+    stream to hold back because the next piece may complete a marker."""
+    return max((k for m in markers for k in range(min(len(m) - 1, len(text)), 0, -1) if text.endswith(m[:k])),
+               default=0)
+
+
 class StopMatcher:
     def __init__(self, stops: list[str] | None):
         self.stops = [s for s in (stops or []) if s]
@@ -27,12 +34,7 @@ class StopMatcher:
             self.hit = True
             out, self._pending = self._pending[:cut], ""
             return out
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self._pending)), 0, -1):
-                if self._pending.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
+        hold = partial_suffix(self._pending, *self.stops)
         out = self._pending[: len(self._pending) - hold]
         self._pending = self._pending[len(out):]
         return out

@@ -9,16 +9,10 @@ or ``flush()``. A ``<think>`` never closed (the reply was cut while thinking) st
 
 from __future__ import annotations
 
+from backends.stops import partial_suffix
+
 OPEN = "<think>"
 CLOSE = "</think>"
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``tag``."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
 
 
 class ReasoningSplitter:
@@ -65,7 +59,7 @@ class ReasoningSplitter:
                 self._pending = self._pending[end + len(CLOSE):]
                 self._state = "after"
                 continue
-            hold = _partial_suffix(self._pending, CLOSE)
+            hold = partial_suffix(self._pending, CLOSE)
             cut = len(self._pending) - hold
             reasoning += self._pending[:cut]
             self._pending = self._pending[cut:]

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backends.stops import partial_suffix
+
 MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _LIST_OF_OBJECTS = re.compile(r"\[\s*\{")
@@ -152,12 +154,7 @@ class ToolCallStream:
         if cut >= 0:
             out, self._held, self._capturing = self._held[:cut], self._held[cut:], True
             return out
-        hold = 0
-        for m in MARKERS[:2]:
-            for k in range(min(len(m) - 1, len(self._held)), 0, -1):
-                if self._held.endswith(m[:k]):
-                    hold = max(hold, k)
-                    break
+        hold = partial_suffix(self._held, *MARKERS[:2])
         out = self._held[: len(self._held) - hold]
         self._held = self._held[len(out):]
         return out

@@ -7,6 +7,7 @@ kind (a generator stays a generator function, which is how Gradio decides to str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -29,41 +30,40 @@ def _to_gr_error(exc: BaseException) -> gr.Error:
     return gr.Error(user_message(exc), print_exception=False)
 
 
+@contextlib.contextmanager
+def _user_facing():
+    """Let gr.Error through; anything else becomes one (logged when it is not a BackendError)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as exc:
+        raise _to_gr_error(exc) from exc
+
+
 def gradio_errors(fn):
     """Decorate a handler (plain, async or generator) so BackendErrors reach the user as gr.Error."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def async_wrapper(*args, **kwargs):
-            try:
+            with _user_facing():
                 return await fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                raise _to_gr_error(exc) from exc
 
         return async_wrapper
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
-            try:
+            with _user_facing():
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                raise _to_gr_error(exc) from exc
 
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _user_facing():
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:
-            raise _to_gr_error(exc) from exc
 
     return wrapper
 
