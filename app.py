@@ -3,7 +3,8 @@
 Nothing happens at import time but one thing: ``backends.omp_env`` puts the OpenMP wait policy in the
 environment, which libgomp reads once when the first engine library loads, so it comes first.
 ``create_app(settings)`` builds the FastAPI app (tests call it directly) and ``main()`` parses flags,
-starts loading the model in the background and runs uvicorn.
+starts loading the model in the background and runs uvicorn. ``LiveServer`` runs the same app under
+uvicorn in a thread of the calling process, on a free port (the tests, the benchmarks, a notebook).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import backends.omp_env  # noqa: F401 - first: the OpenMP wait policy, before any engine library loads
 
 import logging
+import socket
 import sys
 import threading
+import time
 
 log = logging.getLogger("quantlab")
 CUT_GRACE_S = 3  # after --shutdown-timeout: time for cut streams to send their error event and finish
@@ -108,6 +111,44 @@ def server_config(app, settings, host: str | None = None, **options):
 
     return uvicorn.Config(app, host=host or settings.bind_host, port=settings.port, log_level="warning",
                           proxy_headers=False, **options)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real app (FastAPI + Gradio) under uvicorn on 127.0.0.1:``settings.port``, in a thread of this
+    process; ``with LiveServer(settings) as srv:`` starts it, ``srv.url`` reaches it, leaving stops it."""
+
+    def __init__(self, settings):
+        import uvicorn
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.manager = self.app.state.manager
+        # a bounded graceful shutdown, as main()'s: gradio_client's heartbeat SSE outlives Client.close(), and
+        # uvicorn would wait for it past __exit__'s join, leaving the model loaded
+        config = server_config(self.app, settings, host="127.0.0.1", timeout_graceful_shutdown=3)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def load_in_background(manager, spec) -> threading.Thread:
