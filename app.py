@@ -3,7 +3,8 @@
 Nothing happens at import time but one thing: ``backends.omp_env`` puts the OpenMP wait policy in the
 environment, which libgomp reads once when the first engine library loads, so it comes first.
 ``create_app(settings)`` builds the FastAPI app (tests call it directly) and ``main()`` parses flags,
-starts loading the model in the background and runs uvicorn.
+starts loading the model in the background and runs uvicorn. ``LiveServer`` runs the same app under
+uvicorn in a thread of the calling process, on a free port (the tests, the benchmarks, a notebook).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import backends.omp_env  # noqa: F401 - first: the OpenMP wait policy, before any engine library loads
 
 import logging
+import socket
 import sys
 import threading
+import time
 
 log = logging.getLogger("quantlab")
 CUT_GRACE_S = 3  # after --shutdown-timeout: time for cut streams to send their error event and finish
@@ -45,27 +48,28 @@ def create_app(settings, manager=None):
     from serving.services import Services
     from ui.app_ui import build_blocks
 
-    policy = AccessPolicy(settings.auth, settings.api_key, settings.protect_metrics)  # bad --auth fails here
-    if settings.exposed and not policy.configured:
+    server, model = settings.server_part(), settings.model_part()  # each wiring step reads its half
+    policy = AccessPolicy(server.auth, server.api_key, server.protect_metrics)  # bad --auth fails here
+    if server.exposed and not policy.configured:
         log.warning("serving on %s without --auth or --api-key: anyone who can reach port %d can chat, load and "
                     "delete models and read the server's status. Set --auth USER:PASS and/or --api-key KEY.",
-                    settings.bind_host, settings.port)
-    monitor = MemoryMonitor(interval=settings.monitor_interval)
+                    server.bind_host, server.port)
+    monitor = MemoryMonitor(interval=server.monitor_interval)
     if manager is None:
-        manager = ModelManager(metrics=MetricsRecorder(rss=monitor.rss), cache_dir=settings.cache_dir,
-                               allowed_dir=settings.models_dir if settings.exposed else None,
-                               allowed_remote=tuple(settings.allow_remote) if settings.exposed else None,
-                               log_prompts=settings.log_prompts)
-    request_log = RequestLog(settings.request_log)
+        manager = ModelManager(metrics=MetricsRecorder(rss=monitor.rss), cache_dir=server.cache_dir,
+                               allowed_dir=server.models_dir if server.exposed else None,
+                               allowed_remote=tuple(server.allow_remote) if server.exposed else None,
+                               log_prompts=server.log_prompts)
+    request_log = RequestLog(server.request_log)
     manager.metrics.add_listener(request_log.on_event)
     exporter = PrometheusExporter(manager, monitor)
-    base_spec = ModelSpec.from_settings(settings)
-    manager.server_engine = ServerEngine(configured_bases(base_spec), settings.remote_api_key)
-    manager.drain_s = settings.load_drain_timeout
-    chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client),
-                       limits=settings.limits)
+    base_spec = ModelSpec.from_settings(model)
+    manager.server_engine = ServerEngine(configured_bases(base_spec), model.remote_api_key)
+    manager.drain_s = server.load_drain_timeout
+    chat = ChatService(manager, RateLimiter(server.rate_limit_rpm, server.max_streams_per_client),
+                       limits=server.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,
-                        memory_budget_bytes=settings.memory_budget_mib * 2**20)
+                        memory_budget_bytes=server.memory_budget_mib * 2**20)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -82,20 +86,20 @@ def create_app(settings, manager=None):
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.chat = chat
-    add_ops_routes(app, manager, exporter, policy, exposed=settings.exposed)
+    add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
-    app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=server.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
     app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: before any parsing
-    if settings.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
+    app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes)  # outermost: before any parsing
+    if server.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=server.forwarded_allow_ips)
     message = "QuantLab: log in." + (f" With the API key: user name '{KEY_USER}'." if policy.api_key else "")
-    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, max_file_size=settings.max_upload_bytes,
+    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, max_file_size=server.max_upload_bytes,
                                auth_message=message)
 
 
@@ -107,6 +111,44 @@ def server_config(app, settings, host: str | None = None, **options):
 
     return uvicorn.Config(app, host=host or settings.bind_host, port=settings.port, log_level="warning",
                           proxy_headers=False, **options)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real app (FastAPI + Gradio) under uvicorn on 127.0.0.1:``settings.port``, in a thread of this
+    process; ``with LiveServer(settings) as srv:`` starts it, ``srv.url`` reaches it, leaving stops it."""
+
+    def __init__(self, settings):
+        import uvicorn
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.manager = self.app.state.manager
+        # a bounded graceful shutdown, as main()'s: gradio_client's heartbeat SSE outlives Client.close(), and
+        # uvicorn would wait for it past __exit__'s join, leaving the model loaded
+        config = server_config(self.app, settings, host="127.0.0.1", timeout_graceful_shutdown=3)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def load_in_background(manager, spec) -> threading.Thread:
@@ -158,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     app = create_app(settings)
     if not settings.no_model:
-        load_in_background(app.state.manager, ModelSpec.from_settings(settings))
+        load_in_background(app.state.manager, ModelSpec.from_settings(settings.model_part()))
     log.info("serving on http://%s:%d", settings.bind_host, settings.port)
     # uvicorn's own deadline comes a little later, so the cut streams can send their last events.
     config = server_config(app, settings, timeout_graceful_shutdown=settings.shutdown_timeout + CUT_GRACE_S)

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """The chat's batch engine before and after another llama.cpp generation on a long-lived thread, in ONE run.
 
-    python benchmarks/bench_compute_thread.py
+    python -m benchmarks.bench_compute_thread
 
 What a server does all day: the chat model (``--parallel 4``, the batch engine) decodes on its
 scheduler thread, and a Compare variant (one slot) generates on a Gradio worker thread, which lives
@@ -13,16 +12,13 @@ that model is unloaded, and the ratios after / before (1.0 = no harm).
 
 from __future__ import annotations
 
-import sys
+import argparse
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
-from backends.llamacpp.backend import LlamaCppBackend  # noqa: E402
-from backends.files.sources import default_cache_dir  # noqa: E402
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
+from backends.llamacpp.backend import LlamaCppBackend
+from backends.files.sources import default_cache_dir
 
 
 def decode_rate(backend, tokens: int = 200) -> float:
@@ -36,7 +32,8 @@ def decode_rate(backend, tokens: int = 200) -> float:
     return (n - 1) / (time.perf_counter() - first)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # no options: --help
     chat = LlamaCppBackend(default_cache_dir())
     chat.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=4))
     decode_rate(chat, 8)

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """Fair queueing under load: N streaming /v1 clients at once on S batch slots, the app (and llama-server).
 
-    python benchmarks/bench_fairness.py                        # 20 clients, 4 slots, 64 tokens, the app as `python app.py`
-    python benchmarks/bench_fairness.py --llama-server ~/.cache/quantlab-tools/bin/llama-server
+    python -m benchmarks.bench_fairness                        # 20 clients, 4 slots, 64 tokens, the app as `python app.py`
+    python -m benchmarks.bench_fairness --llama-server ~/.cache/quantlab-tools/bin/llama-server
 
 Every client sends one request at the same moment (a barrier), greedy, ``--max-tokens`` each. Per
 request: TTFT (client side: the wait for a slot plus prefill) and its generation time (latency - TTFT).
@@ -20,20 +19,15 @@ import os
 import re
 import sys
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "benchmarks":
-    sys.path.pop(0)
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks import clients, harness  # noqa: E402
-from benchmarks.workload import PROMPTS, WARMUP_PROMPT, log  # noqa: E402
-from monitoring.stats import percentile  # noqa: E402
+from benchmarks.common import clients, harness
+from benchmarks.common.workload import PROMPTS, WARMUP_PROMPT, log
+from monitoring.stats import percentile
 
 
 def burst(url: str, model: str, n: int, max_tokens: int) -> list:

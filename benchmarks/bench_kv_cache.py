@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """KV-cache quantization on the embedded model: what a q8_0 / q4_0 KV cache costs in quality and
 saves in memory, measured by the lab itself, in ONE run.
 
-    python benchmarks/bench_kv_cache.py                       # Q8_0 weights, KV f16/q8_0/q4_0, 2048 tokens
-    python benchmarks/bench_kv_cache.py --weights Q4_K_M --tokens 4096
-    python benchmarks/bench_kv_cache.py --no-tool             # without llama-perplexity's figures
+    python -m benchmarks.bench_kv_cache                       # Q8_0 weights, KV f16/q8_0/q4_0, 2048 tokens
+    python -m benchmarks.bench_kv_cache --weights Q4_K_M --tokens 4096
+    python -m benchmarks.bench_kv_cache --no-tool             # without llama-perplexity's figures
 
 The lab's Evaluate (``Lab.evaluate``, what ``/evaluate`` runs) scores ``llamacpp:<weights>+kv:<type>``
 for each KV type against ``llamacpp:F16`` (the F16 the variants are made from) on the lab's default
@@ -26,20 +25,17 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.base import KV_CACHE_TYPES  # noqa: E402
-from backends.files.gguf import gguf_variant  # noqa: E402
-from backends.manager import ModelManager  # noqa: E402
-from backends.files.sources import default_cache_dir, embedded_model_path  # noqa: E402
-from monitoring.metrics import MetricsRecorder  # noqa: E402
-from optimization import quality  # noqa: E402
-from optimization.lab import Lab  # noqa: E402
+from backends.base import KV_CACHE_TYPES
+from backends.files.gguf import gguf_variant
+from backends.manager import ModelManager
+from backends.files.sources import default_cache_dir, embedded_model_path
+from monitoring.metrics import MetricsRecorder
+from optimization import quality
+from optimization.lab import Lab
 
 REFERENCE = "llamacpp:F16"
 

@@ -10,7 +10,7 @@ Two measurements, both counts rather than speeds, so outside load on a shared CP
    (ceil(N / slots) waves x tokens), how many decoding sequences each step carried, and the time the
    scheduler spent between steps (Python work: sampling, detokenizing, admitting, queue hand-off).
 
-    python benchmarks/bench_overhead.py --idle-s 15 --clients 8 --max-tokens 32
+    python -m benchmarks.bench_overhead --idle-s 15 --clients 8 --max-tokens 32
 """
 
 from __future__ import annotations
@@ -20,19 +20,23 @@ import collections
 import math
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+def app_args(parallel: int = 4) -> argparse.Namespace:
+    """The app as the serving benchmark starts it by default: llama.cpp, the embedded model, 2048 tokens of
+    context, a thread per physical core, no host-memory prompt cache; ``parallel`` batch slots."""
+    from backends.threads import physical_cores
+
+    return argparse.Namespace(backend="llamacpp", model=None, n_ctx=2048, threads=physical_cores(), parallel=parallel,
+                              prompt_cache_mib=0, dtype=None)
 
 
 def idle_cpu(seconds: float) -> dict:
     import psutil
 
-    from benchmarks import harness
-    from benchmarks.bench_serving import parse_args
+    from benchmarks.common import harness
 
-    args = parse_args(["--app-mode", "subprocess"])
+    args = app_args()
     with harness.AppSubprocess(args) as srv:
         srv.load(harness.app_spec(args))
         proc = psutil.Process(srv.pid)
@@ -46,9 +50,8 @@ def idle_cpu(seconds: float) -> dict:
 
 def steps(clients: int, max_tokens: int, parallel: int) -> dict:
     from backends.llamacpp import batch as llamacpp_batch
-    from benchmarks import clients as bench_clients
-    from benchmarks import harness
-    from benchmarks.bench_serving import parse_args
+    from benchmarks.common import clients as bench_clients
+    from benchmarks.common import harness
 
     log: list[tuple[float, float, int]] = []
     step = llamacpp_batch.BatchEngine._step
@@ -61,7 +64,7 @@ def steps(clients: int, max_tokens: int, parallel: int) -> dict:
 
     llamacpp_batch.BatchEngine._step = timed_step
     try:
-        args = parse_args(["--parallel", str(parallel)])
+        args = app_args(parallel)
         with harness.InProcessApp(args.n_ctx, args.threads) as srv:
             srv.load(harness.app_spec(args))
             bench_clients.concurrency_level(srv.url, "default", 2, 2, 8)  # warm-up

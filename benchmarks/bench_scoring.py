@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """The lab's Evaluate figures beside llama.cpp's own ``llama-perplexity --kl-divergence``, in ONE run.
 
-    python benchmarks/bench_scoring.py                       # chunks of 512, 4 chunks, Q8_0 Q4_K_M Q2_K
-    python benchmarks/bench_scoring.py --window 256 --chunks 16 --quants Q8_0,Q4_K_M
+    python -m benchmarks.bench_scoring                       # chunks of 512, 4 chunks, Q8_0 Q4_K_M Q2_K
+    python -m benchmarks.bench_scoring --window 256 --chunks 16 --quants Q8_0,Q4_K_M
 
 The embedded model's variants are made by the app's own requantizer (the same files the lab loads);
 the reference is ``llamacpp:F16`` (the dequantized Q4_1: the embedded source is already quantized).
@@ -28,15 +27,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.files.gguf import gguf_variant  # noqa: E402
-from backends.llamacpp.open import safe_model_params  # noqa: E402
-from backends.manager import ModelManager  # noqa: E402
-from backends.files.sources import default_cache_dir, embedded_model_path  # noqa: E402
-from monitoring.metrics import MetricsRecorder  # noqa: E402
-from optimization import quality  # noqa: E402
-from optimization.lab import Lab  # noqa: E402
+from backends.files.gguf import gguf_variant
+from backends.llamacpp.open import safe_model_params
+from backends.manager import ModelManager
+from backends.files.sources import default_cache_dir, embedded_model_path
+from monitoring.metrics import MetricsRecorder
+from optimization import quality
+from optimization.lab import Lab
 
 
 def find_tool(name: str) -> Path | None:

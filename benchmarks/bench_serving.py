@@ -1,15 +1,14 @@
-#!/usr/bin/env python
 """Serving overhead benchmark: the raw engine vs the app (Gradio /chat and OpenAI /v1), in ONE run.
 
-    python benchmarks/bench_serving.py                      # llama.cpp, 5 requests/path, 128 tokens, 1,4,8 clients
-    python benchmarks/bench_serving.py --short              # CI smoke: 2 requests, 32 tokens, 1,2 clients
-    python benchmarks/bench_serving.py --full               # adds 16 concurrent clients
-    python benchmarks/bench_serving.py --backend transformers
-    python benchmarks/bench_serving.py --llama-server ~/.cache/quantlab-tools/bin/llama-server
+    python -m benchmarks.bench_serving                      # llama.cpp, 5 requests/path, 128 tokens, 1,4,8 clients
+    python -m benchmarks.bench_serving --short              # CI smoke: 2 requests, 32 tokens, 1,2 clients
+    python -m benchmarks.bench_serving --full               # adds 16 concurrent clients
+    python -m benchmarks.bench_serving --backend transformers
+    python -m benchmarks.bench_serving --llama-server ~/.cache/quantlab-tools/bin/llama-server
 
 Same model, same prompts, greedy decoding on every path. Phases run one after the other (never two
 at once, so they do not share the CPU): RAW engine in-process -> the real app (create_app + uvicorn
-in a thread, the tests' LiveServer; or `python app.py`) with the same model -> Gradio /chat through
+in a thread, app.LiveServer as the tests run it; or `python app.py`) with the same model -> Gradio /chat through
 gradio_client -> the same over Gradio's REST SSE -> /v1/chat/completions through the openai client ->
 a /v1 concurrency sweep. With --llama-server, llama.cpp's own server runs beside the app with the
 same GGUF, threads and slots, and takes its turn after the app on every /v1 request and sweep level.
@@ -17,7 +16,7 @@ same GGUF, threads and slots, and takes its turn after the app on every /v1 requ
 Definitions (vLLM's benchmark_serving): TTFT = request sent -> first non-empty text seen by the
 client; TPOT = (latency - TTFT) / (output tokens - 1); decode tok/s = (output tokens - 1) /
 (latency - TTFT) = 1 / TPOT. Output tokens are the server's count (stats / usage), never a count of
-chunks, except on the raw path (one chunk per token, see README). The modules beside this one:
+chunks, except on the raw path (one chunk per token, see README). Its parts in benchmarks.common:
 workload (prompts, Sample), raw_engines, harness (the servers, memory), clients, report.
 """
 
@@ -35,19 +34,15 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "benchmarks":
-    sys.path.pop(0)  # run as a script: import the modules beside this one as benchmarks.*, never bare
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 
-from benchmarks import clients, harness, report  # noqa: E402
-from benchmarks.raw_engines import open_raw_engine  # noqa: E402
-from benchmarks.workload import PROMPTS, WARMUP_PROMPT, log, schedule  # noqa: E402
+from benchmarks.common import clients, harness, report
+from benchmarks.common.raw_engines import open_raw_engine
+from benchmarks.common.workload import PROMPTS, WARMUP_PROMPT, log, schedule
 
 
 def run_raw(args, order: list[int], rss: harness.RssTracker):

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Shared-CPU benchmark: the app on a CPU that other processes want, in ONE run, alternating.
 
-    python benchmarks/bench_shared_cpu.py                          # ~5-10 min: llama.cpp, transformers, Compare
-    python benchmarks/bench_shared_cpu.py --short                  # CI smoke: 1 round, 16 tokens, no Compare
-    python benchmarks/bench_shared_cpu.py --rounds 5 --max-tokens 128   # longer
-    python benchmarks/bench_shared_cpu.py --only llamacpp          # or transformers, compare
+    python -m benchmarks.bench_shared_cpu                          # ~5-10 min: llama.cpp, transformers, Compare
+    python -m benchmarks.bench_shared_cpu --short                  # CI smoke: 1 round, 16 tokens, no Compare
+    python -m benchmarks.bench_shared_cpu --rounds 5 --max-tokens 128   # longer
+    python -m benchmarks.bench_shared_cpu --only llamacpp          # or transformers, compare
 
 Three phases, in this order (each printed as soon as it is done):
 
@@ -38,22 +37,18 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "benchmarks":
-    sys.path.pop(0)
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 
-from benchmarks.workload import PROMPTS, WARMUP_PROMPT, log, messages_for  # noqa: E402
+from benchmarks.common.workload import PROMPTS, WARMUP_PROMPT, log, messages_for
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--raw-generate-worker"]:
     harness = None  # the worker imports nothing of the app's: torch meets libgomp's defaults, as a user's script
 else:
-    from benchmarks import harness  # noqa: E402
+    from benchmarks.common import harness
 
 BUSY_LEVELS = (0, 1, 2)
 VARIANTS = ("llamacpp:Q8_0", "llamacpp:Q4_0", "llamacpp:Q4_K_M")
@@ -125,12 +120,13 @@ class DefaultLlamaServer(_ServerProcess):
 
 
 class RawGenerate:
-    """``generate()`` in a process of its own (this file with --raw-generate-worker), torch's defaults."""
+    """``generate()`` in a process of its own (this module with --raw-generate-worker), torch's defaults."""
 
     def __init__(self, checkpoint: Path, dtype: str):
         from backends.omp_env import environ_without_policy
 
-        self.proc = subprocess.Popen([sys.executable, __file__, "--raw-generate-worker", str(checkpoint), dtype],
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_shared_cpu", "--raw-generate-worker",
+                                      str(checkpoint), dtype],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=environ_without_policy(), cwd=ROOT)
         line = self.proc.stdout.readline()

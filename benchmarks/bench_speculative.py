@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """Speculative decoding (n-gram prompt lookup) vs plain decoding on the embedded model, in ONE run.
 
-    python benchmarks/bench_speculative.py                 # llama.cpp, one slot, 200 tokens, 2 rounds
-    python benchmarks/bench_speculative.py --parallel 4    # llama.cpp's batch engine (the app's default)
-    python benchmarks/bench_speculative.py --backend transformers --tokens 100
-    python benchmarks/bench_speculative.py --flash-attn    # llama.cpp with flash attention
-    python benchmarks/bench_speculative.py --tokens 100 --rounds 3 --draft 8
+    python -m benchmarks.bench_speculative                 # llama.cpp, one slot, 200 tokens, 2 rounds
+    python -m benchmarks.bench_speculative --parallel 4    # llama.cpp's batch engine (the app's default)
+    python -m benchmarks.bench_speculative --backend transformers --tokens 100
+    python -m benchmarks.bench_speculative --flash-attn    # llama.cpp with flash attention
+    python -m benchmarks.bench_speculative --tokens 100 --rounds 3 --draft 8
 
 The same model is loaded twice with the chosen backend: plain, and with ``speculative="ngram"`` (what
 ``--speculative ngram`` gives). Each prompt's reply repeats its input (a code edit, a quoted word list),
@@ -21,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.base import ChatRequest, Message, ModelSpec, SamplingParams  # noqa: E402
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
 
 CODE = '''def compute_total(items, tax_rate):
     """Sum price * quantity over the items, then add tax."""

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """One stream through the transformers backend's continuous batching vs plain ``generate``, in ONE run.
 
-    python benchmarks/bench_transformers_batching.py [--tokens 64] [--rounds 6] [--dtype fp32]
+    python -m benchmarks.bench_transformers_batching [--tokens 64] [--rounds 6] [--dtype fp32]
 
 Loads the embedded model's derived HF checkpoint once, then alternates, on the same model object and
 the same prompt ids: ``model.generate`` under inference_mode on a thread that ends (as the app's
@@ -23,19 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backends.base import SamplingParams
+from backends.hf.batch import ContinuousBatcher
+from benchmarks.common.hf_model import embedded_model
 
-from backends.base import ModelSpec, SamplingParams  # noqa: E402
-from backends.files.sources import default_cache_dir  # noqa: E402
-from backends.hf.backend import TransformersBackend, _eos_ids  # noqa: E402
-from backends.hf.batch import ContinuousBatcher  # noqa: E402
-
-PROMPT = "Write a long story about a dragon who learns to bake bread."
 MODES = {"greedy": SamplingParams(temperature=0.0),
          "sampled": SamplingParams(temperature=0.7, top_k=40, top_p=0.95)}
 
@@ -73,22 +66,6 @@ def batcher_stamps(batcher, ids: list[int], tokens: int, params: SamplingParams)
 
 def gaps(stamps: list[float]) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
-
-
-def embedded_model(args):
-    """The backend (to unload) with the embedded model's derived checkpoint at ``args.dtype``, loaded without a
-    batcher (parallel=1); the chat-templated prompt ids and the EOS ids. Prints the setting."""
-    import torch
-
-    backend = TransformersBackend(default_cache_dir())
-    backend.load(ModelSpec(source="embedded", backend="transformers", quantization=args.dtype, n_ctx=1024,
-                           parallel=1))
-    model, tok = backend._model, backend._tok
-    ids = list(tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                       tokenize=True, return_dict=True)["input_ids"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load avg {os.getloadavg()[0]:.2f}, prompt {len(ids)} tokens, {args.tokens} new tokens x {args.rounds}")
-    return backend, model, ids, _eos_ids(model, tok)
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """A generate() beside a live continuous batcher, three ways, in ONE run, alternating.
 
-    python benchmarks/bench_transformers_fallback.py [--tokens 48] [--rounds 4] [--dtype fp32]
+    python -m benchmarks.bench_transformers_fallback [--tokens 48] [--rounds 4] [--dtype fp32]
 
 What the batch cannot honour (repetition penalty, constraints, logprobs, ...) runs on plain
 ``model.generate``. Each round, on the same model object and prompt ids (greedy, inference_mode):
@@ -23,15 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.hf.batch import ContinuousBatcher  # noqa: E402
-from benchmarks.bench_transformers_batching import embedded_model  # noqa: E402
+from backends.hf.batch import ContinuousBatcher
+from benchmarks.common.hf_model import embedded_model
 
 
 def os_threads() -> int:

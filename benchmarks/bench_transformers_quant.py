@@ -1,25 +1,25 @@
 """The transformers quantization methods on the embedded model, measured through the lab (one run):
 weights MiB (monitoring/model_memory), KLD vs fp32 and top-1 on the lab's evaluation text, load
-seconds, greedy decode tok/s. ``python benchmarks/bench_transformers_quant.py [variant ...]``"""
+seconds, greedy decode tok/s. ``python -m benchmarks.bench_transformers_quant [variant ...]``"""
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backends.manager import ModelManager  # noqa: E402
-from monitoring.metrics import MetricsRecorder  # noqa: E402
-from optimization.lab import Lab  # noqa: E402
+from backends.manager import ModelManager
+from monitoring.metrics import MetricsRecorder
+from optimization.lab import Lab
 
 VARIANTS = ["transformers:torchao-int8wo", "transformers:quanto-int8", "transformers:quanto-int4",
             "transformers:nf4"]
 
 
-def main(argv: list[str]) -> None:
-    variants = argv or VARIANTS
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split(":")[0])
+    ap.add_argument("variants", nargs="*", default=VARIANTS, metavar="variant",
+                    help=f"backend:quantization labels (default: {' '.join(VARIANTS)})")
+    variants = ap.parse_args(argv).variants
     lab = Lab(ModelManager(metrics=MetricsRecorder()))
     t0 = time.perf_counter()
     load_s: dict[str, float] = {}
@@ -47,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

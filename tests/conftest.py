@@ -112,7 +112,8 @@ def llama_backend(cache_dir):
     b.unload()
 
 
-from tests.live_server import LiveServer, free_port, make_settings  # noqa: E402,F401 - re-exported for the tests
+from app import LiveServer, free_port  # noqa: E402,F401 - re-exported for the tests
+from tests.live_server import make_settings  # noqa: E402,F401 - re-exported for the tests
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def _positive_finite(x) -> bool:
 def test_short_benchmark_writes_every_path_level_ratio_and_plot(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_serving.py"), "--short", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench_serving", "--short", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

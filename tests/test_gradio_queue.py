@@ -11,7 +11,8 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 
-from tests.live_server import LiveServer, free_port, make_settings
+from app import LiveServer, free_port
+from tests.live_server import make_settings
 from ui.gradio_queue import quiet_queue
 
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")

@@ -29,7 +29,8 @@ from backends.grammar_limits import (
     gbnf_shape,
     pattern_repeats,
 )
-from tests.live_server import free_port, wait_healthy
+from app import free_port
+from tests.live_server import wait_healthy
 
 
 def string_format(**schema) -> dict:

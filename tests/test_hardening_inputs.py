@@ -14,7 +14,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.live_server import LiveServer, make_settings
+from app import LiveServer
+from tests.live_server import make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -162,7 +162,8 @@ def test_torch_threads_are_the_models_own_on_every_thread_that_computes(cache_di
 
 @pytest.fixture(scope="module")
 def threads_app(cache_dir):
-    from tests.live_server import LiveServer, make_settings
+    from app import LiveServer
+    from tests.live_server import make_settings
 
     with LiveServer(make_settings(n_threads=None)) as live:
         live.manager.load(ModelSpec(source="embedded", backend="llamacpp", parallel=1))

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from benchmarks.workload import PROMPTS, SYSTEM_PROMPT, Sample, messages_for, schedule
+from benchmarks.common.workload import PROMPTS, SYSTEM_PROMPT, Sample, messages_for, schedule
 from monitoring.stats import percentile
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.workload import Sample, log, messages_for
+from benchmarks.common.workload import Sample, log, messages_for
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks.workload import PROMPTS, SYSTEM_PROMPT, Sample
+from benchmarks.common.workload import PROMPTS, SYSTEM_PROMPT, Sample
 from monitoring.stats import percentile
 
 # The goals, and what the plain alternatives reached on the 2-core CPU machines (a plain

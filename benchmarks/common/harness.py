@@ -1,7 +1,7 @@
 """What the benchmark measures: the app (in this process or as ``python app.py``), llama.cpp's own
 llama-server, and the memory of the process that serves.
 
-The in-process app is the tests' ``LiveServer`` (tests/live_server.py); memory is sampled with the
+The in-process app is ``app.LiveServer`` (the tests run the app the same way); memory is sampled with the
 monitor the app itself uses (``monitoring.memory.MemoryMonitor``).
 """
 
@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.workload import log
+from app import LiveServer, free_port
+from benchmarks.common.workload import log
 from monitoring.memory import MemoryMonitor
-from tests.live_server import LiveServer, free_port, make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RssTracker(MemoryMonitor):
@@ -65,9 +65,11 @@ class InProcessApp(LiveServer):
     """The real app (create_app: FastAPI + Gradio + /v1) under uvicorn in a thread of this process."""
 
     def __init__(self, n_ctx: int, n_threads: int | None, prompt_cache_mib: int = 0):
-        super().__init__(make_settings(host="127.0.0.1", n_ctx=n_ctx, n_threads=n_threads, request_log="",
-                                       auth=None, api_key=None, rate_limit_rpm=0, max_streams_per_client=0,
-                                       prompt_cache_mib=prompt_cache_mib))
+        from serving.settings import Settings
+
+        super().__init__(Settings(port=free_port(), no_model=True, host="127.0.0.1", n_ctx=n_ctx, n_threads=n_threads,
+                                  request_log="", auth=None, api_key=None, rate_limit_rpm=0, max_streams_per_client=0,
+                                  prompt_cache_mib=prompt_cache_mib))
 
     def load(self, spec) -> dict:
         info = self.manager.load(spec.with_(prompt_cache_mib=self.settings.prompt_cache_mib))
