@@ -383,8 +383,9 @@ class ChatService:
              no_repeat_ngram_size: int = 0, stop: Any = (), enable_thinking: Any = None, endpoint: str = "chat",
              client: str | None = None, turn: Turn | None = None) -> Iterator[ReplyDelta]:
         """Yield the reply's pieces (``serving/pieces.py``) at most every ``stream_interval_s``; the
-        last carries the stats: the request's timing and token counts. The parameters are /chat's, in its order; ``turn``: the chat
-        UI's options (Continue, fitting the context), and where it reads the open stream and the note back."""
+        last carries the stats: the request's timing and token counts. The parameters are /chat's, in
+        its order; ``turn``: the chat UI's options (Continue, fitting the context), and where it reads
+        the open stream and the note back."""
         t0 = time.perf_counter()
         samplers = dict(min_p=min_p, typical_p=typical_p, presence_penalty=presence_penalty,
                         frequency_penalty=frequency_penalty, dry_multiplier=dry_multiplier,

@@ -3,7 +3,8 @@ the message actions, the reply versions. ``ui/chat.py`` lays the section out and
 
 Errors never reach the Chatbot: a handler that fails shows a toast (gr.Warning) and leaves its
 outputs as they were (the history stays, the typed text goes back into the box). A turn runs in two
-steps: ``prepare_*`` checks and says what to run (a job), then ``run_turn`` streams it.
+steps: ``prepare_*`` checks and says what to run (a ``TurnJob``), then ``run_turn`` shows the
+reply's pieces as the chat service streams them (thinking and answer already apart).
 """
 
 from __future__ import annotations
