@@ -19,6 +19,7 @@ from typing import Any
 from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import InvalidRequest, ServerShuttingDown
 from backends.manager import Generation, ModelManager
+from serving.pieces import ReplyDelta, ReplyParser
 from serving.ratelimit import RateLimiter
 
 # A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
@@ -263,19 +264,25 @@ def _shown(v: Any) -> str:
 
 
 class ChatStream:
-    """An open generation plus the client's rate-limit slot. Iterate it for TextDeltas; ``stats``
-    is final once iteration ends. ``close()`` (or the end of the stream) cancels and frees both."""
+    """An open generation plus the client's rate-limit slot. Iterate it for ReplyDeltas (its
+    TextDeltas parsed once, ``serving/pieces.py``): the last one, after the generation is over,
+    carries the finish reason, the tool calls and the stats. ``stats`` is final once iteration
+    ends. ``close()`` (or the end of the stream) cancels and frees both."""
 
-    def __init__(self, generation: Generation, cancel: threading.Event, release: contextlib.ExitStack):
+    def __init__(self, generation: Generation, cancel: threading.Event, release: contextlib.ExitStack,
+                 parser: ReplyParser):
         self._generation = generation
         self.cancel = cancel
         self._release = release
+        self._parser = parser
         self.stats = generation.stats
         self.cut: str | None = None  # why the server ended it (``ChatService.cut_all``), if it did
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ReplyDelta]:
         try:
-            yield from self._generation
+            for delta in self._generation:
+                yield self._parser.feed(delta)
+            yield self._parser.end(self.stats.as_dict())
             if self.cut:  # the stream ended because the server cut it: say so, in band
                 raise ServerShuttingDown(self.cut)
         finally:
@@ -309,7 +316,7 @@ class ChatService:
         except BaseException:
             release.close()
             raise
-        stream = ChatStream(generation, cancel, release)
+        stream = ChatStream(generation, cancel, release, ReplyParser(request))
         with self._open_lock:
             self._open.add(stream)
         release.callback(self._forget, stream)
@@ -341,7 +348,7 @@ class ChatService:
                 generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
                 release = contextlib.ExitStack()
                 release.callback(one_done)
-                stream = ChatStream(generation, cancel, release)
+                stream = ChatStream(generation, cancel, release, ReplyParser(request))
                 with self._open_lock:
                     self._open.add(stream)
                 release.callback(self._forget, stream)
@@ -374,10 +381,11 @@ class ChatService:
              frequency_penalty: float = 0.0, dry_multiplier: float = 0.0, xtc_probability: float = 0.0,
              xtc_threshold: float = 0.1, mirostat: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
              no_repeat_ngram_size: int = 0, stop: Any = (), enable_thinking: Any = None, endpoint: str = "chat",
-             client: str | None = None, turn: Turn | None = None) -> Iterator[tuple[str, dict]]:
-        """Yield (growing reply, {}) at most every ``stream_interval_s``, then (reply, stats): the
-        request's timing and token counts. The parameters are /chat's, in its order; ``turn``: the chat
-        UI's options (Continue, fitting the context), and where it reads the open stream and the note back."""
+             client: str | None = None, turn: Turn | None = None) -> Iterator[ReplyDelta]:
+        """Yield the reply's pieces (``serving/pieces.py``) at most every ``stream_interval_s``; the
+        last carries the stats: the request's timing and token counts. The parameters are /chat's, in
+        its order; ``turn``: the chat UI's options (Continue, fitting the context), and where it reads
+        the open stream and the note back."""
         t0 = time.perf_counter()
         samplers = dict(min_p=min_p, typical_p=typical_p, presence_penalty=presence_penalty,
                         frequency_penalty=frequency_penalty, dry_multiplier=dry_multiplier,
@@ -390,33 +398,37 @@ class ChatService:
 
     def complete(self, prompt: str, max_new_tokens: float = 256, temperature: float = 0.7, top_p: float = 0.95,
                  top_k: float = 40, repetition_penalty: float = 1.0, seed: float | None = -1, stop: Any = (),
-                 endpoint: str = "complete", client: str | None = None) -> Iterator[tuple[str, dict]]:
-        """The raw continuation of ``prompt`` (no chat template): (continuation so far, {}) then
-        (continuation, stats)."""
+                 endpoint: str = "complete", client: str | None = None) -> Iterator[ReplyDelta]:
+        """The raw continuation of ``prompt`` (no chat template), in pieces as ``chat`` yields them
+        (``text`` is the raw text)."""
         t0 = time.perf_counter()
         params = sampling_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
         request = completion_request(prompt, params, stop, self.limits)
         yield from self._run(request, endpoint, client, t0)
 
     def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float,
-             turn: Turn | None = None) -> Iterator[tuple[str, dict]]:
+             turn: Turn | None = None) -> Iterator[ReplyDelta]:
+        """The stream's pieces, coalesced: one at most every ``stream_interval_s`` (the first token
+        at once), each holding everything since the one before; the last carries the stats (with
+        ``turn.note``)."""
         stream = self.open(request, endpoint=endpoint, client=client, t0=t0)
         if turn is not None:
             turn.stream = stream
-        reply, last_sent, sent_any = "", 0.0, False
+        pending, last_sent, sent_any = ReplyDelta(), 0.0, False
         try:
-            for delta in stream:
-                reply += delta.text
+            for piece in stream:
+                pending = pending.then(piece)
                 now = time.perf_counter()
-                if delta.text and (not sent_any or now - last_sent >= self.stream_interval_s):
+                if piece.raw and (not sent_any or now - last_sent >= self.stream_interval_s):
                     last_sent, sent_any = now, True
-                    yield reply, {}
+                    yield pending
+                    pending = ReplyDelta()
         finally:
             stream.close()
-        stats = stream.stats.as_dict()
+        stats = dict(pending.stats or {})  # the last piece's: the stream's end
         if turn is not None and turn.note:
             stats["note"] = turn.note
-        yield reply, stats
+        yield replace(pending, stats=stats)
 
     def prepare_turn(self, request: ChatRequest, turn: Turn | None) -> ChatRequest:
         """Apply the chat UI's ``turn`` options: Continue (the last message becomes the assistant's

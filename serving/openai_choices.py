@@ -1,15 +1,16 @@
-"""One choice of a /v1 answer, built from its TextDeltas: the OpenAI shapes of content, reasoning,
-tool calls and log probabilities, streamed (``feed`` returns the chunk deltas) or whole
+"""One choice of a /v1 answer, built from its ReplyDeltas (the reply already split into thinking,
+answer and tool calls by the chat service, ``serving/pieces.py``): the OpenAI shapes of content,
+reasoning, tool calls and log probabilities, streamed (``feed`` returns the chunk deltas) or whole
 (``message()`` / ``completion()`` once the stream ended)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from backends.base import TextDelta, TokenLogprob
+from backends.base import TokenLogprob
 from serving.openai_convert import ToolPlan
-from serving.reasoning import ReasoningSplitter
-from serving.tool_calls import ToolCall, ToolCallStream
+from serving.pieces import ReplyDelta
+from serving.tool_calls import ToolCall
 
 FINISH = {"length": "length", "stop": "stop", "cancelled": "stop", None: "stop"}
 
@@ -25,63 +26,43 @@ def chat_logprob(lp: TokenLogprob) -> dict:
 
 
 class ChatChoice:
-    """Deltas -> OpenAI chat choice: reasoning split off, tool calls parsed (when tools are on),
-    logprobs in OpenAI's shape."""
+    """Pieces -> OpenAI chat choice: reasoning_content, content, tool calls (at most one unless
+    the plan allows parallel calls), logprobs in OpenAI's shape."""
 
     def __init__(self, index: int, plan: ToolPlan, logprobs: bool):
         self.index = index
         self.plan = plan
         self.want_logprobs = logprobs
-        self.reasoning = ReasoningSplitter()
-        self.tools = ToolCallStream(plan.names) if plan.names else None
         self.content: list[str] = []
         self.reasoning_text: list[str] = []
         self.logprobs: list[dict] = []
         self.calls: list[ToolCall] = []
         self.finish: str | None = None
 
-    def _content(self, text: str) -> str:
-        return self.tools.feed(text) if self.tools is not None else text
-
-    def feed(self, d: TextDelta) -> list[dict]:
-        """The chunk deltas (``{"content": ...}`` / ``{"reasoning_content": ...}``, each maybe with
-        ``"_logprobs"``) this delta releases."""
+    def feed(self, p: ReplyDelta) -> list[dict]:
+        """The chunk deltas (``{"reasoning_content": ...}`` / ``{"content": ...}``, the first ones maybe
+        with ``"_logprobs"``, then ``{"tool_calls": [...]}``) this piece releases."""
         out: list[dict] = []
-        thought, said = self.reasoning.feed(d.text)
-        if d.finish_reason:
-            self.finish = d.finish_reason
-            t2, s2 = self.reasoning.flush()
-            thought, said = thought + t2, said + s2
-        content = self._content(said) if said else ""
-        if thought:
-            self.reasoning_text.append(thought)
-            out.append({"reasoning_content": thought})
-        if content:
-            self.content.append(content)
-            out.append({"content": content})
-        if self.want_logprobs and d.logprobs:
-            lps = [chat_logprob(lp) for lp in d.logprobs]
+        if p.finish_reason:
+            self.finish = p.finish_reason
+        if p.reasoning:
+            self.reasoning_text.append(p.reasoning)
+            out.append({"reasoning_content": p.reasoning})
+        if p.text:
+            self.content.append(p.text)
+            out.append({"content": p.text})
+        if self.want_logprobs and p.logprobs:
+            lps = [chat_logprob(lp) for lp in p.logprobs]
             self.logprobs += lps
             if not out:
                 out.append({})
             out[-1]["_logprobs"] = lps
-        if d.finish_reason:
-            out += self._end()
-        return out
-
-    def _end(self) -> list[dict]:
-        if self.tools is None:
-            return []
-        rest, calls = self.tools.finish()
-        if not self.plan.parallel:
-            calls = calls[:1]
-        self.calls = calls
-        out = []
-        if rest:
-            self.content.append(rest)
-            out.append({"content": rest})
-        for i, c in enumerate(calls):
-            out.append({"tool_calls": [{"index": i, **c.openai()}]})
+        if p.tool_calls:
+            calls = list(p.tool_calls)
+            if not self.plan.parallel:
+                calls = calls[:1]
+            self.calls = calls
+            out += [{"tool_calls": [{"index": i, **c.openai()}]} for i, c in enumerate(calls)]
         return out
 
     @property
@@ -100,7 +81,7 @@ class ChatChoice:
 
 
 class CompletionChoice:
-    """Deltas -> a /v1/completions choice: the raw text and the legacy logprobs shape (tokens,
+    """Pieces -> a /v1/completions choice: the raw text and the legacy logprobs shape (tokens,
     token_logprobs, top_logprobs, text_offset; offsets count characters from the completion's start)."""
 
     def __init__(self, index: int, logprobs: bool):
@@ -111,8 +92,8 @@ class CompletionChoice:
         self.lp: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         self.finish: str | None = None
 
-    def feed(self, d: TextDelta) -> dict | None:
-        """The streamed choice for this delta, or None when it carries nothing."""
+    def feed(self, d: ReplyDelta) -> dict | None:
+        """The streamed choice for this piece, or None when it carries nothing."""
         if d.finish_reason:
             self.finish = d.finish_reason
         part = self._logprobs(d.logprobs) if self.want_logprobs and d.logprobs else None

@@ -1,5 +1,5 @@
 """Running one or more ChatStreams (a /v1 request's choices) from the event loop: each generation
-runs on its own thread; their deltas arrive here as (choice index, TextDelta), in arrival order.
+runs on its own thread; their pieces arrive here as (choice index, ReplyDelta), in arrival order.
 
 ``Choices.start()`` waits for every choice's first delta, so an error raised before anything was
 generated (a prompt longer than the context, a feature the engine refuses) is still a plain HTTP
@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from fastapi.responses import StreamingResponse
 
-from backends.base import TextDelta
 from serving.chat_service import ChatStream
+from serving.pieces import ReplyDelta
 
 _END = object()
 
@@ -69,7 +69,7 @@ class Choices:
                 ended += 1
         self._ended = ended
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, TextDelta]]:
+    async def __aiter__(self) -> AsyncIterator[tuple[int, ReplyDelta]]:
         try:
             for index, item in self._buffered:
                 if item is not _END:

@@ -25,6 +25,7 @@ from monitoring.model_memory import model_memory
 from optimization import estimates
 from optimization.lab import DEFAULT_REFERENCE, Lab
 from serving.chat_service import ChatService, as_int, as_number, as_text, chat_request, text_of
+from serving.pieces import ReplyDelta, text_so_far
 
 
 class Services:
@@ -45,12 +46,21 @@ class Services:
         return self.manager.registry
 
     def chat(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
-        """``ChatService.chat``: (reply so far, {}) then (reply, stats)."""
-        yield from self.chat_service.chat(*args, **kwargs)
+        """``ChatService.chat`` in Gradio /chat's shape: (reply so far, {}) then (reply, stats)."""
+        yield from text_so_far(self.chat_service.chat(*args, **kwargs))
+
+    def chat_pieces(self, *args: Any, **kwargs: Any) -> Iterator[ReplyDelta]:
+        """``ChatService.chat``: the reply's pieces (thinking and answer apart), the last with the stats."""
+        return self.chat_service.chat(*args, **kwargs)
 
     def complete(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
-        """``ChatService.complete``: the raw continuation so far, then (continuation, stats)."""
-        yield from self.chat_service.complete(*args, **kwargs)
+        """``ChatService.complete`` in Gradio /complete's shape: (continuation so far, {}) then
+        (continuation, stats)."""
+        yield from text_so_far(self.chat_service.complete(*args, **kwargs))
+
+    def complete_pieces(self, *args: Any, **kwargs: Any) -> Iterator[ReplyDelta]:
+        """``ChatService.complete``: the continuation's pieces, the last with the stats."""
+        return self.chat_service.complete(*args, **kwargs)
 
     # --- models ----------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@ the message actions, the reply versions. ``ui/chat.py`` lays the section out and
 
 Errors never reach the Chatbot: a handler that fails shows a toast (gr.Warning) and leaves its
 outputs as they were (the history stays, the typed text goes back into the box). A turn runs in two
-steps: ``prepare_*`` checks and says what to run (a job), then ``run_turn`` streams it.
+steps: ``prepare_*`` checks and says what to run (a ``TurnJob``), then ``run_turn`` shows the
+reply's pieces as the chat service streams them (thinking and answer already apart).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from backends.errors import BackendError, user_message
 from monitoring.contention import describe as describe_contention
 from serving.chat_service import Turn, text_of
-from serving.reasoning import ReasoningSplitter
 from serving.services import Services
 from ui.chat_turns import (STATS_TITLE_MARK, add_version, drop_versions_from, ensure_version, group_of, is_reply,
                            last_turn, replace_group, reply_text, set_version, show_version, thinking_text, title_of,
@@ -93,19 +94,50 @@ def token_count(stats: dict, n_ctx: int) -> str:
     return f"{used} / {n_ctx} tokens" if n_ctx else f"{used} tokens"
 
 
-def _job(mode: str, base: list, k: int, before: list, **extra) -> dict:
-    return {"id": uuid.uuid4().hex, "mode": mode, "base": base, "k": k, "before": before, **extra}
+@dataclass(frozen=True)
+class TurnJob:
+    """What a turn runs (``prepare_*`` makes it, ``run_turn`` streams it; a gr.State holds it
+    between). ``mode``: "send", "regenerate" or "continue"; ``base``: the chat the reply goes
+    after; ``k``: the turn's ordinal; ``before``: the chat as it was, put back if nothing comes;
+    ``text``: the typed question, back into the box then ("" = leave the box); ``prefix`` and
+    ``reasoning``: Continue's reply and thinking so far; ``id``: what Stop names."""
+
+    mode: str
+    base: list
+    k: int
+    before: list
+    text: str = ""
+    prefix: str = ""
+    reasoning: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def record(self, versions, group: list[dict]) -> dict:
+        """``versions`` with ``group`` as this turn's shown version: Continue changes the version on
+        screen, every other mode adds one."""
+        return (set_version if self.mode == "continue" else add_version)(versions, self.k, group)
+
+
+@dataclass(eq=False)
+class RunningTurn:
+    """A streaming turn, kept until it ends so Stop can give a stopped reply its stats: its ``job``,
+    the service's ``turn`` (the open stream, the note), the assistant ``group`` shown so far (None
+    before anything came), ``done`` once the stream is closed."""
+
+    job: TurnJob
+    turn: Turn
+    group: list[dict] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class ChatActions:
-    """The handlers, over the services. ``RUNNING`` keeps each streaming turn (its stream and the
+    """The handlers, over the services. ``running`` keeps each streaming turn (its stream and the
     messages so far) until it ends, so Stop can give a stopped reply its stats."""
 
     MAX_RUNNING = 256
 
     def __init__(self, h: Services):
         self.h = h
-        self.running: OrderedDict[str, dict] = OrderedDict()
+        self.running: OrderedDict[str, RunningTurn] = OrderedDict()
         self.stopped: OrderedDict[str, bool] = OrderedDict()  # turns Stop was pressed for
         self._lock = threading.Lock()
 
@@ -119,7 +151,7 @@ class ChatActions:
         history = list(history or [])
         base = history + [{"role": "user", "content": text}]
         k = last_turn(base)
-        return _job("send", base, k, history, text=text), base, "", drop_versions_from(versions, k)
+        return TurnJob("send", base, k, history, text=text), base, "", drop_versions_from(versions, k)
 
     def prepare_regenerate(self, history, versions):
         history = list(history or [])
@@ -131,7 +163,7 @@ class ChatActions:
         start, _ = turn_span(history, k)
         base = history[:start + 1]
         # the old reply stays on screen until the new one streams (no empty pending bubble meanwhile)
-        return _job("regenerate", base, k, history), gr.skip(), gr.skip(), versions
+        return TurnJob("regenerate", base, k, history), gr.skip(), gr.skip(), versions
 
     def prepare_continue(self, history, versions):
         history = list(history or [])
@@ -143,7 +175,7 @@ class ChatActions:
             return None, gr.skip(), gr.skip(), gr.skip()
         versions = ensure_version(versions, history, k)
         start, _ = turn_span(history, k)
-        job = _job("continue", history[:start + 1], k, history, prefix=prefix, reasoning=thinking_text(group))
+        job = TurnJob("continue", history[:start + 1], k, history, prefix=prefix, reasoning=thinking_text(group))
         return job, gr.skip(), gr.skip(), versions
 
     def on_edit(self, history, versions, evt: gr.EditData):
@@ -165,7 +197,7 @@ class ChatActions:
         k = turn_of_index(history, index)
         if message.get("role") == "user":
             base = history[:index] + [{"role": "user", "content": new_text}]
-            return _job("send", base, k, before), base, gr.skip(), drop_versions_from(versions, k)
+            return TurnJob("send", base, k, before), base, gr.skip(), drop_versions_from(versions, k)
         history[index]["content"] = new_text
         if k is not None:
             versions = set_version(versions, k, group_of(history, k))
@@ -173,109 +205,101 @@ class ChatActions:
 
     # --- step 2: the turn (outputs: chatbot, message box, stats line, versions, token counter) --
 
-    def run_turn(self, job, versions, *params, request: gr.Request = None):
+    def run_turn(self, job: TurnJob | None, versions, *params, request: gr.Request = None):
         if not job:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        base, k, mode = job["base"], job["k"], job["mode"]
-        if job["id"] in self.stopped:  # Stop came before the turn began: put everything back
-            yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if job.id in self.stopped:  # Stop came before the turn began: put everything back
+            yield job.before, job.text or gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        turn = Turn(continue_final=mode == "continue", fit_context=True)
-        entry = {**job, "turn": turn, "group": None, "done": threading.Event()}
-        self._remember(entry)
-        splitter = ReasoningSplitter()
-        reasoning, content, seen = job.get("reasoning", ""), job.get("prefix", ""), 0
+        turn = Turn(continue_final=job.mode == "continue", fit_context=True)
+        running = RunningTurn(job, turn)
+        self._remember(running)
+        reasoning, content = job.reasoning, job.prefix
         finished = False
-        if mode == "continue":
-            message, prior = job["prefix"], base
+        if job.mode == "continue":
+            message, prior = job.prefix, job.base
         else:
-            message, prior = text_of(base[-1]["content"]), base[:-1]
-        replies = self.h.chat(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
+            message, prior = text_of(job.base[-1]["content"]), job.base[:-1]
+        pieces = self.h.chat_pieces(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
         try:
-            if mode == "send":  # an answer is on its way (the model may first wait for a free slot)
-                yield base + [{"role": "assistant", "content": "…"}], gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            for reply, stats in replies:
-                if job["id"] in self.stopped:  # Stop: end here, even if Gradio has not closed us yet
+            if job.mode == "send":  # an answer is on its way (the model may first wait for a free slot)
+                yield job.base + [{"role": "assistant", "content": "…"}], gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            for piece in pieces:
+                if job.id in self.stopped:  # Stop: end here, even if Gradio has not closed us yet
                     break
-                r, c = splitter.feed(reply[seen:])
-                seen = len(reply)
-                if stats:
-                    r2, c2 = splitter.flush()
-                    r, c = r + r2, c + c2
-                reasoning, content = reasoning + r, content + c
+                reasoning, content = reasoning + piece.reasoning, content + piece.text
+                stats = piece.stats
                 group = turn_messages(content, reasoning, turn.note, stats_message(stats) if stats else None,
-                                      thinking_done=bool(stats) or not splitter.thinking)
-                entry["group"] = group
+                                      thinking_done=bool(stats) or not piece.thinking)
+                running.group = group
                 if not stats:
-                    yield base + group, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield job.base + group, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
-                versions = (set_version if mode == "continue" else add_version)(versions, k, group)
+                versions = job.record(versions, group)
                 finished = True
-                yield base + group, gr.skip(), format_stats(stats), versions, self._counter(stats, turn)
+                yield job.base + group, gr.skip(), format_stats(stats), versions, self._counter(stats, turn)
             if not finished:  # stopped
-                replies.close()
-                if entry["group"] is None:
-                    yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                pieces.close()
+                if running.group is None:
+                    yield job.before, job.text or gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
-                    history, line, versions, counter = self._stopped_view(entry, versions)
+                    history, line, versions, counter = self._stopped_view(running, versions)
                     yield history, gr.skip(), line, versions, counter
         except Exception as exc:
             warn(exc)
-            if entry["group"] is None:  # nothing came: the chat as it was, the typed text back in the box
-                yield job["before"], job.get("text") or gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if running.group is None:  # nothing came: the chat as it was, the typed text back in the box
+                yield job.before, job.text or gr.skip(), gr.skip(), gr.skip(), gr.skip()
             else:  # part of a reply came: keep it, as the shown version
-                group = entry["group"]
-                versions = (set_version if mode == "continue" else add_version)(versions, k, group)
-                yield base + group, gr.skip(), gr.skip(), versions, gr.skip()
+                yield job.base + running.group, gr.skip(), gr.skip(), job.record(versions, running.group), gr.skip()
             finished = True
         finally:
-            replies.close()
-            entry["done"].set()
+            pieces.close()
+            running.done.set()
             if finished:
                 with self._lock:
-                    self.running.pop(job["id"], None)
+                    self.running.pop(job.id, None)
 
     def _counter(self, stats: dict, turn: Turn) -> str:
         return token_count(stats, turn.context_length or self.h.manager.context_length())
 
-    def _remember(self, entry: dict) -> None:
+    def _remember(self, running: RunningTurn) -> None:
         with self._lock:
-            self.running[entry["id"]] = entry
+            self.running[running.job.id] = running
             while len(self.running) > self.MAX_RUNNING:
                 self.running.popitem(last=False)
 
-    def _stopped_view(self, entry: dict, versions):
+    def _stopped_view(self, running: RunningTurn, versions):
         """(chatbot, stats line, versions, counter) for a stopped turn: the reply as far as it got,
         its stats line marked stopped, recorded as the turn's version."""
-        turn, group = entry["turn"], entry["group"]
+        turn, group = running.turn, running.group
         stats = turn.stream.stats.as_dict()
         stats["finish_reason"] = "cancelled"
         if turn.note:
             stats["note"] = turn.note
         group = [m for m in group if not title_of(m).startswith(STATS_TITLE_MARK)] + [stats_message(stats)]
         group = [dict(m, metadata={**m["metadata"], "status": "done"}) if m.get("metadata") else m for m in group]
-        versions = (set_version if entry["mode"] == "continue" else add_version)(versions, entry["k"], group)
-        return entry["base"] + group, format_stats(stats), versions, self._counter(stats, turn)
+        versions = running.job.record(versions, group)
+        return running.job.base + group, format_stats(stats), versions, self._counter(stats, turn)
 
-    def finish_stopped(self, job, versions):
+    def finish_stopped(self, job: TurnJob | None, versions):
         """Stop: the running turn ends (even one not started yet), and the reply as far as it got is
         shown marked stopped, with its stats (outputs: chatbot, stats line, versions, counter)."""
         if not job:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         with self._lock:
-            self.stopped[job["id"]] = True
+            self.stopped[job.id] = True
             while len(self.stopped) > self.MAX_RUNNING:
                 self.stopped.popitem(last=False)
-            entry = self.running.get(job["id"])
-        if entry is None:  # not begun (it will see the flag and put things back) or already over
+            running = self.running.get(job.id)
+        if running is None:  # not begun (it will see the flag and put things back) or already over
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        entry["done"].wait(5.0)  # the generator ends within a token of the flag or of Gradio's cancel
+        running.done.wait(5.0)  # the generator ends within a token of the flag or of Gradio's cancel
         with self._lock:
-            self.running.pop(job["id"], None)
-        if entry["turn"].stream is None or entry["group"] is None:
+            self.running.pop(job.id, None)
+        if running.turn.stream is None or running.group is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return self._stopped_view(entry, versions)
+        return self._stopped_view(running, versions)
 
     # --- message actions (no generation) ----------------------------------------------------------
 

@@ -1,6 +1,8 @@
-"""The generation and model endpoints of the Gradio API (/chat, /complete, /load_model,
-/unload_model, /convert_to_gguf), each parameter described for the "Use via API" page. New parameters go after the
-existing ones, with defaults, so older gradio_client calls keep working.
+"""Every endpoint of the Gradio API, each parameter described for the "Use via API" page: generation
+(/chat, /complete), models (/load_model, /unload_model, /convert_to_gguf), status and caches
+(/model_status, /stats, /cached_models, /delete_cached) and the lab (/compare, /evaluate). This is
+the one place an endpoint is defined (``register_api``); the sections only lay out and wire the UI.
+New parameters go after the existing ones, with defaults, so older gradio_client calls keep working.
 
 No ``from __future__ import annotations`` here: gr.api reads the return annotation as an object
 (``tuple[str, dict]`` = two outputs); as a string it would make one output holding a pair."""
@@ -10,7 +12,7 @@ import gradio as gr
 from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui.api_docs import described_api
-from ui.edge import client_of, gradio_errors
+from ui.edge import cancellable, client_of, gradio_errors
 
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
            "/v1/completions, /v1/models, /v1/embeddings).")
@@ -163,3 +165,105 @@ def register_model_api(h: Services) -> None:
             yield (text if fraction >= 1.0 else f"{int(fraction * 100)}% · {text}"), rows
 
     described_api(convert_to_gguf, api_name="convert_to_gguf", concurrency_id="load")
+
+
+def register_status_api(h: Services) -> None:
+    """/model_status, /stats, /cached_models and /delete_cached."""
+
+    def status() -> dict:
+        """The loaded model (name, backend, quantization, footprint, context; its load options under
+        "options"), the loading state and the last load error: the same body as GET /health."""
+        return h.model_status()
+
+    described_api(status, api_name="model_status", concurrency_limit=None)
+
+    @gradio_errors
+    def stats(last: int = 50) -> dict:
+        """Memory (process RSS/CPU, each GPU via NVML, torch CUDA, the loaded model's footprint) and
+        the latency of the last requests (TTFT, TPOT, tok/s, tokens, outcome).
+
+        Args:
+            last: how many of the most recent requests to list (1-1000)
+        """
+        return h.stats(last=last)
+
+    described_api(stats, api_name="stats", concurrency_limit=None)
+
+    @gradio_errors
+    def cached_models() -> list[dict]:
+        """Models on disk: Hub repos in the Hugging Face cache (HF_HUB_CACHE / HF_HOME) and the GGUF variants
+        and derived checkpoints in the app's --cache-dir, most recently used first. One
+        {id, kind, repo_id, repo_type, size_bytes, nb_files, last_accessed, revisions, refs, folder} per item; each
+        GGUF variant is its own item (id gguf:<folder>/<file>) with quantization, source, source_type, bpw, tensors,
+        note, warning and load (the /load_model arguments that load it)."""
+        return h.cached_models()
+
+    described_api(cached_models, api_name="cached_models", concurrency_limit=None)
+
+    @gradio_errors
+    def delete_cached(item_id: str) -> str:
+        """Delete one cached model by its id from /cached_models. Refuses the folder of the loaded model, ids
+        outside the caches, and deletes nothing while a model loads.
+
+        Args:
+            item_id: the item's id from /cached_models: hub:org/name, gguf:<folder>/<file> for one variant, gguf:<folder> for every variant of a source, hf:<folder>
+        """
+        return h.delete_cached(item_id)
+
+    described_api(delete_cached, api_name="delete_cached", concurrency_id="load", concurrency_limit=1)
+
+
+def register_lab_api(h: Services) -> None:
+    """The quantization lab: /compare and /evaluate."""
+
+    @gradio_errors
+    def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
+                temperature: float = 0.0, seed: int = 0) -> list[dict]:
+        """Stream the same prompt through 2-4 variants at once, same seed. Yields one {variant, text, done,
+        finish_reason, stats, memory, provenance, footprint_mib} per variant: memory = {weights, KV (n_ctx x
+        slots), overhead, total} as /stats shows it; provenance = the variant's source and its type, a warning
+        when it has more bits than its source, its tensor types and bpw. Greedy or seeded runs repeat exactly.
+
+        Args:
+            prompt: the user message every variant answers (chat template applied)
+            variants: 2-4 "backend:quantization" names, e.g. ["llamacpp:Q8_0", "transformers:nf4"]; a llama.cpp one may add its KV cache type, e.g. "llamacpp:Q8_0+kv:q4_0" (f16, q8_0, q4_0)
+            model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
+            max_new_tokens: longest reply per variant, in tokens
+            temperature: sampling temperature (0 = greedy, so the variants can be compared token by token)
+            seed: sampling seed shared by every variant
+        """
+        yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
+
+    described_api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
+
+    @gradio_errors
+    async def evaluate(variants: list[str], text_path: str = "", max_tokens: int = 1024, model: str = "embedded",
+                       reference: str = "transformers:fp32", window: int = 256, scoring: str = "all") -> list[dict]:
+        """Perplexity, mean/p99 KL divergence and top-1 agreement of each variant against the reference on
+        the same token ids, with memory and tok/s. With GGUF variants, a GGUF reference such as
+        "llamacpp:F16" and scoring "llama.cpp", the figures match llama-perplexity's. The first row is the
+        reference's own (is_reference true); every row carries bpw, source, source_type, note, warning,
+        tensors and memory (weights, KV, overhead, total). Cancelling the job stops it before the next window.
+
+        Args:
+            variants: "backend:quantization" names to score, e.g. ["llamacpp:Q8_0", "transformers:nf4"]; a llama.cpp one may add its KV cache type, e.g. "llamacpp:Q8_0+kv:q8_0" (f16, q8_0, q4_0), scored through that cache
+            text_path: a text file on the server to score ("" = Python's standard-library docstrings)
+            max_tokens: how many tokens of the text to score (at most 32768; only the start of the text that is scored is read)
+            model: the source model the variants are made from: a GGUF file, a checkpoint folder, a Hub repo id or "embedded"
+            reference: the "backend:quantization" every variant is measured against (its logits are the truth)
+            window: tokens per scored window (the context each position sees)
+            scoring: "all" scores every position of each window; "llama.cpp" follows llama-perplexity (chunks of `window` tokens from BOS, second half scored)
+        """
+        return await cancellable(lambda cancel: h.evaluate(variants, text_path, max_tokens, model, reference,
+                                                           window, scoring, cancel=cancel))
+
+    described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
+
+
+def register_api(h: Services, slots: int) -> None:
+    """Every endpoint of the Gradio API, in the order the "Use via API" page lists them; ``slots``:
+    how many generations run at once."""
+    register_chat_api(h, slots)
+    register_model_api(h)
+    register_status_api(h)
+    register_lab_api(h)

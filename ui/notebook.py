@@ -64,8 +64,10 @@ def build_notebook(h: Services, slots: int = 1) -> NotebookSection:
     @gpu_task
     @gradio_errors
     def continue_text(request: gr.Request, prompt, *params):  # request first: Gradio injects it by position
-        for continuation, stats in h.complete(prompt, *params, endpoint="ui", client=client_of(request)):
-            yield prompt + continuation, format_counts(stats) if stats else gr.skip()
+        continuation = ""
+        for piece in h.complete_pieces(prompt, *params, endpoint="ui", client=client_of(request)):
+            continuation += piece.text
+            yield prompt + continuation, format_counts(piece.stats) if piece.stats else gr.skip()
 
     private = {"api_visibility": "private"}
     remember = generate.click(lambda t: t, text, before, queue=False, **private)
