@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import TextDelta, TokenLogprob
-from serving.openai_convert import ToolPlan
+from serving.openai.convert import ToolPlan
 from serving.reasoning import ReasoningSplitter
 from serving.tool_calls import ToolCall, ToolCallStream
 

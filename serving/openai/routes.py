@@ -28,9 +28,9 @@ from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModel
 from backends.manager import ModelManager
 from serving.chat_service import ChatService, clean_text
 from serving.disconnect import run_until_disconnect
-from serving.openai_choices import ChatChoice, CompletionChoice
-from serving.openai_convert import choices_of, to_chat_request, to_completion_requests
-from serving.openai_schema import (
+from serving.openai.choices import ChatChoice, CompletionChoice
+from serving.openai.convert import choices_of, to_chat_request, to_completion_requests
+from serving.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -38,7 +38,7 @@ from serving.openai_schema import (
     TokenizeRequest,
     openapi_body,
 )
-from serving.openai_stream import Choices, GenerationResponse
+from serving.openai.stream import Choices, GenerationResponse
 from serving.request_json import check_body
 
 log = logging.getLogger("quantlab.v1")
