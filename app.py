@@ -42,7 +42,7 @@ def create_app(settings, manager=None):
     from serving.gradio_guard import GradioGuardMiddleware
     from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
-    from serving.openai_api import add_openai_routes
+    from serving.openai.routes import add_openai_routes
     from serving.ops import add_ops_routes
     from serving.ratelimit import RateLimiter
     from serving.services import Services

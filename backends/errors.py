@@ -1,5 +1,5 @@
 """Typed errors. Every layer raises these; exactly one edge per transport converts them
-(``ui/edge.py`` to ``gr.Error``, ``serving/openai_api.py`` to OpenAI-style JSON).
+(``ui/edge.py`` to ``gr.Error``, ``serving/openai/errors.py`` to OpenAI-style JSON).
 
 Each error carries a user-facing sentence (``str(exc)``), an HTTP status and an OpenAI error type.
 """

@@ -119,3 +119,52 @@ def test_the_package_rules_see_a_cross_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from backends.hf.quant import check\n")
     assert any(_under(m, "backends.hf") for _, m in imported_modules(bad))
+
+
+OPENAI_OBJECTS = {"chat.completion", "chat.completion.chunk", "text_completion"}  # OpenAI response bodies
+PRODUCT = [*LAYERS, "benchmarks"]  # with app.py: everything but the tests
+
+
+def openai_edge_leaks(path: Path, rel: str) -> list[str]:
+    """Where ``path`` (at ``rel`` in the tree, outside serving/openai/) builds an OpenAI response body
+    (an ``object`` value of one) or reaches into the /v1 edge; app.py may import add_openai_routes."""
+    package = rel.removesuffix(".py").split("/")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Constant) and node.value in OPENAI_OBJECTS:
+            out.append(f"{rel}:{node.lineno} writes the OpenAI object {node.value!r}")
+        modules = []
+        if isinstance(node, ast.Import):
+            modules = [(alias.name, ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            modules = [(module, tuple(alias.name for alias in node.names))]
+        for module, names in modules:
+            if rel == "app.py" and module == "serving.openai.routes" and names == ("add_openai_routes",):
+                continue  # the app's wiring
+            if _under(module, "serving.openai") or (module == "serving" and "openai" in names):
+                out.append(f"{rel}:{node.lineno} imports {module}")
+    return out
+
+
+def test_nothing_outside_the_openai_edge_builds_an_openai_body():
+    """serving/openai/ is the one place an OpenAI response body is built (every dialect a module of
+    its pipeline); the rest of the app reaches it only through add_openai_routes in app.py."""
+    paths = [ROOT / "app.py"] + [p for package in PRODUCT for p in python_files(package)]
+    wrong = [leak for p in paths if not p.relative_to(ROOT).as_posix().startswith("serving/openai/")
+             for leak in openai_edge_leaks(p, p.relative_to(ROOT).as_posix())]
+    assert wrong == []
+
+
+def test_the_openai_edge_rule_sees_a_planted_body_and_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('from serving.openai.choices import ChatChoice\nfrom .openai import errors\n\n\n'
+                   'def answer(text):\n    return {"object": "chat.completion", "choices": [text]}\n')
+    leaks = openai_edge_leaks(bad, "serving/bad.py")
+    assert leaks == ["serving/bad.py:1 imports serving.openai.choices", "serving/bad.py:2 imports serving.openai",
+                     "serving/bad.py:6 writes the OpenAI object 'chat.completion'"]
+    wiring = tmp_path / "app.py"
+    wiring.write_text("from serving.openai.routes import add_openai_routes\n")
+    assert openai_edge_leaks(wiring, "app.py") == []
+    assert openai_edge_leaks(wiring, "ui/app.py") == ["ui/app.py:1 imports serving.openai.routes"]

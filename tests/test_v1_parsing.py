@@ -10,8 +10,8 @@ import pytest
 
 from backends.base import Constraint
 from backends.errors import InvalidRequest
-from serving.openai_convert import to_chat_request, to_completion_requests
-from serving.openai_schema import ChatCompletionRequest, CompletionRequest
+from serving.openai.convert import to_chat_request, to_completion_requests
+from serving.openai.schema import ChatCompletionRequest, CompletionRequest
 from serving.reasoning import ReasoningSplitter, split_reasoning
 from serving.tool_calls import ToolCallStream, call_schema, parse_tool_calls
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from backends.base import NEUTRAL_SAMPLERS, ModelSpec, TextDelta, TokenLogprob
 from backends.registry import BackendRegistry
 from serving.chat_service import ChatService
-from serving.openai_api import add_openai_routes
+from serving.openai.routes import add_openai_routes
 from tests.conftest import make_manager
 from tests.fakes import FakeBackend, FakeScript
 

@@ -4,13 +4,19 @@ runs on its own thread; their pieces arrive here as (choice index, ReplyDelta), 
 ``Choices.start()`` waits for every choice's first delta, so an error raised before anything was
 generated (a prompt longer than the context, a feature the engine refuses) is still a plain HTTP
 error rather than a broken 200 stream.
+
+``event_stream`` is the one writer of every streamed answer: a dialect's events, each written in its
+``EventFormat`` (OpenAI's: ``data: {json}`` lines ended by ``data: [DONE]``), in a response that
+stops the generations when it ends for any reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
 
@@ -101,3 +107,32 @@ class GenerationResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._cancel()
+
+
+@dataclass(frozen=True)
+class EventFormat:
+    """How a dialect writes its stream: the media type, one event as text, and what follows the last."""
+
+    media_type: str
+    encode: Callable[[dict], str]
+    end: str = ""
+
+
+def sse_data(event: dict) -> str:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+
+OPENAI_SSE = EventFormat("text/event-stream", sse_data, "data: [DONE]\n\n")
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event_stream(events: AsyncIterator[dict], fmt: EventFormat, cancel: Callable[[], None]) -> GenerationResponse:
+    """The streamed answer: ``events`` written in ``fmt``; ``cancel`` runs when it ends for any reason."""
+
+    async def write() -> AsyncIterator[str]:
+        async for event in events:
+            yield fmt.encode(event)
+        if fmt.end:
+            yield fmt.end
+
+    return GenerationResponse(write(), cancel, media_type=fmt.media_type, headers=STREAM_HEADERS)

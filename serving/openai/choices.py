@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends.base import TokenLogprob
-from serving.openai_convert import ToolPlan
+from serving.openai.convert import ToolPlan
 from serving.pieces import ReplyDelta
 from serving.tool_calls import ToolCall
 

@@ -12,7 +12,7 @@ from typing import Any
 from backends.base import ChatRequest, Constraint, Message, SamplingParams
 from backends.errors import InvalidRequest
 from serving.chat_service import RequestLimits, chat_request, completion_request
-from serving.openai_schema import (
+from serving.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
     NamedToolChoice,

@@ -1,0 +1,149 @@
+"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions
+(stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
+
+Only the wiring and the small bodies live here. Chat and text completions are ``Endpoint``s
+(``completions.py``) that the pipeline (``pipeline.py``: parse -> convert -> open -> respond) runs
+on the shared ChatService, the same path as the UI and Gradio's /chat; the other routes run their
+work under the pipeline's ``answer``. Every error leaves through the one mapper (``errors.py``) as
+an OpenAI-style JSON body with the right status code.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from backends.errors import InvalidRequest
+from backends.manager import ModelManager
+from serving.chat_service import ChatService, clean_text
+from serving.openai.completions import ChatCompletions, Completions
+from serving.openai.errors import OPENAI_ERRORS, error_response
+from serving.openai.pipeline import Pipeline
+from serving.openai.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    openapi_body,
+)
+
+
+class OpenAIRoutes:
+    """The /v1 handlers: the generating ones run their ``Endpoint`` on the pipeline; embeddings,
+    models and llama-server's tokenize / detokenize build their small bodies here."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+        self.manager = pipe.manager
+        self.chat = pipe.chat
+
+    def models(self) -> dict:
+        cur = self.manager.current
+        data = []
+        if cur is not None:
+            data.append({"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
+                         "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
+                         "context_length": cur.context_length, "max_model_len": cur.context_length,
+                         "parallel": self.manager.max_concurrency})
+        return {"object": "list", "data": data}
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.pipe.generate(ChatCompletions(), request)
+
+    async def completions(self, request: Request) -> Response:
+        return await self.pipe.generate(Completions(), request)
+
+    # --- embeddings, tokenize --------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.pipe.answer(request, EmbeddingRequest, self._embeddings, OPENAI_ERRORS)
+
+    async def _embeddings(self, body: EmbeddingRequest, request: Request, t0: float) -> dict:
+        model = self.pipe.resolve_model(body.model)
+        if body.dimensions is not None:
+            raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
+                                 "dimensions unset.", "dimensions")
+        vectors, tokens = await self.pipe.embed(body.texts(), request, t0)
+        data = []
+        for i, v in enumerate(vectors):
+            emb: Any = ([float(x) for x in v] if body.encoding_format == "float"
+                        else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii"))
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    async def tokenize(self, request: Request) -> Response:
+        return await self.pipe.answer(request, TokenizeRequest, self._tokenize, OPENAI_ERRORS)
+
+    async def _tokenize(self, body: TokenizeRequest, request: Request, t0: float) -> dict:
+        self.pipe.resolve_model("")
+        text = clean_text(body.content, "content")
+        if len(text) > self.chat.limits.max_prompt_chars:
+            raise InvalidRequest(f"content is {len(text):,} characters long; this server accepts at most "
+                                 f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "content")
+        tokens = await run_in_threadpool(self._tokens, text, body.add_special)
+        if not body.with_pieces:
+            return {"tokens": tokens}
+        pieces = await run_in_threadpool(lambda: [self.manager.detokenize([t]) for t in tokens])
+        return {"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces)]}
+
+    def _tokens(self, text: str, add_special: bool) -> list[int]:
+        """``text``'s tokens; without ``add_special`` the BOS the model adds is left out (the tokens
+        of an empty text are exactly what the model adds in front)."""
+        tokens = self.manager.tokenize(text)
+        if not add_special:
+            special = self.manager.tokenize("")
+            if special and tokens[: len(special)] == special:
+                tokens = tokens[len(special):]
+        return tokens
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self.pipe.answer(request, DetokenizeRequest, self._detokenize, OPENAI_ERRORS)
+
+    async def _detokenize(self, body: DetokenizeRequest, request: Request, t0: float) -> dict:
+        self.pipe.resolve_model("")
+        if any(t < 0 for t in body.tokens):
+            raise InvalidRequest("tokens: token ids are not negative.", "tokens")
+        limit = self.chat.limits.max_prompt_chars  # a token is at least a character: /tokenize's output fits
+        if len(body.tokens) > limit:
+            raise InvalidRequest(f"tokens: {len(body.tokens):,} tokens; this server detokenizes at most {limit:,} "
+                                 "per request (--max-prompt-chars).", "tokens")
+        return {"content": await run_in_threadpool(self.manager.detokenize, body.tokens)}
+
+ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "embeddings": "POST"}
+
+
+def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
+    routes = OpenAIRoutes(Pipeline(manager, chat))
+    bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
+              "embeddings": EmbeddingRequest, "tokenize": TokenizeRequest, "detokenize": DetokenizeRequest}
+    handlers = {"models": routes.models, "chat/completions": routes.chat_completions,
+                "completions": routes.completions, "embeddings": routes.embeddings}
+    router = APIRouter(prefix="/v1", tags=["openai"])
+    for name, handler in handlers.items():
+        extra = {"openapi_extra": openapi_body(bodies[name])} if name in bodies else {}
+        router.add_api_route(f"/{name}", handler, methods=[ROUTES[name]], **extra)
+        # a trailing slash (as some clients write base URLs) reaches the same handler
+        router.add_api_route(f"/{name}/", handler, methods=[ROUTES[name]], include_in_schema=False)
+    app.include_router(router)
+    for name, handler in (("tokenize", routes.tokenize), ("detokenize", routes.detokenize)):
+        app.add_api_route(f"/{name}", handler, methods=["POST"], tags=["llama-server"],
+                          openapi_extra=openapi_body(bodies[name]))
+        app.add_api_route(f"/{name}/", handler, methods=["POST"], include_in_schema=False)
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    def unknown(rest: str, request: Request) -> JSONResponse:
+        if rest.strip("/") in ROUTES:
+            method = ROUTES[rest.strip("/")]
+            return error_response(405, f"{request.method} is not allowed on /v1/{rest.strip('/')}: use {method}.",
+                                  "invalid_request_error", code="method_not_allowed", headers={"Allow": method})
+        return error_response(404, f"Unknown endpoint /v1/{rest}.", "invalid_request_error", code="unknown_url")
+
+    return routes
