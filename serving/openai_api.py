@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.chat_service import ChatService, clean_text
+from serving.chat_service import ChatService
 from serving.disconnect import run_until_disconnect
 from serving.openai_choices import ChatChoice, CompletionChoice
 from serving.openai_convert import choices_of, to_chat_request, to_completion_requests
@@ -40,6 +40,7 @@ from serving.openai_schema import (
 )
 from serving.openai_stream import Choices, GenerationResponse
 from serving.request_json import check_body
+from serving.requests import check_chars, clean_text
 
 log = logging.getLogger("quantlab.v1")
 
@@ -302,9 +303,7 @@ class OpenAIRoutes:
                 if not t:
                     raise InvalidRequest(f"input[{i}] is empty.", "input")
                 total += len(t)
-            if total > self.chat.limits.max_prompt_chars:
-                raise InvalidRequest(f"input is {total:,} characters long; this server accepts at most "
-                                     f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "input")
+            check_chars(total, "input", "input", self.chat.limits)
             tokens = await run_in_threadpool(self._count_tokens, texts)
             budget = self.chat.limits.max_embed_tokens
             if tokens > budget:
@@ -340,9 +339,7 @@ class OpenAIRoutes:
         try:
             self.resolve_model("")
             text = clean_text(body.content, "content")
-            if len(text) > self.chat.limits.max_prompt_chars:
-                raise InvalidRequest(f"content is {len(text):,} characters long; this server accepts at most "
-                                     f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "content")
+            check_chars(len(text), "content", "content", self.chat.limits)
             tokens = await run_in_threadpool(self._tokens, text, body.add_special)
             if not body.with_pieces:
                 return JSONResponse({"tokens": tokens})

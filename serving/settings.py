@@ -20,7 +20,7 @@ from backends.errors import InvalidRequest
 from backends.registry import default_registry
 from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir
 from backends.threads import parse_threads
-from serving.chat_service import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
+from serving.requests import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
 
 
 # Load defaults are declared once, on ModelSpec; the flags show them.
