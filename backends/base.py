@@ -48,8 +48,8 @@ def _declared(options, frozen: bool = True):
 @_declared(LOADER)
 class ModelSpec:
     """What to load. ``source`` is a local path (file or folder) or a Hub repo id. The loader options
-    the user picks (n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map,
-    compute_dtype, double_quant: ``backends.options.LOADER``) are fields too, after these."""
+    the user picks (context length, batch slots, threads, ...: ``backends.options.LOADER``) are
+    fields too, after these, with their declared defaults."""
 
     source: str
     backend: str
