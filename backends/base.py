@@ -17,12 +17,12 @@ from typing import Any, ClassVar, Protocol
 
 from backends.errors import InvalidRequest, UnsupportedQuantization
 from backends.grammar_limits import check_gbnf, check_schema
+from backends.options import BY_NAME, LOADER, LOADER_BY_NAME, SAMPLERS, check_sampler
 
-# Bounds for user-supplied sampling parameters. Anything outside is a clear InvalidRequest.
-MAX_NEW_TOKENS_LIMIT = 32768
-MAX_TEMPERATURE = 5.0
-MAX_REPETITION_PENALTY = 5.0
-MAX_PARALLEL = 64  # batch slots per model
+# The contract's bounds, as the options declare them (backends/options.py).
+MAX_NEW_TOKENS_LIMIT = BY_NAME["max_new_tokens"].high
+MAX_PARALLEL = LOADER_BY_NAME["parallel"].high  # batch slots per model
+KV_CACHE_TYPES = LOADER_BY_NAME["cache_type"].choices  # llama.cpp KV cache types offered (GGML type names)
 
 Progress = Callable[[float, str], None]
 """Progress callback: (fraction in [0, 1], message)."""
@@ -32,34 +32,37 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
-KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")  # llama.cpp KV cache types offered (GGML type names)
+def _declared(options, frozen: bool = True):
+    """A dataclass decorator that first gives the class one field per declared option
+    (``backends/options.py``), after the fields it declares itself, in declaration order."""
+    def wrap(cls):
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for o in options:
+            annotations[o.name] = o.annotation
+            setattr(cls, o.name, o.default)
+        cls.__annotations__ = annotations
+        return dataclass(frozen=frozen)(cls)
+    return wrap
 
 
-@dataclass(frozen=True)
+@_declared(LOADER)
 class ModelSpec:
-    """What to load. ``source`` is a local path (file or folder) or a Hub repo id."""
+    """What to load. ``source`` is a local path (file or folder) or a Hub repo id. The loader options
+    the user picks (context length, batch slots, threads, ...: ``backends.options.LOADER``) are
+    fields too, after these, with their declared defaults."""
 
     source: str
     backend: str
     quantization: str | None = None  # backend-specific name; None = the backend's default
-    n_ctx: int = 2048  # per conversation
-    n_threads: int | None = None  # None = the backend picks (physical cores)
-    parallel: int = 4  # sequences decoded together in one batch (continuous batching), both local backends
     prefix_cache: bool = True  # llama.cpp batched: reuse a slot's KV for a shared prompt prefix
     prompt_cache_mib: int = 1024  # llama.cpp batched: host memory for KV cells that left a slot (0 = off)
-    n_gpu_layers: int | None = None  # llama.cpp: None = all if this build has GPU offload, 0 = CPU, -1 = all
-    device_map: str | None = None  # transformers: "auto", "cpu", "cuda", ...; None = GPU if present else CPU
     cpu_offload: bool = False  # transformers + bnb int8: allow fp32 CPU offload of layers that do not fit
     trust_remote_code: bool = False
-    double_quant: bool = True  # bnb 4-bit: quantize the quantization constants too
-    compute_dtype: str = "bfloat16"  # bnb 4-bit compute dtype
     gguf_file: str | None = None  # for a Hub repo holding several GGUF files
     api_base: str | None = None  # remote: base URL of the OpenAI-compatible server
     api_key: str | None = None  # remote: bearer key (never logged)
     remote_timeout: float = 30.0  # remote: seconds a load waits for the engine (connect, answer)
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
-    cache_type: str | None = None  # llama.cpp KV cache type (K and V): "f16", "q8_0", "q4_0"; None = f16
-    flash_attn: bool = False  # llama.cpp flash attention (forced on for a quantized V cache, which needs it)
     speculative: str | None = None  # "ngram": prompt-lookup speculative decoding for greedy requests; None = off
     spec_draft_tokens: int = 8  # speculative: most draft tokens verified per forward pass
 
@@ -73,17 +76,16 @@ class ModelSpec:
         fields = {
             "source": settings.model, "backend": settings.backend, "quantization": settings.quantization,
             "gguf_file": settings.gguf_file, "api_base": settings.api_base, "api_key": settings.remote_api_key,
-            "n_ctx": settings.n_ctx, "n_threads": settings.n_threads, "n_gpu_layers": settings.n_gpu_layers,
-            "parallel": settings.parallel, "prefix_cache": not settings.no_prefix_cache,
+            "prefix_cache": not settings.no_prefix_cache,
             "prompt_cache_mib": getattr(settings, "prompt_cache_mib", 1024),
             "trust_remote_code": settings.trust_remote_code,
             "speculative": getattr(settings, "speculative", None),
             "spec_draft_tokens": getattr(settings, "spec_draft_tokens", 8),
             "remote_timeout": getattr(settings, "remote_timeout", 30.0),
         }
-        for name in ("cache_type", "flash_attn", "device_map", "compute_dtype"):  # loader flags, when given
-            if getattr(settings, name, None) is not None:
-                fields[name] = getattr(settings, name)
+        for o in LOADER:  # the loader options the settings give (None: ModelSpec's default)
+            if getattr(settings, o.name, None) is not None:
+                fields[o.name] = getattr(settings, o.name)
         if getattr(settings, "no_double_quant", False):
             fields["double_quant"] = False
         fields.update(overrides)
@@ -94,108 +96,36 @@ class ModelSpec:
         return f"ModelSpec({shown})"
 
 
-# Sampler fields beyond the core five, each with its neutral value (the value that changes nothing).
-# A backend lists the ones it honours in ``Backend.samplers``; a request that sets one away from its
-# neutral value on a backend that cannot honour it is refused naming it (``Backend.check_samplers``),
-# never silently dropped.
-NEUTRAL_SAMPLERS: dict[str, float] = {
-    "min_p": 0.0,  # keep tokens with p >= min_p * p(top token)
-    "typical_p": 1.0,  # locally typical sampling
-    "presence_penalty": 0.0,  # OpenAI: subtract once per token already present
-    "frequency_penalty": 0.0,  # OpenAI: subtract per occurrence
-    "dry_multiplier": 0.0,  # DRY repetition penalty (llama.cpp); 0 = off
-    "dry_base": 1.75,
-    "dry_allowed_length": 2,
-    "dry_penalty_last_n": -1,  # -1 = the whole context
-    "xtc_probability": 0.0,  # XTC (llama.cpp); 0 = off
-    "xtc_threshold": 0.1,
-    "mirostat": 0,  # 0 off, 1 mirostat, 2 mirostat 2.0 (llama.cpp)
-    "mirostat_tau": 5.0,
-    "mirostat_eta": 0.1,
-    "no_repeat_ngram_size": 0,  # transformers; 0 = off
-}
-# Fields that only tune another sampler: setting them alone changes nothing, so they are never refused.
-SAMPLER_TUNING = frozenset({"dry_base", "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold",
-                            "mirostat_tau", "mirostat_eta"})
-
-
-@dataclass(frozen=True)
+@_declared(SAMPLERS)
 class SamplingParams:
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    repetition_penalty: float = 1.0
-    seed: int | None = None  # None or negative: random
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_allowed_length: int = 2
-    dry_penalty_last_n: int = -1
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    no_repeat_ngram_size: int = 0
+    """How to sample: one field per sampler declared in ``backends.options.SAMPLING`` (max_new_tokens,
+    temperature, top_p, top_k, repetition_penalty, seed, then min_p, typical_p, ...), each checked
+    against its declared type and bounds when the params are made (InvalidRequest naming it), so a
+    SamplingParams is valid by construction. A seed that is None or negative means random (None)."""
+
+    def __post_init__(self) -> None:
+        for o in SAMPLERS:
+            object.__setattr__(self, o.name, check_sampler(o, getattr(self, o.name)))
+        seed = self.seed
+        if seed is not None and seed >= 2**63:
+            raise InvalidRequest(f"seed must be below 2**63, got {seed}.", "seed")
+        # None or negative: random; else the 32-bit seed the engines' samplers take
+        object.__setattr__(self, "seed", None if seed is None or seed < 0 else seed % 2**32)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
     def samplers_set(self) -> tuple[str, ...]:
-        """The extra samplers this request turns on (away from their neutral value), in a stable order."""
-        return tuple(name for name, neutral in NEUTRAL_SAMPLERS.items()
-                     if name not in SAMPLER_TUNING and getattr(self, name) != neutral)
+        """The extra samplers this request turns on (away from their neutral value), in a stable order:
+        the ones a backend must declare (the core ones every backend honours; one that only tunes
+        another changes nothing alone)."""
+        return tuple(o.name for o in SAMPLERS
+                     if not o.core and o.tunes is None and getattr(self, o.name) != o.neutral_value)
 
     def validated(self) -> SamplingParams:
-        """Return a normalised copy, or raise InvalidRequest naming the bad parameter."""
-        try:
-            mnt = int(self.max_new_tokens)
-            temperature = float(self.temperature)
-            top_p = float(self.top_p)
-            top_k = int(self.top_k)
-            rep = float(self.repetition_penalty)
-            seed = None if self.seed is None or int(self.seed) < 0 else int(self.seed)
-            extra = {name: type(neutral)(getattr(self, name)) for name, neutral in NEUTRAL_SAMPLERS.items()}
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidRequest(f"Sampling parameters must be finite numbers ({exc}).") from exc
-        if any(isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) for v in extra.values()):
-            raise InvalidRequest("Sampling parameters must be finite numbers.")
-        if seed is not None and seed >= 2**63:
-            raise InvalidRequest(f"seed must be below 2**63, got {seed}.", "seed")
-        if seed is not None:
-            seed %= 2**32  # what the engines' samplers take (a 32-bit seed)
-        if not 1 <= mnt <= MAX_NEW_TOKENS_LIMIT:
-            raise InvalidRequest(
-                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {mnt}.", "max_new_tokens"
-            )
-        if not 0.0 <= temperature <= MAX_TEMPERATURE:
-            raise InvalidRequest(f"temperature must be between 0 and {MAX_TEMPERATURE}, got {temperature}.", "temperature")
-        if not 0.0 < top_p <= 1.0:
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}.", "top_p")
-        if top_k < 0:
-            raise InvalidRequest(f"top_k must be 0 (disabled) or positive, got {top_k}.", "top_k")
-        if not 0.0 < rep <= MAX_REPETITION_PENALTY:
-            raise InvalidRequest(
-                f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}], got {rep}.", "repetition_penalty"
-            )
-        bounds = {  # name: (low, high) inclusive
-            "min_p": (0.0, 1.0), "typical_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
-            "frequency_penalty": (-2.0, 2.0), "dry_multiplier": (0.0, 100.0), "dry_base": (1.0, 100.0),
-            "dry_allowed_length": (0, 1024), "dry_penalty_last_n": (-1, 1 << 20), "xtc_probability": (0.0, 1.0),
-            "xtc_threshold": (0.0, 1.0), "mirostat": (0, 2), "mirostat_tau": (0.0, 100.0),
-            "mirostat_eta": (0.0, 1.0), "no_repeat_ngram_size": (0, 1024),
-        }
-        for name, (lo, hi) in bounds.items():
-            if not lo <= extra[name] <= hi:
-                raise InvalidRequest(f"{name} must be between {lo} and {hi}, got {extra[name]}.", name)
-        if extra["typical_p"] == 0.0:
-            raise InvalidRequest("typical_p must be in (0, 1], got 0.", "typical_p")
-        return SamplingParams(mnt, temperature, top_p, top_k, rep, seed, **extra)
+        """Itself: the bounds were checked when it was made."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -346,7 +276,8 @@ class Backend(abc.ABC):
     quantizations: ClassVar[tuple[str, ...]]  # the menu
     default_quantization: ClassVar[str]
     pseudo_quantizations: ClassVar[tuple[str, ...]] = ()  # menu entries that are no variant ("as file")
-    # the extra samplers (NEUTRAL_SAMPLERS' names) this backend honours; others are refused by name
+    # the samplers (``backends.options.SAMPLING``' names, beyond the core ones) this backend honours;
+    # one set away from its neutral value on a backend that does not list it is refused by name
     samplers: ClassVar[frozenset[str]] = frozenset()
     # request features beyond plain chat this backend honours, a subset of {"prompt" (raw
     # continuation), "continue_final", "tools", "constraint", "logprobs", "embeddings"}

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.files.sources import default_cache_dir
-from serving.chat_service import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
+from serving.requests import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
 
 
 class ServerSettings(BaseSettings):

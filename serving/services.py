@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from backends.files import hub_cache, sources
-from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, SamplingParams
+from backends.base import Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
-from backends.threads import parse_threads
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
 from optimization import estimates
 from optimization.lab import DEFAULT_REFERENCE, Lab
-from serving.chat_service import ChatService, as_int, as_number, as_text, chat_request, text_of
+from serving.chat_service import ChatService
 from serving.pieces import ReplyDelta, text_so_far
+from serving.requests import as_int, as_number, as_text, chat_request, loader_options, text_of
 
 
 class Services:
@@ -237,9 +237,6 @@ class Services:
         return [r.as_dict() for r in rows]
 
 
-COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
-
-
 def local_model_file(spec: ModelSpec, allowed_dir: Path | None) -> Path | None:
     """The GGUF file or checkpoint folder a validated ``spec`` loads, when it is on this machine now."""
     source = (spec.source or "").strip()
@@ -269,42 +266,4 @@ def parse_quantizations(value: Any) -> list[str]:
         name = as_text(item, "quantizations").strip().upper()
         if name:
             out.append(name)
-    return out
-
-
-def loader_options(**options: Any) -> dict[str, Any]:
-    """Load options from the UI or the API, checked by name: text ones stripped ("" or None = the
-    server's default, left out), numbers whole and in range, flags booleans."""
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if name in ("api_base", "api_key", "gguf_file", "device_map"):
-            out[name] = as_text(value, name).strip()
-        elif name == "cache_type":
-            v = as_text(value, name).strip().lower()
-            if v not in KV_CACHE_TYPES:
-                raise InvalidRequest(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}.", name)
-            out[name] = v
-        elif name == "compute_dtype":
-            v = as_text(value, name).strip().lower()
-            if v not in COMPUTE_DTYPES:
-                raise InvalidRequest(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}.", name)
-            out[name] = v
-        elif name in ("flash_attn", "double_quant"):
-            if not isinstance(value, bool):
-                raise InvalidRequest(f"{name} must be true or false, got {value!r}.", name)
-            out[name] = value
-        elif name == "n_threads":  # "auto" / 0 = auto (the server's --threads); a number is used exactly
-            n = parse_threads(value)
-            if n is not None:
-                out[name] = n
-        elif name in ("n_ctx", "parallel", "n_gpu_layers"):
-            n = as_int(value, name)
-            low, high = {"n_ctx": (16, 1 << 20), "parallel": (1, MAX_PARALLEL), "n_gpu_layers": (-1, 100_000)}[name]
-            if not low <= n <= high:
-                raise InvalidRequest(f"{name} must be between {low} and {high}, got {n}.", name)
-            out[name] = n
-        else:
-            raise InvalidRequest(f"Unknown load option {name!r}.", name)
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.chat_service import normalize_history
+from serving.requests import normalize_history
 from ui.chat_turns import (add_version, drop_versions_from, ensure_version, group_of, last_turn, reply_text,
                            set_version, show_version, thinking_text, turn_messages, turn_of_index, version_count)
 

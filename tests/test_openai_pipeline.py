@@ -18,10 +18,12 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from backends.base import ModelSpec, SamplingParams, TextDelta
+from backends.base import ModelSpec, SamplingParams
 from backends.errors import Busy, ContextLengthExceeded, InvalidRequest
 from backends.registry import BackendRegistry
-from serving.chat_service import ChatService, ChatStream, completion_request
+from serving.chat_service import ChatService, ChatStream
+from serving.pieces import ReplyDelta
+from serving.requests import completion_request
 from serving.openai.errors import ApiError
 from serving.openai.pipeline import Pipeline
 from serving.openai.stream import EventFormat
@@ -52,7 +54,7 @@ class LinesReply:
     def head(self) -> list[dict]:
         return [{"started": True}]
 
-    def feed(self, index: int, delta: TextDelta) -> Iterator[dict]:
+    def feed(self, index: int, delta: ReplyDelta) -> Iterator[dict]:
         if delta.text:
             self.text.append(delta.text)
             yield {"response": delta.text, "done": False}

@@ -120,7 +120,7 @@ def test_load_model_takes_loader_options_and_model_status_shows_them(cache_dir):
 
 
 def test_chat_inputs_become_the_request_the_backend_sees():
-    from serving.chat_service import build_request
+    from serving.requests import build_request
 
     plain = build_request("hi", [], "", 16, 0.0, 1.0, 0, 1.0, 0)
     assert plain.params.samplers_set() == () and plain.template_kwargs == ()
@@ -140,14 +140,14 @@ def test_chat_inputs_become_the_request_the_backend_sees():
 ])
 def test_bad_loader_options_are_refused_by_name(options, needle):
     from backends.errors import InvalidRequest
-    from serving.services import loader_options
+    from serving.requests import loader_options
 
     with pytest.raises(InvalidRequest, match=needle):
         loader_options(**options)
 
 
 def test_loader_options_leave_out_what_keeps_the_servers_default():
-    from serving.services import loader_options
+    from serving.requests import loader_options
 
     assert loader_options(n_ctx=None, cache_type="", device_map="  ", n_threads=0, flash_attn=None) == {}
     assert loader_options(n_ctx="1024", cache_type="Q8_0", n_gpu_layers=0, flash_attn=True) == {

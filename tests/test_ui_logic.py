@@ -7,7 +7,7 @@ import pytest
 
 from backends.base import ModelSpec
 from backends.errors import ContextLengthExceeded, InvalidRequest, NoModelLoaded
-from serving.chat_service import normalize_history
+from serving.requests import normalize_history
 from tests.conftest import make_manager, make_services
 from tests.fakes import FakeScript, fake_registry
 from ui.edge import gradio_errors

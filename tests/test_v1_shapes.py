@@ -15,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from backends.base import NEUTRAL_SAMPLERS, ModelSpec, TextDelta, TokenLogprob
+from backends.base import ModelSpec, TextDelta, TokenLogprob
+from backends.options import SAMPLERS
 from backends.registry import BackendRegistry
 from serving.chat_service import ChatService
 from serving.openai.routes import add_openai_routes
@@ -26,7 +27,7 @@ from tests.fakes import FakeBackend, FakeScript
 class FeaturedBackend(FakeBackend):
     """Scripted pieces, each one token with a made-up logprob (-0.5 * its position)."""
 
-    samplers = frozenset(NEUTRAL_SAMPLERS)
+    samplers = frozenset(o.name for o in SAMPLERS)
     features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs", "embeddings"})
     capabilities = frozenset({"stream", "tokenize"})
 

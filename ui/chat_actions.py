@@ -20,7 +20,8 @@ import gradio as gr
 
 from backends.errors import BackendError, user_message
 from monitoring.contention import describe as describe_contention
-from serving.chat_service import Turn, text_of
+from serving.chat_service import Turn
+from serving.requests import text_of
 from serving.services import Services
 from ui.chat_turns import (STATS_TITLE_MARK, add_version, drop_versions_from, ensure_version, group_of, is_reply,
                            last_turn, replace_group, reply_text, set_version, show_version, thinking_text, title_of,

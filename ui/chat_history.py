@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from backends.errors import InvalidRequest
-from serving.chat_service import normalize_history, text_of
+from serving.requests import normalize_history, text_of
 
 TITLE_CHARS = 48
 MAX_CHATS = 200  # the oldest beyond this are dropped (localStorage holds a few MB)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serving.chat_service import text_of
+from serving.requests import text_of
 
 THINKING_TITLE = "Thinking"
 STATS_TITLE_MARK = "Stats:"

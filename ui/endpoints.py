@@ -2,123 +2,119 @@
 (/chat, /complete), models (/load_model, /unload_model, /convert_to_gguf), status and caches
 (/model_status, /stats, /cached_models, /delete_cached) and the lab (/compare, /evaluate). This is
 the one place an endpoint is defined (``register_api``); the sections only lay out and wire the UI.
-New parameters go after the existing ones, with defaults, so older gradio_client calls keep working.
+The sampler, request and loader parameters, their defaults and descriptions come from their
+declarations (``backends/options.py``), in declaration order: new ones go after the existing ones,
+with defaults, so older gradio_client calls keep working.
 
 No ``from __future__ import annotations`` here: gr.api reads the return annotation as an object
 (``tuple[str, dict]`` = two outputs); as a string it would make one output holding a pair."""
 
+import inspect
+
 import gradio as gr
 
+from backends.options import LOADER, Option
+from serving.requests import CHAT_OPTIONS, COMPLETE_OPTIONS
 from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
 
+EMPTY = inspect.Parameter.empty
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
            "/v1/completions, /v1/models, /v1/embeddings).")
 
 
+CHAT_HEAD = [("message", str, EMPTY, "the user's new message"),
+             ("history", list[dict], EMPTY, 'the conversation so far, a list of {"role": "user"|"assistant"|"system", '
+                                             '"content": text}'),
+             ("system_prompt", str, "", "system message put first (\"\" = none, or the history's own)")]
+LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folder, a Hugging Face repo id, or '
+                                   '"embedded" (SmolLM2-135M)'),
+             ("backend", str, EMPTY, "{backends}"),
+             ("quantization", str, EMPTY, 'one of the backend\'s quantizations listed above ("" = its default)'),
+             ("api_base", str, "", "remote backend: the engine's OpenAI-compatible base URL (\"\" = the server's "
+                                   "--api-base)"),
+             ("api_key", str, "", "remote backend: the engine's key (\"\" = the server's --remote-api-key, which is "
+                                  "sent to the server's own --api-base only; another URL gets no key)"),
+             ("gguf_file", str, "", 'for a Hub repo holding several .gguf files, the one to load ("" = the only or '
+                                    "first one)")]
+
+
+def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None) -> inspect.Signature:
+    """Give ``fn`` (taking ``*args``) the API Gradio reads: a signature of ``head`` ((name, type,
+    default or EMPTY, description) each) then ``options`` (each declared option's name, type hint, API
+    default and description; ``overrides``: {name: (default, description)}) then ``request``, the
+    matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter.
+    Returns the signature, to bind a call's values to their names."""
+    overrides = overrides or {}
+    rows = list(head) + [(o.name, o.annotation, *overrides.get(o.name, (api_default(o), o.description)))
+                         for o in options]
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=type_)
+              for name, type_, default, _ in rows]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                    annotation=gr.Request))
+    fn.__signature__ = inspect.Signature(params, return_annotation=returns)
+    fn.__annotations__ = {**{p.name: p.annotation for p in params}, "return": returns}
+    fn.__doc__ = summary + "\n\nArgs:\n" + "\n".join(f"    {name}: {text}" for name, _, _, text in rows)
+    return fn.__signature__
+
+
+def api_default(o: Option):
+    """An option's default on the Gradio API: a loader option's "the server's default", else its own."""
+    return o.unset if o.kind == "loader" else o.default
+
+
+def bound(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """A call's values by parameter name, the defaults filled in."""
+    call = signature.bind(*args, **kwargs)
+    call.apply_defaults()
+    return dict(call.arguments)
+
+
 def register_chat_api(h: Services, slots: int) -> None:
-    @gradio_errors
-    def chat(message: str, history: list[dict], system_prompt: str = "", max_new_tokens: int = 512,
-             temperature: float = 0.7, top_p: float = 0.95, top_k: int = 40, repetition_penalty: float = 1.0,
-             seed: int = -1, min_p: float = 0.0, typical_p: float = 1.0, presence_penalty: float = 0.0,
-             frequency_penalty: float = 0.0, dry_multiplier: float = 0.0, xtc_probability: float = 0.0,
-             xtc_threshold: float = 0.1, mirostat: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
-             no_repeat_ngram_size: int = 0, stop: str = "", enable_thinking: str = "auto",
-             request: gr.Request = None) -> tuple[str, dict]:  # hint = the two outputs
-        """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries
+    def chat(*args, **kwargs):
+        values = bound(chat_signature, args, kwargs)
+        request = values.pop("request")
+        yield from h.chat(values.pop("message"), values.pop("history"), values.pop("system_prompt"),
+                          endpoint="chat", client=client_of(request), **values)
+
+    chat_signature = declare_api(
+        chat, """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries
         the request's stats (TTFT, tok/s, tokens). A sampler the loaded backend cannot honour is refused
-        naming it. OpenAI clients: the same server speaks /v1/chat/completions.
+        naming it. OpenAI clients: the same server speaks /v1/chat/completions.""",
+        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict])  # the hint = the two outputs
+    described_api(gpu_task(gradio_errors(chat)), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
 
-        Args:
-            message: the user's new message
-            history: the conversation so far, a list of {"role": "user"|"assistant"|"system", "content": text}
-            system_prompt: system message put first ("" = none, or the history's own)
-            max_new_tokens: longest reply, in tokens
-            temperature: sampling temperature; 0 = greedy (always the most likely token)
-            top_p: nucleus sampling: keep the most likely tokens up to this total probability (1 = off)
-            top_k: keep only the k most likely tokens (0 = off)
-            repetition_penalty: divide the scores of tokens already present (1 = off)
-            seed: sampling seed for a repeatable reply (-1 = random)
-            min_p: drop tokens less likely than min_p times the top token's probability (0 = off; 1 = greedy)
-            typical_p: locally typical sampling (1 = off)
-            presence_penalty: subtract this once from every token already present (OpenAI's; 0 = off)
-            frequency_penalty: subtract this per occurrence of a token already present (OpenAI's; 0 = off)
-            dry_multiplier: DRY penalty on repeated sequences (llama.cpp; 0 = off)
-            xtc_probability: XTC: chance of excluding the top choices (llama.cpp; 0 = off)
-            xtc_threshold: XTC: tokens above this probability count as top choices
-            mirostat: Mirostat mode, 0 = off, 1 or 2 (llama.cpp; replaces top-k/top-p)
-            mirostat_tau: Mirostat target surprise
-            mirostat_eta: Mirostat learning rate
-            no_repeat_ngram_size: never repeat an n-gram of this size (transformers; 0 = off)
-            stop: stop strings, one per line: the reply ends before the first one
-            enable_thinking: the chat template's enable_thinking: "auto" (the template's default), "on" or "off"
-        """
-        yield from h.chat(message, history, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                          repetition_penalty, seed, min_p, typical_p, presence_penalty, frequency_penalty,
-                          dry_multiplier, xtc_probability, xtc_threshold, mirostat, mirostat_tau, mirostat_eta,
-                          no_repeat_ngram_size, stop, enable_thinking, endpoint="chat", client=client_of(request))
-
-    described_api(gpu_task(chat), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
-
-    @gradio_errors
-    def complete(prompt: str, max_new_tokens: int = 200, temperature: float = 0.7, top_p: float = 0.95,
-                 top_k: int = 40, repetition_penalty: float = 1.0, seed: int = -1, stop: str = "",
-                 request: gr.Request = None) -> str:
-        """Continue `prompt` as raw text (no chat template: what the Notebook tab does). Streams the
-        continuation so far; the final item is the whole continuation. OpenAI clients: /v1/completions.
-
-        Args:
-            prompt: the text to continue, sent to the model as is
-            max_new_tokens: longest continuation, in tokens
-            temperature: sampling temperature; 0 = greedy (always the most likely token)
-            top_p: nucleus sampling: keep the most likely tokens up to this total probability (1 = off)
-            top_k: keep only the k most likely tokens (0 = off)
-            repetition_penalty: divide the scores of tokens already present (1 = off)
-            seed: sampling seed for a repeatable continuation (-1 = random)
-            stop: stop strings, one per line: the continuation ends before the first one
-        """
-        for text, _ in h.complete(prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                                  stop, endpoint="complete", client=client_of(request)):
+    def complete(*args, **kwargs):
+        values = bound(complete_signature, args, kwargs)
+        request = values.pop("request")
+        for text, _ in h.complete(values.pop("prompt"), endpoint="complete", client=client_of(request), **values):
             yield text
 
-    described_api(gpu_task(complete), api_name="complete", concurrency_id="generate", concurrency_limit=slots)
+    complete_signature = declare_api(
+        complete, """Continue `prompt` as raw text (no chat template: what the Notebook tab does). Streams the
+        continuation so far; the final item is the whole continuation. OpenAI clients: /v1/completions.""",
+        [("prompt", str, EMPTY, "the text to continue, sent to the model as is")], COMPLETE_OPTIONS, str,
+        {"max_new_tokens": (200, "longest continuation, in tokens"),
+         "seed": (-1, "sampling seed for a repeatable continuation (-1 = random)"),
+         "stop": ("", "stop strings, one per line: the continuation ends before the first one")})
+    described_api(gpu_task(gradio_errors(complete)), api_name="complete", concurrency_id="generate",
+                  concurrency_limit=slots)
 
 
-def load_model_doc(h: Services) -> str:
+def load_model_summary(h: Services) -> str:
     menus = "; ".join(f"{name}: {', '.join(h.registry.menu(name))}" for name in h.registry.names())
     return f"""Load a model for the chat (the old one keeps serving until the new one is ready and finishes
     the replies it is running; a failed load, or one refused because its memory estimate does not fit,
     leaves it loaded). Streams status lines ("40% · step"); the last says what was loaded.
-    Quantizations by backend: {menus} (llama.cpp also takes any GGUF type, e.g. Q3_K_S).
-
-    Args:
-        model: a GGUF file, a transformers checkpoint folder, a Hugging Face repo id, or "embedded" (SmolLM2-135M)
-        backend: {" | ".join(h.registry.names())}
-        quantization: one of the backend's quantizations listed above ("" = its default)
-        api_base: remote backend: the engine's OpenAI-compatible base URL ("" = the server's --api-base)
-        api_key: remote backend: the engine's key ("" = the server's --remote-api-key, which is sent to the server's own --api-base only; another URL gets no key)
-        gguf_file: for a Hub repo holding several .gguf files, the one to load ("" = the only or first one)
-        n_ctx: context length per conversation, in tokens (0 = the server's --n-ctx)
-        parallel: conversations decoded together, each with its own KV cache (0 = the server's --parallel)
-        n_threads: CPU threads of the model's engine, llama.cpp or torch (0 = the server's --threads, auto by default: the physical cores this process may use, adapted to the CPU other processes leave; a number is used exactly)
-        n_gpu_layers: llama.cpp layers on the GPU (-1 = all; "" = the server's default)
-        cache_type: llama.cpp KV cache type: f16, q8_0 or q4_0 ("" = the server's; quantized ones use flash attention)
-        flash_attn: llama.cpp: use flash attention (None = the server's --flash-attn)
-        device_map: transformers: "auto", "cpu", "cuda", ... ("" = the GPU if there is one, else the CPU)
-        compute_dtype: transformers bitsandbytes 4-bit compute dtype: bfloat16, float16 or float32 ("" = bfloat16)
-        double_quant: transformers bitsandbytes 4-bit: quantize the quantization constants too (None = yes, unless the server says --no-double-quant)
-    """
+    Quantizations by backend: {menus} (llama.cpp also takes any GGUF type, e.g. Q3_K_S)."""
 
 
-def load_options(n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map, compute_dtype,
-                 double_quant) -> dict:
-    """The loader options as Services.load_steps takes them: 0 / "" / None = the server's default."""
-    return {"n_ctx": n_ctx or None, "parallel": parallel or None, "n_threads": n_threads or None,  # 0 / "auto": the server's
-            "n_gpu_layers": None if n_gpu_layers in (None, "") else n_gpu_layers, "cache_type": cache_type,
-            "flash_attn": flash_attn, "device_map": device_map, "compute_dtype": compute_dtype,
-            "double_quant": double_quant}
+def load_options(*values) -> dict:
+    """The loader options (``LOADER``'s order) as Services.load_steps takes them: 0 / "" / None = the
+    server's default."""
+    return {o.name: None if v == o.unset and o.unset is not None else v for o, v in zip(LOADER, values, strict=True)}
 
 
 def load_steps(h: Services, model, backend, quantization, api_base, api_key, gguf_file, **options):
@@ -130,18 +126,17 @@ def load_steps(h: Services, model, backend, quantization, api_base, api_key, ggu
 
 
 def register_model_api(h: Services) -> None:
-    @gradio_errors
-    def load_model(model: str, backend: str, quantization: str, api_base: str = "", api_key: str = "",
-                   gguf_file: str = "", n_ctx: int = 0, parallel: int = 0, n_threads: int = 0,
-                   n_gpu_layers: int | None = None, cache_type: str = "", flash_attn: bool | None = None,
-                   device_map: str = "", compute_dtype: str = "", double_quant: bool | None = None) -> str:
-        options = load_options(n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map,
-                               compute_dtype, double_quant)
-        for fraction, text in load_steps(h, model, backend, quantization, api_base, api_key, gguf_file, **options):
+    def load_model(*args, **kwargs):
+        values = bound(load_signature, args, kwargs)
+        values.pop("request")
+        head = [values.pop(name) for name, *_ in LOAD_HEAD]
+        for fraction, text in load_steps(h, *head, **load_options(*values.values())):
             yield text if fraction >= 1.0 else f"{int(fraction * 100)}% · {text}"
 
-    load_model.__doc__ = load_model_doc(h)
-    described_api(load_model, api_name="load_model", concurrency_id="load", concurrency_limit=1)
+    head = [(name, type_, default, text.format(backends=" | ".join(h.registry.names())))
+            for name, type_, default, text in LOAD_HEAD]
+    load_signature = declare_api(load_model, load_model_summary(h), head, LOADER, str)
+    described_api(gradio_errors(load_model), api_name="load_model", concurrency_id="load", concurrency_limit=1)
 
     @gradio_errors
     def unload_model() -> str:

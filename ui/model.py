@@ -8,11 +8,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from backends.base import KV_CACHE_TYPES, ModelSpec
+from backends.base import ModelSpec
 from backends.errors import user_message
 from backends.files.gguf import GGUF_FTYPES
 from monitoring.model_memory import MEMORY_LEGEND, memory_line
-from serving.services import COMPUTE_DTYPES, Services
+from backends.options import LOADER, Option
+from serving.services import Services
 from ui.edge import gradio_errors
 from ui.endpoints import load_options, load_steps
 
@@ -36,6 +37,26 @@ def describe(status: dict) -> str:
     if status.get("last_error"):
         lines.append(f"Last load error: {status['last_error']}")
     return "\n\n".join(lines)
+
+
+def form_value(o: Option, value):
+    """What the form shows for a loader option's ``value``: a flag as a bool, an unset one as its first
+    choice or the API's "the server's default"."""
+    if o.type is bool:
+        return bool(value)
+    if value is None or value == "":
+        return o.choices[0] if o.choices else o.unset
+    return value
+
+
+def loader_control(o: Option, value):
+    """The Model tab's control of a declared loader option, showing ``value``."""
+    shown = {"label": o.label, "info": o.info, "elem_id": o.elem_id or None}
+    if o.type is bool:
+        return gr.Checkbox(value=form_value(o, value), **shown)
+    if o.choices:
+        return gr.Dropdown(list(o.choices), value=form_value(o, value), allow_custom_value=o.free, **shown)
+    return gr.Number(value=form_value(o, value), precision=0, minimum=o.low, **shown)
 
 
 CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used", "what it holds"]
@@ -78,29 +99,11 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
                                     value=default_quant or h.registry.default_quantization(default_backend),
                                     label="Quantization", allow_custom_value=True)
             with gr.Accordion("Loader options", open=False, elem_id="loader-options"):
-                with gr.Row():
-                    n_ctx = gr.Number(value=spec.n_ctx, precision=0, minimum=16, label="Context length",
-                                      info="tokens per conversation", elem_id="n-ctx")
-                    parallel = gr.Number(value=spec.parallel, precision=0, minimum=1, label="Parallel slots",
-                                         info="conversations decoded together", elem_id="parallel")
-                    n_threads = gr.Number(value=spec.n_threads or 0, precision=0, minimum=0, label="Threads",
-                                          info="every engine; 0 = auto (the physical cores this process may use)",
-                                          elem_id="n-threads")
-                with gr.Row():
-                    n_gpu_layers = gr.Number(value=spec.n_gpu_layers, precision=0, minimum=-1, label="GPU layers",
-                                             info="llama.cpp; -1 = all, 0 = CPU, empty = all if the build has a GPU")
-                    cache_type = gr.Dropdown(list(KV_CACHE_TYPES), value=spec.cache_type or "f16", label="KV cache type",
-                                             info="llama.cpp; q8_0/q4_0 halve/quarter the KV memory")
-                    flash_attn = gr.Checkbox(value=spec.flash_attn, label="Flash attention",
-                                             info="llama.cpp; on for a quantized KV cache")
-                with gr.Row():
-                    device_map = gr.Dropdown(["", "auto", "cpu", "cuda"], value=spec.device_map or "",
-                                             allow_custom_value=True, label="Device map",
-                                             info="transformers; empty = the GPU if there is one")
-                    compute_dtype = gr.Dropdown(list(COMPUTE_DTYPES), value=spec.compute_dtype, label="Compute dtype",
-                                                info="transformers bitsandbytes 4-bit")
-                    double_quant = gr.Checkbox(value=spec.double_quant, label="Double quant",
-                                               info="transformers bitsandbytes 4-bit")
+                loader = {}  # one control per declared loader option, three to a row
+                for i in range(0, len(LOADER), 3):
+                    with gr.Row():
+                        for o in LOADER[i:i + 3]:
+                            loader[o.name] = loader_control(o, getattr(spec, o.name))
             with gr.Accordion("Remote engine (backend: remote)", open=default_backend == "remote"):
                 # Never the server's --api-base as the value: the API page (shown before login) would
                 # carry it as the parameter's default. Empty = the server's --api-base.
@@ -143,8 +146,7 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
 
     backend.input(on_backend, backend, quant, **private)
 
-    option_inputs = [n_ctx, parallel, n_threads, n_gpu_layers, cache_type, flash_attn, device_map, compute_dtype,
-                     double_quant]
+    option_inputs = [loader[o.name] for o in LOADER]
 
     def load_clicked(model, backend, quantization, api_base, api_key, gguf_file, *options):
         """The Load button: status lines in the Status box; a failed load leaves its reason there too
@@ -174,9 +176,7 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
         if not o:
             return [gr.skip()] * len(form)
         return [o["source"], o["backend"], gr.update(choices=h.registry.menu(o["backend"]), value=o["quantization"]),
-                o["gguf_file"] or "", o["n_ctx"], o["parallel"], o["n_threads"] or 0, o["n_gpu_layers"],
-                o["cache_type"] or "f16", bool(o["flash_attn"]), o["device_map"] or "", o["compute_dtype"],
-                bool(o["double_quant"])]
+                o["gguf_file"] or "", *(form_value(option, o[option.name]) for option in LOADER)]
 
     ev = load.click(load_clicked, [model, backend, quant, api_base, api_key, gguf_file, *option_inputs], progress_text,
                     concurrency_id="load", concurrency_limit=1, show_progress="hidden", **private)

@@ -3,9 +3,10 @@ accordion, stop strings, the chat template's thinking switch, and presets (three
 saved in the browser's localStorage).
 
 ``SamplingColumn.params`` lists the components in /chat's parameter order after (message,
-history): system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, then
-serving.chat_service.EXTRA_CHAT_PARAMS' samplers, stop, enable_thinking. Handlers take them
-positionally in that order.
+history): system_prompt, then one control per declared option (``serving.requests.CHAT_OPTIONS``:
+max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, the other samplers, stop,
+enable_thinking), each made from its declaration (``control``). Handlers take them positionally in
+that order.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from backends.base import MAX_NEW_TOKENS_LIMIT
-from serving.chat_service import EXTRA_CHAT_PARAMS, THINKING_CHOICES
+from backends.options import Option
+from serving.requests import CHAT_OPTIONS
 
 # The presets' fields: every sampler a preset sets (the system prompt and max tokens are left alone).
-PRESET_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed",
-                 *(name for name, _ in EXTRA_CHAT_PARAMS))
-NEUTRAL = {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "seed": -1, **dict(EXTRA_CHAT_PARAMS)}
+PRESET_FIELDS = tuple(o.name for o in CHAT_OPTIONS if o.kind == "sampler" and o.name not in ("max_new_tokens",))
+NEUTRAL = {o.name: o.neutral_value for o in CHAT_OPTIONS if o.name in PRESET_FIELDS and o.name != "temperature"}
 BUILTIN_PRESETS: dict[str, dict] = {
     # the most likely token every time: the same prompt gives the same reply
     "Deterministic": {**NEUTRAL, "temperature": 0.0},
@@ -37,7 +37,7 @@ class SamplingColumn:
     system: gr.Textbox
     max_new: gr.Slider
     temperature: gr.Slider
-    samplers: dict  # name -> component, for every PRESET_FIELDS entry
+    samplers: dict  # name -> component, for every CHAT_OPTIONS entry
     stop: gr.Textbox
     thinking: gr.Radio
     preset: gr.Dropdown
@@ -77,29 +77,19 @@ def build_sampling(max_new_default: int = 512) -> SamplingColumn:
         save = gr.Button("Save preset", size="sm", elem_id="preset-save")
         delete = gr.Button("Delete", size="sm", elem_id="preset-delete")
     system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
-    max_new = gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 8192), value=max_new_default, step=1, label="Max new tokens")
-    s: dict = {}
-    s["temperature"] = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-    s["top_p"] = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top p")
-    s["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top k (0 = off)")
-    s["repetition_penalty"] = gr.Slider(0.8, 2, value=1.0, step=0.01, label="Repetition penalty")
-    s["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+    s: dict = {}  # the core samplers, the others in an accordion, then the request options (stop, thinking)
+    for o in CHAT_OPTIONS:
+        if o.core:
+            s[o.name] = control(o, max_new_default if o.name == "max_new_tokens" else o.default)
     with gr.Accordion("Advanced samplers", open=False, elem_id="advanced-samplers"):
         gr.Markdown("A sampler the loaded backend cannot honour is refused by name; leave it at its "
                     "neutral value (shown) to switch it off.")
-        s["min_p"] = gr.Slider(0, 1, value=0.0, step=0.01, label="Min p (0 = off)")
-        s["typical_p"] = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Typical p (1 = off)")
-        s["presence_penalty"] = gr.Slider(-2, 2, value=0.0, step=0.05, label="Presence penalty")
-        s["frequency_penalty"] = gr.Slider(-2, 2, value=0.0, step=0.05, label="Frequency penalty")
-        s["dry_multiplier"] = gr.Slider(0, 5, value=0.0, step=0.05, label="DRY multiplier (0 = off)")
-        s["xtc_probability"] = gr.Slider(0, 1, value=0.0, step=0.01, label="XTC probability (0 = off)")
-        s["xtc_threshold"] = gr.Slider(0, 1, value=0.1, step=0.01, label="XTC threshold")
-        s["mirostat"] = gr.Radio([0, 1, 2], value=0, label="Mirostat (0 = off)")
-        s["mirostat_tau"] = gr.Slider(0, 10, value=5.0, step=0.1, label="Mirostat tau")
-        s["mirostat_eta"] = gr.Slider(0, 1, value=0.1, step=0.01, label="Mirostat eta")
-        s["no_repeat_ngram_size"] = gr.Slider(0, 20, value=0, step=1, label="No-repeat n-gram size (0 = off)")
-    stop = gr.Textbox(label="Stop strings", lines=2, placeholder="one per line", elem_id="stop-strings")
-    thinking = gr.Radio(list(THINKING_CHOICES), value="auto", label="Thinking (chat templates that have it)")
+        for o in CHAT_OPTIONS:
+            if o.kind == "sampler" and not o.core:
+                s[o.name] = control(o, o.default)
+    for o in CHAT_OPTIONS:
+        if o.kind != "sampler":
+            s[o.name] = control(o, o.default)
     saved = gr.BrowserState({}, storage_key="quantlab-presets")
 
     fields = [s[name] for name in PRESET_FIELDS]
@@ -127,9 +117,22 @@ def build_sampling(max_new_default: int = 512) -> SamplingColumn:
     preset.input(apply, [preset, saved], fields, **private)
     save.click(do_save, [preset, saved, *fields], [saved, preset], **private)
     delete.click(do_delete, [preset, saved], [saved, preset], **private)
-    params = [system, max_new, *(s[n] for n in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")),
-              *(s[name] for name, _ in EXTRA_CHAT_PARAMS), stop, thinking]
-    return SamplingColumn(system, max_new, s["temperature"], s, stop, thinking, preset, saved, params)
+    params = [system, *(s[o.name] for o in CHAT_OPTIONS)]
+    return SamplingColumn(system, s["max_new_tokens"], s["temperature"], s, s["stop"], s["enable_thinking"], preset,
+                          saved, params)
+
+
+def control(o: Option, value):
+    """The UI control of a declared option: a radio for a few choices, a text box for text, a number
+    box for an unbounded number, else a slider over its UI range."""
+    if o.choices:
+        return gr.Radio(list(o.choices), value=value, label=o.label)
+    if o.type is str:
+        return gr.Textbox(value=value, label=o.label, lines=2, placeholder=o.hint or None, elem_id=o.elem_id or None)
+    if not o.ui:
+        return gr.Number(value=value, precision=0 if o.type is int else None, label=o.label)
+    low, high, step = o.ui
+    return gr.Slider(low, high, value=value, step=step, label=o.label)
 
 
 def restore_presets(saved: dict | None):

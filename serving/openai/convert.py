@@ -11,8 +11,8 @@ from typing import Any
 
 from backends.base import ChatRequest, Constraint, Message, SamplingParams
 from backends.errors import InvalidRequest
-from serving.chat_service import RequestLimits, chat_request, completion_request
 from serving.openai.schema import (
+    EXTENSION_SAMPLERS,
     ChatCompletionRequest,
     CompletionRequest,
     NamedToolChoice,
@@ -20,13 +20,11 @@ from serving.openai.schema import (
     SamplerFields,
 )
 from serving.request_json import check_body
+from serving.requests import RequestLimits, chat_request, completion_request
 from serving.tool_calls import call_schema
 
 DEFAULT_MAX_TOKENS = 1024  # chat
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions, as OpenAI
-EXTRA_SAMPLERS = ("min_p", "typical_p", "presence_penalty", "frequency_penalty", "dry_multiplier", "dry_base",
-                  "dry_allowed_length", "dry_penalty_last_n", "xtc_probability", "xtc_threshold", "mirostat",
-                  "mirostat_tau", "mirostat_eta", "no_repeat_ngram_size")
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def refuse_unsupported(body: Any) -> None:
 
 
 def sampling_params(body: SamplerFields, max_tokens: int) -> SamplingParams:
-    extra = {name: getattr(body, name) for name in EXTRA_SAMPLERS if getattr(body, name) is not None}
+    extra = {o.name: getattr(body, o.name) for o in EXTENSION_SAMPLERS if getattr(body, o.name) is not None}
     return SamplingParams(
         max_new_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,

@@ -26,12 +26,13 @@ from starlette.requests import Request
 from backends.base import ChatRequest
 from backends.errors import InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.chat_service import ChatService, ChatStream, clean_text
+from serving.chat_service import ChatService, ChatStream
 from serving.disconnect import run_until_disconnect
 from serving.openai.errors import ApiError, ErrorShape, api_error, invalid_body
 from serving.openai.stream import Choices, EventFormat, event_stream
-from serving.request_json import check_body
 from serving.pieces import ReplyDelta
+from serving.request_json import check_body
+from serving.requests import check_chars, clean_text
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -186,9 +187,7 @@ class Pipeline:
             if not t:
                 raise InvalidRequest(f"input[{i}] is empty.", "input")
             total += len(t)
-        if total > self.chat.limits.max_prompt_chars:
-            raise InvalidRequest(f"input is {total:,} characters long; this server accepts at most "
-                                 f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "input")
+        check_chars(total, "input", "input", self.chat.limits)
         tokens = await run_in_threadpool(self._count_tokens, texts)
         budget = self.chat.limits.max_embed_tokens
         if tokens > budget:

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
-from serving.chat_service import ChatService, clean_text
+from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.pipeline import Pipeline
@@ -33,6 +33,7 @@ from serving.openai.schema import (
     TokenizeRequest,
     openapi_body,
 )
+from serving.requests import check_chars, clean_text
 
 
 class OpenAIRoutes:
@@ -85,9 +86,7 @@ class OpenAIRoutes:
     async def _tokenize(self, body: TokenizeRequest, request: Request, t0: float) -> dict:
         self.pipe.resolve_model("")
         text = clean_text(body.content, "content")
-        if len(text) > self.chat.limits.max_prompt_chars:
-            raise InvalidRequest(f"content is {len(text):,} characters long; this server accepts at most "
-                                 f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "content")
+        check_chars(len(text), "content", "content", self.chat.limits)
         tokens = await run_in_threadpool(self._tokens, text, body.add_special)
         if not body.with_pieces:
             return {"tokens": tokens}

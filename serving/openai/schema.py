@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from backends.base import MAX_PARALLEL
+from backends.options import SAMPLERS, Option
 
 
 class ContentPart(BaseModel):
@@ -94,9 +95,9 @@ class ResponseFormat(BaseModel):
     schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama-server's json_object + schema
 
 
-class SamplerFields(BaseModel):
-    """Sampling fields shared by chat and text completions. The OpenAI ones, then extensions with
-    llama-server's / vLLM's names; a backend that lacks one refuses it by name when it is set."""
+class _OpenAISamplerFields(BaseModel):
+    """Sampling fields shared by chat and text completions: the OpenAI ones, then ``SamplerFields``
+    adds the declared samplers as extensions (llama-server's / vLLM's names)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -106,8 +107,6 @@ class SamplerFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=MAX_PARALLEL)
@@ -117,18 +116,6 @@ class SamplerFields(BaseModel):
     # extensions (vLLM, llama-server)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=5.0)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    typical_p: float | None = Field(None, gt=0.0, le=1.0)
-    dry_multiplier: float | None = Field(None, ge=0.0, le=100.0)
-    dry_base: float | None = Field(None, ge=1.0, le=100.0)
-    dry_allowed_length: int | None = Field(None, ge=0, le=1024)
-    dry_penalty_last_n: int | None = Field(None, ge=-1, le=1 << 20)
-    xtc_probability: float | None = Field(None, ge=0.0, le=1.0)
-    xtc_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    mirostat: int | None = Field(None, ge=0, le=2)
-    mirostat_tau: float | None = Field(None, ge=0.0, le=100.0)
-    mirostat_eta: float | None = Field(None, ge=0.0, le=1.0)
-    no_repeat_ngram_size: int | None = Field(None, ge=0, le=1024)
 
     @field_validator("stop")
     @classmethod
@@ -146,6 +133,25 @@ class SamplerFields(BaseModel):
         if self.logit_bias:
             return "logit_bias", "logit_bias is not supported by this server"
         return None
+
+
+# The declared samplers beyond the core ones (presence_penalty and frequency_penalty are OpenAI's own),
+# each a /v1 field under its own name: None (left out) = its neutral value. The schema carries the
+# declared bounds, so the OpenAPI document shows them and a value outside is a 400 naming the field.
+EXTENSION_SAMPLERS: tuple[Option, ...] = tuple(o for o in SAMPLERS if o.v1)
+
+
+def _extension(o: Option) -> tuple[Any, Any]:
+    low = {} if o.low is None else {"gt" if o.low_open else "ge": o.low}
+    high = {} if o.high is None else {"le": o.high}
+    return o.type | None, Field(None, description=o.description, **low, **high)
+
+
+SamplerFields = create_model(
+    "SamplerFields", __base__=_OpenAISamplerFields, __module__=__name__,
+    __doc__="Sampling fields shared by chat and text completions: OpenAI's, then the declared samplers as "
+            "extensions; a backend that lacks one refuses it by name when it is set.",
+    **{o.name: _extension(o) for o in EXTENSION_SAMPLERS})
 
 
 class ChatCompletionRequest(SamplerFields):
