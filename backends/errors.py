@@ -8,104 +8,82 @@ from __future__ import annotations
 
 
 class BackendError(Exception):
-    """Base class: something the user should be told about in one sentence."""
+    """Base class: something the user should be told about in one sentence. A subclass states how the
+    edges report it in its class line: ``status`` (HTTP), ``kind`` (the OpenAI error type), ``code``."""
 
     http_status: int = 500
     error_type: str = "server_error"
     code: str | None = None
 
+    def __init_subclass__(cls, status: int | None = None, kind: str | None = None, code: str | None = None, **kw):
+        super().__init_subclass__(**kw)
+        cls.http_status = status or cls.http_status
+        cls.error_type = kind or cls.error_type
+        cls.code = code or cls.code
 
-class InvalidRequest(BackendError):
+
+class InvalidRequest(BackendError, status=400, kind="invalid_request_error"):
     """A parameter is out of range or malformed."""
-
-    http_status = 400
-    error_type = "invalid_request_error"
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
 
 
-class ContextLengthExceeded(InvalidRequest):
-    http_status = 400
-    code = "context_length_exceeded"
+class ContextLengthExceeded(InvalidRequest, code="context_length_exceeded"):
+    """The prompt and the reply cannot fit the model's context."""
 
 
-class ModelLoadError(BackendError):
+class PayloadTooLarge(InvalidRequest, status=413, code="payload_too_large"):
+    """A request body over --max-body-bytes."""
+
+
+class ModelLoadError(BackendError, status=400, kind="invalid_request_error", code="model_load_error"):
     """The model could not be loaded (missing file, not a model, incompatible options)."""
 
-    http_status = 400
-    error_type = "invalid_request_error"
-    code = "model_load_error"
+
+class ModelNotFound(ModelLoadError, status=404, code="model_not_found"):
+    """No model of that name here."""
 
 
-class ModelNotFound(ModelLoadError):
-    http_status = 404
-    code = "model_not_found"
+class UnsupportedQuantization(ModelLoadError, code="unsupported_quantization"):
+    """The backend cannot make or run that quantization here."""
 
 
-class UnsupportedQuantization(ModelLoadError):
-    code = "unsupported_quantization"
+class OutOfMemory(BackendError, status=507, kind="server_error", code="out_of_memory"):
+    """Loading or running would not fit the memory there is."""
 
 
-class OutOfMemory(BackendError):
-    http_status = 507
-    error_type = "server_error"
-    code = "out_of_memory"
-
-
-class BackendUnavailable(BackendError):
+class BackendUnavailable(BackendError, status=503, kind="service_unavailable", code="backend_unavailable"):
     """No model is ready, or a remote engine cannot be reached."""
 
-    http_status = 503
-    error_type = "service_unavailable"
-    code = "backend_unavailable"
 
-
-class NoModelLoaded(BackendUnavailable):
-    code = "no_model_loaded"
+class NoModelLoaded(BackendUnavailable, code="no_model_loaded"):
+    """Nothing is loaded to answer with."""
 
     def __init__(self, message: str = "No model is loaded. Load one in the Model tab (or POST /load_model) first."):
         super().__init__(message)
 
 
-class ModelUnloaded(BackendUnavailable):
+class ModelUnloaded(BackendUnavailable, code="model_unloaded"):
     """A running generation was cut because its model was unloaded (not a finished reply)."""
 
-    code = "model_unloaded"
 
-
-class ServerShuttingDown(BackendUnavailable):
+class ServerShuttingDown(BackendUnavailable, code="server_shutting_down"):
     """The server stopped a generation because it is shutting down (past --shutdown-timeout)."""
 
-    code = "server_shutting_down"
 
-
-class PayloadTooLarge(InvalidRequest):
-    """A request body over --max-body-bytes."""
-
-    http_status = 413
-    code = "payload_too_large"
-
-
-class Busy(BackendError):
+class Busy(BackendError, status=429, kind="rate_limit_error", code="rate_limited"):
     """Too many requests for this client (rate limit) or the server (queue full)."""
-
-    http_status = 429
-    error_type = "rate_limit_error"
-    code = "rate_limited"
 
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class Cancelled(BackendError):
-    """Work stopped because its caller went away or asked it to stop (Stop, a disconnect, a shutdown)."""
-
-    http_status = 499  # nginx's "client closed request": nobody is normally left to read it
-    error_type = "cancelled"
-    code = "cancelled"
+class Cancelled(BackendError, status=499, kind="cancelled", code="cancelled"):
+    """Work stopped because its caller went away or asked it to stop (Stop, a disconnect, a shutdown).
+    499 is nginx's "client closed request": nobody is normally left to read it."""
 
 
 def user_message(exc: BaseException) -> str:

@@ -96,7 +96,7 @@ def main() -> int:
     p.add_argument("--llama-server", metavar="PATH")
     p.add_argument("--prompt-cache-mib", type=int, default=0, help="the app's, and llama-server's --cache-ram (0: off)")
     args = p.parse_args()
-    from backends.llamacpp.backend import physical_cores
+    from backends.threads import physical_cores
 
     args.threads = args.threads or physical_cores()
     args.backend, args.model, args.dtype = "llamacpp", None, None

@@ -19,7 +19,6 @@ stretches; both are printed, with batcher / generate for each.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import threading
@@ -27,7 +26,7 @@ import time
 
 from backends.base import SamplingParams
 from backends.hf.batch import ContinuousBatcher
-from benchmarks.common.hf_model import embedded_model
+from benchmarks.common.hf_model import embedded_model, gaps, parse_args
 
 MODES = {"greedy": SamplingParams(temperature=0.0),
          "sampled": SamplingParams(temperature=0.7, top_k=40, top_p=0.95)}
@@ -64,16 +63,8 @@ def batcher_stamps(batcher, ids: list[int], tokens: int, params: SamplingParams)
     return [time.perf_counter() for t, _ in batcher.stream(ids, params, tokens, threading.Event()) if t is not None]
 
 
-def gaps(stamps: list[float]) -> list[float]:
-    return [b - a for a, b in zip(stamps, stamps[1:])]
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--dtype", default="fp32")
-    args = ap.parse_args()
+    args = parse_args(__doc__, tokens=64, rounds=6)
     backend, model, ids, eos = embedded_model(args)
     generate_stamps(model, ids, 8, MODES["greedy"])  # warm-up
     found: dict[tuple[str, str], list[float]] = {}

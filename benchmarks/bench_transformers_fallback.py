@@ -19,14 +19,13 @@ tokens (prefill excluded), median and 20th percentile (the quiet stretches on a 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import threading
 import time
 
 from backends.hf.batch import ContinuousBatcher
-from benchmarks.common.hf_model import embedded_model
+from benchmarks.common.hf_model import embedded_model, gaps, parse_args
 
 
 def os_threads() -> int:
@@ -59,17 +58,8 @@ def on_thread(fn) -> None:
     worker.join()
 
 
-def gaps(stamps: list[float]) -> list[float]:
-    s = stamps[1:]  # the first put() is the prompt
-    return [b - a for a, b in zip(s, s[1:])]
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--dtype", default="fp32")
-    args = ap.parse_args()
+    args = parse_args(__doc__, tokens=48, rounds=4)
     backend, model, ids, eos = embedded_model(args)
     on_thread(generate_call(model, ids, 8, [], []))  # warm-up
     print(f"OS threads, no batcher, idle: {os_threads()}")
@@ -80,7 +70,7 @@ def main() -> None:
     def measure(name: str, runner) -> float:
         stamps: list[float] = []
         runner(generate_call(model, ids, args.tokens, stamps, threads.setdefault(name, [])))
-        g = gaps(stamps)
+        g = gaps(stamps[1:])  # the first put() is the prompt
         found.setdefault(name, []).extend(g)
         return 1 / statistics.median(g)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from backends.base import MAX_NEW_TOKENS_LIMIT
 from backends.files.sources import default_cache_dir
 from serving.auth import is_personal
 from serving.chat_store import ChatStore, browser_secret
@@ -22,8 +21,7 @@ from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui import chat_history as past
 from ui.chat_exports import ChatExports
-from ui.chat_actions import ChatActions, format_stats, stats_message, toasting  # noqa: F401 (re-exported)
-from ui.chat_turns import STATS_TITLE_MARK  # noqa: F401 (re-exported)
+from ui.chat_actions import ChatActions, toasting
 from ui.sampling import SamplingColumn, build_sampling
 
 EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],

@@ -50,7 +50,7 @@ from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
 from backends.llamacpp.open import kv_cache_options, open_llama
 from backends.memory import release_memory
-from backends.threads import AdaptiveThreads, ContextThreads, physical_cores  # noqa: F401 - physical_cores: re-exported
+from backends.threads import AdaptiveThreads, ContextThreads
 from backends.threads import choose as choose_threads
 
 # Used when a GGUF carries no chat template (ChatML, what most small instruct models use).
@@ -376,7 +376,14 @@ class LlamaCppBackend(Backend):
         k_cur = k_max  # draft length, adapted as transformers' assisted generation does: +2 after a fully
         # accepted draft, -1 after a rejection (verifying a long draft that fails early costs time)
 
-        def emit(token: int, idx: int) -> TextDelta:
+        def accept(token: int, idx: int) -> TextDelta | None:
+            """The delta of a token the reply keeps (counted, fed to the drafter), or None when it ends
+            the reply (end of generation)."""
+            nonlocal generated
+            if L.llama_vocab_is_eog(vocab, token):
+                return None
+            generated += 1
+            drafter.extend((token,))
             lp = () if logprobs is None else (token_logprob(L, ctx, idx, token, n_vocab, logprobs, self._piece),)
             return TextDelta(decoder.decode(detokenize_bytes(llm, [token], special=False)), tokens=1, logprobs=lp)
 
@@ -385,12 +392,11 @@ class LlamaCppBackend(Backend):
             if cancel.is_set():
                 finish = "cancelled"
                 break
-            if L.llama_vocab_is_eog(vocab, token):
+            delta = accept(token, idx)
+            if delta is None:
                 finish = "stop"
                 break
-            generated += 1
-            yield emit(token, idx)
-            drafter.extend((token,))
+            yield delta
             if generated >= budget:
                 break
             if cancel.is_set():
@@ -412,12 +418,11 @@ class LlamaCppBackend(Backend):
                 if i == len(draft) or token != draft[i]:
                     break  # the model's pick after the accepted drafts: the next step's token
                 stats.accepted += 1
-                if L.llama_vocab_is_eog(vocab, token):
+                delta = accept(token, i)
+                if delta is None:
                     stop = "stop"
                     break
-                generated += 1
-                yield emit(token, i)
-                drafter.extend((token,))
+                yield delta
                 if cancel.is_set():
                     stop = "cancelled"
                     break

@@ -173,7 +173,6 @@ class BatchEngine:
             seq.sampler = None
 
     def _retire(self, seq: _Seq, finish: str) -> None:
-        L = self.L
         tail = seq.decoder.decode(b"", final=True)
         seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens),
                               draft_tokens=seq.drafted, accepted_tokens=seq.accepted))

@@ -4,6 +4,7 @@ benchmarks that time ``generate()`` and the continuous batcher on the same model
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from backends.base import ModelSpec
@@ -27,3 +28,17 @@ def embedded_model(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load avg {os.getloadavg()[0]:.2f}, prompt {len(ids)} tokens, {args.tokens} new tokens x {args.rounds}")
     return backend, model, ids, _eos_ids(model, tok)
+
+
+def parse_args(doc: str, tokens: int, rounds: int) -> argparse.Namespace:
+    """The two benchmarks' shared arguments: --tokens per reply, --rounds, --dtype of the checkpoint."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=tokens)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--dtype", default="fp32")
+    return ap.parse_args()
+
+
+def gaps(stamps: list[float]) -> list[float]:
+    """The seconds between consecutive token stamps."""
+    return [b - a for a, b in zip(stamps, stamps[1:])]
