@@ -39,6 +39,7 @@ def create_app(settings, manager=None):
     from serving.gradio_guard import GradioGuardMiddleware
     from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
+    from serving.model_routes import add_model_routes
     from serving.openai_api import add_openai_routes
     from serving.ops import add_ops_routes
     from serving.ratelimit import RateLimiter
@@ -62,6 +63,11 @@ def create_app(settings, manager=None):
     base_spec = ModelSpec.from_settings(settings)
     manager.server_engine = ServerEngine(configured_bases(base_spec), settings.remote_api_key)
     manager.drain_s = settings.load_drain_timeout
+    if getattr(settings, "pool_enabled", False):  # --models-dir given: its models are served by name
+        from backends.pool import Catalogue
+
+        manager.set_pool(Catalogue(settings.models_dir, base_spec), models_max=settings.models_max,
+                         autoload=not settings.no_models_autoload, keep_alive_s=settings.keep_alive)
     chat = ChatService(manager, RateLimiter(settings.rate_limit_rpm, settings.max_streams_per_client),
                        limits=settings.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,
@@ -84,6 +90,7 @@ def create_app(settings, manager=None):
     app.state.chat = chat
     add_ops_routes(app, manager, exporter, policy, exposed=settings.exposed)
     add_openai_routes(app, manager, chat)
+    add_model_routes(app, manager)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=settings.max_upload_bytes)

@@ -44,6 +44,15 @@ class ModelNotFound(ModelLoadError):
     code = "model_not_found"
 
 
+class ModelNotResident(BackendError):
+    """A request names a servable model that is not loaded, and the server loads only when asked
+    (--no-models-autoload)."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "model_not_loaded"
+
+
 class UnsupportedQuantization(ModelLoadError):
     code = "unsupported_quantization"
 
@@ -73,6 +82,16 @@ class ModelUnloaded(BackendUnavailable):
     """A running generation was cut because its model was unloaded (not a finished reply)."""
 
     code = "model_unloaded"
+
+
+class PoolFull(BackendUnavailable):
+    """A model must be loaded but every place under --models-max is held by a model running requests."""
+
+    code = "pool_full"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerShuttingDown(BackendUnavailable):

@@ -24,8 +24,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from backends.errors import BackendError, InvalidRequest, ModelNotFound, NoModelLoaded
+from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
+from serving import model_names
 from serving.chat_service import ChatService, clean_text
 from serving.disconnect import run_until_disconnect
 from serving.openai_choices import ChatChoice, CompletionChoice
@@ -139,35 +140,28 @@ class OpenAIRoutes:
         self.chat = chat
 
     def resolve_model(self, name: str) -> str:
-        cur = self.manager.current
-        if cur is None:
-            raise NoModelLoaded("No model is loaded on this server.")
-        if name not in (cur.name, "default", ""):
-            raise ModelNotFound(f"The model '{name}' does not exist on this server; it serves '{cur.name}'.")
-        return cur.name
+        return model_names.resolve_model(self.manager, name)[0]
 
-    def check_choices(self, count: int, what: str, param: str) -> None:
-        slots = self.manager.max_concurrency
+    def check_choices(self, count: int, what: str, param: str, pooled: str | None = None) -> None:
+        slots = self.manager.slots_of(pooled)
         if count > slots:
             raise InvalidRequest(f"{param}: {what} asks for {count} generations, but this model runs at most {slots} "
                                  "at once (its batch slots: load it with a larger --parallel).", param)
 
     def models(self) -> dict:
-        cur = self.manager.current
-        data = []
-        if cur is not None:
-            data.append({"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
-                         "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
-                         "context_length": cur.context_length, "max_model_len": cur.context_length,
-                         "parallel": self.manager.max_concurrency})
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": model_names.model_rows(self.manager)}
 
     @staticmethod
     def client_of(request: Request) -> str | None:
         return getattr(request.state, "client_id", None) or (request.client.host if request.client else None)
 
-    async def _open(self, requests, request: Request, t0: float) -> Choices:
-        streams = self.chat.open_many(requests, endpoint="v1", client=self.client_of(request), t0=t0)
+    async def _open(self, requests, request: Request, t0: float, pooled: str | None = None) -> Choices:
+        client = self.client_of(request)
+        if pooled is None:
+            streams = self.chat.open_many(requests, endpoint="v1", client=client, t0=t0)
+        else:  # a pool model may have to load first: in a worker thread
+            streams = await run_in_threadpool(lambda: self.chat.open_many(requests, endpoint="v1", client=client,
+                                                                          t0=t0, model=pooled))
         choices = Choices(streams)
         await choices.start()
         return choices
@@ -180,10 +174,10 @@ class OpenAIRoutes:
         if isinstance(body, Response):
             return body
         try:
-            model = self.resolve_model(body.model)
-            self.check_choices(body.n, "n", "n")
+            model, pooled = model_names.resolve_model(self.manager, body.model)
+            self.check_choices(body.n, "n", "n", pooled)
             chat_request, plan = to_chat_request(body, self.chat.limits)
-            choices = await self._open(choices_of(chat_request, body.n), request, t0)
+            choices = await self._open(choices_of(chat_request, body.n), request, t0, pooled)
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:  # a bug: logged, and still an OpenAI-shaped answer
@@ -237,12 +231,12 @@ class OpenAIRoutes:
         if isinstance(body, Response):
             return body
         try:
-            model = self.resolve_model(body.model)
+            model, pooled = model_names.resolve_model(self.manager, body.model)
             n_prompts = 1 if isinstance(body.prompt, str) else len(body.prompt)
             what = f"{n_prompts} prompts x n={body.n}" if n_prompts > 1 else "n"
-            self.check_choices(n_prompts * body.n, what, "prompt" if n_prompts > 1 else "n")
+            self.check_choices(n_prompts * body.n, what, "prompt" if n_prompts > 1 else "n", pooled)
             requests = to_completion_requests(body, self.chat.limits)
-            choices = await self._open(requests, request, t0)
+            choices = await self._open(requests, request, t0, pooled)
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:
@@ -289,7 +283,7 @@ class OpenAIRoutes:
         if isinstance(body, Response):
             return body
         try:
-            model = self.resolve_model(body.model)
+            model, pooled = model_names.resolve_model(self.manager, body.model)
             if body.dimensions is not None:
                 raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
                                      "dimensions unset.", "dimensions")
@@ -305,7 +299,7 @@ class OpenAIRoutes:
             if total > self.chat.limits.max_prompt_chars:
                 raise InvalidRequest(f"input is {total:,} characters long; this server accepts at most "
                                      f"{self.chat.limits.max_prompt_chars:,} (--max-prompt-chars).", "input")
-            tokens = await run_in_threadpool(self._count_tokens, texts)
+            tokens = await run_in_threadpool(self._count_tokens, texts, pooled)
             budget = self.chat.limits.max_embed_tokens
             if tokens > budget:
                 raise InvalidRequest(f"input is {tokens:,} tokens long; this server embeds at most {budget:,} tokens "
@@ -314,7 +308,7 @@ class OpenAIRoutes:
             cancel = threading.Event()
             with self.chat.limiter.slot(client):
                 vectors = await run_until_disconnect(
-                    request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client))
+                    request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client, model=pooled))
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:
@@ -327,9 +321,9 @@ class OpenAIRoutes:
         return JSONResponse({"object": "list", "data": data, "model": model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    def _count_tokens(self, texts: list[str]) -> int:
+    def _count_tokens(self, texts: list[str], pooled: str | None = None) -> int:
         try:
-            return sum(len(self.manager.tokenize(t)) for t in texts)
+            return sum(len(self.manager.tokenize(t, model=pooled)) for t in texts)
         except InvalidRequest:  # a backend that cannot tokenize: honestly unknown
             return 0
 
