@@ -116,6 +116,15 @@ class ModelManager:
         """Every model in memory: the chat's, the pool's, the lab's, and replaced ones still finishing replies."""
         return [r.info for r in self._held_residents()]
 
+    def held_by_role(self) -> list[tuple[str, LoadedModel]]:
+        """Every model in memory once, with its role: "chat" (the chat's model), "pool" (loaded by
+        name), "lab" (a variant the lab holds), "finishing" (replaced or unloaded, finishing replies)."""
+        with self._swap:
+            held = [("chat", self._resident)] if self._resident else []
+            held += [("pool", r) for r in (self.pool._named.values() if self.pool is not None else ())]
+            held += [("lab", r) for r in self._leases] + [("finishing", r) for r in self._retiring]
+        return [(role, r.info) for role, r in held]
+
     def pool_models(self) -> list[LoadedModel]:
         """The models the pool loaded by name (not the chat's), resident now."""
         return [r.info for r in self.pool.residents()] if self.pool is not None else []

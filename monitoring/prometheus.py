@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from backends.manager import ModelManager
 from monitoring.memory import MemoryMonitor
 from monitoring.metrics import RequestStats
+from monitoring.stats import memory_account
 
 P = "quantlab:"
 _LAT = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -89,6 +90,19 @@ class _LiveGauges:
             footprint.add_metric([model, quant], cur.footprint_bytes)
         yield loaded
         yield footprint
+        # the one memory account (monitoring.stats.memory_account): a gauge per model held, and the rest of RSS
+        account = memory_account(m, self.x.monitor)
+        per_model = GaugeMetricFamily(P + "model_memory_bytes", "Memory of each model held: weights + KV cache + "
+                                      "overhead (the figure /stats, /health and the Model tab show, in MiB there)",
+                                      labels=["model_name", "quantization", "role"])
+        for row in account["models"]:
+            per_model.add_metric([row["name"], row["quantization"], row["role"]], row["memory"]["total_bytes"])
+        yield per_model
+        if account["rss_bytes"] is not None:
+            other = GaugeMetricFamily(P + "process_other_memory_bytes", "Resident memory of the process beyond "
+                                      "the models held (Python, Gradio, caches): RSS minus model_memory_bytes")
+            other.add_metric([], account["rss_bytes"] - account["models_bytes"])
+            yield other
         snap = self.x.monitor.latest()
         rss = GaugeMetricFamily(P + "process_resident_memory_bytes", "Resident memory of the server process")
         rss.add_metric([], snap["process"]["rss_bytes"])

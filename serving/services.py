@@ -114,6 +114,8 @@ class Services:
         if cur is not None and status.get("model"):
             status["model"] = monitor_stats.model_view(cur)
         status["lab_models"] = [monitor_stats.model_view(i) for i in self.manager.leased()]
+        status["pool_models"] = [monitor_stats.model_view(i) for i in self.manager.pool_models()]
+        status["memory_account"] = monitor_stats.memory_account(self.manager, self.monitor)
         return status
 
     def stats(self, last: Any = 50) -> dict:
