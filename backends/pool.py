@@ -239,16 +239,20 @@ class ModelPool:
             self._m._retire(victim)
 
     def unload(self, name: str) -> bool:
-        """Unload the pool's model ``name`` now (replies running on it end with ModelUnloaded); False
-        when it is not loaded by the pool."""
+        """Unload the model ``name`` now (replies running on it end with ModelUnloaded): the pool's,
+        or the chat's model when ``name`` is its file. InvalidRequest when it is not loaded."""
         entry = self.catalogue.find(name)
         with self._m._swap:
             r = self._named.pop(entry.name, None)
             if r is not None:
                 self._m._retiring.add(r)
-        if r is None:
-            return False
-        self._m._retire(r)
+            chat = r is None and self._resident_for(entry) is not None
+        if chat:
+            self._m.unload()
+        elif r is None:
+            raise InvalidRequest(f"The model '{entry.name}' is not loaded.", "model")
+        else:
+            self._m._retire(r)
         return True
 
     def _reap(self) -> None:

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from backends.errors import BackendError, InvalidRequest
+from backends.errors import BackendError
 from backends.manager import ModelManager
 from backends.pool import ERROR, LOADED
 from serving.model_names import model_rows
@@ -74,13 +74,7 @@ def add_model_routes(app: FastAPI, manager: ModelManager) -> None:
         if isinstance(name, Response):
             return name
         try:
-            entry = manager.pool.catalogue.find(name)
-            done = await run_in_threadpool(manager.pool.unload, entry.name)
-            if not done:
-                row = next(r for r in manager.pool.listing() if r["name"] == entry.name)
-                if not row["chat_model"]:
-                    raise InvalidRequest(f"The model '{entry.name}' is not loaded.", "model")
-                await run_in_threadpool(manager.unload)  # the chat's model, named by its file
+            await run_in_threadpool(manager.pool.unload, name)
         except BackendError as exc:
             return from_backend_error(exc)
         except Exception as exc:

@@ -59,7 +59,7 @@ class Services:
         """Yield (fraction, status line) while loading; the last line says what was loaded."""
         options = loader_options(**options)
         spec = self.manager.validate(self.base_spec.with_(
-            source=as_text(model, "model").strip(), backend=as_text(backend, "backend").strip(),
+            source=self.pool_source(as_text(model, "model").strip()), backend=as_text(backend, "backend").strip(),
             quantization=as_text(quantization, "quantization") or None, **options))
         self.check_memory(spec)  # before anything is touched: a refused load leaves the old model serving
         updates: queue.Queue = queue.Queue()
@@ -103,7 +103,21 @@ class Services:
                                   all_gpus=(spec.device_map or "").strip().lower() == "auto",
                                   budget_bytes=self.memory_budget_bytes, held_bytes=held)
 
-    def unload_model(self) -> str:
+    def pool_source(self, model: str) -> str:
+        """``model`` itself, or with a pool (--models-dir) the file or folder of the pool's model of
+        that name: /load_model may name a pool model to make it the chat's model."""
+        pool = self.manager.pool
+        if pool is None or model == EMBEDDED_ALIAS:
+            return model
+        found = [e for e in pool.catalogue.entries() if model in (e.name, e.name + ".gguf")]
+        return found[0].spec.source if found else model
+
+    def unload_model(self, model: str = "") -> str:
+        """Unload the chat's model, or with a pool the model named ``model`` (its name in /v1/models)."""
+        model = as_text(model, "model").strip()
+        if model and self.manager.pooled(model):
+            self.manager.pool.unload(model)
+            return f"Unloaded {model}."
         info = self.manager.unload()
         return f"Unloaded {info.name}." if info else "No model was loaded."
 

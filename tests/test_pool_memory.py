@@ -89,3 +89,28 @@ def test_keep_alive_unloads_an_idle_pool_model(models_dir, cache_dir):
                  == "unloaded", 60, "alpha unloaded after 1 s idle")
         wait_for(lambda: srv.manager.held_models() == [], 60, "alpha's memory freed")
         assert ask(srv.url, "alpha").model == "alpha"  # and loaded again on the next request
+
+
+def test_the_gradio_api_acts_on_the_pool(models_dir, cache_dir):
+    from gradio_client import Client
+
+    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir)) as srv:
+        c = Client(srv.url, verbose=False)
+        try:
+            c.predict("alpha", "llamacpp", "", api_name="/load_model")  # a pool name becomes the chat's model
+            rows = {r["name"]: r for r in c.predict(api_name="/model_status")["pool"]}
+            assert rows["alpha"]["status"] == "loaded" and rows["alpha"]["chat_model"]
+            assert rows["embedded"]["status"] == "unloaded"
+            assert ask(srv.url, "alpha").choices[0].message.content is not None
+            assert ask(srv.url, "embedded").model == "embedded"  # loaded by name beside it
+            assert "Unloaded embedded" in c.predict("embedded", api_name="/unload_model")
+            with pytest.raises(Exception, match="is not loaded"):
+                c.predict("embedded", api_name="/unload_model")
+            with pytest.raises(Exception, match="does not exist"):
+                c.predict("../alpha", api_name="/unload_model")
+            assert "Unloaded alpha" in c.predict("alpha", api_name="/unload_model")
+            assert srv.manager.current is None
+            assert {r["name"]: r["status"] for r in c.predict(api_name="/model_status")["pool"]} == {
+                "embedded": "unloaded", "alpha": "unloaded"}
+        finally:
+            c.close()
