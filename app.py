@@ -72,6 +72,8 @@ def create_app(settings, manager=None):
                        limits=settings.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,
                         memory_budget_bytes=settings.memory_budget_mib * 2**20)
+    if manager.pool is not None:  # a load by name is checked against the memory like /load_model's
+        manager.pool.fits = services.check_memory
 
     @asynccontextmanager
     async def lifespan(app):

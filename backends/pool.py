@@ -17,20 +17,25 @@ error for the listing and leaves every resident model serving.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backends.base import ModelSpec, Progress, _no_progress
-from backends.errors import BackendError, InvalidRequest, ModelNotFound, ModelNotResident, PoolFull
+from backends.base import LoadedModel, ModelSpec, Progress, _no_progress
+from backends.errors import BackendError, InvalidRequest, ModelNotFound, ModelNotResident, OutOfMemory, PoolFull
 from backends.files.gguf import check_gguf
 from backends.files.sources import EMBEDDED_ALIAS, inside
 
 if TYPE_CHECKING:
     from backends.manager import ModelManager, _Resident
+
+log = logging.getLogger("quantlab.pool")
 
 POOL_WAIT_S = 120.0  # how long a load waits for a busy model to go idle when the pool is full
 MAX_NAME_CHARS = 512
@@ -127,11 +132,15 @@ class ModelPool:
         self.autoload = autoload
         self.keep_alive_s = keep_alive_s  # 0: never unloaded for being idle
         self.wait_s = wait_s
+        # the server's memory check (weights + KV + overhead estimated against --memory-budget-mib and
+        # the free memory): fits(spec, models_to_free) raises OutOfMemory when the load would not fit
+        self.fits: Callable[[ModelSpec, list[LoadedModel]], None] | None = None
         self._named: dict[str, _Resident] = {}  # guarded by the manager's _swap lock
         self._loading: dict[str, ModelSpec] = {}
         self._errors: dict[str, str] = {}
         self._load_lock = threading.Lock()  # one pool load at a time (each needs its room first)
         self._room = threading.Condition(manager._swap)  # notified whenever a pool model goes idle
+        self.events: Counter[tuple[str, str]] = Counter()  # (name, load|load_failed|evicted|idle_unload|unload)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if keep_alive_s > 0:
@@ -189,19 +198,29 @@ class ModelPool:
                 if entry.kind == "gguf":  # a file that is no GGUF is refused before any model is evicted for it
                     check_gguf(Path(entry.spec.source))
                 self._make_room()
-                r = self._m._open(self._m.validate(entry.spec), progress)
+                spec = self._m.validate(entry.spec)
+                self._make_fit(spec)
+                r = self._m._open(spec, progress)
             except BackendError as exc:
                 self._errors[entry.name] = str(exc)
+                self._event(entry.name, "load_failed", str(exc))
                 raise
             except Exception as exc:
                 self._errors[entry.name] = f"Internal error ({type(exc).__name__})."
+                self._event(entry.name, "load_failed", self._errors[entry.name])
                 raise
             finally:
                 self._loading.pop(entry.name, None)
             r.pool_name, r.pins, r.last_used, r.on_idle = entry.name, 1, time.monotonic(), self._notify
             with self._m._swap:
                 self._named[entry.name] = r
+            self._event(entry.name, "load", f"{r.info.load_seconds:.1f} s")
             return r
+
+    def _event(self, name: str, event: str, detail: str = "") -> None:
+        """Count a load, failed load, eviction or unload (/metrics) and log it."""
+        self.events[(name, event)] += 1
+        log.info("model pool: %s %s%s", event.replace("_", " "), name, f" ({detail})" if detail else "")
 
     def unpin(self, r: _Resident) -> None:
         with self._room:
@@ -236,7 +255,31 @@ class ModelPool:
                 victim = min(self._evictable(), key=lambda r: r.last_used)
                 del self._named[victim.pool_name]
                 self._m._retiring.add(victim)
+            self._event(victim.pool_name, "evicted", f"--models-max {self.models_max}, least recently used")
             self._m._retire(victim)
+
+    def _make_fit(self, spec: ModelSpec) -> None:
+        """With a memory check: refuse a load that would not fit even with every idle pool model
+        unloaded (then nothing is evicted), else evict the least recently used idle ones until it fits."""
+        if self.fits is None:
+            return
+        with self._m._swap:
+            idle = [r.info for r in self._evictable()]
+        self.fits(spec, idle)  # OutOfMemory: not even with all of them gone
+        while True:
+            try:
+                self.fits(spec, [])
+                return
+            except OutOfMemory:
+                with self._room:
+                    idle_now = self._evictable()
+                    if not idle_now:
+                        raise
+                    victim = min(idle_now, key=lambda r: r.last_used)
+                    del self._named[victim.pool_name]
+                    self._m._retiring.add(victim)
+                self._event(victim.pool_name, "evicted", "memory budget, least recently used")
+                self._m._retire(victim)
 
     def unload(self, name: str) -> bool:
         """Unload the model ``name`` now (replies running on it end with ModelUnloaded): the pool's,
@@ -247,10 +290,11 @@ class ModelPool:
             if r is not None:
                 self._m._retiring.add(r)
             chat = r is None and self._resident_for(entry) is not None
+        if r is None and not chat:
+            raise InvalidRequest(f"The model '{entry.name}' is not loaded.", "model")
+        self._event(entry.name, "unload")
         if chat:
             self._m.unload()
-        elif r is None:
-            raise InvalidRequest(f"The model '{entry.name}' is not loaded.", "model")
         else:
             self._m._retire(r)
         return True
@@ -266,6 +310,7 @@ class ModelPool:
                     del self._named[r.pool_name]
                     self._m._retiring.add(r)
             for r in idle:
+                self._event(r.pool_name, "idle_unload", f"idle {self.keep_alive_s:g} s")
                 self._m._retire(r)
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ manager's MetricsRecorder, so every entry point (UI, Gradio API, /v1) is counted
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from backends.manager import ModelManager
@@ -98,6 +98,13 @@ class _LiveGauges:
         for row in account["models"]:
             per_model.add_metric([row["name"], row["quantization"], row["role"]], row["memory"]["total_bytes"])
         yield per_model
+        if m.pool is not None:
+            events = CounterMetricFamily(P + "model_pool_events", "Model pool loads, failed loads, evictions "
+                                         "(--models-max) and unloads (idle --keep-alive, asked)",
+                                         labels=["model_name", "event"])
+            for (name, event), n in sorted(m.pool.events.items()):
+                events.add_metric([name, event], n)
+            yield events
         if account["rss_bytes"] is not None:
             other = GaugeMetricFamily(P + "process_other_memory_bytes", "Resident memory of the process beyond "
                                       "the models held (Python, Gradio, caches): RSS minus model_memory_bytes")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from backends.files import hub_cache, sources
-from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, Message, ModelSpec, SamplingParams
+from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, LoadedModel, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
@@ -84,10 +84,11 @@ class Services:
         yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
                     f"{model_memory(info)['total_mib']:,.1f} MiB · {info.load_seconds:.1f} s · {info.device}")
 
-    def check_memory(self, spec: ModelSpec) -> None:
+    def check_memory(self, spec: ModelSpec, freed: Sequence[LoadedModel] = ()) -> None:
         """OutOfMemory naming the estimate, the free memory and what to lower when ``spec`` cannot fit:
         weights + KV cache (n_ctx x parallel) + overhead against the free RAM (the GPU's free memory
-        when the layers go there) or the budget less the models held. A source not on this machine
+        when the layers go there) or the budget less the models held (less ``freed``, those the pool
+        would unload to make room). A source not on this machine
         yet (a Hub repo still to download) or without readable metadata is not estimated."""
         if "files" not in self.registry.get(spec.backend).capabilities:
             return  # a remote engine: its memory is not ours
@@ -99,6 +100,7 @@ class Services:
             return
         on_gpu = spec.n_gpu_layers != 0 and (spec.device_map or "").strip().lower() != "cpu"
         held = sum(model_memory(info)["total_bytes"] for info in self.manager.held_models())
+        held -= sum(model_memory(info)["total_bytes"] for info in freed)  # models the pool would unload first
         estimates.check_load_fits(est, on_gpu=on_gpu, monitor=self.monitor,
                                   all_gpus=(spec.device_map or "").strip().lower() == "auto",
                                   budget_bytes=self.memory_budget_bytes, held_bytes=held)

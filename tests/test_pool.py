@@ -11,6 +11,7 @@ import threading
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.live_server import LiveServer, make_settings, wait_for
 
@@ -30,6 +31,15 @@ def models_dir(tmp_path_factory, embedded_gguf):
 
 def statuses(url: str) -> dict[str, str]:
     return {m["id"]: m["status"] for m in httpx.get(url + "/v1/models").json()["data"]}
+
+
+def pool_events(url: str) -> dict[tuple[str, str], float]:
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            if s.name == "quantlab:model_pool_events_total":
+                found[(s.labels["model_name"], s.labels["event"])] = s.value
+    return found
 
 
 def oai(srv) -> openai.OpenAI:
@@ -65,6 +75,7 @@ def test_each_model_answers_by_name_and_lru_is_evicted(pool_max1):
     assert routed == {"embedded": "unloaded", "alpha": "unloaded", "beta": "loaded"}
     # a name with its file extension is the same model
     assert ask(c, "beta.gguf").model == "beta"
+    assert pool_events(srv.url)[("alpha", "evicted")] >= 1 and pool_events(srv.url)[("beta", "load")] >= 1
 
 
 def test_a_streaming_model_is_never_evicted(pool_max1):
@@ -162,3 +173,24 @@ def test_without_autoload_a_model_must_be_loaded_first(models_dir, cache_dir):
         assert statuses(srv.url)["alpha"] == "unloaded"
         r = httpx.post(srv.url + "/models/unload", json={"model": "alpha"}, timeout=60)
         assert r.status_code == 400 and "not loaded" in r.json()["error"]["message"]
+
+
+def test_a_memory_budget_evicts_or_refuses_before_a_load(models_dir, cache_dir):
+    from optimization.estimates import estimate_load
+
+    one = estimate_load(models_dir / "alpha.gguf", None, 2048, 2).total
+    budget = int(one * 1.5) // 2**20  # one model fits, two do not
+    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir, parallel=2,
+                                  memory_budget_mib=budget)) as srv:
+        c = oai(srv)
+        assert ask(c, "alpha").model == "alpha"
+        assert ask(c, "beta").model == "beta"  # alpha (idle) made room: no --models-max, the budget did
+        assert statuses(srv.url) == {"embedded": "unloaded", "alpha": "unloaded", "beta": "loaded"}
+        assert pool_events(srv.url)[("alpha", "evicted")] == 1
+    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir, parallel=2,
+                                  memory_budget_mib=one // 2 // 2**20)) as srv:
+        c = oai(srv)
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(c, "alpha")
+        assert err.value.status_code == 507 and "memory-budget-mib" in err.value.message
+        assert statuses(srv.url)["alpha"] == "error"
