@@ -27,6 +27,9 @@ def resolve_model(manager: ModelManager, name: str | None) -> tuple[str, str | N
         entry = manager.pool.servable_entry(name)
         return entry.name, entry.name
     cur = manager.current
+    if cur is None and manager.pool is not None:
+        raise NoModelLoaded("No chat model is loaded on this server: name one of its models in 'model' "
+                            "(GET /v1/models lists them).")
     if cur is None:
         raise NoModelLoaded("No model is loaded on this server.")
     if name not in (cur.name, "default", ""):
