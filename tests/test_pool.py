@@ -194,3 +194,18 @@ def test_a_memory_budget_evicts_or_refuses_before_a_load(models_dir, cache_dir):
             ask(c, "alpha")
         assert err.value.status_code == 507 and "memory-budget-mib" in err.value.message
         assert statuses(srv.url)["alpha"] == "error"
+
+
+def test_concurrent_requests_for_a_model_load_it_once(pool_max1):
+    srv = pool_max1
+    name = next(n for n, s in statuses(srv.url).items() if s == "unloaded" and n != "embedded")
+    loads = pool_events(srv.url).get((name, "load"), 0)
+    c = oai(srv)
+    replies: list = []
+    threads = [threading.Thread(target=lambda: replies.append(ask(c, name))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [r.model for r in replies] == [name] * 3
+    assert pool_events(srv.url)[(name, "load")] == loads + 1
