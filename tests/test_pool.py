@@ -209,3 +209,13 @@ def test_concurrent_requests_for_a_model_load_it_once(pool_max1):
         t.join(timeout=300)
     assert [r.model for r in replies] == [name] * 3
     assert pool_events(srv.url)[(name, "load")] == loads + 1
+
+
+def test_the_pool_routes_need_the_api_key(models_dir, cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir, api_key="k3y")) as srv:
+        for method, path in (("GET", "/models"), ("POST", "/models/load"), ("POST", "/models/unload")):
+            r = httpx.request(method, srv.url + path, json={"model": "alpha"})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.get(srv.url + "/models", headers={"Authorization": "Bearer k3y"})
+        assert r.status_code == 200 and {m["id"] for m in r.json()["data"]} == {"embedded", "alpha", "beta"}
+        assert srv.manager.held_models() == []
