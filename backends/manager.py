@@ -131,8 +131,8 @@ class ModelManager:
 
     def status(self) -> dict:
         cur = self.current
-        pool = {"pool": [{k: v for k, v in row.items() if k != "info"} for row in self.pool.listing()]
-                if self.pool is not None else {}}
+        pool = ({"pool": [{k: v for k, v in row.items() if k != "info"} for row in self.pool.listing()]}
+                if self.pool is not None else {})
         return {
             **pool,
             "status": self.state,

@@ -219,3 +219,16 @@ def test_the_pool_routes_need_the_api_key(models_dir, cache_dir):
         r = httpx.get(srv.url + "/models", headers={"Authorization": "Bearer k3y"})
         assert r.status_code == 200 and {m["id"] for m in r.json()["data"]} == {"embedded", "alpha", "beta"}
         assert srv.manager.held_models() == []
+
+
+def test_without_models_dir_the_server_is_as_before(cache_dir):
+    with LiveServer(make_settings(cache_dir=cache_dir)) as srv:
+        health = httpx.get(srv.url + "/health")
+        assert health.status_code == 503 and "pool" not in health.json()
+        assert httpx.get(srv.url + "/v1/models").json() == {"object": "list", "data": []}
+        r = httpx.post(srv.url + "/models/load", json={"model": "embedded"})
+        assert r.status_code == 400 and "--models-dir" in r.json()["error"]["message"]
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(oai(srv), "embedded")
+        assert err.value.status_code == 503 and err.value.code == "no_model_loaded"
+        assert srv.manager.held_models() == []
