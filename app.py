@@ -74,6 +74,7 @@ def create_app(settings, manager=None):
                         memory_budget_bytes=settings.memory_budget_mib * 2**20)
     if manager.pool is not None:  # a load by name is checked against the memory like /load_model's
         manager.pool.fits = services.check_memory
+        manager.pool.listeners.append(request_log.on_pool_event)  # loads and evictions in the request log
 
     @asynccontextmanager
     async def lifespan(app):

@@ -141,6 +141,7 @@ class ModelPool:
         self._load_lock = threading.Lock()  # one pool load at a time (each needs its room first)
         self._room = threading.Condition(manager._swap)  # notified whenever a pool model goes idle
         self.events: Counter[tuple[str, str]] = Counter()  # (name, load|load_failed|evicted|idle_unload|unload)
+        self.listeners: list[Callable[[str, str, str], None]] = []  # (name, event, detail): the request log
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if keep_alive_s > 0:
@@ -221,6 +222,8 @@ class ModelPool:
         """Count a load, failed load, eviction or unload (/metrics) and log it."""
         self.events[(name, event)] += 1
         log.info("model pool: %s %s%s", event.replace("_", " "), name, f" ({detail})" if detail else "")
+        for listener in self.listeners:
+            listener(name, event, detail)
 
     def unpin(self, r: _Resident) -> None:
         with self._room:

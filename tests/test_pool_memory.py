@@ -6,6 +6,7 @@ unloads an idle pool model."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -81,14 +82,20 @@ def test_one_memory_account_beside_the_chat_model(models_dir, cache_dir):
         assert other > 0
 
 
-def test_keep_alive_unloads_an_idle_pool_model(models_dir, cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir, keep_alive="1s")) as srv:
+def test_keep_alive_unloads_an_idle_pool_model(models_dir, cache_dir, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    with LiveServer(make_settings(cache_dir=cache_dir, models_dir=models_dir, keep_alive="1s",
+                                  request_log=str(log))) as srv:
         assert httpx.get(srv.url + "/health").status_code == 200  # the pool serves on demand
         assert ask(srv.url, "alpha").model == "alpha"
         wait_for(lambda: {m["id"]: m["status"] for m in httpx.get(srv.url + "/v1/models").json()["data"]}["alpha"]
                  == "unloaded", 60, "alpha unloaded after 1 s idle")
         wait_for(lambda: srv.manager.held_models() == [], 60, "alpha's memory freed")
         assert ask(srv.url, "alpha").model == "alpha"  # and loaded again on the next request
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [(r["event"], r["model"]) for r in lines if "event" in r]
+    assert events[:3] == [("model_load", "alpha"), ("model_idle_unload", "alpha"), ("model_load", "alpha")]
+    assert [r["model"] for r in lines if "request_id" in r] == ["alpha", "alpha"]  # the requests, as before
 
 
 def test_the_gradio_api_acts_on_the_pool(models_dir, cache_dir):
