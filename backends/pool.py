@@ -202,6 +202,8 @@ class ModelPool:
                 spec = self._m.validate(entry.spec)
                 self._make_fit(spec)
                 r = self._m._open(spec, progress)
+            except PoolFull:  # no room yet: the model is as it was (unloaded), not failed
+                raise
             except BackendError as exc:
                 self._errors[entry.name] = str(exc)
                 self._event(entry.name, "load_failed", str(exc))

@@ -232,3 +232,31 @@ def test_without_models_dir_the_server_is_as_before(cache_dir):
             ask(oai(srv), "embedded")
         assert err.value.status_code == 503 and err.value.code == "no_model_loaded"
         assert srv.manager.held_models() == []
+
+
+def test_a_full_pool_refuses_clearly_when_no_model_goes_idle_in_time(pool_max1):
+    srv = pool_max1
+    c = oai(srv)
+    ask(c, "alpha")
+    srv.manager.pool.wait_s = 0.5  # how long a load waits for room (120 s by default)
+    try:
+        stream = c.chat.completions.create(model="alpha", messages=LONG, max_tokens=1500, temperature=0, stream=True)
+        chunks = iter(stream)
+        text = ""
+        while not text:
+            text += next(chunks).choices[0].delta.content or ""
+        r = httpx.post(srv.url + "/v1/chat/completions", timeout=120,
+                       json={"model": "beta", "messages": SHORT, "max_tokens": 4})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "pool_full"
+        assert "--models-max" in r.json()["error"]["message"] and int(r.headers["Retry-After"]) >= 1
+        assert statuses(srv.url)["alpha"] == "loaded"
+        finish = None
+        for chunk in chunks:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        assert finish in ("stop", "length") and len(text) > 20  # alpha's reply finished intact
+    finally:
+        srv.manager.pool.wait_s = 120.0
+    assert statuses(srv.url)["beta"] == "unloaded"
+    assert ask(c, "beta").model == "beta"  # room now that alpha is idle
