@@ -66,10 +66,18 @@ def create_app(settings, manager=None):
     base_spec = ModelSpec.from_settings(model)
     manager.server_engine = ServerEngine(configured_bases(base_spec), model.remote_api_key)
     manager.drain_s = server.load_drain_timeout
+    if settings.pool_enabled:  # --models-dir given: its models are served by name
+        from backends.pool import Catalogue
+
+        manager.set_pool(Catalogue(server.models_dir, base_spec), models_max=server.models_max,
+                         autoload=not server.no_models_autoload, keep_alive_s=server.keep_alive)
     chat = ChatService(manager, RateLimiter(server.rate_limit_rpm, server.max_streams_per_client),
                        limits=server.limits)
     services = Services(manager, chat, Lab(manager, monitor, base_spec=base_spec), base_spec, monitor,
                         memory_budget_bytes=server.memory_budget_mib * 2**20)
+    if manager.pool is not None:  # a load by name is checked against the memory like /load_model's
+        manager.pool.fits = services.check_memory
+        manager.pool.listeners.append(request_log.on_pool_event)  # loads and evictions in the request log
 
     @asynccontextmanager
     async def lifespan(app):

@@ -50,6 +50,11 @@ class UnsupportedQuantization(ModelLoadError, code="unsupported_quantization"):
     """The backend cannot make or run that quantization here."""
 
 
+class ModelNotResident(BackendError, status=400, kind="invalid_request_error", code="model_not_loaded"):
+    """A request names a servable model that is not loaded, and the server loads only when asked
+    (--no-models-autoload)."""
+
+
 class OutOfMemory(BackendError, status=507, kind="server_error", code="out_of_memory"):
     """Loading or running would not fit the memory there is."""
 
@@ -67,6 +72,14 @@ class NoModelLoaded(BackendUnavailable, code="no_model_loaded"):
 
 class ModelUnloaded(BackendUnavailable, code="model_unloaded"):
     """A running generation was cut because its model was unloaded (not a finished reply)."""
+
+
+class PoolFull(BackendUnavailable, code="pool_full"):
+    """A model must be loaded but every place under --models-max is held by a model running requests."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerShuttingDown(BackendUnavailable, code="server_shutting_down"):

@@ -8,12 +8,16 @@ swapped in only once it works. Then new requests go to the new model while the o
 the replies it is running (a drain, up to ``drain_s``); only then is it freed. A reply the server
 has to cut (an unload, a drain past its bound) ends with a ModelUnloaded error its client sees,
 never as a short answer that looks finished.
+
+With a model pool (``--models-dir``, ``backends/pool.py``), requests may also name a model: the pool
+loads it on demand beside the chat's model and leases it to the request while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from backends.errors import (
     NoModelLoaded,
     OutOfMemory,
 )
+from backends.pool import Catalogue, ModelPool
 from backends.registry import BackendRegistry, default_registry
 from backends.slots import FairSlots
 from backends.stops import apply_stops
@@ -47,6 +52,10 @@ class _Resident:
     closed: bool = False
     cut: set[threading.Event] = field(default_factory=set)  # generations the server ended (not their clients)
     stop_drain: bool = False  # the server is stopping: cut what still runs now
+    pool_name: str | None = None  # the name the pool loaded it under (None: the chat's model or a lab variant)
+    pins: int = 0  # requests between naming it and running on it: the pool does not evict it meanwhile
+    last_used: float = 0.0  # time.monotonic() of its last request (least recently used is evicted first)
+    on_idle: Callable[[], None] | None = None  # called when a request on it ends (the pool waits for room)
 
 
 DRAIN_S = 300.0  # how long a replaced model may finish its running replies before they are cut
@@ -73,6 +82,12 @@ class ModelManager:
         self._loading_lock = threading.Lock()  # one chat load at a time
         self.loading: ModelSpec | None = None
         self.last_error: str | None = None
+        self.pool: ModelPool | None = None  # models by name (--models-dir); None: the chat's model alone
+
+    def set_pool(self, catalogue: Catalogue, **limits: Any) -> ModelPool:
+        """Serve the catalogue's models by name beside the chat's (``ModelPool``'s limits)."""
+        self.pool = ModelPool(self, catalogue, **limits)
+        return self.pool
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -92,15 +107,34 @@ class ModelManager:
         with self._swap:
             return [r.info for r in self._leases]
 
-    def held_models(self) -> list[LoadedModel]:
-        """Every model in memory: the chat's, the lab's, and replaced ones still finishing replies."""
+    def _held_residents(self) -> list[_Resident]:
         with self._swap:
-            held = ([self._resident] if self._resident else []) + list(self._leases) + list(self._retiring)
-        return [r.info for r in held]
+            pooled = list(self.pool._named.values()) if self.pool is not None else []
+            return ([self._resident] if self._resident else []) + pooled + list(self._leases) + list(self._retiring)
+
+    def held_models(self) -> list[LoadedModel]:
+        """Every model in memory: the chat's, the pool's, the lab's, and replaced ones still finishing replies."""
+        return [r.info for r in self._held_residents()]
+
+    def held_by_role(self) -> list[tuple[str, LoadedModel]]:
+        """Every model in memory once, with its role: "chat" (the chat's model), "pool" (loaded by
+        name), "lab" (a variant the lab holds), "finishing" (replaced or unloaded, finishing replies)."""
+        with self._swap:
+            held = [("chat", self._resident)] if self._resident else []
+            held += [("pool", r) for r in (self.pool._named.values() if self.pool is not None else ())]
+            held += [("lab", r) for r in self._leases] + [("finishing", r) for r in self._retiring]
+        return [(role, r.info) for role, r in held]
+
+    def pool_models(self) -> list[LoadedModel]:
+        """The models the pool loaded by name (not the chat's), resident now."""
+        return [r.info for r in self.pool.residents()] if self.pool is not None else []
 
     def status(self) -> dict:
         cur = self.current
+        pool = ({"pool": [{k: v for k, v in row.items() if k != "info"} for row in self.pool.listing()]}
+                if self.pool is not None else {})
         return {
+            **pool,
             "status": self.state,
             "model": cur.as_dict() if cur else None,
             "loading": repr(self.loading) if self.loading else None,
@@ -126,10 +160,8 @@ class ModelManager:
         return {name: getattr(r.spec, name) for name in names}
 
     def in_use_sources(self) -> list[str]:
-        """Files and folders of every model held (chat and lab): the caches never delete these."""
-        with self._swap:
-            held = ([self._resident] if self._resident else []) + list(self._leases) + list(self._retiring)
-        return [r.info.source for r in held if "files" in type(r.backend).capabilities]
+        """Files and folders of every model held (chat, pool and lab): the caches never delete these."""
+        return [r.info.source for r in self._held_residents() if "files" in type(r.backend).capabilities]
 
     # --- load / unload ---------------------------------------------------------------------------
 
@@ -225,6 +257,8 @@ class ModelManager:
                 r.idle.notify_all()
         for r in leases:
             self._close_lease(r)
+        if self.pool is not None:
+            self.pool.close()
         self.unload()
 
     def open_variant(self, spec: ModelSpec, progress: Progress = _no_progress) -> Lease:
@@ -270,14 +304,29 @@ class ModelManager:
     # --- generation ------------------------------------------------------------------------------
 
     def stream(self, request: ChatRequest, cancel: threading.Event, endpoint: str = "chat",
-               t0: float | None = None, client: str | None = None) -> Generation:
-        """Stream a reply from the chat's model, timed and recorded. Raises NoModelLoaded when
-        nothing is loaded (before the first yield)."""
+               t0: float | None = None, client: str | None = None, model: str | None = None) -> Generation:
+        """Stream a reply from the chat's model (or, with a pool, from the one named ``model``: loaded
+        first when it is not resident, which blocks), timed and recorded. Raises NoModelLoaded when
+        nothing is loaded, the pool's errors for a bad name (before the first yield)."""
+        if self.pooled(model):
+            r = self.pool.acquire(model)
+            try:
+                with self._swap:
+                    return self._generation(r, request, cancel, endpoint, t0, client)
+            finally:
+                self.pool.unpin(r)
         with self._swap:
             r = self._resident
             if r is None:
                 raise NoModelLoaded()
             return self._generation(r, request, cancel, endpoint, t0, client)
+
+    def pooled(self, model: str | None) -> bool:
+        """Whether ``model`` names a model for the pool (not the chat's model, by its name or 'default')."""
+        if self.pool is None or model is None or model.strip() in ("", "default"):
+            return False
+        cur = self.current
+        return cur is None or model != cur.name
 
     def _generation(self, r: _Resident, request: ChatRequest, cancel: threading.Event, endpoint: str,
                     t0: float | None, client: str | None) -> Generation:
@@ -320,6 +369,13 @@ class ModelManager:
         r = self._resident
         return r.backend.max_concurrency if r else 0
 
+    def slots_of(self, model: str | None) -> int:
+        """How many generations ``model`` runs at once: the chat's model's slots, or for a pool model
+        the slots it is loaded with (the server's --parallel)."""
+        if not self.pooled(model):
+            return self.max_concurrency
+        return self.pool.catalogue.find(model).spec.parallel
+
     def _held(self, capability: str | None, what: str) -> _Resident:
         with self._swap:
             r = self._resident
@@ -329,32 +385,46 @@ class ModelManager:
             self.registry.require(r.spec.backend, capability, what)
         return r
 
-    def tokenize(self, text: str) -> list[int]:
-        """The chat model's tokens for ``text`` (BOS added as the model says)."""
-        r = self._held("tokenize", "tokenize text")
-        return r.backend.tokenize(text)
+    @contextlib.contextmanager
+    def _using(self, model: str | None, capability: str | None, what: str) -> Iterator[_Resident]:
+        """The chat's model, or the pool's ``model`` pinned (not evicted) while the block runs."""
+        if not self.pooled(model):
+            yield self._held(capability, what)
+            return
+        r = self.pool.acquire(model)
+        try:
+            if capability is not None:
+                self.registry.require(r.spec.backend, capability, what)
+            yield r
+        finally:
+            self.pool.unpin(r)
+
+    def tokenize(self, text: str, model: str | None = None) -> list[int]:
+        """The chat model's (or the pool's ``model``'s) tokens for ``text`` (BOS added as the model says)."""
+        with self._using(model, "tokenize", "tokenize text") as r:
+            return r.backend.tokenize(text)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         r = self._held("tokenize", "detokenize tokens")
         return r.backend.detokenize(token_ids)
 
     def embed(self, texts: Sequence[str], cancel: threading.Event | None = None, endpoint: str = "embeddings",
-              t0: float | None = None, client: str | None = None) -> list[list[float]]:
+              t0: float | None = None, client: str | None = None, model: str | None = None) -> list[list[float]]:
         """One embedding per text from the chat's model ("embeddings" feature), like a generation: in
         one of its slots (arrival order, shared with chats), timed and recorded (/metrics, the request
         log: ``prompt_tokens`` counts the tokens embedded, ``finish_reason`` says "cancelled" when it
         stopped early). ``cancel`` (a client gone), an unload or a shutdown stops it between inputs;
         then it raises instead of returning a partial list."""
-        r = self._held(None, "")
-        cls = type(r.backend)
-        if "embeddings" not in cls.features:
-            raise InvalidRequest(f"The {cls.name} backend does not make embeddings.", "input")
         cancel = cancel or threading.Event()
         texts = list(texts)
-        with r.idle:
-            if r.closed:
-                raise NoModelLoaded("That model was unloaded.")
-            r.active.add(cancel)  # an unload or shutdown sets it
+        with self._using(model, None, "") as r:
+            cls = type(r.backend)
+            if "embeddings" not in cls.features:
+                raise InvalidRequest(f"The {cls.name} backend does not make embeddings.", "input")
+            with r.idle:
+                if r.closed:
+                    raise NoModelLoaded("That model was unloaded.")
+                r.active.add(cancel)  # an unload or shutdown sets it
         timer = self.metrics.start(endpoint, r.info.name, r.info.quantization, t0, client, None)
         vectors: list[list[float]] = []
         acquired = False
@@ -416,6 +486,8 @@ def _leave(r: _Resident, cancel: threading.Event, acquired: bool) -> None:
         r.active.discard(cancel)
         r.cut.discard(cancel)
         r.idle.notify_all()
+    if r.on_idle is not None:
+        r.on_idle()
 
 
 def _cut_message(r: _Resident) -> str:

@@ -14,6 +14,7 @@ Every module at this level is one benchmark, run from the repository root as
     bench_transformers_batching  the continuous batcher vs generate()
     bench_transformers_fallback  a generate() beside a live batcher, three ways
     bench_transformers_quant     the transformers quantization methods through the lab
+    bench_pool                   the model pool: a cold load vs a resident model, --models-max 1 vs 2
 
 What they share is in ``benchmarks.common``. ``build_llama_tools.sh`` builds llama.cpp's tools.
 """

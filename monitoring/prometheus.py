@@ -7,12 +7,13 @@ manager's MetricsRecorder, so every entry point (UI, Gradio API, /v1) is counted
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from backends.manager import ModelManager
 from monitoring.memory import MemoryMonitor
 from monitoring.metrics import RequestStats
+from monitoring.stats import memory_account
 
 P = "quantlab:"
 _LAT = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -89,6 +90,26 @@ class _LiveGauges:
             footprint.add_metric([model, quant], cur.footprint_bytes)
         yield loaded
         yield footprint
+        # the one memory account (monitoring.stats.memory_account): a gauge per model held, and the rest of RSS
+        account = memory_account(m, self.x.monitor)
+        per_model = GaugeMetricFamily(P + "model_memory_bytes", "Memory of each model held: weights + KV cache + "
+                                      "overhead (the figure /stats, /health and the Model tab show, in MiB there)",
+                                      labels=["model_name", "quantization", "role"])
+        for row in account["models"]:
+            per_model.add_metric([row["name"], row["quantization"], row["role"]], row["memory"]["total_bytes"])
+        yield per_model
+        if m.pool is not None:
+            events = CounterMetricFamily(P + "model_pool_events", "Model pool loads, failed loads, evictions "
+                                         "(--models-max) and unloads (idle --keep-alive, asked)",
+                                         labels=["model_name", "event"])
+            for (name, event), n in sorted(m.pool.events.items()):
+                events.add_metric([name, event], n)
+            yield events
+        if account["rss_bytes"] is not None:
+            other = GaugeMetricFamily(P + "process_other_memory_bytes", "Resident memory of the process beyond "
+                                      "the models held (Python, Gradio, caches): RSS minus model_memory_bytes")
+            other.add_metric([], account["rss_bytes"] - account["models_bytes"])
+            yield other
         snap = self.x.monitor.latest()
         rss = GaugeMetricFamily(P + "process_resident_memory_bytes", "Resident memory of the server process")
         rss.add_metric([], snap["process"]["rss_bytes"])

@@ -47,6 +47,18 @@ class RequestLog:
             self._out.write(line + "\n")
             self._out.flush()
 
+    def on_pool_event(self, model: str, event: str, detail: str = "") -> None:
+        """A model pool load, failed load, eviction or unload, as its own line (``event`` model_load,
+        model_load_failed, model_evicted, model_idle_unload, model_unload; no request fields)."""
+        if self._out is None:
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "event": f"model_{event}",
+                  "model": model, "detail": detail}
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
     def close(self) -> None:
         if self._own and self._out is not None:
             self._out.close()

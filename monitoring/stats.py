@@ -20,6 +20,31 @@ def model_view(info: Any) -> dict:
     return d
 
 
+def _mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def memory_account(manager: ModelManager, monitor: MemoryMonitor | None) -> dict:
+    """One memory account, in MiB: a row per model in memory (the chat's, the pool's, the lab's,
+    replaced ones finishing replies) with its memory by the one definition (``model_memory``:
+    weights + KV + overhead), their sum, and what the process holds beyond them (RSS minus the
+    models: Python, Gradio, caches), so the rows and that line add up to RSS. A model on a GPU is
+    counted in GPU memory rather than RSS: the sum is set against both."""
+    rows = []
+    for role, info in manager.held_by_role():
+        mem = model_memory(info)
+        rows.append({"name": info.name, "role": role, "quantization": info.quantization, "device": info.device,
+                     "memory_mib": mem["total_mib"], "memory": mem})
+    models = sum(r["memory"]["total_bytes"] for r in rows)
+    snap = monitor.latest() if monitor else None
+    rss = snap["process"]["rss_bytes"] if snap else None
+    gpu = [d["used_bytes"] for d in snap["gpu"]["devices"] if "used_bytes" in d] if snap else []
+    return {"models": rows, "models_bytes": models, "rss_bytes": rss,
+            "models_mib": _mib(models), "rss_mib": _mib(rss) if rss is not None else None,
+            "process_other_mib": _mib(rss - models) if rss is not None else None,
+            "gpu_used_mib": _mib(sum(gpu)) if gpu else None}
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """Linear-interpolated percentile (numpy's default method); None for no values."""
     if not values:
@@ -38,6 +63,8 @@ def stats(manager: ModelManager, monitor: MemoryMonitor | None, last: int = 50) 
         "memory": monitor.latest() if monitor else None,
         "model": model_view(cur) if cur else None,
         "lab_models": [model_view(info) for info in manager.leased()],
+        "pool_models": [model_view(info) for info in manager.pool_models()],
+        "memory_account": memory_account(manager, monitor),
         "memory_legend": MEMORY_LEGEND,
         "state": manager.state,
         "requests": {

@@ -71,14 +71,15 @@ class ChatService:
         self._open_lock = threading.Lock()
 
     def open(self, request: ChatRequest, *, endpoint: str, client: str | None = None,
-             t0: float | None = None) -> ChatStream:
-        """Start a generation for ``client`` (rate limits first). Raises Busy / NoModelLoaded here,
-        before anything streams, so each transport can answer with a plain error."""
+             t0: float | None = None, model: str | None = None) -> ChatStream:
+        """Start a generation for ``client`` (rate limits first) on the chat's model or the pool's
+        ``model`` (which may load it: call from a worker thread then). Raises Busy / NoModelLoaded
+        here, before anything streams, so each transport can answer with a plain error."""
         release = contextlib.ExitStack()
         release.enter_context(self.limiter.slot(client))
         cancel = threading.Event()
         try:
-            generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
+            generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client, model=model)
         except BaseException:
             release.close()
             raise
@@ -89,12 +90,12 @@ class ChatService:
         return stream
 
     def open_many(self, requests: Sequence[ChatRequest], *, endpoint: str, client: str | None = None,
-                  t0: float | None = None) -> list[ChatStream]:
+                  t0: float | None = None, model: str | None = None) -> list[ChatStream]:
         """Several generations for one client request (/v1's ``n``, a list of prompts), run side by
         side in the model's batch slots under ONE rate-limit slot (freed when the last one ends).
         All open or none: a failure closes the ones already opened."""
         if len(requests) == 1:
-            return [self.open(requests[0], endpoint=endpoint, client=client, t0=t0)]
+            return [self.open(requests[0], endpoint=endpoint, client=client, t0=t0, model=model)]
         shared = contextlib.ExitStack()
         shared.enter_context(self.limiter.slot(client))
         left = [len(requests)]
@@ -111,7 +112,8 @@ class ChatService:
         try:
             for request in requests:
                 cancel = threading.Event()
-                generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client)
+                generation = self.manager.stream(request, cancel, endpoint=endpoint, t0=t0, client=client,
+                                                 model=model)
                 release = contextlib.ExitStack()
                 release.callback(one_done)
                 stream = ChatStream(generation, cancel, release, ReplyParser(request))

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.manager import ModelManager
 from monitoring.prometheus import PrometheusExporter
+from monitoring.stats import memory_account
 from serving.auth import AccessPolicy
 
 # An absolute path inside a text: POSIX (not part of a URL or a relative path) or Windows.
@@ -37,12 +38,26 @@ def file_names_only(value: Any) -> Any:
     return value
 
 
+def with_memory(status: dict, account: dict) -> dict:
+    """``status`` (the manager's) with each model's memory in MiB from the one account, and the account."""
+    by_role = {(row["role"], row["name"]): row["memory_mib"] for row in account["models"]}
+    if status.get("model"):
+        status["model"]["memory_mib"] = by_role.get(("chat", status["model"]["name"]))
+    for row in status.get("pool", []):
+        chat = status["model"]["memory_mib"] if status.get("model") else None
+        row["memory_mib"] = chat if row.get("chat_model") else by_role.get(("pool", row["name"]))
+    status["memory_account"] = {k: v for k, v in account.items() if k != "models"} | {
+        "models": [{k: v for k, v in row.items() if k != "memory"} for row in account["models"]]}
+    return status
+
+
 def add_ops_routes(app: FastAPI, manager: ModelManager, exporter: PrometheusExporter,
                    policy: AccessPolicy | None = None, exposed: bool = False) -> None:
     @app.get("/health", include_in_schema=True, tags=["ops"])
     def health(request: Request) -> JSONResponse:
-        body = manager.status()
-        code = 200 if body["status"] == "ready" else 503
+        body = with_memory(manager.status(), memory_account(manager, exporter.monitor))
+        ready = body["status"] == "ready" or (manager.pool is not None and manager.pool.servable())
+        code = 200 if ready else 503
         if policy is not None and policy.configured:
             if policy.http_client_id(request.headers.get("authorization")) is None:
                 body = {"status": body["status"]}  # auth is on: paths, models and errors are for logged-in callers

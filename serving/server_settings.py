@@ -37,7 +37,15 @@ class ServerSettings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="where derived models are cached")
     chat_dir: Path | None = Field(None, description="keep each logged-in user's past chats on the server in this folder "
                                                      "(default: only in the browser's storage)")
-    models_dir: Path = Field(Path("models"), description="with --listen, local models must be inside this folder")
+    models_dir: Path = Field(Path("models"), description="when given: serve the GGUF files and checkpoint folders in "
+                             "this folder by name (requests choose by their model field; GET /v1/models lists them); "
+                             "with --listen, local models must be inside this folder")
+    models_max: int = Field(0, ge=0, description="with --models-dir: most models loaded by name at once beside the "
+                            "chat's model; the least recently used idle one is unloaded to make room (0 = no limit)")
+    no_models_autoload: bool = Field(False, description="with --models-dir: refuse a request naming a model that is not "
+                                     "loaded (load it with POST /models/load) instead of loading it for the request")
+    keep_alive: float = Field(0.0, ge=0, description="with --models-dir: unload a model loaded by name after this long "
+                              "idle: seconds, or 30s, 5m, 1h (0 = until evicted)")
     log_prompts: bool = Field(False, description="include prompt text in the request log")
     request_log: str | None = Field("-", description="JSON-lines request log: '-' for stdout, a file path, or '' for none")
     shutdown_timeout: int = Field(30, ge=0, description="on SIGTERM, seconds running streams get to finish; "
@@ -72,12 +80,25 @@ class ServerSettings(BaseSettings):
             return [p for p in v.replace(",", " ").split() if p]
         return v
 
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        if isinstance(v, str) and v.strip()[-1:].lower() in ("s", "m", "h"):
+            v = v.strip()
+            return float(v[:-1]) * {"s": 1, "m": 60, "h": 3600}[v[-1].lower()]
+        return v
+
     @field_validator("port")
     @classmethod
     def _port(cls, v: int) -> int:
         if not 0 <= v <= 65535:
             raise ValueError("port must be 0-65535")
         return v
+
+    @property
+    def pool_enabled(self) -> bool:
+        """Whether --models-dir was given (flag or environment): the server then serves its models by name."""
+        return "models_dir" in self.model_fields_set
 
     @property
     def bind_host(self) -> str:

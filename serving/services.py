@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from backends.files import hub_cache, sources
-from backends.base import Message, ModelSpec, SamplingParams
+from backends.base import LoadedModel, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, InvalidRequest
 from backends.manager import ModelManager
 from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_model_path
@@ -69,7 +69,7 @@ class Services:
         """Yield (fraction, status line) while loading; the last line says what was loaded."""
         options = loader_options(**options)
         spec = self.manager.validate(self.base_spec.with_(
-            source=as_text(model, "model").strip(), backend=as_text(backend, "backend").strip(),
+            source=self.pool_source(as_text(model, "model").strip()), backend=as_text(backend, "backend").strip(),
             quantization=as_text(quantization, "quantization") or None, **options))
         self.check_memory(spec)  # before anything is touched: a refused load leaves the old model serving
         updates: queue.Queue = queue.Queue()
@@ -94,10 +94,11 @@ class Services:
         yield 1.0, (f"Loaded {info.name} · {info.backend} · {info.quantization} · "
                     f"{model_memory(info)['total_mib']:,.1f} MiB · {info.load_seconds:.1f} s · {info.device}")
 
-    def check_memory(self, spec: ModelSpec) -> None:
+    def check_memory(self, spec: ModelSpec, freed: Sequence[LoadedModel] = ()) -> None:
         """OutOfMemory naming the estimate, the free memory and what to lower when ``spec`` cannot fit:
         weights + KV cache (n_ctx x parallel) + overhead against the free RAM (the GPU's free memory
-        when the layers go there) or the budget less the models held. A source not on this machine
+        when the layers go there) or the budget less the models held (less ``freed``, those the pool
+        would unload to make room). A source not on this machine
         yet (a Hub repo still to download) or without readable metadata is not estimated."""
         if "files" not in self.registry.get(spec.backend).capabilities:
             return  # a remote engine: its memory is not ours
@@ -109,11 +110,26 @@ class Services:
             return
         on_gpu = spec.n_gpu_layers != 0 and (spec.device_map or "").strip().lower() != "cpu"
         held = sum(model_memory(info)["total_bytes"] for info in self.manager.held_models())
+        held -= sum(model_memory(info)["total_bytes"] for info in freed)  # models the pool would unload first
         estimates.check_load_fits(est, on_gpu=on_gpu, monitor=self.monitor,
                                   all_gpus=(spec.device_map or "").strip().lower() == "auto",
                                   budget_bytes=self.memory_budget_bytes, held_bytes=held)
 
-    def unload_model(self) -> str:
+    def pool_source(self, model: str) -> str:
+        """``model`` itself, or with a pool (--models-dir) the file or folder of the pool's model of
+        that name: /load_model may name a pool model to make it the chat's model."""
+        pool = self.manager.pool
+        if pool is None or model == EMBEDDED_ALIAS:
+            return model
+        found = [e for e in pool.catalogue.entries() if model in (e.name, e.name + ".gguf")]
+        return found[0].spec.source if found else model
+
+    def unload_model(self, model: str = "") -> str:
+        """Unload the chat's model, or with a pool the model named ``model`` (its name in /v1/models)."""
+        model = as_text(model, "model").strip()
+        if model and self.manager.pooled(model):
+            self.manager.pool.unload(model)
+            return f"Unloaded {model}."
         info = self.manager.unload()
         return f"Unloaded {info.name}." if info else "No model was loaded."
 
@@ -124,6 +140,8 @@ class Services:
         if cur is not None and status.get("model"):
             status["model"] = monitor_stats.model_view(cur)
         status["lab_models"] = [monitor_stats.model_view(i) for i in self.manager.leased()]
+        status["pool_models"] = [monitor_stats.model_view(i) for i in self.manager.pool_models()]
+        status["memory_account"] = monitor_stats.memory_account(self.manager, self.monitor)
         return status
 
     def stats(self, last: Any = 50) -> dict:

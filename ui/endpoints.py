@@ -139,9 +139,13 @@ def register_model_api(h: Services) -> None:
     described_api(gradio_errors(load_model), api_name="load_model", concurrency_id="load", concurrency_limit=1)
 
     @gradio_errors
-    def unload_model() -> str:
-        """Unload the chat's model, freeing its memory (the lab's variants are separate)."""
-        return h.unload_model()
+    def unload_model(model: str = "") -> str:
+        """Unload the chat's model, freeing its memory (the lab's variants are separate).
+
+        Args:
+            model: with a model pool (--models-dir): the name of the model to unload, as GET /v1/models lists it ("" = the chat's model)
+        """
+        return h.unload_model(model)
 
     described_api(unload_model, api_name="unload_model", concurrency_id="load")
 

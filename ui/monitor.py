@@ -24,8 +24,8 @@ def _fmt(v, scale=1.0, digits=0):
 
 
 def memory_frame(samples: list[dict], footprint_mib: float | None = None) -> pd.DataFrame:
-    """Process RSS and each GPU's use over time, and the loaded model's footprint beside them (its
-    weights and KV cache, measured at load: the part of RSS / GPU memory the model accounts for)."""
+    """Process RSS and each GPU's use over time, and the models' memory beside them (every model held,
+    weights + KV cache + overhead: the part of RSS / GPU memory the models account for)."""
     now = time.time()
     rows = []
     for s in samples:
@@ -77,6 +77,16 @@ def figures_markdown(stats: dict) -> str:
     m = stats["model"]
     lines.append(f"**Model** {m['name']} · {m['quantization']} · {memory_line(m['memory'])} · {m['device']}  \n"
                  f"<small>{MEMORY_LEGEND}</small>" if m else "**Model** none loaded")
+    account = stats.get("memory_account")
+    if account:
+        for row in account["models"]:
+            if row["role"] != "chat":  # the chat's model is the line above
+                lines.append(f"**{row['role'].capitalize()} model** {row['name']} · {row['quantization']} · "
+                             f"{memory_line(row['memory'])} · {row['device']}")
+        if account["process_other_mib"] is not None:
+            lines.append(f"**Models together** {account['models_mib']:,.1f} MiB · **the process beyond them** "
+                         f"{account['process_other_mib']:,.1f} MiB (Python, Gradio, caches) = RSS "
+                         f"{account['rss_mib']:,.1f} MiB")
     q = stats["requests"]
     p50 = (f" · p50 TTFT {q['ttft_p50_s'] * 1000:.0f} ms" if q["ttft_p50_s"] is not None else "") + \
           (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")
@@ -114,10 +124,11 @@ def build_monitor(h: Services):
     def refresh():
         stats = h.stats(last=50)
         samples = list(h.monitor.samples)[-300:] if h.monitor else []
-        model = stats.get("model")
+        account = stats.get("memory_account")
+        models_mib = account["models_mib"] if account and account["models"] else None  # every model held, one account
         latency = latency_frame(stats["recent"])
         order = list(dict.fromkeys(latency["request"]))  # request order, not alphabetical ("#10" after "#9")
-        return (figures_markdown(stats), memory_frame(samples, model["footprint_mib"] if model else None),
+        return (figures_markdown(stats), memory_frame(samples, models_mib),
                 gr.ScatterPlot(value=latency, sort=order or None), requests_frame(stats["recent"]))
 
     outputs = [figures, mem_plot, lat_plot, table]

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from backends.base import ChatRequest
-from backends.errors import InvalidRequest, ModelNotFound, NoModelLoaded
+from backends.errors import InvalidRequest
 from backends.manager import ModelManager
+from serving import model_names
 from serving.chat_service import ChatService, ChatStream
 from serving.disconnect import run_until_disconnect
 from serving.openai.errors import ApiError, ErrorShape, api_error, invalid_body
@@ -100,16 +101,12 @@ class Pipeline:
         self.manager = manager
         self.chat = chat
 
-    def resolve_model(self, name: str) -> str:
-        cur = self.manager.current
-        if cur is None:
-            raise NoModelLoaded("No model is loaded on this server.")
-        if name not in (cur.name, "default", ""):
-            raise ModelNotFound(f"The model '{name}' does not exist on this server; it serves '{cur.name}'.")
-        return cur.name
+    def resolve_model(self, name: str) -> tuple[str, str | None]:
+        """(the name to answer with, the pool model to run on, or None for the chat's model)."""
+        return model_names.resolve_model(self.manager, name)
 
-    def check_choices(self, count: int, what: str, param: str) -> None:
-        slots = self.manager.max_concurrency
+    def check_choices(self, count: int, what: str, param: str, pooled: str | None = None) -> None:
+        slots = self.manager.slots_of(pooled)
         if count > slots:
             raise InvalidRequest(f"{param}: {what} asks for {count} generations, but this model runs at most {slots} "
                                  "at once (its batch slots: load it with a larger --parallel).", param)
@@ -127,9 +124,11 @@ class Pipeline:
         choices: Choices | None = None
         try:
             body = await parse_body(request, endpoint.schema)
-            model = self.resolve_model(endpoint.model(body))
-            requests, plan = endpoint.convert(body, self)
-            choices = await self._open(requests, endpoint.label, request, t0)
+            model, pooled = self.resolve_model(endpoint.model(body))
+            requests, plan = endpoint.convert(body, self)  # its own checks count the chat model's slots
+            if pooled is not None:
+                self.check_choices(len(requests), "this request", "n", pooled)
+            choices = await self._open(requests, endpoint.label, request, t0, pooled)
             reply = endpoint.reply(body, plan, model, choices.streams)
             if endpoint.streams(body):
                 return event_stream(self._events(reply, choices, endpoint.errors), endpoint.format, choices.cancel)
@@ -142,8 +141,14 @@ class Pipeline:
                 choices.cancel()
             return endpoint.errors.response(api_error(exc))
 
-    async def _open(self, requests: list[ChatRequest], label: str, request: Request, t0: float) -> Choices:
-        streams = self.chat.open_many(requests, endpoint=label, client=self.client_of(request), t0=t0)
+    async def _open(self, requests: list[ChatRequest], label: str, request: Request, t0: float,
+                    pooled: str | None = None) -> Choices:
+        client = self.client_of(request)
+        if pooled is None:
+            streams = self.chat.open_many(requests, endpoint=label, client=client, t0=t0)
+        else:  # a pool model may have to load first: in a worker thread
+            streams = await run_in_threadpool(lambda: self.chat.open_many(requests, endpoint=label, client=client,
+                                                                          t0=t0, model=pooled))
         choices = Choices(streams)
         await choices.start()
         return choices
@@ -176,7 +181,8 @@ class Pipeline:
         except Exception as exc:
             return errors.response(api_error(exc))
 
-    async def embed(self, texts: list[str], request: Request, t0: float) -> tuple[list, int]:
+    async def embed(self, texts: list[str], request: Request, t0: float,
+                    pooled: str | None = None) -> tuple[list, int]:
         """Embedding vectors of ``texts`` and how many tokens they are, after the server's limits,
         in the client's rate-limit slot, stopped if the client goes away."""
         if len(texts) > MAX_EMBED_INPUTS:
@@ -188,7 +194,7 @@ class Pipeline:
                 raise InvalidRequest(f"input[{i}] is empty.", "input")
             total += len(t)
         check_chars(total, "input", "input", self.chat.limits)
-        tokens = await run_in_threadpool(self._count_tokens, texts)
+        tokens = await run_in_threadpool(self._count_tokens, texts, pooled)
         budget = self.chat.limits.max_embed_tokens
         if tokens > budget:
             raise InvalidRequest(f"input is {tokens:,} tokens long; this server embeds at most {budget:,} tokens "
@@ -197,11 +203,11 @@ class Pipeline:
         cancel = threading.Event()
         with self.chat.limiter.slot(client):
             vectors = await run_until_disconnect(
-                request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client))
+                request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client, model=pooled))
         return vectors, tokens
 
-    def _count_tokens(self, texts: list[str]) -> int:
+    def _count_tokens(self, texts: list[str], pooled: str | None = None) -> int:
         try:
-            return sum(len(self.manager.tokenize(t)) for t in texts)
+            return sum(len(self.manager.tokenize(t, model=pooled)) for t in texts)
         except InvalidRequest:  # a backend that cannot tokenize: honestly unknown
             return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -21,9 +20,11 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
+from serving import model_names
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
+from serving.openai.model_routes import add_model_routes
 from serving.openai.pipeline import Pipeline
 from serving.openai.schema import (
     ChatCompletionRequest,
@@ -46,14 +47,7 @@ class OpenAIRoutes:
         self.chat = pipe.chat
 
     def models(self) -> dict:
-        cur = self.manager.current
-        data = []
-        if cur is not None:
-            data.append({"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
-                         "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
-                         "context_length": cur.context_length, "max_model_len": cur.context_length,
-                         "parallel": self.manager.max_concurrency})
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": model_names.model_rows(self.manager)}
 
     async def chat_completions(self, request: Request) -> Response:
         return await self.pipe.generate(ChatCompletions(), request)
@@ -67,11 +61,11 @@ class OpenAIRoutes:
         return await self.pipe.answer(request, EmbeddingRequest, self._embeddings, OPENAI_ERRORS)
 
     async def _embeddings(self, body: EmbeddingRequest, request: Request, t0: float) -> dict:
-        model = self.pipe.resolve_model(body.model)
+        model, pooled = self.pipe.resolve_model(body.model)
         if body.dimensions is not None:
             raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
                                  "dimensions unset.", "dimensions")
-        vectors, tokens = await self.pipe.embed(body.texts(), request, t0)
+        vectors, tokens = await self.pipe.embed(body.texts(), request, t0, pooled)
         data = []
         for i, v in enumerate(vectors):
             emb: Any = ([float(x) for x in v] if body.encoding_format == "float"
@@ -121,6 +115,7 @@ ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "e
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
     routes = OpenAIRoutes(Pipeline(manager, chat))
+    add_model_routes(app, routes.pipe)
     bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
               "embeddings": EmbeddingRequest, "tokenize": TokenizeRequest, "detokenize": DetokenizeRequest}
     handlers = {"models": routes.models, "chat/completions": routes.chat_completions,
