@@ -97,16 +97,23 @@ class Endpoint(Protocol):
 
 
 class Pipeline:
-    def __init__(self, manager: ModelManager, chat: ChatService):
+    """``pooled``: the pool model one request runs on (``on_model``), None for the chat's model."""
+
+    def __init__(self, manager: ModelManager, chat: ChatService, pooled: str | None = None):
         self.manager = manager
         self.chat = chat
+        self.pooled = pooled
+
+    def on_model(self, pooled: str | None) -> Pipeline:
+        """The pipeline as one request's conversion sees it: its checks count ``pooled``'s slots."""
+        return Pipeline(self.manager, self.chat, pooled)
 
     def resolve_model(self, name: str) -> tuple[str, str | None]:
         """(the name to answer with, the pool model to run on, or None for the chat's model)."""
         return model_names.resolve_model(self.manager, name)
 
-    def check_choices(self, count: int, what: str, param: str, pooled: str | None = None) -> None:
-        slots = self.manager.slots_of(pooled)
+    def check_choices(self, count: int, what: str, param: str) -> None:
+        slots = self.manager.slots_of(self.pooled)
         if count > slots:
             raise InvalidRequest(f"{param}: {what} asks for {count} generations, but this model runs at most {slots} "
                                  "at once (its batch slots: load it with a larger --parallel).", param)
@@ -125,9 +132,7 @@ class Pipeline:
         try:
             body = await parse_body(request, endpoint.schema)
             model, pooled = self.resolve_model(endpoint.model(body))
-            requests, plan = endpoint.convert(body, self)  # its own checks count the chat model's slots
-            if pooled is not None:
-                self.check_choices(len(requests), "this request", "n", pooled)
+            requests, plan = endpoint.convert(body, self.on_model(pooled))
             choices = await self._open(requests, endpoint.label, request, t0, pooled)
             reply = endpoint.reply(body, plan, model, choices.streams)
             if endpoint.streams(body):
