@@ -44,8 +44,9 @@ def _flag(name: str) -> str:
 def _add_flag(group, name: str, field) -> None:
     env = f"QUANTLAB_{name.upper()}"
     help_ = f"{field.description} [env {env}]"
-    if field.annotation is bool:
-        group.add_argument(_flag(name), dest=name, action="store_true", default=None, help=help_)
+    if field.annotation is bool:  # on by default: --no-NAME turns it off (--NAME stays accepted)
+        action = argparse.BooleanOptionalAction if field.default is True else "store_true"
+        group.add_argument(_flag(name), dest=name, action=action, default=None, help=help_)
     elif name == "speculative":
         group.add_argument(_flag(name), dest=name, default=None, choices=["ngram"], help=help_)
     elif name == "allow_remote":
