@@ -34,6 +34,7 @@ from backends.errors import (
     NoModelLoaded,
     OutOfMemory,
 )
+from backends.options import LOADER
 from backends.pool import Catalogue, ModelPool
 from backends.registry import BackendRegistry, default_registry
 from backends.slots import FairSlots
@@ -155,8 +156,7 @@ class ModelManager:
         r = self._resident
         if r is None:
             return None
-        names = ("source", "backend", "quantization", "gguf_file", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
-                 "cache_type", "flash_attn", "device_map", "compute_dtype", "double_quant")
+        names = ("source", "backend", "quantization", "gguf_file", *(o.name for o in LOADER))
         return {name: getattr(r.spec, name) for name in names}
 
     def in_use_sources(self) -> list[str]:
