@@ -172,9 +172,8 @@ LOADER: tuple[Option, ...] = (
     Option("cache_type", str, None, "llama.cpp KV cache type: f16, q8_0 or q4_0 (\"\" = the server's; quantized "
            "ones use flash attention)", kind="loader", choices=("f16", "q8_0", "q4_0"), unset="", label="KV cache type",
            info="llama.cpp; q8_0/q4_0 halve/quarter the KV memory"),
-    Option("flash_attn", bool, True, "llama.cpp: use flash attention (None = the server's --flash-attn; on by "
-           "default, as llama-server's auto chooses on CPU and CUDA)", kind="loader", label="Flash attention",
-           info="llama.cpp; on by default, always on for a quantized KV cache"),
+    Option("flash_attn", bool, False, "llama.cpp: use flash attention (None = the server's --flash-attn)",
+           kind="loader", label="Flash attention", info="llama.cpp; on for a quantized KV cache"),
     Option("device_map", str, None, 'transformers: "auto", "cpu", "cuda", ... ("" = the GPU if there is one, '
            "else the CPU)", kind="loader", choices=("", "auto", "cpu", "cuda"), free=True, unset="",
            label="Device map", info="transformers; empty = the GPU if there is one"),

@@ -54,8 +54,7 @@ class ModelSettings(BaseSettings):
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     cache_type: str | None = Field(None, description="llama.cpp KV cache type: f16 (default), q8_0 or q4_0 "
                                    "(quantized types use flash attention)")
-    flash_attn: bool = Field(_SPEC["flash_attn"], description="llama.cpp: flash attention, on by default as llama-server's "
-                             "'auto' chooses on CPU and CUDA (--no-flash-attn: off)")
+    flash_attn: bool = Field(_SPEC["flash_attn"], description="llama.cpp: use flash attention")
     device_map: str | None = Field(None, description="transformers device map: auto, cpu, cuda, ... (default: the GPU if there is one, else cpu)")
     compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
     no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
