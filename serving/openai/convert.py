@@ -75,6 +75,26 @@ def constraint_of(fmt: ResponseFormat | None) -> Constraint | None:
     return Constraint("json_schema", json.dumps(fmt.json_schema.schema_))
 
 
+def output_constraint(tools: tuple[Any, ...], forced: bool, only: str | None,
+                      fmt: Constraint | None) -> Constraint | None:
+    """The constraint of a reply that may call ``tools`` (chat shape) and has the format ``fmt``.
+    A forced call (tool_choice required or named, ``only`` naming it) is constrained to one call:
+    the format is for text replies, and this one is a call. On auto with a format, the grammar
+    allows either a call (written as the bare {"name", "arguments"} object the tool-call parser
+    reads) or the format, so tools stay possible. Without tools: the format alone."""
+    if not tools:
+        return fmt
+    call = call_schema(tools, only)
+    if forced:
+        return Constraint("json_schema", json.dumps(call), param="tools")
+    if fmt is None:
+        return None
+    if fmt.kind == "grammar":
+        raise InvalidRequest("A grammar cannot be combined with tools.", fmt.param)
+    text = json.loads(fmt.schema) if fmt.kind == "json_schema" and fmt.schema else {"type": "object"}
+    return Constraint("json_schema", json.dumps({"anyOf": [call, text]}), param=fmt.param)
+
+
 def _messages(body: ChatCompletionRequest) -> list[Message]:
     out: list[Message] = []
     call_names: dict[str, str] = {}  # tool_call_id -> function name, for tool results that omit it

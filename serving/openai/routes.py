@@ -1,9 +1,9 @@
-"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions
-(stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
+"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions,
+/v1/responses (stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
 
-Only the wiring and the small bodies live here. Chat and text completions are ``Endpoint``s
-(``completions.py``) that the pipeline (``pipeline.py``: parse -> convert -> open -> respond) runs
-on the shared ChatService, the same path as the UI and Gradio's /chat; the other routes run their
+Only the wiring and the small bodies live here. Chat and text completions and Responses are
+``Endpoint``s (``completions.py``, ``responses.py``) that the pipeline (``pipeline.py``: parse ->
+convert -> open -> respond) runs on the shared ChatService, the same path as the UI and Gradio's /chat; the other routes run their
 work under the pipeline's ``answer``. Every error leaves through the one mapper (``errors.py``) as
 an OpenAI-style JSON body with the right status code.
 """
@@ -25,6 +25,8 @@ from serving.chat_service import ChatService, clean_text
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.pipeline import Pipeline
+from serving.openai.responses import Responses
+from serving.openai.responses_schema import ResponsesRequest
 from serving.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -59,6 +61,9 @@ class OpenAIRoutes:
 
     async def completions(self, request: Request) -> Response:
         return await self.pipe.generate(Completions(), request)
+
+    async def responses(self, request: Request) -> Response:
+        return await self.pipe.generate(Responses(), request)
 
     # --- embeddings, tokenize --------------------------------------------------------------------
 
@@ -117,15 +122,17 @@ class OpenAIRoutes:
                                  "per request (--max-prompt-chars).", "tokens")
         return {"content": await run_in_threadpool(self.manager.detokenize, body.tokens)}
 
-ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "embeddings": "POST"}
+ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "responses": "POST",
+          "embeddings": "POST"}
 
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
     routes = OpenAIRoutes(Pipeline(manager, chat))
     bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
+              "responses": ResponsesRequest,
               "embeddings": EmbeddingRequest, "tokenize": TokenizeRequest, "detokenize": DetokenizeRequest}
     handlers = {"models": routes.models, "chat/completions": routes.chat_completions,
-                "completions": routes.completions, "embeddings": routes.embeddings}
+                "completions": routes.completions, "responses": routes.responses, "embeddings": routes.embeddings}
     router = APIRouter(prefix="/v1", tags=["openai"])
     for name, handler in handlers.items():
         extra = {"openapi_extra": openapi_body(bodies[name])} if name in bodies else {}
