@@ -15,7 +15,7 @@ from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
 
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
-           "/v1/completions, /v1/models, /v1/embeddings).")
+           "/v1/responses, /v1/completions, /v1/models, /v1/embeddings).")
 
 
 def register_chat_api(h: Services, slots: int) -> None:
