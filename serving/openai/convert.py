@@ -135,20 +135,16 @@ def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = 
     if continue_final and not any(m.role in ("user", "tool") and m.content.strip() for m in messages):
         raise InvalidRequest("The last message is the assistant's and there is no user message before it: "
                              "send a user message.", "messages")
-    constraint = constraint_of(body.response_format)
     plan = ToolPlan()
     tools: tuple[Any, ...] = ()
+    forced, only = False, None
     if body.tools and body.tool_choice != "none":
         tools = tuple(t.model_dump(exclude_none=True) for t in body.tools)
         forced = body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)
+        only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
         plan = ToolPlan(tuple(t["function"]["name"] for t in tools), forced, body.parallel_tool_calls is not False,
                         tools)
-        if forced:
-            if constraint is not None:
-                raise InvalidRequest("response_format cannot be combined with tool_choice required or a named "
-                                     "function (the reply is then a tool call).", "response_format")
-            only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
-            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)), param="tools")
+    constraint = output_constraint(tools, forced, only, constraint_of(body.response_format))
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.logprobs:
         features["logprobs"] = body.top_logprobs or 0
