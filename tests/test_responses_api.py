@@ -29,8 +29,9 @@ def model(oai) -> str:
     return oai.models.list().data[0].id
 
 
-def test_a_plain_response_answers_like_chat_completions(oai, model):
+def test_a_plain_response_answers_like_chat_completions(oai, model, live_app):
     r = oai.responses.create(model=model, input=QUESTION, max_output_tokens=32, temperature=0)
+    assert "responses" in [s.endpoint for s in live_app.manager.metrics.recent(3)]  # counted under its own label
     assert r.object == "response" and r.id.startswith("resp_") and r.status in ("completed", "incomplete")
     assert [o.type for o in r.output] == ["message"]
     assert r.output_text.strip()

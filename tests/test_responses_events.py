@@ -113,6 +113,7 @@ def test_an_error_after_the_first_byte_is_an_error_event_then_response_failed(sd
     assert [e.type for e in events][-2:] == ["error", "response.failed"]
     assert events[-2].message == "the engine gave up"
     assert events[-1].response.status == "failed" and events[-1].response.error.message == "the engine gave up"
+    assert [(o.status, o.content[0].text) for o in events[-1].response.output] == [("incomplete", "Once")]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     sdk.script.enqueue(["Still", " serving"])
     assert sdk.responses.create(model="scripted", input="Hi").output_text == "Still serving"

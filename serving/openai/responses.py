@@ -28,7 +28,7 @@ from backends.errors import InvalidRequest
 from serving.chat_service import ChatStream, chat_request
 from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
 from serving.openai.errors import ApiError, OpenAIErrors, _printable
-from serving.openai.responses_schema import InputItem, InputPart, NamedFunctionChoice, ResponsesRequest
+from serving.openai.responses_schema import InputPart, NamedFunctionChoice, ResponsesRequest
 from serving.openai.stream import EventFormat
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
@@ -164,7 +164,7 @@ class OutputItem:
         self.index = index
         self.id = _id("msg" if kind == "message" else "rs")
         self.text: list[str] = []
-        self.done = False
+        self.cut = False  # an error ended the response before this item was done
 
     def part(self) -> dict:
         text = "".join(self.text)
@@ -172,12 +172,13 @@ class OutputItem:
             return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         return {"type": "reasoning_text", "text": text}
 
-    def item(self, status: str = "completed") -> dict:
+    def item(self, status: str | None = None) -> dict:
+        status = status or ("incomplete" if self.cut else "completed")
         if self.kind == "message":
             return {"type": "message", "id": self.id, "status": status, "role": "assistant",
-                    "content": [self.part()] if status == "completed" else []}
+                    "content": [] if status == "in_progress" else [self.part()]}
         return {"type": "reasoning", "id": self.id, "status": status, "summary": [],
-                "content": [self.part()] if status == "completed" else []}
+                "content": [] if status == "in_progress" else [self.part()]}
 
     def _where(self) -> dict:
         return {"item_id": self.id, "output_index": self.index, "content_index": 0}
@@ -194,7 +195,6 @@ class OutputItem:
         return {"type": "response.reasoning_text.delta", **self._where(), "delta": text}
 
     def close(self) -> list[dict]:
-        self.done = True
         text = "".join(self.text)
         done = ({"type": "response.output_text.done", **self._where(), "text": text, "logprobs": []}
                 if self.kind == "message" else {"type": "response.reasoning_text.done", **self._where(), "text": text})
@@ -319,10 +319,9 @@ class ResponsesReply:
         return events + [{"type": f"response.{status}", "response": self.response(status)}]
 
     def failed(self, err: ApiError) -> list[dict]:
-        for o in self.output:
-            if isinstance(o, OutputItem) and not o.done:
-                o.done = True
-        self.current = None
+        if self.current is not None:  # what it said so far, cut short
+            self.current.cut = True
+            self.current = None
         error = {"code": err.code or err.type, "message": _printable(err.message)}
         return [{"type": "response.failed", "response": self.response("failed", error)}]
 
@@ -359,7 +358,7 @@ class Responses:
 
     schema = ResponsesRequest
     errors = ResponsesErrors()
-    label = "v1"
+    label = "responses"  # of its metrics and request log
 
     def __init__(self):
         self.format = EventFormat("text/event-stream", SequencedSSE())
