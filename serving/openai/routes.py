@@ -4,8 +4,8 @@
 Only the wiring and the small bodies live here. Chat and text completions and Responses are
 ``Endpoint``s (``completions.py``, ``responses.py``) that the pipeline (``pipeline.py``: parse ->
 convert -> open -> respond) runs on the shared ChatService, the same path as the UI and Gradio's
-/chat; the other routes run their work under the pipeline's ``answer``. Every error leaves through the one mapper (``errors.py``) as
-an OpenAI-style JSON body with the right status code.
+/chat; the other routes run their work under the pipeline's ``answer``. Every error leaves through
+the one mapper (``errors.py``) as an OpenAI-style JSON body with the right status code.
 """
 
 from __future__ import annotations
