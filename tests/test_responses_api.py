@@ -41,7 +41,7 @@ def test_a_plain_response_answers_like_chat_completions(oai, model, live_app):
     assert r.usage.input_tokens == chat.usage.prompt_tokens
     assert r.usage.output_tokens == chat.usage.completion_tokens
     assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
-    assert r.store is False
+    assert r.store is True  # kept (in memory) for a previous_response_id
 
 
 def test_instructions_and_message_items_are_the_system_and_user_turns(oai, model):
@@ -51,6 +51,30 @@ def test_instructions_and_message_items_are_the_system_and_user_turns(oai, model
         {"role": "system", "content": "You are a pirate."}, {"role": "user", "content": QUESTION}])
     assert r.output_text == chat.choices[0].message.content
     assert r.instructions == "You are a pirate."
+
+
+def test_previous_response_id_continues_the_kept_conversation(oai, model):
+    first = oai.responses.create(model=model, instructions="Be brief.", input="My name is Ada.", temperature=0,
+                                 max_output_tokens=24)
+    then = oai.responses.create(model=model, previous_response_id=first.id, input="What is my name?", temperature=0,
+                                max_output_tokens=24)
+    assert then.previous_response_id == first.id
+    whole = oai.responses.create(model=model, temperature=0, max_output_tokens=24, input=[
+        {"role": "user", "content": "My name is Ada."}, *[o.model_dump(exclude_none=True) for o in first.output],
+        {"role": "user", "content": "What is my name?"}])
+    # the same conversation (instructions are not carried over, as OpenAI does): the same prompt and answer
+    assert then.usage.input_tokens == whole.usage.input_tokens and then.output_text == whole.output_text
+    chained = list(oai.responses.create(model=model, previous_response_id=then.id, input="Thanks.", stream=True,
+                                        temperature=0, max_output_tokens=8))
+    assert chained[-1].response.usage.input_tokens > then.usage.input_tokens  # a streamed one continues too
+
+
+def test_a_response_made_with_store_false_is_not_kept(oai, model):
+    r = oai.responses.create(model=model, input="Hi", store=False, max_output_tokens=4)
+    assert r.store is False
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.responses.create(model=model, input="Again", previous_response_id=r.id)
+    assert exc.value.body["param"] == "previous_response_id" and r.id in exc.value.body["message"]
 
 
 def test_max_output_tokens_cut_is_an_incomplete_response(oai, model):

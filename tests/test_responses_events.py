@@ -18,6 +18,7 @@ from backends.errors import InvalidRequest
 from backends.registry import BackendRegistry
 from serving.chat_service import ChatService
 from serving.openai.pipeline import Pipeline
+from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from tests.conftest import make_manager
 from tests.fakes import FakeBackend, FakeScript
@@ -53,7 +54,7 @@ def sdk():
 
     @app.post("/v1/responses")
     async def responses(request: Request):
-        return await pipe.generate(Responses(), request)
+        return await pipe.generate(Responses(ResponseStore()), request)
 
     http = TestClient(app)
     client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
@@ -141,3 +142,20 @@ def test_tools_and_a_format_give_the_engine_a_call_or_the_format(sdk):
     assert json.loads(c.schema) == schema and sdk.script.seen[-1].tools == ()
     sdk.responses.create(model="scripted", input="Hi", text={"format": {"type": "json_object"}})
     assert sdk.script.seen[-1].constraint.kind == "json_object"
+
+
+def test_the_kept_responses_are_bounded_in_count_and_size():
+    def turn(text: str) -> list[dict]:
+        return [{"role": "user", "content": text}]  # 34 characters of JSON with a one-character text
+
+    by_count = ResponseStore(max_responses=2, max_chars=10_000)
+    for rid in ("a", "b", "c"):
+        by_count.put(rid, turn(rid))
+    assert (by_count.get("a"), by_count.get("b"), by_count.get("c"), len(by_count)) == (None, turn("b"), turn("c"), 2)
+    by_size = ResponseStore(max_responses=10, max_chars=120)
+    by_size.put("b", turn("b"))
+    by_size.put("c", turn("c"))
+    by_size.put("d", turn("x" * 40))  # 73 characters: the three pass 120, the oldest goes
+    assert (by_size.get("b"), by_size.get("c"), by_size.get("d")) == (None, turn("c"), turn("x" * 40))
+    by_size.put("huge", turn("x" * 200))  # larger than the whole store: not kept, nothing dropped for it
+    assert by_size.get("huge") is None and by_size.get("c") is not None

@@ -20,6 +20,7 @@ from backends.registry import BackendRegistry
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions
 from serving.openai.pipeline import Pipeline
+from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from tests.conftest import make_manager
 from tests.fakes import FakeBackend, FakeScript
@@ -117,7 +118,7 @@ def scripted():
 
     @app.post("/v1/responses")
     async def responses(request: Request):
-        return await pipe.generate(Responses(), request)
+        return await pipe.generate(Responses(ResponseStore()), request)
 
     client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=TestClient(app),
                            max_retries=0)

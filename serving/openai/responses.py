@@ -11,7 +11,8 @@ a ``message`` item with one ``output_text`` part, each tool call to a ``function
 SDK's stream helpers expect (created, in_progress, output_item.added, content_part.added,
 output_text.delta..., output_text.done, content_part.done, output_item.done, ..., completed), each
 written as ``event: <type>`` + ``data: <json>`` with its ``sequence_number`` (``SequencedSSE``).
-Nothing is stored: ``store`` is always false, ``previous_response_id`` is refused by the schema.
+A response made with ``store`` (OpenAI's default) is kept in memory, bounded (``response_store.py``),
+for a later ``previous_response_id``; ``store: false`` keeps nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from backends.errors import InvalidRequest
 from serving.chat_service import ChatStream, chat_request
 from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
 from serving.openai.errors import ApiError, OpenAIErrors, _printable
-from serving.openai.responses_schema import InputPart, NamedFunctionChoice, ResponsesRequest
+from serving.openai.response_store import ResponseStore
+from serving.openai.responses_schema import InputItem, InputPart, NamedFunctionChoice, ResponsesRequest
 from serving.openai.stream import EventFormat
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
@@ -53,18 +55,30 @@ def _text(content: str | list[InputPart] | None, where: str) -> str:
     return "".join(parts)
 
 
-def _messages(body: ResponsesRequest) -> list[Message]:
-    """``instructions`` and ``input`` as Messages: consecutive function calls join the assistant
-    message before them (as a chat template expects), their outputs become tool messages, a
-    reasoning item is the thinking of the assistant message that follows it."""
+def input_items(body: ResponsesRequest, store: ResponseStore) -> list[InputItem]:
+    """The whole conversation: the kept one of ``previous_response_id`` (what that response was
+    given and what it answered), then ``input``."""
+    items = [InputItem(type="message", role="user", content=body.input)] if isinstance(body.input, str) \
+        else list(body.input)
+    if body.previous_response_id is None:
+        return items
+    kept = store.get(body.previous_response_id)
+    if kept is None:
+        raise InvalidRequest(f"Previous response with id {body.previous_response_id!r} not found: this server keeps "
+                             "the last responses made with store true, in memory only.", "previous_response_id")
+    return [InputItem.model_validate(item) for item in kept] + items
+
+
+def _messages(instructions: str | None, items: list[InputItem]) -> list[Message]:
+    """``instructions`` and the input ``items`` as Messages: consecutive function calls join the
+    assistant message before them (as a chat template expects), their outputs become tool messages,
+    a reasoning item is the thinking of the assistant message that follows it."""
     out: list[Message] = []
-    if body.instructions:
-        out.append(Message("system", body.instructions))
-    if isinstance(body.input, str):
-        return out + [Message("user", body.input)]
+    if instructions:
+        out.append(Message("system", instructions))
     names: dict[str, str] = {}  # call_id -> function name
     thinking: str | None = None
-    for i, item in enumerate(body.input):
+    for i, item in enumerate(items):
         where = f"input[{i}]"
         kind = item.kind
         if kind == "message":
@@ -86,7 +100,7 @@ def _messages(body: ResponsesRequest) -> list[Message]:
                     "function": {"name": item.name, "arguments": item.arguments or "{}"}}
             names[item.call_id] = item.name
             last = out[-1] if out else None
-            after = body.input[i - 1].kind if i else None  # the assistant's text, or its previous call
+            after = items[i - 1].kind if i else None  # the assistant's text, or its previous call
             if last is not None and last.role == "assistant" and after in ("message", "function_call"):
                 out[-1] = replace(last, tool_calls=last.tool_calls + (call,))
             else:
@@ -123,16 +137,20 @@ def _format_constraint(body: ResponsesRequest) -> Constraint | None:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the reply needs of the conversion: the tools offered (chat shape) and whether more
-    than one call may be returned."""
+    """What the reply needs of the conversion: the tools offered (chat shape), whether more than
+    one call may be returned, the conversation's input items and where to keep the response
+    (None: ``store`` false)."""
 
     tools: tuple[dict, ...] = ()
     parallel: bool = True
+    items: tuple[dict, ...] = ()
+    store: ResponseStore | None = None
 
 
-def to_chat_request(body: ResponsesRequest, limits) -> tuple[ChatRequest, Plan]:
+def to_chat_request(body: ResponsesRequest, limits, store: ResponseStore) -> tuple[ChatRequest, Plan]:
     refuse_unsupported(body)
-    messages = _messages(body)
+    items = input_items(body, store)
+    messages = _messages(body.instructions, items)
     last = messages[-1]
     if last.role == "assistant" and last.tool_calls:
         raise InvalidRequest("input: the last item is a function_call without its function_call_output: send "
@@ -146,7 +164,8 @@ def to_chat_request(body: ResponsesRequest, limits) -> tuple[ChatRequest, Plan]:
     params = sampling_params(body, body.max_output_tokens or body.max_tokens or DEFAULT_MAX_TOKENS)
     request = chat_request(messages, params, body.stop_list(), limits, tools=tools, constraint=constraint,
                            continue_final=last.role == "assistant")
-    return request, Plan(tools, body.parallel_tool_calls is not False)
+    kept = tuple(i.model_dump(exclude_none=True) for i in items) if body.store is not False else ()
+    return request, Plan(tools, body.parallel_tool_calls is not False, kept, store if body.store is not False else None)
 
 
 # --- out: pieces -> output items, events and the response object ---------------------------------
@@ -233,8 +252,8 @@ class ResponsesReply:
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.model,
             "output": [self._item(o) for o in self.output] if done else [],
-            "parallel_tool_calls": b.parallel_tool_calls is not False, "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "store": False, "temperature": b.temperature,
+            "parallel_tool_calls": b.parallel_tool_calls is not False, "previous_response_id": b.previous_response_id,
+            "reasoning": {"effort": None, "summary": None}, "store": self.plan.store is not None, "temperature": b.temperature,
             "text": {"format": fmt or {"type": "text"}},
             "tool_choice": (b.tool_choice.model_dump() if isinstance(b.tool_choice, NamedFunctionChoice)
                             else b.tool_choice or "auto"),
@@ -313,9 +332,14 @@ class ResponsesReply:
             events += self._switch("message") + self._close()
         return events
 
+    def _keep(self) -> None:
+        if self.plan.store is not None:
+            self.plan.store.put(self.id, list(self.plan.items) + [self._item(o) for o in self.output])
+
     def tail(self) -> list[dict]:
         events = self._finish_items()
         status = self.status()
+        self._keep()
         return events + [{"type": f"response.{status}", "response": self.response(status)}]
 
     def failed(self, err: ApiError) -> list[dict]:
@@ -327,6 +351,7 @@ class ResponsesReply:
 
     def body(self) -> dict:
         self._finish_items()
+        self._keep()
         return self.response(self.status())
 
 
@@ -354,13 +379,15 @@ class SequencedSSE:
 
 
 class Responses:
-    """The /v1/responses endpoint; one per request (its stream numbers its own events)."""
+    """The /v1/responses endpoint; one per request (its stream numbers its own events), on the
+    server's ``store`` of kept responses."""
 
     schema = ResponsesRequest
     errors = ResponsesErrors()
     label = "responses"  # of its metrics and request log
 
-    def __init__(self):
+    def __init__(self, store: ResponseStore):
+        self.store = store
         self.format = EventFormat("text/event-stream", SequencedSSE())
 
     @staticmethod
@@ -371,9 +398,8 @@ class Responses:
     def streams(body: ResponsesRequest) -> bool:
         return body.stream
 
-    @staticmethod
-    def convert(body: ResponsesRequest, pipe: Any) -> tuple[list[ChatRequest], Plan]:
-        request, plan = to_chat_request(body, pipe.chat.limits)
+    def convert(self, body: ResponsesRequest, pipe: Any) -> tuple[list[ChatRequest], Plan]:
+        request, plan = to_chat_request(body, pipe.chat.limits, self.store)
         return [request], plan
 
     @staticmethod

@@ -124,9 +124,6 @@ class ResponsesRequest(SamplerFields):
     top_logprobs: int | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.previous_response_id is not None:
-            return ("previous_response_id", "this server does not keep responses (store is false): send the "
-                    "whole conversation in input")
         for name in ("conversation", "prompt"):
             if getattr(self, name) is not None:
                 return name, f"{name} is not supported by this server: send the whole conversation in input"

@@ -25,6 +25,7 @@ from serving.chat_service import ChatService, clean_text
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.pipeline import Pipeline
+from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from serving.openai.responses_schema import ResponsesRequest
 from serving.openai.schema import (
@@ -43,6 +44,7 @@ class OpenAIRoutes:
 
     def __init__(self, pipe: Pipeline):
         self.pipe = pipe
+        self.kept = ResponseStore()  # /v1/responses kept for previous_response_id
         self.manager = pipe.manager
         self.chat = pipe.chat
 
@@ -63,7 +65,7 @@ class OpenAIRoutes:
         return await self.pipe.generate(Completions(), request)
 
     async def responses(self, request: Request) -> Response:
-        return await self.pipe.generate(Responses(), request)
+        return await self.pipe.generate(Responses(self.kept), request)
 
     # --- embeddings, tokenize --------------------------------------------------------------------
 
