@@ -4,6 +4,7 @@ the OpenAI Agents SDK's default (Responses) model running an agent with a functi
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -198,6 +199,18 @@ def test_the_agents_sdk_runs_an_agent_with_a_tool_on_its_default_model(live_app,
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"
     assert isinstance(result.final_output, str) and result.final_output.strip()
+
+    async def streamed():  # the SDK's streamed run reads the events as they come (its own client: its loop)
+        again = AsyncOpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        run = agents.Runner.run_streamed(agent.clone(model=agents.OpenAIResponsesModel(model=model,
+                                                                                       openai_client=again)),
+                                         "What is the weather in Paris?", max_turns=3)
+        raw = [e.data.type async for e in run.stream_events() if e.type == "raw_response_event"]
+        return run, raw
+
+    run, raw = asyncio.run(streamed())
+    assert len(seen) == 2 and run.final_output == result.final_output  # greedy: the same run again
+    assert raw.count("response.completed") == 2 and "response.function_call_arguments.delta" in raw
 
 
 BAD = [
