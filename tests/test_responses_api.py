@@ -268,3 +268,10 @@ def test_tools_and_text_format_together(oai, model):
             assert "city" in json.loads(auto.output[0].arguments)
         else:
             assert kinds == ["message"] and set(json.loads(auto.output_text)) == {"name", "country"}
+
+
+def test_an_assistant_message_alone_is_refused(live_app):
+    r = httpx.post(live_app.url + "/v1/responses", timeout=60, json={"model": "default", "input": [
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    assert "no user message" in r.json()["error"]["message"]

@@ -69,17 +69,18 @@ def input_items(body: ResponsesRequest, store: ResponseStore) -> list[InputItem]
     return [InputItem.model_validate(item) for item in kept] + items
 
 
-def _messages(instructions: str | None, items: list[InputItem]) -> list[Message]:
-    """``instructions`` and the input ``items`` as Messages: consecutive function calls join the
-    assistant message before them (as a chat template expects), their outputs become tool messages,
-    a reasoning item is the thinking of the assistant message that follows it."""
+def _messages(instructions: str | None, items: list[InputItem], kept: int = 0) -> list[Message]:
+    """``instructions`` and the input ``items`` (the first ``kept`` of them a previous response's) as
+    Messages: consecutive function calls join the assistant message before them (as a chat template
+    expects), their outputs become tool messages, a reasoning item is the thinking of the assistant
+    message that follows it."""
     out: list[Message] = []
     if instructions:
         out.append(Message("system", instructions))
     names: dict[str, str] = {}  # call_id -> function name
     thinking: str | None = None
     for i, item in enumerate(items):
-        where = f"input[{i}]"
+        where = f"input[{i - kept}]" if i >= kept else "previous_response_id"
         kind = item.kind
         if kind == "message":
             role = "system" if item.role in ("developer", "system") else item.role
@@ -114,8 +115,8 @@ def _messages(instructions: str | None, items: list[InputItem]) -> list[Message]
         elif kind == "reasoning":
             thinking = _text(item.content, where) or _text(item.summary, where) or None
         elif kind == "item_reference":
-            raise InvalidRequest(f"{where}: item_reference needs stored responses; this server keeps none: send "
-                                 "the item itself.", "input")
+            raise InvalidRequest(f"{where}: item_reference is not supported by this server: send the item "
+                                 "itself.", "input")
         else:
             raise InvalidRequest(f"{where}: input items of type {kind or 'unknown'!r} are not supported by this "
                                  "server (message, function_call, function_call_output, reasoning).", "input")
@@ -150,11 +151,15 @@ class Plan:
 def to_chat_request(body: ResponsesRequest, limits, store: ResponseStore) -> tuple[ChatRequest, Plan]:
     refuse_unsupported(body)
     items = input_items(body, store)
-    messages = _messages(body.instructions, items)
+    given = 1 if isinstance(body.input, str) else len(body.input)
+    messages = _messages(body.instructions, items, kept=len(items) - given)
     last = messages[-1]
     if last.role == "assistant" and last.tool_calls:
         raise InvalidRequest("input: the last item is a function_call without its function_call_output: send "
                              "the call's output.", "input")
+    if last.role == "assistant" and not any(m.role in ("user", "tool") and m.content.strip() for m in messages):
+        raise InvalidRequest("input: the last message is the assistant's and there is no user message before it: "
+                             "send a user message.", "input")
     tools: tuple[dict, ...] = ()
     if body.tools and body.tool_choice != "none":
         tools = tuple(t.chat_shape() for t in body.tools)
@@ -253,7 +258,8 @@ class ResponsesReply:
             "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.model,
             "output": [self._item(o) for o in self.output] if done else [],
             "parallel_tool_calls": b.parallel_tool_calls is not False, "previous_response_id": b.previous_response_id,
-            "reasoning": {"effort": None, "summary": None}, "store": self.plan.store is not None, "temperature": b.temperature,
+            "reasoning": {"effort": None, "summary": None}, "store": self.plan.store is not None,
+            "temperature": b.temperature,
             "text": {"format": fmt or {"type": "text"}},
             "tool_choice": (b.tool_choice.model_dump() if isinstance(b.tool_choice, NamedFunctionChoice)
                             else b.tool_choice or "auto"),
