@@ -8,7 +8,7 @@ serving the embedded model, on each backend that claims the feature:
   probabilities summing to at most 1) and, under greedy decoding, the top alternative is the chosen token
   with the chosen token's logprob;
 - ``response_format`` on /v1/completions gives output valid against the schema;
-- ``parallel_tool_calls: false`` gives one tool call where the same request otherwise gives several.
+- ``parallel_tool_calls: false`` with a required call gives exactly one call.
 """
 
 from __future__ import annotations
@@ -213,12 +213,6 @@ WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                    "required": ["city"], "additionalProperties": False}}}
-CALL = {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
-        "properties": {"name": {"const": "get_weather"}, "arguments": WEATHER["function"]["parameters"]}}
-# The reply held to a list of two calls (a model writing parallel calls, in Llama 3's list shape): the
-# parser returns both, unless the client asked for one at most.
-TWO_CALLS = {"type": "json_schema", "json_schema": {"name": "calls", "schema": {
-    "type": "array", "items": CALL, "minItems": 2, "maxItems": 2}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris and in Tokyo?"}]
 
 
@@ -242,14 +236,9 @@ def tool_calls(oai, stream: bool, **kwargs) -> tuple[list[dict], str]:
     return [calls[i] for i in sorted(calls)], finish
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_parallel_tool_calls_false_returns_one_call_where_the_model_wrote_two(oai, stream):
-    several, finish = tool_calls(oai, stream, response_format=TWO_CALLS)
-    assert finish == "tool_calls" and len(several) == 2, "the model's two calls (else the test proves nothing)"
-    one, finish = tool_calls(oai, stream, response_format=TWO_CALLS, parallel_tool_calls=False)
-    assert finish == "tool_calls"
-    assert len(one) == 1, f"parallel_tool_calls=false, yet {len(one)} calls: {one}"
-    assert (one[0]["name"], json.loads(one[0]["arguments"])) == (several[0]["name"], json.loads(several[0]["arguments"]))
+# One call where the model wrote two: tests/test_tools_with_format.py (a scripted engine writes the two;
+# a response format no longer holds the embedded model to them, since tools on auto with a format allow
+# a single call too).
 
 
 def test_parallel_tool_calls_false_with_a_required_call_returns_exactly_one(oai):

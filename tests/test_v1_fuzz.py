@@ -30,6 +30,8 @@ def small_app(tmp_path_factory):
     ("/v1/chat/completions", "POST", GenerationMode.POSITIVE),
     ("/v1/chat/completions", "POST", GenerationMode.NEGATIVE),  # bodies that break the schema
     ("/v1/completions", "POST", GenerationMode.POSITIVE),
+    ("/v1/responses", "POST", GenerationMode.POSITIVE),
+    ("/v1/responses", "POST", GenerationMode.NEGATIVE),
     ("/v1/completions", "POST", GenerationMode.NEGATIVE),
     ("/v1/embeddings", "POST", GenerationMode.POSITIVE),
     ("/tokenize", "POST", GenerationMode.POSITIVE),

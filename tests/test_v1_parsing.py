@@ -146,10 +146,14 @@ def test_tools_and_tool_choice():
     req, plan = to_chat_request(chat(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}},
                                      parallel_tool_calls=False))
     assert json.loads(req.constraint.schema)["properties"]["name"] == {"const": "get_time"} and not plan.parallel
+    # with a response format: a forced choice is a call; on auto, a call or the format
+    req, plan = to_chat_request(chat(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}))
+    assert plan.forced and json.loads(req.constraint.schema) == call_schema([WEATHER]) and req.constraint.param == "tools"
+    req, plan = to_chat_request(chat(tools=[WEATHER], response_format={"type": "json_object"}))
+    assert json.loads(req.constraint.schema) == {"anyOf": [call_schema([WEATHER]), {"type": "object"}]}
+    assert req.constraint.param == "response_format"
     for bad, param in [({"tool_choice": "required"}, "tool_choice"),
                        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-                       ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
-                        "response_format"),
                        ({"functions": [{"name": "f"}]}, "functions"), ({"logit_bias": {"1": 5}}, "logit_bias"),
                        ({"top_logprobs": 2}, "top_logprobs"), ({"modalities": ["audio"]}, "modalities")]:
         with pytest.raises(InvalidRequest) as err:

@@ -73,6 +73,26 @@ def constraint_of(fmt: ResponseFormat | None) -> Constraint | None:
     return Constraint("json_schema", json.dumps(fmt.json_schema.schema_))
 
 
+def output_constraint(tools: tuple[Any, ...], forced: bool, only: str | None,
+                      fmt: Constraint | None) -> Constraint | None:
+    """The constraint of a reply that may call ``tools`` (chat shape) and has the format ``fmt``.
+    A forced call (tool_choice required or named, ``only`` naming it) is constrained to one call:
+    the format is for text replies, and this one is a call. On auto with a format, the grammar
+    allows either a call (written as the bare {"name", "arguments"} object the tool-call parser
+    reads) or the format, so tools stay possible. Without tools: the format alone."""
+    if not tools:
+        return fmt
+    call = call_schema(tools, only)
+    if forced:
+        return Constraint("json_schema", json.dumps(call), param="tools")
+    if fmt is None:
+        return None
+    if fmt.kind == "grammar":
+        raise InvalidRequest("A grammar cannot be combined with tools.", fmt.param)
+    text = json.loads(fmt.schema) if fmt.kind == "json_schema" and fmt.schema else {"type": "object"}
+    return Constraint("json_schema", json.dumps({"anyOf": [call, text]}), param=fmt.param)
+
+
 def _messages(body: ChatCompletionRequest) -> list[Message]:
     out: list[Message] = []
     call_names: dict[str, str] = {}  # tool_call_id -> function name, for tool results that omit it
@@ -113,20 +133,16 @@ def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = 
     if continue_final and not any(m.role in ("user", "tool") and m.content.strip() for m in messages):
         raise InvalidRequest("The last message is the assistant's and there is no user message before it: "
                              "send a user message.", "messages")
-    constraint = constraint_of(body.response_format)
     plan = ToolPlan()
     tools: tuple[Any, ...] = ()
+    forced, only = False, None
     if body.tools and body.tool_choice != "none":
         tools = tuple(t.model_dump(exclude_none=True) for t in body.tools)
         forced = body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)
+        only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
         plan = ToolPlan(tuple(t["function"]["name"] for t in tools), forced, body.parallel_tool_calls is not False,
                         tools)
-        if forced:
-            if constraint is not None:
-                raise InvalidRequest("response_format cannot be combined with tool_choice required or a named "
-                                     "function (the reply is then a tool call).", "response_format")
-            only = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
-            constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)), param="tools")
+    constraint = output_constraint(tools, forced, only, constraint_of(body.response_format))
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.logprobs:
         features["logprobs"] = body.top_logprobs or 0

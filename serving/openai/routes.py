@@ -1,11 +1,11 @@
-"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions
-(stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
+"""OpenAI-compatible /v1 on the same server: /v1/models, /v1/chat/completions, /v1/completions,
+/v1/responses (stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
 
-Only the wiring and the small bodies live here. Chat and text completions are ``Endpoint``s
-(``completions.py``) that the pipeline (``pipeline.py``: parse -> convert -> open -> respond) runs
-on the shared ChatService, the same path as the UI and Gradio's /chat; the other routes run their
-work under the pipeline's ``answer``. Every error leaves through the one mapper (``errors.py``) as
-an OpenAI-style JSON body with the right status code.
+Only the wiring and the small bodies live here. Chat and text completions and Responses are
+``Endpoint``s (``completions.py``, ``responses.py``) that the pipeline (``pipeline.py``: parse ->
+convert -> open -> respond) runs on the shared ChatService, the same path as the UI and Gradio's
+/chat; the other routes run their work under the pipeline's ``answer``. Every error leaves through
+the one mapper (``errors.py``) as an OpenAI-style JSON body with the right status code.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.model_routes import add_model_routes
 from serving.openai.pipeline import Pipeline
+from serving.openai.response_store import ResponseStore
+from serving.openai.responses import Responses
+from serving.openai.responses_schema import ResponsesRequest
 from serving.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -43,6 +46,7 @@ class OpenAIRoutes:
 
     def __init__(self, pipe: Pipeline):
         self.pipe = pipe
+        self.kept = ResponseStore()  # /v1/responses kept for previous_response_id
         self.manager = pipe.manager
         self.chat = pipe.chat
 
@@ -54,6 +58,9 @@ class OpenAIRoutes:
 
     async def completions(self, request: Request) -> Response:
         return await self.pipe.generate(Completions(), request)
+
+    async def responses(self, request: Request) -> Response:
+        return await self.pipe.generate(Responses(self.kept), request)
 
     # --- embeddings, tokenize --------------------------------------------------------------------
 
@@ -110,16 +117,18 @@ class OpenAIRoutes:
                                  "per request (--max-prompt-chars).", "tokens")
         return {"content": await run_in_threadpool(self.manager.detokenize, body.tokens)}
 
-ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "embeddings": "POST"}
+ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "responses": "POST",
+          "embeddings": "POST"}
 
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
     routes = OpenAIRoutes(Pipeline(manager, chat))
     add_model_routes(app, routes.pipe)
     bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
+              "responses": ResponsesRequest,
               "embeddings": EmbeddingRequest, "tokenize": TokenizeRequest, "detokenize": DetokenizeRequest}
     handlers = {"models": routes.models, "chat/completions": routes.chat_completions,
-                "completions": routes.completions, "embeddings": routes.embeddings}
+                "completions": routes.completions, "responses": routes.responses, "embeddings": routes.embeddings}
     router = APIRouter(prefix="/v1", tags=["openai"])
     for name, handler in handlers.items():
         extra = {"openapi_extra": openapi_body(bodies[name])} if name in bodies else {}
