@@ -26,7 +26,7 @@ from typing import Any
 
 from backends.base import ChatRequest, Constraint, Message
 from backends.errors import InvalidRequest
-from serving.chat_service import ChatStream, chat_request
+from serving.chat_service import ChatStream
 from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
 from serving.openai.errors import ApiError, OpenAIErrors, _printable
 from serving.openai.response_store import ResponseStore
@@ -35,6 +35,7 @@ from serving.openai.stream import EventFormat
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
 from serving.tool_calls import ToolCall
+from serving.requests import chat_request
 
 TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
 
