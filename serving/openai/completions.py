@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from backends.base import ChatRequest
-from serving.pieces import ReplyDelta
 from serving.chat_service import ChatStream
 from serving.openai.choices import ChatChoice, CompletionChoice, finish_reason
 from serving.openai.convert import ToolPlan, choices_of, to_chat_request, to_completion_requests
@@ -21,6 +20,7 @@ from serving.openai.errors import OPENAI_ERRORS, ApiError
 from serving.openai.pipeline import Pipeline
 from serving.openai.schema import ChatCompletionRequest, CompletionRequest, SamplerFields
 from serving.openai.stream import OPENAI_SSE
+from serving.pieces import ReplyDelta
 
 
 class OpenAIReply:

@@ -26,12 +26,12 @@ from starlette.requests import Request
 from backends.base import ChatRequest
 from backends.errors import InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.pieces import ReplyDelta
 from serving.chat_service import ChatService, ChatStream, clean_text
 from serving.disconnect import run_until_disconnect
 from serving.openai.errors import ApiError, ErrorShape, api_error, invalid_body
 from serving.openai.stream import Choices, EventFormat, event_stream
 from serving.request_json import check_body
+from serving.pieces import ReplyDelta
 
 B = TypeVar("B", bound=BaseModel)
 
