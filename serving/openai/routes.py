@@ -2,10 +2,10 @@
 (stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
 
 Only the wiring and the small bodies live here. Chat and text completions are ``Endpoint``s
-(``completions.py``) that the pipeline (``pipeline.py``: parse -> convert -> open -> respond) runs
-on the shared ChatService, the same path as the UI and Gradio's /chat; the other routes run their
-work under the pipeline's ``answer``. Every error leaves through the one mapper (``errors.py``) as
-an OpenAI-style JSON body with the right status code.
+(``completions.py``) that the shared pipeline (``serving/api/pipeline.py``: parse -> convert -> open
+-> respond) runs on the shared ChatService, the same path as the UI and Gradio's /chat; the other
+routes run their work under the pipeline's ``answer``. Every error leaves through the one mapper
+(``serving/api/errors.py``) as an OpenAI-style JSON body with the right status code.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
+from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService, clean_text
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
-from serving.openai.pipeline import Pipeline
 from serving.openai.schema import (
     ChatCompletionRequest,
     CompletionRequest,
