@@ -37,6 +37,8 @@ def create_app(settings, manager=None):
     from monitoring.prometheus import PrometheusExporter
     from monitoring.request_log import RequestLog
     from optimization.lab import Lab
+    from serving.anthropic.errors import denied as anthropic_denied
+    from serving.anthropic.routes import add_anthropic_routes
     from serving.auth import KEY_USER, AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
@@ -87,12 +89,13 @@ def create_app(settings, manager=None):
     app.state.monitor = monitor
     app.state.chat = chat
     add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
+    add_anthropic_routes(app, manager, chat)  # before the OpenAI routes: their /v1 catch-all comes last
     add_openai_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=server.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
-    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router)
+    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router, denied=anthropic_denied)
     app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes)  # outermost: before any parsing
     if server.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
