@@ -77,9 +77,28 @@ def test_stop_sequences_cut_the_reply(claude, model):
     assert len(words) >= 3
     stop = words[2]
     cut = claude.messages.create(model=model, max_tokens=40, messages=MSG, extra_body=GREEDY, stop_sequences=[stop])
-    assert stop not in cut.content[0].text if cut.content else True
-    assert base.startswith(cut.content[0].text if cut.content else "")
-    assert cut.stop_reason == "end_turn" and cut.usage.output_tokens < 40
+    text = "".join(b.text for b in cut.content)
+    assert stop not in text and base.startswith(text)
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop) and cut.usage.output_tokens < 40
+    with claude.messages.stream(model=model, max_tokens=40, messages=MSG, extra_body=GREEDY,
+                                stop_sequences=["no such words here", stop]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence, "".join(b.text for b in final.content)) == \
+        ("stop_sequence", stop, text)
+    ended = claude.messages.create(model=model, max_tokens=40, messages=MSG, extra_body=GREEDY,
+                                   stop_sequences=["no such words here"])
+    assert ended.stop_sequence is None and ended.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_output_config_format_constrains_the_text_to_the_schema(claude, model):
+    import json
+
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"],
+              "additionalProperties": False}
+    msg = claude.messages.create(model=model, max_tokens=48, messages=MSG, extra_body=GREEDY,
+                                 output_config={"format": {"type": "json_schema", "schema": schema}})
+    value = json.loads(msg.content[0].text)
+    assert list(value) == ["colour"] and value["colour"] in ("red", "green", "blue")
 
 
 def test_tool_choice_any_forces_a_tool_use_and_a_tool_result_turn_is_answered(claude, model):

@@ -9,6 +9,7 @@ checks as every entry point). Only translation:
 - ``tools`` (``input_schema``) become the function tools the chat template renders; ``tool_choice``
   ``any`` or ``tool`` constrains the reply to one call (of any tool, or of the named one), ``none``
   leaves the tools out;
+- ``output_config.format`` (a JSON schema) constrains the text of the reply;
 - ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` and ``stop_sequences`` become the samplers
   and stop strings.
 """
@@ -126,6 +127,12 @@ def to_chat_request(body: CountTokensRequest, limits: RequestLimits | None = Non
         raise InvalidRequest("messages: the conversation needs a user message.", "messages")
     continue_final = messages[-1].role == "assistant"
     tools, plan, constraint = tools_of(body)
+    fmt = body.output_config.format if body.output_config else None
+    if fmt is not None:
+        if constraint is not None:
+            raise InvalidRequest("output_config.format cannot be combined with tool_choice any or tool (the reply "
+                                 "is then a tool call).", "output_config")
+        constraint = Constraint("json_schema", json.dumps(fmt.schema_), param="output_config")
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.thinking is not None and body.thinking.type in ("enabled", "disabled"):
         features["template_kwargs"] = (("enable_thinking", body.thinking.type == "enabled"),)

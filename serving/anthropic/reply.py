@@ -2,7 +2,8 @@
 thinking, text and tool calls by the chat service, ``serving/pieces.py``): a ``message`` body with
 its content blocks, or Anthropic's event sequence: ``message_start``; per block
 ``content_block_start``, its deltas (``thinking_delta``, ``text_delta``, ``input_json_delta``) and
-``content_block_stop``; ``message_delta`` with the stop reason and usage; ``message_stop``.
+``content_block_stop``; ``message_delta`` with the stop reason (``end_turn``, ``max_tokens``,
+``stop_sequence`` with the stop string that matched, ``tool_use``) and usage; ``message_stop``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MessageReply:
         self.open: str | None = None  # the type of the block being streamed ("text" / "thinking")
         self.calls: list[ToolCall] = []
         self.finish: str | None = None
+        self.stop_sequence: str | None = None
 
     # --- the message -------------------------------------------------------------------------------
 
@@ -44,11 +46,14 @@ class MessageReply:
 
     @property
     def stop_reason(self) -> str:
-        return "tool_use" if self.calls else STOP_REASONS.get(self.finish or "", "end_turn")
+        if self.calls:
+            return "tool_use"
+        return "stop_sequence" if self.stop_sequence else STOP_REASONS.get(self.finish or "", "end_turn")
 
     def message(self, content: list[dict], stop_reason: str | None, usage: dict) -> dict:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-                "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+                "stop_reason": stop_reason, "stop_sequence": self.stop_sequence if stop_reason else None,
+                "usage": usage}
 
     def body(self) -> dict:
         return self.message(self.blocks, self.stop_reason, self.usage())
@@ -96,6 +101,7 @@ class MessageReply:
     def feed(self, index: int, delta: ReplyDelta) -> Iterator[dict]:
         if delta.finish_reason:
             self.finish = delta.finish_reason
+            self.stop_sequence = delta.stop_sequence
         if delta.reasoning:
             yield from self._add("thinking", delta.reasoning)
         if delta.text:
@@ -106,7 +112,8 @@ class MessageReply:
     def tail(self) -> list[dict]:
         out = list(self._close())
         usage = self.usage()
-        return out + [{"type": "message_delta", "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+        return out + [{"type": "message_delta",
+                       "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
                        "usage": {"output_tokens": usage["output_tokens"], "input_tokens": usage["input_tokens"]}},
                       {"type": "message_stop"}]
 

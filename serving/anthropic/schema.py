@@ -86,6 +86,19 @@ class Thinking(BaseModel):
     budget_tokens: int | None = None
 
 
+class OutputFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(BaseModel):
+    """Structured output: the reply's text must match ``format``'s JSON schema (``effort`` is ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    format: OutputFormat | None = None
+
+
 class CountTokensRequest(BaseModel):
     """The body of /v1/messages/count_tokens (and the start of /v1/messages')."""
 
@@ -96,6 +109,7 @@ class CountTokensRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
 
 
 class MessagesRequest(CountTokensRequest):
