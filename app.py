@@ -42,6 +42,8 @@ def create_app(settings, manager=None):
     from serving.auth import KEY_USER, AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
+    from serving.ollama.errors import denied as ollama_denied
+    from serving.ollama.routes import add_ollama_routes
     from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
     from serving.openai.routes import add_openai_routes
@@ -91,11 +93,13 @@ def create_app(settings, manager=None):
     add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
     add_anthropic_routes(app, manager, chat)  # before the OpenAI routes: their /v1 catch-all comes last
     add_openai_routes(app, manager, chat)
+    add_ollama_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=server.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
-    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router, denied=anthropic_denied)
+    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router,
+                       denied=lambda path, message: anthropic_denied(path, message) or ollama_denied(path, message))
     app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes)  # outermost: before any parsing
     if server.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import ChatRequest, Constraint, Message, SamplingParams
+from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
 from backends.errors import InvalidRequest
 from serving.anthropic.schema import (
     CountTokensRequest,
@@ -137,7 +137,8 @@ def to_chat_request(body: CountTokensRequest, limits: RequestLimits | None = Non
     if body.thinking is not None and body.thinking.type in ("enabled", "disabled"):
         features["template_kwargs"] = (("enable_thinking", body.thinking.type == "enabled"),)
     if isinstance(body, MessagesRequest):
-        params = SamplingParams(max_new_tokens=body.max_tokens,
+        # an upper bound: clients send their largest (32000, 64000); the engine stops at the context's end anyway
+        params = SamplingParams(max_new_tokens=min(body.max_tokens, MAX_NEW_TOKENS_LIMIT),
                                 temperature=1.0 if body.temperature is None else body.temperature,
                                 top_p=1.0 if body.top_p is None else body.top_p,
                                 top_k=0 if body.top_k is None else body.top_k, repetition_penalty=1.0)
