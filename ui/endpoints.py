@@ -15,7 +15,9 @@ from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
 
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
-           "/v1/completions, /v1/models, /v1/embeddings).")
+           "/v1/completions, /v1/models, /v1/embeddings); Anthropic clients its Messages API (/v1/messages, "
+           "/v1/messages/count_tokens); Ollama clients the Ollama API at /api (/api/chat, /api/generate, /api/tags, "
+           "/api/ps, /api/show, /api/version, /api/embed, /api/embeddings).")
 
 
 def register_chat_api(h: Services, slots: int) -> None:
