@@ -180,8 +180,16 @@ def test_the_api_key_is_accepted_as_x_api_key_and_refused_in_anthropics_shape(ca
                 bad.messages.create(model=name, max_tokens=2, messages=MSG)
         assert exc.value.body == {"type": "error", "error": {"type": "authentication_error", "message": (
             "Missing or invalid API key: send 'x-api-key: <key>' or 'Authorization: Bearer <key>'.")}}
-        bearer = httpx.post(srv.url + "/v1/messages/count_tokens", json={"model": name, "messages": MSG},
-                            headers={"Authorization": "Bearer sekrit"}, timeout=60)
-        assert bearer.status_code == 200 and bearer.json()["input_tokens"] > 5
+        # this SDK sends the key as Bearer; Anthropic's own API, older SDKs and coding agents as x-api-key
+        body = {"model": name, "max_tokens": 2, "messages": MSG}
+        keyed = httpx.post(srv.url + "/v1/messages", json=body, headers={"x-api-key": "sekrit"}, timeout=60)
+        assert keyed.status_code == 200 and keyed.json()["usage"]["output_tokens"] > 0
+        counted = httpx.post(srv.url + "/v1/messages/count_tokens", json={"model": name, "messages": MSG},
+                             headers={"x-api-key": "sekrit"}, timeout=60)
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 5
+        wrong = httpx.post(srv.url + "/v1/messages", json=body, headers={"x-api-key": "wrong"}, timeout=60)
+        assert (wrong.status_code, wrong.json()["error"]["type"]) == (401, "authentication_error")
+        tags = httpx.get(srv.url + "/api/tags", headers={"x-api-key": "sekrit"}, timeout=60)
+        assert tags.status_code == 200 and tags.json()["models"][0]["model"] == f"{name}:latest"
         openai_shape = httpx.get(srv.url + "/v1/models", headers={"x-api-key": "wrong"}, timeout=60)
         assert openai_shape.status_code == 401 and openai_shape.json()["error"]["code"] == "invalid_api_key"
