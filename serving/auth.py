@@ -29,6 +29,7 @@ from starlette.routing import Match, Mount
 
 KEY_USER = "api"  # the one user name the --api-key logs in as (Gradio login, HTTP Basic)
 PUBLIC_PATHS = frozenset({"/health", "/live", "/openapi.json"})
+KEY_HINT = "Missing or invalid API key: send 'x-api-key: <key>' or 'Authorization: Bearer <key>'."
 
 
 def parse_auth(auth: str | None) -> list[tuple[str, str]]:
@@ -136,14 +137,15 @@ class ApiKeyMiddleware:
     request to one of the app's own routes (``router``: /v1, /tokenize, /detokenize, and any route
     added later) before its handler runs, unless the route is public (``AccessPolicy.public``);
     records the client id in request.state.client_id. Deny by default: a new route is guarded
-    without being listed here. The Gradio app mounted beside them has its own login. ``denied(path)``
-    may answer a refusal in the shape of the API dialect that owns ``path`` (None: OpenAI's)."""
+    without being listed here. The Gradio app mounted beside them has its own login.
+    ``refusal(path, status, message)`` may write the 401 in the shape of the API dialect that owns
+    ``path`` (None: OpenAI's)."""
 
-    def __init__(self, app, policy: AccessPolicy, router=None, denied: Callable[[str, str], Any] | None = None):
+    def __init__(self, app, policy: AccessPolicy, router=None, refusal: Callable[[str, int, str], Any] | None = None):
         self.app = app
         self.policy = policy
         self.router = router
-        self.denied = denied
+        self.refusal = refusal
 
     def guards(self, scope) -> bool:
         path = scope["path"]
@@ -161,10 +163,10 @@ class ApiKeyMiddleware:
                 auth = "Bearer " + key
             client = self.policy.http_client_id(auth)
             if client is None:
-                message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
-                response = self.denied(scope["path"], message) if self.denied else None
+                response = self.refusal(scope["path"], 401, KEY_HINT) if self.refusal else None
                 response = response or JSONResponse(
-                    {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                    {"error": {"message": "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                               "type": "invalid_request_error", "param": None,
                                "code": "invalid_api_key"}}, status_code=401)
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)

@@ -166,10 +166,13 @@ def test_the_sdk_raises_the_status_error_of_its_kind(claude, model, live_app):
         assert r.status_code == 400 and r.json()["type"] == "error"
     r = httpx.get(live_app.url + "/v1/messages", timeout=60)
     assert (r.status_code, r.json()["error"]["type"], r.headers["allow"]) == (405, "invalid_request_error", "POST")
+    r = httpx.post(live_app.url + "/v1/messages/batches", json={}, timeout=60)
+    assert (r.status_code, r.json()) == (404, {"type": "error", "error": {
+        "type": "not_found_error", "message": "Unknown endpoint /v1/messages/batches."}})
 
 
 def test_the_api_key_is_accepted_as_x_api_key_and_refused_in_anthropics_shape(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, api_key="sekrit")) as srv:
+    with LiveServer(make_settings(cache_dir=cache_dir, api_key="sekrit", max_body_bytes=4096)) as srv:
         srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512))
         name = srv.manager.current.name
         with anthropic.Anthropic(base_url=srv.url, api_key="sekrit", max_retries=0, timeout=120) as good:
@@ -189,6 +192,9 @@ def test_the_api_key_is_accepted_as_x_api_key_and_refused_in_anthropics_shape(ca
         assert counted.status_code == 200 and counted.json()["input_tokens"] > 5
         wrong = httpx.post(srv.url + "/v1/messages", json=body, headers={"x-api-key": "wrong"}, timeout=60)
         assert (wrong.status_code, wrong.json()["error"]["type"]) == (401, "authentication_error")
+        big = httpx.post(srv.url + "/v1/messages", headers={"x-api-key": "sekrit"}, timeout=60,
+                         json={**body, "messages": [{"role": "user", "content": "x" * 5000}]})
+        assert (big.status_code, big.json()["error"]["type"]) == (413, "request_too_large")
         tags = httpx.get(srv.url + "/api/tags", headers={"x-api-key": "sekrit"}, timeout=60)
         assert tags.status_code == 200 and tags.json()["models"][0]["model"] == f"{name}:latest"
         openai_shape = httpx.get(srv.url + "/v1/models", headers={"x-api-key": "wrong"}, timeout=60)

@@ -159,7 +159,7 @@ def test_the_client_raises_response_errors(lama, model, live_app):
 
 
 def test_the_api_key_guards_api_in_ollamas_shape(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, api_key="sekrit")) as srv:
+    with LiveServer(make_settings(cache_dir=cache_dir, api_key="sekrit", max_body_bytes=4096)) as srv:
         srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=512))
         name = srv.manager.current.name
         good = ollama.Client(host=srv.url, headers={"Authorization": "Bearer sekrit"}, timeout=120)
@@ -170,3 +170,6 @@ def test_the_api_key_guards_api_in_ollamas_shape(cache_dir):
         with pytest.raises(ollama.ResponseError) as exc:
             ollama.Client(host=srv.url, timeout=120).list()
         assert exc.value.status_code == 401 and "API key" in exc.value.error
+        with pytest.raises(ollama.ResponseError) as exc:
+            good.chat(model=name, messages=[{"role": "user", "content": "x" * 5000}])
+        assert exc.value.status_code == 413 and "larger than this server accepts" in exc.value.error

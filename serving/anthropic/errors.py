@@ -29,13 +29,13 @@ ANTHROPIC_ERRORS = AnthropicErrors()
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """An Anthropic error answer made on the spot (a wrong method, a failed login)."""
+    """An Anthropic error answer made on the spot (a wrong method, an unknown path)."""
     return ANTHROPIC_ERRORS.response(ApiError(status, message, error_type(status), headers=headers))
 
 
-def denied(path: str, message: str) -> JSONResponse | None:
-    """A refused login on an Anthropic route, in Anthropic's shape (None for any other path)."""
-    if path.rstrip("/") in ("/v1/messages", "/v1/messages/count_tokens"):
-        return error_response(401, message.replace("'Authorization: Bearer <key>'",
-                                                   "'x-api-key: <key>' or 'Authorization: Bearer <key>'"))
+def refusal(path: str, status: int, message: str) -> JSONResponse | None:
+    """A refusal made before any route runs (a failed login, a body over the size limit) in
+    Anthropic's shape when ``path`` is Anthropic's (None for any other path)."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return error_response(status, message)
     return None

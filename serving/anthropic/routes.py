@@ -81,7 +81,7 @@ ROUTES = ("/v1/messages", "/v1/messages/count_tokens")
 
 def add_anthropic_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> AnthropicRoutes:
     """The routes, added before the /v1 catch-all of the OpenAI routes so they win over it; any
-    other method on them is a 405 in Anthropic's shape."""
+    other method on them is a 405, any other path under /v1/messages a 404, in Anthropic's shape."""
     routes = AnthropicRoutes(Pipeline(manager, chat))
     for path, handler in zip(ROUTES, (routes.messages, routes.count_tokens)):
         app.add_api_route(path, handler, methods=["POST"], tags=["anthropic"])
@@ -93,4 +93,10 @@ def add_anthropic_routes(app: FastAPI, manager: ModelManager, chat: ChatService)
 
     for path in ROUTES:
         app.add_api_route(path, wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+
+    @app.api_route("/v1/messages/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                   include_in_schema=False)
+    def unknown(rest: str) -> JSONResponse:
+        return error_response(404, f"Unknown endpoint /v1/messages/{rest}.")
+
     return routes

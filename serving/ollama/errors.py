@@ -20,10 +20,11 @@ OLLAMA_ERRORS = OllamaErrors()
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """An Ollama error answer made on the spot (an unknown path, a wrong method, a failed login)."""
+    """An Ollama error answer made on the spot (an unknown path, a wrong method)."""
     return OLLAMA_ERRORS.response(ApiError(status, message, "", headers=headers))
 
 
-def denied(path: str, message: str) -> JSONResponse | None:
-    """A refused login under /api, in Ollama's shape (None for any other path)."""
-    return error_response(401, message) if path == "/api" or path.startswith("/api/") else None
+def refusal(path: str, status: int, message: str) -> JSONResponse | None:
+    """A refusal made before any route runs (a failed login, a body over the size limit) in
+    Ollama's shape when ``path`` is under /api (None for any other path)."""
+    return error_response(status, message) if path == "/api" or path.startswith("/api/") else None
