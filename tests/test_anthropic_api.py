@@ -31,8 +31,10 @@ def model(live_app) -> str:
     return live_app.manager.current.name
 
 
-def test_messages_create_answers_with_a_text_block_and_usage(claude, model):
+def test_messages_create_answers_with_a_text_block_and_usage(claude, model, live_app):
     msg = claude.messages.create(model=model, max_tokens=24, messages=MSG, extra_body=GREEDY)
+    recorded = live_app.manager.metrics.recent(1)[0]  # the shared ChatService's record, under its own label
+    assert (recorded.endpoint, recorded.completion_tokens) == ("messages", msg.usage.output_tokens)
     assert msg.type == "message" and msg.role == "assistant" and msg.model == model
     assert msg.id.startswith("msg_")
     assert [b.type for b in msg.content] == ["text"] and msg.content[0].text.strip()

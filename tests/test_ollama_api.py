@@ -50,6 +50,8 @@ def test_chat_greedy_equals_chat_completions_streamed_and_not(lama, model, live_
     assert whole.done and whole.done_reason in ("stop", "length") and whole.message.role == "assistant"
     text = whole.message.content
     assert text.strip() and 0 < whole.eval_count <= 32 and whole.prompt_eval_count > 5
+    recorded = live_app.manager.metrics.recent(1)[0]  # the shared ChatService's record, under its own label
+    assert (recorded.endpoint, recorded.completion_tokens) == ("api/chat", whole.eval_count)
     oai = openai.OpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     chat = oai.chat.completions.create(model=live_app.manager.current.name, messages=MSG, max_tokens=32,
                                        temperature=0)
@@ -111,8 +113,9 @@ def test_a_tool_result_turn_is_rendered(lama, model):
         assert c.function.name == "get_weather" and isinstance(c.function.arguments, dict)
 
 
-def test_embed_and_embeddings(lama, model):
+def test_embed_and_embeddings(lama, model, live_app):
     out = lama.embed(model=model, input=["red", "a longer sentence about colours"])
+    assert live_app.manager.metrics.recent(1)[0].endpoint == "api/embed"
     assert len(out.embeddings) == 2 and len(out.embeddings[0]) == len(out.embeddings[1]) > 8
     assert out.prompt_eval_count > 2
     one = lama.embeddings(model=model, prompt="red")
@@ -154,7 +157,8 @@ def test_the_client_raises_response_errors(lama, model, live_app):
     with pytest.raises(ollama.ResponseError) as exc:
         list(lama.chat(model="nope", messages=MSG, stream=True))
     assert exc.value.status_code == 404
-    r = httpx.post(live_app.url + "/api/chat", content=b"{nope", timeout=60, headers={"content-type": "application/json"})
+    r = httpx.post(live_app.url + "/api/chat", content=b"{nope", timeout=60,
+                   headers={"content-type": "application/json"})
     assert (r.status_code, r.json()) == (400, {"error": "The request body is not valid JSON."})
 
 
