@@ -87,6 +87,14 @@ def test_generate_applies_the_template_or_continues_raw(lama, model):
     assert raw.response.strip() and raw.eval_count <= 8
 
 
+def test_a_request_without_messages_or_prompt_only_loads(lama, model):
+    """What Ollama's clients send to load a model before use: answered done at once, nothing generated."""
+    loaded = lama.generate(model=model)
+    assert (loaded.done, loaded.done_reason, loaded.response) == (True, "load", "")
+    loaded = lama.chat(model=model, messages=[])
+    assert (loaded.done, loaded.done_reason, loaded.message.content) == (True, "load", "")
+
+
 def test_format_json_and_a_schema_constrain_the_reply(lama, model, live_app):
     obj = lama.chat(model=model, messages=MSG, format="json", options={**GREEDY, "num_predict": 24})
     oai = openai.OpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -126,11 +134,11 @@ def test_embed_and_embeddings(lama, model, live_app):
     ("POST", "/api/chat", {"messages": MSG}, 400, "model: Field required"),
     ("POST", "/api/chat", {"model": "llama3:latest", "messages": MSG}, 404, "'llama3' does not exist"),
     ("POST", "/api/chat", {"model": "{model}", "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
-    ("POST", "/api/chat", {"model": "{model}", "messages": []}, 400, "at least one message"),
+    ("POST", "/api/chat", {"model": "nope", "messages": []}, 404, "'nope' does not exist"),
     ("POST", "/api/chat", {"model": "{model}", "messages": MSG, "options": {"temperature": -1}}, 400, "temperature"),
     ("POST", "/api/chat", {"model": "{model}", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]},
      400, "images are not supported"),
-    ("POST", "/api/generate", {"model": "{model}", "prompt": ""}, 400, "empty"),
+    ("POST", "/api/generate", {"model": "{model}", "prompt": "   "}, 400, "empty"),
     ("POST", "/api/generate", {"model": "{model}", "prompt": "x", "format": "yaml"}, 400, "format"),
     ("POST", "/api/embed", {"model": "{model}", "input": []}, 400, "input"),
     ("POST", "/api/embeddings", {"model": "{model}"}, 400, "prompt: Field required"),

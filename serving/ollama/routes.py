@@ -28,7 +28,7 @@ from serving.api.stream import NDJSON
 from serving.chat_service import ChatService, ChatStream
 from serving.ollama.convert import chat_to_request, generate_to_request
 from serving.ollama.errors import OLLAMA_ERRORS, error_response
-from serving.ollama.reply import ChatReply, GenerateReply
+from serving.ollama.reply import ChatReply, GenerateReply, now
 from serving.ollama.schema import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, ShowBody
 
 VERSION = "0.12.0"  # the Ollama API version whose shapes these routes follow
@@ -104,10 +104,29 @@ class OllamaRoutes:
         self.manager = pipe.manager
 
     async def chat(self, request: Request) -> Response:
+        if await self._loads_only(request, "messages"):
+            return await self.pipe.answer(request, ChatBody, self._loaded, OLLAMA_ERRORS)
         return await self.pipe.generate(OllamaChat(), request)
 
     async def generate(self, request: Request) -> Response:
+        if await self._loads_only(request, "prompt"):
+            return await self.pipe.answer(request, GenerateBody, self._loaded, OLLAMA_ERRORS)
         return await self.pipe.generate(OllamaGenerate(), request)
+
+    @staticmethod
+    async def _loads_only(request: Request, field: str) -> bool:
+        """Ollama's "load the model" request: a chat without messages, a generate without a prompt."""
+        try:
+            raw = await request.json()  # kept by the request: the pipeline reads it again
+        except Exception:  # not JSON: the pipeline says so in Ollama's shape
+            return False
+        return isinstance(raw, dict) and not raw.get(field) and not raw.get("images")
+
+    async def _loaded(self, body: ChatBody | GenerateBody, request: Request, t0: float) -> dict:
+        """The model is loaded already (this server loads before it serves): done at once, as Ollama answers."""
+        self.pipe.resolve_model(untagged(body.model))
+        said = {"message": {"role": "assistant", "content": ""}} if isinstance(body, ChatBody) else {"response": ""}
+        return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": "load"}
 
     def tags(self) -> dict:
         cur = self.manager.current
