@@ -2,11 +2,11 @@
 collected), under one try/except whose errors the dialect only shapes (``errors.py``).
 
 A dialect (OpenAI's chat and text completions, Anthropic's messages, Ollama's chat and generate) is
-a translation and nothing more, in its own package. For each
-generating endpoint it supplies an ``Endpoint``: its request schema, the conversion of a body to
-ChatRequests for the shared ChatService (limits, slots, stop strings, timing, the same path as the
-UI), the ``Reply`` that turns the streams' deltas into its response body or its stream events, its
-error shape and its stream format. Everything else (parsing, model resolution, opening the streams,
+a translation and nothing more, in its own package. For each generating endpoint it supplies an
+``Endpoint``: its request schema, the conversion of a body to ChatRequests for the shared
+ChatService (limits, slots, stop strings, timing, the same path as the UI), the ``Reply`` that turns
+the streams' deltas into its response body or its stream events, its error shape and its stream
+format. Everything else (parsing, model resolution, opening the streams,
 waiting for the first token, collecting, in-band errors, cancelling when the client leaves) happens
 here once, the same for every dialect.
 """
@@ -27,10 +27,10 @@ from starlette.requests import Request
 from backends.base import ChatRequest
 from backends.errors import InvalidRequest, ModelNotFound, NoModelLoaded
 from backends.manager import ModelManager
-from serving.chat_service import ChatService, ChatStream, clean_text
-from serving.disconnect import run_until_disconnect
 from serving.api.errors import ApiError, ErrorShape, api_error, invalid_body
 from serving.api.stream import Choices, EventFormat, event_stream
+from serving.chat_service import ChatService, ChatStream, clean_text
+from serving.disconnect import run_until_disconnect
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
 
