@@ -6,9 +6,9 @@ a translation and nothing more, in its own package. For each generating endpoint
 ``Endpoint``: its request schema, the conversion of a body to ChatRequests for the shared
 ChatService (limits, slots, stop strings, timing, the same path as the UI), the ``Reply`` that turns
 the streams' deltas into its response body or its stream events, its error shape and its stream
-format. Everything else (parsing, model resolution, opening the streams,
-waiting for the first token, collecting, in-band errors, cancelling when the client leaves) happens
-here once, the same for every dialect.
+format. Everything else (parsing, model resolution, opening the streams, waiting for the first
+token, collecting, in-band errors, cancelling when the client leaves) happens here once, the same
+for every dialect.
 """
 
 from __future__ import annotations
