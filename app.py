@@ -37,9 +37,13 @@ def create_app(settings, manager=None):
     from monitoring.prometheus import PrometheusExporter
     from monitoring.request_log import RequestLog
     from optimization.lab import Lab
+    from serving.anthropic.errors import refusal as anthropic_refusal
+    from serving.anthropic.routes import add_anthropic_routes
     from serving.auth import KEY_USER, AccessPolicy, ApiKeyMiddleware
     from serving.body_limit import BodyLimitMiddleware
     from serving.gradio_guard import GradioGuardMiddleware
+    from serving.ollama.errors import refusal as ollama_refusal
+    from serving.ollama.routes import add_ollama_routes
     from serving.uploads import UploadGuardMiddleware
     from serving.chat_service import ChatService
     from serving.openai.routes import add_openai_routes
@@ -95,13 +99,19 @@ def create_app(settings, manager=None):
     app.state.monitor = monitor
     app.state.chat = chat
     add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
+    add_anthropic_routes(app, manager, chat)  # before the OpenAI routes: their /v1 catch-all comes last
     add_openai_routes(app, manager, chat)
+    add_ollama_routes(app, manager, chat)
     blocks = build_blocks(services, settings)
     app.state.blocks = blocks
     app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=server.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
-    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes)  # outermost: before any parsing
+    def refusal(path: str, status: int, message: str):  # a middleware's refusal in its route's API dialect
+        return anthropic_refusal(path, status, message) or ollama_refusal(path, status, message)
+
+    app.add_middleware(ApiKeyMiddleware, policy=policy, router=app.router, refusal=refusal)
+    # outermost: before any parsing
+    app.add_middleware(BodyLimitMiddleware, max_bytes=server.max_body_bytes, refusal=refusal)
     if server.forwarded_allow_ips:  # the client address from X-Forwarded-For, only when a trusted proxy sent it
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 

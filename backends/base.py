@@ -238,6 +238,7 @@ class TextDelta:
     note: str | None = None  # something the user should see beside the reply (e.g. "3 oldest turns left out")
     draft_tokens: int = 0  # speculative decoding: tokens drafted for this request (on the final delta)
     accepted_tokens: int = 0  # speculative decoding: drafted tokens the model accepted (on the final delta)
+    stop_sequence: str | None = None  # the request's stop string that ended the reply (finish_reason "stop")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class StopMatcher:
         self.stops = [s for s in (stops or []) if s]
         self._pending = ""
         self.hit = False
+        self.which: str | None = None  # the stop string that matched
 
     def push(self, text: str) -> str:
         """Add streamed text; return what can be released now ('' while a stop may be forming)."""
@@ -29,9 +30,11 @@ class StopMatcher:
         if self.hit:
             return ""
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        found = [(i, s) for s in self.stops if (i := self._pending.find(s)) >= 0]
+        cut = min(found)[0] if found else -1
         if cut >= 0:
             self.hit = True
+            self.which = next(s for i, s in found if i == cut)
             out, self._pending = self._pending[:cut], ""
             return out
         hold = partial_suffix(self._pending, *self.stops)
@@ -60,7 +63,7 @@ def apply_stops(deltas: Iterator[TextDelta], stops: tuple[str, ...], cancel: thr
                 prompt_tokens = rest.prompt_tokens or prompt_tokens
                 drafted, accepted = drafted + rest.draft_tokens, accepted + rest.accepted_tokens
             yield replace(d, text=out, finish_reason="stop", prompt_tokens=prompt_tokens, draft_tokens=drafted,
-                          accepted_tokens=accepted)
+                          accepted_tokens=accepted, stop_sequence=matcher.which)
             return
         if d.finish_reason:
             out += matcher.flush()

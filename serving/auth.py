@@ -3,7 +3,8 @@
 - ``--auth USER:PASS`` (or a file of such lines): Gradio's login protects the UI and the Gradio API
   (gradio_client: ``Client(url, auth=(user, pass))``). /v1, /tokenize and /detokenize accept the same
   credentials (HTTP Basic, or Bearer ``user:pass``).
-- ``--api-key KEY``: /v1, /tokenize and /detokenize accept ``Authorization: Bearer KEY``. The UI and
+- ``--api-key KEY``: /v1, /api (Ollama's), /tokenize and /detokenize accept ``Authorization: Bearer
+  KEY``, or Anthropic's ``x-api-key: KEY`` header. The UI and
   the Gradio API then need a login too (no door stays open), and the key opens it for one identity
   only: the user name ``api`` (``KEY_USER``), never a name of ``--auth``. A login names exactly one
   user and checks that user's password: the key is not a password for every user, so it cannot be
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from starlette.responses import JSONResponse
@@ -27,6 +29,7 @@ from starlette.routing import Match, Mount
 
 KEY_USER = "api"  # the one user name the --api-key logs in as (Gradio login, HTTP Basic)
 PUBLIC_PATHS = frozenset({"/health", "/live", "/openapi.json"})
+KEY_HINT = "Missing or invalid API key: send 'x-api-key: <key>' or 'Authorization: Bearer <key>'."
 
 
 def parse_auth(auth: str | None) -> list[tuple[str, str]]:
@@ -121,6 +124,10 @@ def _is_gradio(route) -> bool:
     return isinstance(route, Mount) and route.path in ("", "/")
 
 
+def _header(scope, name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
+
+
 def _eq(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
@@ -130,31 +137,38 @@ class ApiKeyMiddleware:
     request to one of the app's own routes (``router``: /v1, /tokenize, /detokenize, and any route
     added later) before its handler runs, unless the route is public (``AccessPolicy.public``);
     records the client id in request.state.client_id. Deny by default: a new route is guarded
-    without being listed here. The Gradio app mounted beside them has its own login."""
+    without being listed here. The Gradio app mounted beside them has its own login.
+    ``refusal(path, status, message)`` may write the 401 in the shape of the API dialect that owns
+    ``path`` (None: OpenAI's)."""
 
-    def __init__(self, app, policy: AccessPolicy, router=None):
+    def __init__(self, app, policy: AccessPolicy, router=None, refusal: Callable[[str, int, str], Any] | None = None):
         self.app = app
         self.policy = policy
         self.router = router
+        self.refusal = refusal
 
     def guards(self, scope) -> bool:
         path = scope["path"]
         if self.policy.public(path):
             return False
-        if path == "/v1" or path.startswith("/v1/"):
+        if path in ("/v1", "/api") or path.startswith(("/v1/", "/api/")):
             return True
         return self.router is not None and any(
             not _is_gradio(route) and route.matches(scope)[0] != Match.NONE for route in self.router.routes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.policy.configured and self.guards(scope):
-            auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            auth = _header(scope, b"authorization")
+            if auth is None and (key := _header(scope, b"x-api-key")) is not None:  # as Anthropic's clients send it
+                auth = "Bearer " + key
             client = self.policy.http_client_id(auth)
             if client is None:
-                response = JSONResponse(
+                response = self.refusal(scope["path"], 401, KEY_HINT) if self.refusal else None
+                response = response or JSONResponse(
                     {"error": {"message": "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
-                               "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                               "type": "invalid_request_error", "param": None,
+                               "code": "invalid_api_key"}}, status_code=401)
+                response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
             scope.setdefault("state", {})["client_id"] = client

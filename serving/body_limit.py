@@ -8,23 +8,28 @@ file upload route has its own limit (``--max-upload-bytes``, ``serving/uploads.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette.responses import JSONResponse
 
 EXEMPT_PREFIXES = ("/gradio_api/upload",)
 _WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
-def too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": {"message": f"The request body is larger than this server accepts "
-                                              f"({limit:,} bytes, --max-body-bytes).",
-                                   "type": "invalid_request_error", "param": None, "code": "payload_too_large"}},
-                        status_code=413)
+def too_large(limit: int, path: str = "", refusal: Callable[[str, int, str], Any] | None = None) -> JSONResponse:
+    """The 413, in the shape of the API dialect that owns ``path`` (``refusal``; None: OpenAI's)."""
+    message = f"The request body is larger than this server accepts ({limit:,} bytes, --max-body-bytes)."
+    shaped = refusal(path, 413, message) if refusal else None
+    return shaped or JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                             "code": "payload_too_large"}}, status_code=413)
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, refusal: Callable[[str, int, str], Any] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.refusal = refusal
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["method"] not in _WITH_BODY
@@ -41,7 +46,7 @@ class BodyLimitMiddleware:
                 await _bad_length(scope, receive, send)
                 return
             if size > self.max_bytes:
-                await too_large(self.max_bytes)(scope, receive, send)
+                await too_large(self.max_bytes, scope["path"], self.refusal)(scope, receive, send)
                 return
         chunks, total, more = [], 0, True
         while more:
@@ -51,7 +56,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             total += len(body)
             if total > self.max_bytes:
-                await too_large(self.max_bytes)(scope, receive, send)
+                await too_large(self.max_bytes, scope["path"], self.refusal)(scope, receive, send)
                 return
             chunks.append(body)
             more = message.get("more_body", False)

@@ -27,7 +27,8 @@ class ReplyDelta:
     reply made (on the last piece); ``logprobs``: one per token of ``raw`` when the request asked;
     ``finish_reason`` and ``stats`` (the request's figures, ``RequestStats.as_dict()``): on the last
     piece; ``raw``: the model's text as generated (what a raw transport shows); ``thinking``: the
-    reply is inside an open ``<think>`` once this piece is through."""
+    reply is inside an open ``<think>`` once this piece is through; ``stop_sequence``: on the last
+    piece, the request's stop string that ended the reply, if one did."""
 
     text: str = ""
     reasoning: str = ""
@@ -37,12 +38,14 @@ class ReplyDelta:
     stats: dict[str, Any] | None = None
     raw: str = ""
     thinking: bool = False
+    stop_sequence: str | None = None
 
     def then(self, later: ReplyDelta) -> ReplyDelta:
         """This piece and ``later`` as one (a stream's updates coalesced for a slow transport)."""
         return ReplyDelta(self.text + later.text, self.reasoning + later.reasoning, self.tool_calls + later.tool_calls,
                           self.logprobs + later.logprobs, later.finish_reason or self.finish_reason,
-                          self.stats if later.stats is None else later.stats, self.raw + later.raw, later.thinking)
+                          self.stats if later.stats is None else later.stats, self.raw + later.raw, later.thinking,
+                          later.stop_sequence or self.stop_sequence)
 
 
 class ReplyParser:
@@ -58,10 +61,12 @@ class ReplyParser:
         self._tools = ToolCallStream(names) if names else None
         self._flushed = False
         self._finish: str | None = None
+        self._stop: str | None = None
 
     def feed(self, d: TextDelta) -> ReplyDelta:
         if d.finish_reason:
             self._finish = d.finish_reason
+            self._stop = d.stop_sequence
         if self._reasoning is None:
             return ReplyDelta(d.text, logprobs=d.logprobs, raw=d.text)
         thought, said = self._reasoning.feed(d.text)
@@ -81,7 +86,7 @@ class ReplyParser:
             rest, calls = self._tools.finish()
             text += rest
         return ReplyDelta(text, thought, tuple(calls), finish_reason=self._finish, stats=stats,
-                          thinking=self._reasoning is not None and self._reasoning.thinking)
+                          thinking=self._reasoning is not None and self._reasoning.thinking, stop_sequence=self._stop)
 
     def _flush(self) -> tuple[str, str]:
         if self._reasoning is None or self._flushed:

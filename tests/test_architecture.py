@@ -149,8 +149,9 @@ def openai_edge_leaks(path: Path, rel: str) -> list[str]:
 
 
 def test_nothing_outside_the_openai_edge_builds_an_openai_body():
-    """serving/openai/ is the one place an OpenAI response body is built (every dialect a module of
-    its pipeline); the rest of the app reaches it only through add_openai_routes in app.py."""
+    """serving/openai/ is the one place an OpenAI response body is built (the shared pipeline in
+    serving/api/, the other dialects beside it); the rest of the app reaches it only through
+    add_openai_routes in app.py."""
     paths = [ROOT / "app.py"] + [p for package in PRODUCT for p in python_files(package)]
     wrong = [leak for p in paths if not p.relative_to(ROOT).as_posix().startswith("serving/openai/")
              for leak in openai_edge_leaks(p, p.relative_to(ROOT).as_posix())]
@@ -168,3 +169,31 @@ def test_the_openai_edge_rule_sees_a_planted_body_and_import(tmp_path):
     wiring.write_text("from serving.openai.routes import add_openai_routes\n")
     assert openai_edge_leaks(wiring, "app.py") == []
     assert openai_edge_leaks(wiring, "ui/app.py") == ["ui/app.py:1 imports serving.openai.routes"]
+
+
+DIALECTS = ("serving.openai", "serving.anthropic", "serving.ollama")
+
+
+def dialect_leaks(path: Path, rel: str) -> list[str]:
+    """Where ``path`` (at ``rel``) imports an API dialect it may not: the shared API package
+    (serving/api/) none, a dialect no other dialect."""
+    own = rel.removesuffix(".py").replace("/", ".")
+    return [f"{rel}:{line} imports {m}" for line, m in imported_modules(path)
+            for d in DIALECTS if _under(m, d) and not _under(own, d)]
+
+
+def test_the_shared_api_package_knows_no_dialect_and_dialects_not_each_other():
+    """serving/api/ (the pipeline, the error mapper, the stream writer) is what every dialect imports;
+    it imports none of them, and no dialect imports another: each is a translation on the pipeline."""
+    paths = python_files("serving/api") + [p for d in DIALECTS for p in python_files(d.replace(".", "/"))]
+    assert python_files("serving/api") and all(python_files(d.replace(".", "/")) for d in DIALECTS)
+    wrong = [leak for p in paths for leak in dialect_leaks(p, p.relative_to(ROOT).as_posix())]
+    assert wrong == []
+
+
+def test_the_dialect_rule_sees_a_planted_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from serving.openai.errors import OPENAI_ERRORS\nfrom serving.api.pipeline import Pipeline\n")
+    assert dialect_leaks(bad, "serving/api/bad.py") == ["serving/api/bad.py:1 imports serving.openai.errors"]
+    assert dialect_leaks(bad, "serving/ollama/bad.py") == ["serving/ollama/bad.py:1 imports serving.openai.errors"]
+    assert dialect_leaks(bad, "serving/openai/bad.py") == []

@@ -165,6 +165,19 @@ def test_the_routes_are_enumerated_from_the_app(server):
     assert {"/gradio_api/upload", "/gradio_api/queue/join", "/gradio_api/call/{api_name}", "/config"} <= gradio
 
 
+def refused(path: str, r: httpx.Response) -> bool:
+    """A 401 in the error shape of the API dialect that owns ``path``: Anthropic's on /v1/messages,
+    Ollama's under /api, OpenAI's everywhere else."""
+    if r.status_code != 401 or r.headers.get("www-authenticate") != "Bearer":
+        return False
+    body = r.json()
+    if path.startswith("/v1/messages"):
+        return body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    if path.startswith("/api/"):
+        return list(body) == ["error"] and "API key" in body["error"]
+    return body["error"]["code"] == "invalid_api_key"
+
+
 def test_every_guarded_route_refuses_every_wrong_credential(server):
     public = PUBLIC - ({"/metrics"} if server.config == "key" else set())  # that server has --protect-metrics
     open_doors = []
@@ -176,7 +189,7 @@ def test_every_guarded_route_refuses_every_wrong_credential(server):
                 if server.config in accepted:
                     continue
                 r = call(http, concrete(path), method, header, json={})
-                if r.status_code != 401 or r.json()["error"]["code"] != "invalid_api_key":
+                if not refused(path, r):
                     open_doors.append(f"{method} {path} with {label}: {r.status_code}")
     assert not open_doors, "\n".join(open_doors)
 

@@ -1,6 +1,6 @@
 """The API pipeline runs any dialect that supplies only its translation: here a made-up one (a
 prompt in, NDJSON lines out, ``{"error": "..."}`` errors) defined in this file alone, with nothing
-added to serving/openai/. It gets what /v1 gets without writing it: parsing, the model check, the
+added to serving/api/ or serving/openai/. It gets what /v1 gets without writing it: parsing, the model check, the
 ChatService (slots, rate limits, timing under its own endpoint label), waiting for the first token,
 collecting, in-band errors after the first byte, and every failure in its own error shape.
 
@@ -21,12 +21,12 @@ from pydantic import BaseModel
 from backends.base import ModelSpec, SamplingParams
 from backends.errors import Busy, ContextLengthExceeded, InvalidRequest
 from backends.registry import BackendRegistry
+from serving.api.errors import ApiError
+from serving.api.pipeline import Pipeline
+from serving.api.stream import EventFormat
 from serving.chat_service import ChatService, ChatStream
 from serving.pieces import ReplyDelta
 from serving.requests import completion_request
-from serving.openai.errors import ApiError
-from serving.openai.pipeline import Pipeline
-from serving.openai.stream import EventFormat
 from tests.conftest import make_manager
 from tests.fakes import FakeBackend, FakeScript
 

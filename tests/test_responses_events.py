@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from backends.base import ModelSpec
 from backends.errors import InvalidRequest
 from backends.registry import BackendRegistry
+from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
-from serving.openai.pipeline import Pipeline
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from tests.conftest import make_manager

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from backends.base import ModelSpec
 from backends.registry import BackendRegistry
+from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions
-from serving.openai.pipeline import Pipeline
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from tests.conftest import make_manager

@@ -22,7 +22,9 @@ from ui.edge import cancellable, client_of, gradio_errors
 
 EMPTY = inspect.Parameter.empty
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
-           "/v1/responses, /v1/completions, /v1/models, /v1/embeddings).")
+           "/v1/responses, /v1/completions, /v1/models, /v1/embeddings); Anthropic clients its Messages API "
+           "(/v1/messages, /v1/messages/count_tokens); Ollama clients the Ollama API at /api (/api/chat, "
+           "/api/generate, /api/tags, /api/ps, /api/show, /api/version, /api/embed, /api/embeddings).")
 
 
 CHAT_HEAD = [("message", str, EMPTY, "the user's new message"),

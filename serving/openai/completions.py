@@ -2,7 +2,7 @@
 /v1/completions. Each is an ``Endpoint`` (schema, conversion to ChatRequests) and a ``Reply`` that
 builds its bodies from the choices' deltas: ``chat.completion`` / ``chat.completion.chunk`` and
 ``text_completion``, with usage, the role chunk first, a finish chunk per choice, and
-``data: [DONE]`` after the last (``stream.OPENAI_SSE``).
+``data: [DONE]`` after the last (``OPENAI_SSE``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from backends.base import ChatRequest
+from serving.api.errors import ApiError
+from serving.api.pipeline import Pipeline
+from serving.api.stream import EventFormat, sse_data
 from serving.chat_service import ChatStream
 from serving.openai.choices import ChatChoice, CompletionChoice, finish_reason
 from serving.openai.convert import ToolPlan, choices_of, to_chat_request, to_completion_requests
-from serving.openai.errors import OPENAI_ERRORS, ApiError
-from serving.openai.pipeline import Pipeline
+from serving.openai.errors import OPENAI_ERRORS
 from serving.openai.schema import ChatCompletionRequest, CompletionRequest, SamplerFields
-from serving.openai.stream import OPENAI_SSE
 from serving.pieces import ReplyDelta
+
+OPENAI_SSE = EventFormat("text/event-stream", sse_data, "data: [DONE]\n\n")
 
 
 class OpenAIReply:

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from backends.errors import InvalidRequest
 from backends.pool import ERROR, LOADED
+from serving.api.pipeline import Pipeline
 from serving.model_names import model_rows
 from serving.openai.errors import OPENAI_ERRORS
-from serving.openai.pipeline import Pipeline
 
 
 class ModelNameRequest(BaseModel):

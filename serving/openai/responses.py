@@ -26,16 +26,17 @@ from typing import Any
 
 from backends.base import ChatRequest, Constraint, Message
 from backends.errors import InvalidRequest
+from serving.api.errors import ApiError, printable
+from serving.api.stream import EventFormat
 from serving.chat_service import ChatStream
 from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
-from serving.openai.errors import ApiError, OpenAIErrors, _printable
+from serving.openai.errors import OpenAIErrors
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses_schema import InputItem, InputPart, NamedFunctionChoice, ResponsesRequest
-from serving.openai.stream import EventFormat
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
-from serving.tool_calls import ToolCall
 from serving.requests import chat_request
+from serving.tool_calls import ToolCall
 
 TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
 
@@ -353,7 +354,7 @@ class ResponsesReply:
         if self.current is not None:  # what it said so far, cut short
             self.current.cut = True
             self.current = None
-        error = {"code": err.code or err.type, "message": _printable(err.message)}
+        error = {"code": err.code or err.type, "message": printable(err.message)}
         return [{"type": "response.failed", "response": self.response("failed", error)}]
 
     def body(self) -> dict:
@@ -368,7 +369,7 @@ class ResponsesErrors(OpenAIErrors):
     """OpenAI's error body over HTTP; in a stream, Responses' ``error`` event (then ``response.failed``)."""
 
     def event(self, err: ApiError) -> dict:
-        return {"type": "error", "code": err.code or err.type, "message": _printable(err.message),
+        return {"type": "error", "code": err.code or err.type, "message": printable(err.message),
                 "param": err.param}
 
 

@@ -2,10 +2,10 @@
 /v1/responses (stream and not), /v1/embeddings, and llama-server's /tokenize and /detokenize.
 
 Only the wiring and the small bodies live here. Chat and text completions and Responses are
-``Endpoint``s (``completions.py``, ``responses.py``) that the pipeline (``pipeline.py``: parse ->
-convert -> open -> respond) runs on the shared ChatService, the same path as the UI and Gradio's
+``Endpoint``s (``completions.py``, ``responses.py``) that the pipeline (``serving/api/pipeline.py``: parse
+-> convert -> open -> respond) runs on the shared ChatService, the same path as the UI and Gradio's
 /chat; the other routes run their work under the pipeline's ``answer``. Every error leaves through
-the one mapper (``errors.py``) as an OpenAI-style JSON body with the right status code.
+the one mapper (``serving/api/errors.py``) as an OpenAI-style JSON body with the right status code.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from fastapi.responses import JSONResponse, Response
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
 from serving import model_names
+from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.model_routes import add_model_routes
-from serving.openai.pipeline import Pipeline
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from serving.openai.responses_schema import ResponsesRequest

@@ -1,13 +1,14 @@
 """One pipeline for every request of the API edge: parse -> convert -> open -> respond (streamed or
 collected), under one try/except whose errors the dialect only shapes (``errors.py``).
 
-A dialect (OpenAI's chat and text completions here) is a translation and nothing more. For each
-generating endpoint it supplies an ``Endpoint``: its request schema, the conversion of a body to
-ChatRequests for the shared ChatService (limits, slots, stop strings, timing, the same path as the
-UI), the ``Reply`` that turns the streams' deltas into its response body or its stream events, its
-error shape and its stream format. Everything else (parsing, model resolution, opening the streams,
-waiting for the first token, collecting, in-band errors, cancelling when the client leaves) happens
-here once, the same for every dialect.
+A dialect (OpenAI's chat and text completions, Anthropic's messages, Ollama's chat and generate) is
+a translation and nothing more, in its own package. For each generating endpoint it supplies an
+``Endpoint``: its request schema, the conversion of a body to ChatRequests for the shared
+ChatService (limits, slots, stop strings, timing, the same path as the UI), the ``Reply`` that turns
+the streams' deltas into its response body or its stream events, its error shape and its stream
+format. Everything else (parsing, model resolution, opening the streams, waiting for the first
+token, collecting, in-band errors, cancelling when the client leaves) happens here once, the same
+for every dialect.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from backends.base import ChatRequest
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
 from serving import model_names
+from serving.api.errors import ApiError, ErrorShape, api_error, invalid_body
+from serving.api.stream import Choices, EventFormat, event_stream
 from serving.chat_service import ChatService, ChatStream
 from serving.disconnect import run_until_disconnect
-from serving.openai.errors import ApiError, ErrorShape, api_error, invalid_body
-from serving.openai.stream import Choices, EventFormat, event_stream
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
 from serving.requests import check_chars, clean_text
@@ -187,9 +188,10 @@ class Pipeline:
             return errors.response(api_error(exc))
 
     async def embed(self, texts: list[str], request: Request, t0: float,
-                    pooled: str | None = None) -> tuple[list, int]:
+                    pooled: str | None = None, label: str = "embeddings") -> tuple[list, int]:
         """Embedding vectors of ``texts`` and how many tokens they are, after the server's limits,
-        in the client's rate-limit slot, stopped if the client goes away."""
+        in the client's rate-limit slot, stopped if the client goes away; ``label``: the endpoint
+        of its metrics."""
         if len(texts) > MAX_EMBED_INPUTS:
             raise InvalidRequest(f"input: at most {MAX_EMBED_INPUTS} texts per request.", "input")
         total = 0
@@ -208,7 +210,7 @@ class Pipeline:
         cancel = threading.Event()
         with self.chat.limiter.slot(client):
             vectors = await run_until_disconnect(
-                request, cancel, lambda: self.manager.embed(texts, cancel, "embeddings", t0, client, model=pooled))
+                request, cancel, lambda: self.manager.embed(texts, cancel, label, t0, client, model=pooled))
         return vectors, tokens
 
     def _count_tokens(self, texts: list[str], pooled: str | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Running one or more ChatStreams (a /v1 request's choices) from the event loop: each generation
+"""Running one or more ChatStreams (an API request's choices) from the event loop: each generation
 runs on its own thread; their pieces arrive here as (choice index, ReplyDelta), in arrival order.
 
 ``Choices.start()`` waits for every choice's first delta, so an error raised before anything was
@@ -6,8 +6,8 @@ generated (a prompt longer than the context, a feature the engine refuses) is st
 error rather than a broken 200 stream.
 
 ``event_stream`` is the one writer of every streamed answer: a dialect's events, each written in its
-``EventFormat`` (OpenAI's: ``data: {json}`` lines ended by ``data: [DONE]``), in a response that
-stops the generations when it ends for any reason.
+``EventFormat`` (server-sent events, ``sse``, or one JSON object a line, ``NDJSON``), in a response
+that stops the generations when it ends for any reason.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Choices:
         here (after cancelling and draining the others)."""
         loop = asyncio.get_running_loop()
         for i, s in enumerate(self.streams):
-            threading.Thread(target=self._produce, args=(i, s, loop), name="v1-generate", daemon=True).start()
+            threading.Thread(target=self._produce, args=(i, s, loop), name="api-generate", daemon=True).start()
         started: set[int] = set()
         while len(started) < len(self.streams):
             index, item = await self._queue.get()
@@ -119,10 +119,15 @@ class EventFormat:
 
 
 def sse_data(event: dict) -> str:
+    """One server-sent event with only a ``data:`` line."""
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-OPENAI_SSE = EventFormat("text/event-stream", sse_data, "data: [DONE]\n\n")
+def ndjson_line(event: dict) -> str:
+    return json.dumps(event, ensure_ascii=False) + "\n"
+
+
+NDJSON = EventFormat("application/x-ndjson", ndjson_line)
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -1,0 +1,116 @@
+"""Ollama bodies -> ChatRequests for the shared ChatService (``chat_request`` / ``completion_request``:
+the same checks as every entry point). Only translation:
+
+- ``options`` become the samplers, with Ollama's defaults where unset (temperature 0.8, top_k 40,
+  top_p 0.9, repeat_penalty 1.1); ``num_predict`` -1 or -2 (no limit, fill the context) runs to the
+  end of the context; ``num_ctx`` does not resize the loaded model's context (ignored, as options
+  that do not apply are);
+- ``format`` ``"json"`` constrains the reply to a JSON object, a JSON schema to that schema;
+- chat ``messages`` (their ``tool_calls`` with decoded arguments, tool results by ``tool_name``) and
+  ``tools`` (OpenAI's function shape) become the chat messages and tools; a conversation ending on
+  an assistant message is continued;
+- ``generate``'s ``system`` and ``prompt`` become a chat turn (the model's template applied), or
+  with ``raw`` the prompt is continued as is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
+from backends.errors import InvalidRequest
+from serving.ollama.schema import ChatBody, Format, GenerateBody, MessageIn, Options
+from serving.requests import RequestLimits, chat_request, completion_request
+
+DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1}  # Ollama's
+EXTRA = ("min_p", "typical_p", "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta")
+
+
+def sampling(options: Options | None, context_length: int) -> tuple[SamplingParams, tuple[str, ...]]:
+    """``options`` as SamplingParams and stop strings."""
+    o = options or Options()
+
+    def pick(name: str) -> Any:
+        value = getattr(o, name)
+        return DEFAULTS[name] if value is None else value
+
+    n = o.num_predict
+    max_tokens = n if n is not None and n > 0 else max(1, context_length)  # -1 / -2: to the context's end
+    extra = {name: getattr(o, name) for name in EXTRA if getattr(o, name) is not None}
+    params = SamplingParams(max_new_tokens=min(max_tokens, MAX_NEW_TOKENS_LIMIT), temperature=pick("temperature"),
+                            top_p=pick("top_p"), top_k=pick("top_k"), repetition_penalty=pick("repeat_penalty"),
+                            seed=o.seed, **extra)
+    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop or ())
+    return params, stop
+
+
+def constraint_of(fmt: Format) -> Constraint | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return Constraint("json_object", param="format")
+    return Constraint("json_schema", json.dumps(fmt), param="format")
+
+
+def _no_images(images: list[str] | None, where: str) -> None:
+    if images:
+        raise InvalidRequest(f"{where}: images are not supported by this server (it has no image input).", where)
+
+
+def messages_of(messages: list[MessageIn]) -> list[Message]:
+    """Ollama messages as chat messages. Ollama's tool calls carry no ids: each call gets one, and a
+    tool result answers the earliest unanswered call of its ``tool_name`` (or the earliest one)."""
+    out: list[Message] = []
+    pending: list[tuple[str, str]] = []  # (call id, function name) not answered yet
+    for i, m in enumerate(messages):
+        _no_images(m.images, f"messages[{i}].images")
+        if m.role == "assistant":
+            calls = tuple({"id": f"call_{i}_{k}", "type": "function",
+                           "function": {"name": c.function.name,
+                                        "arguments": json.dumps(c.function.arguments, ensure_ascii=False)}}
+                          for k, c in enumerate(m.tool_calls or ()))
+            pending += [(c["id"], c["function"]["name"]) for c in calls]
+            out.append(Message("assistant", m.content, tool_calls=calls, reasoning=m.thinking or None))
+        elif m.role == "tool":
+            name = m.tool_name or m.name
+            match = next((p for p in pending if p[1] == name), pending[0] if pending else None)
+            if match is not None:
+                pending.remove(match)
+            call_id = match[0] if match else f"call_{i}"
+            out.append(Message("tool", m.content, tool_call_id=call_id, name=name or (match[1] if match else None)))
+        else:
+            out.append(Message(m.role, m.content))
+    return out
+
+
+def _features(body: ChatBody | GenerateBody) -> dict[str, Any]:
+    features: dict[str, Any] = {"constraint": constraint_of(body.format)}
+    if isinstance(body.think, bool):
+        features["template_kwargs"] = (("enable_thinking", body.think),)
+    return features
+
+
+def chat_to_request(body: ChatBody, context_length: int, limits: RequestLimits | None = None) -> ChatRequest:
+    if not body.messages:
+        raise InvalidRequest("messages: give at least one message.", "messages")
+    messages = messages_of(body.messages)
+    params, stop = sampling(body.options, context_length)
+    features = _features(body)
+    features["continue_final"] = messages[-1].role == "assistant"
+    if body.tools:
+        features["tools"] = tuple(t.model_dump(exclude_none=True) for t in body.tools)
+    return chat_request(messages, params, stop, limits, **features)
+
+
+def generate_to_request(body: GenerateBody, context_length: int, limits: RequestLimits | None = None) -> ChatRequest:
+    _no_images(body.images, "images")
+    if body.suffix:
+        raise InvalidRequest("suffix: fill-in-the-middle is not supported by this server.", "suffix")
+    params, stop = sampling(body.options, context_length)
+    features = _features(body)
+    if body.raw:
+        features.pop("template_kwargs", None)
+        return completion_request(body.prompt, params, stop, limits, **features)
+    system = [Message("system", body.system)] if body.system else []
+    return chat_request([*system, Message("user", body.prompt)], params, stop, limits, **features)

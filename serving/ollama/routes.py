@@ -1,0 +1,213 @@
+"""Ollama's API on the shared pipeline, at /api: chat and generate (NDJSON streamed by default, one
+body with ``stream: false``), tags, ps, show, version, embed and the older embeddings.
+
+``OllamaChat`` and ``OllamaGenerate`` are the ``Endpoint``s: schema, conversion (``convert.py``),
+reply (``reply.py``); the pipeline does the rest (parsing, the model check, the ChatService's limits,
+slots and rate limits, metrics under the endpoint labels ``api/chat`` and ``api/generate``, in-band
+errors, cancelling when the client leaves). The listing routes describe the one loaded model under
+the name Ollama's clients expect (``NAME:latest``); a request may name it with or without a tag.
+Every failure under /api, an unknown path included, is answered in Ollama's shape (``errors.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from backends.base import ChatRequest, LoadedModel
+from backends.errors import InvalidRequest, NoModelLoaded
+from backends.manager import ModelManager
+from serving.api.pipeline import Pipeline
+from serving.api.stream import NDJSON
+from serving.chat_service import ChatService, ChatStream
+from serving.ollama.convert import chat_to_request, generate_to_request
+from serving.ollama.errors import OLLAMA_ERRORS, error_response
+from serving.ollama.reply import ChatReply, GenerateReply, now
+from serving.ollama.schema import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, ShowBody
+
+VERSION = "0.12.0"  # the Ollama API version whose shapes these routes follow
+TAG = "latest"
+
+
+def untagged(name: str) -> str:
+    """``name`` without an Ollama ``:tag`` (``model:latest`` names ``model``)."""
+    base, sep, _ = name.rpartition(":")
+    return base if sep and base else name
+
+
+def tagged(name: str) -> str:
+    return name if ":" in name else f"{name}:{TAG}"
+
+
+class OllamaEndpoint:
+    errors = OLLAMA_ERRORS
+    format = NDJSON
+
+    @staticmethod
+    def model(body: Any) -> str:
+        return untagged(body.model)
+
+    @staticmethod
+    def streams(body: Any) -> bool:
+        return body.stream
+
+
+class OllamaChat(OllamaEndpoint):
+    schema = ChatBody
+    label = "api/chat"
+
+    @staticmethod
+    def convert(body: ChatBody, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
+        return [chat_to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
+
+    @staticmethod
+    def reply(body: ChatBody, plan: None, model: str, streams: Sequence[ChatStream]) -> ChatReply:
+        return ChatReply(body.model, streams)
+
+
+class OllamaGenerate(OllamaEndpoint):
+    schema = GenerateBody
+    label = "api/generate"
+
+    @staticmethod
+    def convert(body: GenerateBody, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
+        return [generate_to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
+
+    @staticmethod
+    def reply(body: GenerateBody, plan: None, model: str, streams: Sequence[ChatStream]) -> GenerateReply:
+        return GenerateReply(body.model, streams)
+
+
+def details(cur: LoadedModel) -> dict:
+    return {"parent_model": "", "format": "gguf" if cur.backend == "llamacpp" else cur.backend, "family": "",
+            "families": None, "parameter_size": "", "quantization_level": cur.quantization}
+
+
+def described(cur: LoadedModel) -> dict:
+    """The loaded model as a /api/tags entry."""
+    name = tagged(cur.name)
+    return {"name": name, "model": name,
+            "modified_at": datetime.fromtimestamp(time.time() - cur.load_seconds, timezone.utc).isoformat(),
+            "size": cur.footprint_bytes, "digest": hashlib.sha256(f"{cur.name}\0{cur.source}".encode()).hexdigest(),
+            "details": details(cur)}
+
+
+class OllamaRoutes:
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+        self.manager = pipe.manager
+
+    async def chat(self, request: Request) -> Response:
+        if await self._loads_only(request, "messages"):
+            return await self.pipe.answer(request, ChatBody, self._loaded, OLLAMA_ERRORS)
+        return await self.pipe.generate(OllamaChat(), request)
+
+    async def generate(self, request: Request) -> Response:
+        if await self._loads_only(request, "prompt"):
+            return await self.pipe.answer(request, GenerateBody, self._loaded, OLLAMA_ERRORS)
+        return await self.pipe.generate(OllamaGenerate(), request)
+
+    @staticmethod
+    async def _loads_only(request: Request, field: str) -> bool:
+        """Ollama's "load the model" request: a chat without messages, a generate without a prompt."""
+        try:
+            raw = await request.json()  # kept by the request: the pipeline reads it again
+        except Exception:  # not JSON: the pipeline says so in Ollama's shape
+            return False
+        return isinstance(raw, dict) and not raw.get(field) and not raw.get("images")
+
+    async def _loaded(self, body: ChatBody | GenerateBody, request: Request, t0: float) -> dict:
+        """The model is loaded already (this server loads before it serves): done at once, as Ollama answers."""
+        self.pipe.resolve_model(untagged(body.model))
+        said = {"message": {"role": "assistant", "content": ""}} if isinstance(body, ChatBody) else {"response": ""}
+        return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": "load"}
+
+    def tags(self) -> dict:
+        cur = self.manager.current
+        return {"models": [described(cur)] if cur is not None else []}
+
+    def ps(self) -> dict:
+        cur = self.manager.current
+        if cur is None:
+            return {"models": []}
+        on_gpu = cur.device.startswith("cuda")
+        return {"models": [{**described(cur), "expires_at": "0001-01-01T00:00:00Z",
+                            "size_vram": cur.footprint_bytes if on_gpu else 0,
+                            "context_length": cur.context_length}]}
+
+    @staticmethod
+    def version() -> dict:
+        return {"version": VERSION}
+
+    async def show(self, request: Request) -> Response:
+        return await self.pipe.answer(request, ShowBody, self._show, OLLAMA_ERRORS)
+
+    async def _show(self, body: ShowBody, request: Request, t0: float) -> dict:
+        if not body.named():
+            raise InvalidRequest("model: name the model to show.", "model")
+        self.pipe.resolve_model(untagged(body.named()))
+        cur = self.manager.current
+        if cur is None:
+            raise NoModelLoaded("No model is loaded on this server.")
+        return {"modelfile": "", "parameters": "", "template": "", "details": details(cur),
+                "model_info": {"general.name": cur.name, "general.quantization": cur.quantization,
+                               "general.context_length": cur.context_length},
+                "capabilities": ["completion", "tools"], "modified_at": described(cur)["modified_at"]}
+
+    async def embed(self, request: Request) -> Response:
+        return await self.pipe.answer(request, EmbedBody, self._embed, OLLAMA_ERRORS)
+
+    async def _embed(self, body: EmbedBody, request: Request, t0: float) -> dict:
+        _, pooled = self.pipe.resolve_model(untagged(body.model))
+        if body.dimensions is not None:
+            raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
+                                 "dimensions unset.", "dimensions")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise InvalidRequest("input: give a text or a non-empty list of them.", "input")
+        vectors, tokens = await self.pipe.embed(texts, request, t0, pooled, label="api/embed")
+        return {"model": body.model, "embeddings": [[float(x) for x in v] for v in vectors],
+                "total_duration": int((time.perf_counter() - t0) * 1e9), "load_duration": 0,
+                "prompt_eval_count": tokens}
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.pipe.answer(request, EmbeddingsBody, self._embeddings, OLLAMA_ERRORS)
+
+    async def _embeddings(self, body: EmbeddingsBody, request: Request, t0: float) -> dict:
+        _, pooled = self.pipe.resolve_model(untagged(body.model))
+        vectors, _ = await self.pipe.embed([body.prompt], request, t0, pooled, label="api/embeddings")
+        return {"embedding": [float(x) for x in vectors[0]]}
+
+
+ROUTES = {"chat": "POST", "generate": "POST", "tags": "GET", "ps": "GET", "show": "POST", "version": "GET",
+          "embed": "POST", "embeddings": "POST"}
+MANAGEMENT = ("pull", "push", "create", "delete", "copy", "blobs")  # this server does not manage models so
+
+
+def add_ollama_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OllamaRoutes:
+    routes = OllamaRoutes(Pipeline(manager, chat))
+    for name, method in ROUTES.items():
+        handler = getattr(routes, name)
+        app.add_api_route(f"/api/{name}", handler, methods=[method], tags=["ollama"])
+        app.add_api_route(f"/api/{name}/", handler, methods=[method], include_in_schema=False)
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"],
+                   include_in_schema=False)
+    def unknown(rest: str, request: Request) -> JSONResponse:
+        name = rest.strip("/")
+        if name in ROUTES:
+            method = ROUTES[name]
+            return error_response(405, f"{request.method} is not allowed on /api/{name}: use {method}.",
+                                  {"Allow": method})
+        if name.split("/")[0] in MANAGEMENT:
+            return error_response(501, f"/api/{name} is not supported: this server serves the model it has loaded "
+                                  "and does not pull, push, create, copy or delete models.")
+        return error_response(404, f"Unknown endpoint /api/{rest}.")
+
+    return routes
