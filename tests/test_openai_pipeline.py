@@ -22,7 +22,7 @@ from backends.base import ModelSpec, SamplingParams
 from backends.errors import Busy, ContextLengthExceeded, InvalidRequest
 from backends.registry import BackendRegistry
 from serving.api.errors import ApiError
-from serving.api.pipeline import Pipeline
+from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import EventFormat
 from serving.chat_service import ChatService, ChatStream
 from serving.pieces import ReplyDelta
@@ -72,7 +72,7 @@ class LinesReply:
         return {"response": "".join(self.text), "done": True, "done_reason": self.reason}
 
 
-class Lines:
+class Lines(Endpoint):
     """The whole dialect: schema, conversion, reply, error shape, stream format."""
 
     schema = LinesRequest
@@ -80,13 +80,6 @@ class Lines:
     format = EventFormat("application/x-ndjson", lambda event: json.dumps(event) + "\n")
     label = "lines"
 
-    @staticmethod
-    def model(body: LinesRequest) -> str:
-        return body.model
-
-    @staticmethod
-    def streams(body: LinesRequest) -> bool:
-        return body.stream
 
     @staticmethod
     def convert(body: LinesRequest, pipe: Pipeline):

@@ -22,7 +22,7 @@ from serving.anthropic.convert import ToolPlan, to_chat_request
 from serving.anthropic.errors import ANTHROPIC_ERRORS, error_response
 from serving.anthropic.reply import MessageReply
 from serving.anthropic.schema import CountTokensRequest, MessagesRequest
-from serving.api.pipeline import Pipeline
+from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import EventFormat
 from serving.chat_service import ChatService, ChatStream
 
@@ -35,19 +35,12 @@ def sse_event(event: dict) -> str:
 ANTHROPIC_SSE = EventFormat("text/event-stream", sse_event)
 
 
-class Messages:
+class Messages(Endpoint):
     schema = MessagesRequest
     errors = ANTHROPIC_ERRORS
     format = ANTHROPIC_SSE
     label = "messages"
 
-    @staticmethod
-    def model(body: MessagesRequest) -> str:
-        return body.model
-
-    @staticmethod
-    def streams(body: MessagesRequest) -> bool:
-        return body.stream
 
     @staticmethod
     def convert(body: MessagesRequest, pipe: Pipeline) -> tuple[list[ChatRequest], ToolPlan]:

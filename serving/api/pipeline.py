@@ -78,23 +78,31 @@ class Reply(Protocol):
     def body(self) -> dict: ...
 
 
-class Endpoint(Protocol):
-    """A generating endpoint of one dialect: what the pipeline cannot know about it."""
+class Endpoint:
+    """A generating endpoint of one dialect: what the pipeline cannot know about it. A dialect
+    subclasses it and supplies ``schema``, ``errors``, ``format``, ``label``, ``convert`` and
+    ``reply``; ``model`` and ``streams`` read the body's ``model`` and ``stream`` unless it says otherwise."""
 
     schema: type[BaseModel]  # the request body
     errors: ErrorShape
     format: EventFormat  # how its stream is written
     label: str  # the endpoint label of its metrics and request log
 
-    def model(self, body: Any) -> str: ...  # the model the body names
+    @staticmethod
+    def model(body: Any) -> str:
+        """The model the body names."""
+        return body.model
 
-    def streams(self, body: Any) -> bool: ...
+    @staticmethod
+    def streams(body: Any) -> bool:
+        return bool(body.stream)
 
     def convert(self, body: Any, pipe: Pipeline) -> tuple[list[ChatRequest], Any]:
         """The ChatRequests to run (one per stream) and what ``reply`` needs to know of the conversion."""
-        ...
+        raise NotImplementedError
 
-    def reply(self, body: Any, plan: Any, model: str, streams: Sequence[ChatStream]) -> Reply: ...
+    def reply(self, body: Any, plan: Any, model: str, streams: Sequence[ChatStream]) -> Reply:
+        raise NotImplementedError
 
 
 class Pipeline:

@@ -20,11 +20,10 @@ from typing import Any
 
 from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
 from backends.errors import InvalidRequest
-from serving.ollama.schema import ChatBody, Format, GenerateBody, MessageIn, Options
+from serving.ollama.schema import EXTRA_OPTIONS, ChatBody, Format, GenerateBody, MessageIn, Options
 from serving.requests import RequestLimits, chat_request, completion_request
 
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1}  # Ollama's
-EXTRA = ("min_p", "typical_p", "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta")
 
 
 def sampling(options: Options | None, context_length: int) -> tuple[SamplingParams, tuple[str, ...]]:
@@ -37,7 +36,7 @@ def sampling(options: Options | None, context_length: int) -> tuple[SamplingPara
 
     n = o.num_predict
     max_tokens = n if n is not None and n > 0 else max(1, context_length)  # -1 / -2: to the context's end
-    extra = {name: getattr(o, name) for name in EXTRA if getattr(o, name) is not None}
+    extra = {name: getattr(o, name) for name in EXTRA_OPTIONS if getattr(o, name) is not None}
     params = SamplingParams(max_new_tokens=min(max_tokens, MAX_NEW_TOKENS_LIMIT), temperature=pick("temperature"),
                             top_p=pick("top_p"), top_k=pick("top_k"), repetition_penalty=pick("repeat_penalty"),
                             seed=o.seed, **extra)

@@ -1,7 +1,7 @@
 """Ollama's API on the shared pipeline, at /api: chat and generate (NDJSON streamed by default, one
 body with ``stream: false``), tags, ps, show, version, embed and the older embeddings.
 
-``OllamaChat`` and ``OllamaGenerate`` are the ``Endpoint``s: schema, conversion (``convert.py``),
+``OLLAMA_CHAT`` and ``OLLAMA_GENERATE`` are the ``Endpoint``s: schema, conversion (``convert.py``),
 reply (``reply.py``); the pipeline does the rest (parsing, the model check, the ChatService's limits,
 slots and rate limits, metrics under the endpoint labels ``api/chat`` and ``api/generate``, in-band
 errors, cancelling when the client leaves). The listing routes describe the one loaded model under
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from backends.base import ChatRequest, LoadedModel
 from backends.errors import InvalidRequest, NoModelLoaded
 from backends.manager import ModelManager
-from serving.api.pipeline import Pipeline
+from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import NDJSON
 from serving.chat_service import ChatService, ChatStream
 from serving.ollama.convert import chat_to_request, generate_to_request
@@ -45,43 +45,29 @@ def tagged(name: str) -> str:
     return name if ":" in name else f"{name}:{TAG}"
 
 
-class OllamaEndpoint:
+class OllamaEndpoint(Endpoint):
+    """/api/chat or /api/generate: its body, its conversion to one ChatRequest (``convert.py``) and its
+    reply (``reply.py``); a model named with or without a tag."""
+
     errors = OLLAMA_ERRORS
     format = NDJSON
+
+    def __init__(self, schema: type, label: str, to_request: Callable, reply: Callable):
+        self.schema, self.label, self._to_request, self._reply = schema, label, to_request, reply
 
     @staticmethod
     def model(body: Any) -> str:
         return untagged(body.model)
 
-    @staticmethod
-    def streams(body: Any) -> bool:
-        return body.stream
+    def convert(self, body: Any, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
+        return [self._to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
+
+    def reply(self, body: Any, plan: None, model: str, streams: Sequence[ChatStream]) -> ChatReply | GenerateReply:
+        return self._reply(body.model, streams)
 
 
-class OllamaChat(OllamaEndpoint):
-    schema = ChatBody
-    label = "api/chat"
-
-    @staticmethod
-    def convert(body: ChatBody, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
-        return [chat_to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
-
-    @staticmethod
-    def reply(body: ChatBody, plan: None, model: str, streams: Sequence[ChatStream]) -> ChatReply:
-        return ChatReply(body.model, streams)
-
-
-class OllamaGenerate(OllamaEndpoint):
-    schema = GenerateBody
-    label = "api/generate"
-
-    @staticmethod
-    def convert(body: GenerateBody, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
-        return [generate_to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
-
-    @staticmethod
-    def reply(body: GenerateBody, plan: None, model: str, streams: Sequence[ChatStream]) -> GenerateReply:
-        return GenerateReply(body.model, streams)
+OLLAMA_CHAT = OllamaEndpoint(ChatBody, "api/chat", chat_to_request, ChatReply)
+OLLAMA_GENERATE = OllamaEndpoint(GenerateBody, "api/generate", generate_to_request, GenerateReply)
 
 
 def details(cur: LoadedModel) -> dict:
@@ -106,12 +92,12 @@ class OllamaRoutes:
     async def chat(self, request: Request) -> Response:
         if await self._loads_only(request, "messages"):
             return await self.pipe.answer(request, ChatBody, self._loaded, OLLAMA_ERRORS)
-        return await self.pipe.generate(OllamaChat(), request)
+        return await self.pipe.generate(OLLAMA_CHAT, request)
 
     async def generate(self, request: Request) -> Response:
         if await self._loads_only(request, "prompt"):
             return await self.pipe.answer(request, GenerateBody, self._loaded, OLLAMA_ERRORS)
-        return await self.pipe.generate(OllamaGenerate(), request)
+        return await self.pipe.generate(OLLAMA_GENERATE, request)
 
     @staticmethod
     async def _loads_only(request: Request, field: str) -> bool:

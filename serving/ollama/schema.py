@@ -6,28 +6,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from backends.options import SAMPLERS
 
 
-class Options(BaseModel):
-    """The model options a request may set (Ollama's defaults where unset)."""
-
+class _OllamaOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
     num_predict: int | None = None
     num_ctx: int | None = Field(default=None, ge=1)
     stop: list[str] | str | None = None
     seed: int | None = None
     repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
+
+
+# The model options a request may set: Ollama's own names above (Ollama's defaults where unset), then
+# every sampler the server declares beyond the core ones, under its declared name (min_p, typical_p,
+# the penalties, mirostat, DRY, XTC, ...), unset = its neutral value.
+EXTRA_OPTIONS: tuple[str, ...] = tuple(o.name for o in SAMPLERS if not o.core)
+Options = create_model("Options", __base__=_OllamaOptions, __doc__="The model options a request may set.",
+                       **{o.name: (o.type | None, None) for o in SAMPLERS if not o.core})
 
 
 class FunctionCall(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 
 from backends.base import ChatRequest
 from serving.api.errors import ApiError
-from serving.api.pipeline import Pipeline
+from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import EventFormat, sse_data
 from serving.chat_service import ChatStream
 from serving.openai.choices import ChatChoice, CompletionChoice, finish_reason
@@ -125,18 +125,10 @@ class CompletionReply(OpenAIReply):
         return self.envelope("text_completion", [s.completion() for s in self.states], self.usage())
 
 
-class OpenAIEndpoint:
+class OpenAIEndpoint(Endpoint):
     errors = OPENAI_ERRORS
     format = OPENAI_SSE
     label = "v1"
-
-    @staticmethod
-    def model(body: SamplerFields) -> str:
-        return body.model
-
-    @staticmethod
-    def streams(body: SamplerFields) -> bool:
-        return body.stream
 
 
 class ChatCompletions(OpenAIEndpoint):

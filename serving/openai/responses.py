@@ -27,6 +27,7 @@ from typing import Any
 from backends.base import ChatRequest, Constraint, Message
 from backends.errors import InvalidRequest
 from serving.api.errors import ApiError, printable
+from serving.api.pipeline import Endpoint
 from serving.api.stream import EventFormat
 from serving.chat_service import ChatStream
 from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
@@ -386,7 +387,7 @@ class SequencedSSE:
         return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-class Responses:
+class Responses(Endpoint):
     """The /v1/responses endpoint; one per request (its stream numbers its own events), on the
     server's ``store`` of kept responses."""
 
@@ -398,13 +399,6 @@ class Responses:
         self.store = store
         self.format = EventFormat("text/event-stream", SequencedSSE())
 
-    @staticmethod
-    def model(body: ResponsesRequest) -> str:
-        return body.model
-
-    @staticmethod
-    def streams(body: ResponsesRequest) -> bool:
-        return body.stream
 
     def convert(self, body: ResponsesRequest, pipe: Any) -> tuple[list[ChatRequest], Plan]:
         request, plan = to_chat_request(body, pipe.chat.limits, self.store)
