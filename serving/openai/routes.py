@@ -26,6 +26,7 @@ from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions, Completions
 from serving.openai.errors import OPENAI_ERRORS, error_response
 from serving.openai.model_routes import add_model_routes
+from serving.openai.not_found import NotFoundMiddleware
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
 from serving.openai.responses_schema import ResponsesRequest
@@ -123,6 +124,7 @@ ROUTES = {"models": "GET", "chat/completions": "POST", "completions": "POST", "r
 
 def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) -> OpenAIRoutes:
     routes = OpenAIRoutes(Pipeline(manager, chat))
+    app.add_middleware(NotFoundMiddleware)  # any other unknown path: an OpenAI-shaped 404
     add_model_routes(app, routes.pipe)
     bodies = {"chat/completions": ChatCompletionRequest, "completions": CompletionRequest,
               "responses": ResponsesRequest,

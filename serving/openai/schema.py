@@ -221,6 +221,18 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, v: Any) -> Any:
+        """Token ids (OpenAI accepts them) are refused with the fix: they would be another tokenizer's
+        ids, as langchain's OpenAIEmbeddings sends tiktoken's by default."""
+        if isinstance(v, list) and v and all(type(x) is int or (isinstance(x, list) and x and
+                                                                    all(type(t) is int for t in x)) for x in v):
+            raise ValueError("token ids are not accepted: this server embeds text, so send the texts themselves "
+                             "(langchain's OpenAIEmbeddings: set check_embedding_ctx_length=False, or it sends "
+                             "tiktoken's token ids)")
+        return v
+
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
