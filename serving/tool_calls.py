@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backends.base import Constraint
+from backends.errors import InvalidRequest
 from backends.stops import partial_suffix
 
 MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
@@ -185,3 +187,23 @@ def call_schema(tools: Sequence[dict], only: str | None = None) -> dict:
         options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
                         "required": ["name", "arguments"], "additionalProperties": False})
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def output_constraint(tools: tuple[Any, ...], forced: bool, only: str | None,
+                      fmt: Constraint | None) -> Constraint | None:
+    """The constraint of a reply that may call ``tools`` (chat shape) and has the format ``fmt``.
+    A forced call (tool_choice required or named, ``only`` naming it) is constrained to one call:
+    the format is for text replies, and this one is a call. On auto with a format, the grammar
+    allows either a call (written as the bare {"name", "arguments"} object the tool-call parser
+    reads) or the format, so tools stay possible. Without tools: the format alone."""
+    if not tools:
+        return fmt
+    call = call_schema(tools, only)
+    if forced:
+        return Constraint("json_schema", json.dumps(call), param="tools")
+    if fmt is None:
+        return None
+    if fmt.kind == "grammar":
+        raise InvalidRequest("A grammar cannot be combined with tools.", fmt.param)
+    text = json.loads(fmt.schema) if fmt.kind == "json_schema" and fmt.schema else {"type": "object"}
+    return Constraint("json_schema", json.dumps({"anyOf": [call, text]}), param=fmt.param)

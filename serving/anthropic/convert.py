@@ -33,7 +33,7 @@ from serving.anthropic.schema import (
     UnsupportedBlock,
 )
 from serving.requests import RequestLimits, chat_request
-from serving.tool_calls import call_schema
+from serving.tool_calls import output_constraint
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ def messages_of(body: CountTokensRequest) -> list[Message]:
     return out
 
 
-def tools_of(body: CountTokensRequest) -> tuple[tuple[dict, ...], ToolPlan, Constraint | None]:
-    """The function tools for the template, the plan, and the constraint a forced call needs."""
+def tools_of(body: CountTokensRequest) -> tuple[tuple[dict, ...], ToolPlan, str | None]:
+    """The function tools for the template, the plan, and the one tool a choice of type 'tool' names."""
     choice = body.tool_choice
     if not body.tools or (choice is not None and choice.type == "none"):
         return (), ToolPlan(), None
@@ -115,8 +115,7 @@ def tools_of(body: CountTokensRequest) -> tuple[tuple[dict, ...], ToolPlan, Cons
             raise InvalidRequest(f"tool_choice: there is no tool named {choice.name!r} in tools.", "tool_choice")
         only = choice.name
     parallel = not (choice is not None and choice.disable_parallel_tool_use)
-    constraint = Constraint("json_schema", json.dumps(call_schema(tools, only)), param="tools") if forced else None
-    return tools, ToolPlan(names, forced, parallel), constraint
+    return tools, ToolPlan(names, forced, parallel), only
 
 
 def to_chat_request(body: CountTokensRequest, limits: RequestLimits | None = None,
@@ -126,13 +125,11 @@ def to_chat_request(body: CountTokensRequest, limits: RequestLimits | None = Non
     if not any(m.role in ("user", "tool") for m in messages):
         raise InvalidRequest("messages: the conversation needs a user message.", "messages")
     continue_final = messages[-1].role == "assistant"
-    tools, plan, constraint = tools_of(body)
+    tools, plan, only = tools_of(body)
     fmt = body.output_config.format if body.output_config else None
-    if fmt is not None:
-        if constraint is not None:
-            raise InvalidRequest("output_config.format cannot be combined with tool_choice any or tool (the reply "
-                                 "is then a tool call).", "output_config")
-        constraint = Constraint("json_schema", json.dumps(fmt.schema_), param="output_config")
+    # a forced call is constrained to the call, the format applies to text replies; on auto: either
+    constraint = output_constraint(tools, plan.forced, only, fmt and Constraint(
+        "json_schema", json.dumps(fmt.schema_), param="output_config"))
     features: dict[str, Any] = {"tools": tools, "constraint": constraint, "continue_final": continue_final}
     if body.thinking is not None and body.thinking.type in ("enabled", "disabled"):
         features["template_kwargs"] = (("enable_thinking", body.thinking.type == "enabled"),)

@@ -22,6 +22,7 @@ from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message
 from backends.errors import InvalidRequest
 from serving.ollama.schema import EXTRA_OPTIONS, ChatBody, Format, GenerateBody, MessageIn, Options
 from serving.requests import RequestLimits, chat_request, completion_request
+from serving.tool_calls import output_constraint
 
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1}  # Ollama's
 
@@ -97,8 +98,9 @@ def chat_to_request(body: ChatBody, context_length: int, limits: RequestLimits |
     params, stop = sampling(body.options, context_length)
     features = _features(body)
     features["continue_final"] = messages[-1].role == "assistant"
-    if body.tools:
+    if body.tools:  # Ollama has no tool_choice: auto, so with a format the grammar allows a call or the format
         features["tools"] = tuple(t.model_dump(exclude_none=True) for t in body.tools)
+        features["constraint"] = output_constraint(features["tools"], False, None, features["constraint"])
     return chat_request(messages, params, stop, limits, **features)
 
 

@@ -3,7 +3,7 @@
 In: ``input`` (a string, or items: messages, ``function_call``, ``function_call_output``,
 ``reasoning``) and ``instructions`` become the Messages of one ChatRequest; Responses' flat function
 tools become the chat shape the template and the tool-call parser know; ``tool_choice`` and
-``text.format`` become the output constraint (``convert.output_constraint``, as on chat completions).
+``text.format`` become the output constraint (``serving/tool_calls.output_constraint``, as on chat completions).
 
 Out: the reply's typed pieces map to output items: thinking to a ``reasoning`` item, the answer to
 a ``message`` item with one ``output_text`` part, each tool call to a ``function_call`` item; the
@@ -30,14 +30,14 @@ from serving.api.errors import ApiError, printable
 from serving.api.pipeline import Endpoint
 from serving.api.stream import EventFormat
 from serving.chat_service import ChatStream
-from serving.openai.convert import DEFAULT_MAX_TOKENS, output_constraint, refuse_unsupported, sampling_params
+from serving.openai.convert import DEFAULT_MAX_TOKENS, refuse_unsupported, sampling_params
 from serving.openai.errors import OpenAIErrors
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses_schema import InputItem, InputPart, NamedFunctionChoice, ResponsesRequest
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
 from serving.requests import chat_request
-from serving.tool_calls import ToolCall
+from serving.tool_calls import ToolCall, output_constraint
 
 TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
 
