@@ -84,6 +84,15 @@ def described(cur: LoadedModel) -> dict:
             "details": details(cur)}
 
 
+def unloaded(row: dict) -> dict:
+    """A pool model not loaded now, as a /api/tags entry (its size and date are its file's)."""
+    name = tagged(row["name"])
+    return {"name": name, "model": name, "modified_at": datetime.now(timezone.utc).isoformat(), "size": 0,
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": {"parent_model": "", "format": "gguf" if row["backend"] == "llamacpp" else row["backend"],
+                        "family": "", "families": None, "parameter_size": "", "quantization_level": ""}}
+
+
 class OllamaRoutes:
     def __init__(self, pipe: Pipeline):
         self.pipe = pipe
@@ -114,18 +123,29 @@ class OllamaRoutes:
         said = {"message": {"role": "assistant", "content": ""}} if isinstance(body, ChatBody) else {"response": ""}
         return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": "load"}
 
-    def tags(self) -> dict:
+    def _resident(self) -> list[LoadedModel]:
+        """The models loaded now: the chat's, then the pool's (with --models-dir)."""
         cur = self.manager.current
-        return {"models": [described(cur)] if cur is not None else []}
+        held = [cur] if cur is not None else []
+        if self.manager.pool is not None:
+            held += [r["info"] for r in self.manager.pool.listing()
+                     if r["info"] is not None and not r["chat_model"]]
+        return held
+
+    def tags(self) -> dict:
+        """Every model a request may name: the loaded ones, and with --models-dir the pool's others too
+        (loaded on the request that names them)."""
+        listed = [described(m) for m in self._resident()]
+        if self.manager.pool is not None:
+            seen = {m["name"] for m in listed}
+            listed += [unloaded(r) for r in self.manager.pool.listing()
+                       if r["info"] is None and tagged(r["name"]) not in seen]
+        return {"models": listed}
 
     def ps(self) -> dict:
-        cur = self.manager.current
-        if cur is None:
-            return {"models": []}
-        on_gpu = cur.device.startswith("cuda")
-        return {"models": [{**described(cur), "expires_at": "0001-01-01T00:00:00Z",
-                            "size_vram": cur.footprint_bytes if on_gpu else 0,
-                            "context_length": cur.context_length}]}
+        return {"models": [{**described(m), "expires_at": "0001-01-01T00:00:00Z",
+                            "size_vram": m.footprint_bytes if m.device.startswith("cuda") else 0,
+                            "context_length": m.context_length} for m in self._resident()]}
 
     @staticmethod
     def version() -> dict:
