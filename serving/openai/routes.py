@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.errors import InvalidRequest
 from backends.manager import ModelManager
+from monitoring import stats as monitor_stats
 from serving import model_names
+from serving.api.errors import api_error
 from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions, Completions
@@ -38,7 +40,8 @@ from serving.openai.schema import (
     TokenizeRequest,
     openapi_body,
 )
-from serving.requests import check_chars, clean_text
+from serving.ops import file_names_only
+from serving.requests import as_int, check_chars, clean_text
 
 
 class OpenAIRoutes:
@@ -105,6 +108,20 @@ class OpenAIRoutes:
                 tokens = tokens[len(special):]
         return tokens
 
+    async def stats(self, request: Request, last: str = "50") -> Response:
+        """GET /stats: the Gradio API's /stats over plain HTTP (memory: process, system, GPUs, each model
+        held; the latency of the ``last`` 1-1000 requests), behind the same credentials as /v1."""
+        try:
+            n = as_int(last, "last")
+            if not 1 <= n <= 1000:
+                raise InvalidRequest(f"last must be between 1 and 1000, got {n}.", "last")
+            body = monitor_stats.stats(self.manager, request.app.state.monitor, n)
+            settings = request.app.state.settings
+            exposed = getattr(settings, "exposed", False) and not (settings.auth or settings.api_key)
+            return JSONResponse(file_names_only(body) if exposed else body)
+        except Exception as exc:  # a bad `last`, or a bug: an OpenAI-shaped answer either way
+            return OPENAI_ERRORS.response(api_error(exc))
+
     async def detokenize(self, request: Request) -> Response:
         return await self.pipe.answer(request, DetokenizeRequest, self._detokenize, OPENAI_ERRORS)
 
@@ -138,6 +155,7 @@ def add_openai_routes(app: FastAPI, manager: ModelManager, chat: ChatService) ->
         # a trailing slash (as some clients write base URLs) reaches the same handler
         router.add_api_route(f"/{name}/", handler, methods=[ROUTES[name]], include_in_schema=False)
     app.include_router(router)
+    app.add_api_route("/stats", routes.stats, methods=["GET"], tags=["ops"])
     for name, handler in (("tokenize", routes.tokenize), ("detokenize", routes.detokenize)):
         app.add_api_route(f"/{name}", handler, methods=["POST"], tags=["llama-server"],
                           openapi_extra=openapi_body(bodies[name]))
