@@ -28,8 +28,8 @@ V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/ch
 
 
 CHAT_HEAD = [("message", str, EMPTY, "the user's new message"),
-             ("history", list[dict], EMPTY, 'the conversation so far, a list of {"role": "user"|"assistant"|"system", '
-                                             '"content": text}'),
+             ("history", list[dict], [], 'the conversation so far, a list of {"role": "user"|"assistant"|"system", '
+                                        '"content": text} ([] = a new conversation)'),
              ("system_prompt", str, "", "system message put first (\"\" = none, or the history's own)")]
 LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folder, a Hugging Face repo id, or '
                                    '"embedded" (SmolLM2-135M)'),
