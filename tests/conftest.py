@@ -125,6 +125,17 @@ def live_app(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def live_oai(live_app):
+    """The real openai client on ``live_app``'s /v1 (generous timeout: on a loaded 2-core machine a
+    40-token reply can take minutes; idle, well under a second)."""
+    import openai
+
+    c = openai.OpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
 def client(live_app):
     from gradio_client import Client
 

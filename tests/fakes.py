@@ -25,7 +25,8 @@ class FakeScript:
         self.token_delay = token_delay
 
     def enqueue(self, *replies) -> None:
-        """Each reply: a list of text pieces (one token each), or an exception to raise."""
+        """Each reply: a list of text pieces (one token each; a piece that is an exception is raised
+        there), or an exception to raise before the first token."""
         self.replies.extend(replies)
 
 
@@ -72,16 +73,32 @@ class FakeBackend(Backend):
             if i == budget:
                 yield TextDelta("", finish_reason="length", prompt_tokens=n_prompt)
                 return
+            if isinstance(piece, BaseException):  # a failure in mid-stream, after the pieces before it
+                raise piece
             time.sleep(self.script.token_delay)
             yield TextDelta(piece, tokens=1)
         yield TextDelta("", finish_reason="stop", prompt_tokens=n_prompt)
 
 
-def fake_registry(script: FakeScript) -> BackendRegistry:
-    """A registry whose one backend, "fake", plays ``script``."""
+def fake_registry(script: FakeScript, features: frozenset[str] = frozenset()) -> BackendRegistry:
+    """A registry whose one backend, "fake", plays ``script`` and declares ``features`` (tools,
+    constraint, prompt, ...: what ``check_request`` lets through)."""
 
     class ScriptedBackend(FakeBackend):
         def __init__(self, cache_dir=None):
             super().__init__(script, cache_dir)
 
+    ScriptedBackend.features = frozenset(features) or FakeBackend.features
     return BackendRegistry([ScriptedBackend])
+
+
+def scripted_manager(features: frozenset[str] = frozenset(), slots: int = 1):
+    """(a ModelManager with the scripted "fake" model loaded, its FakeScript): for API-edge tests
+    that need exact replies, mid-stream failures included, beside the real-model tests."""
+    from backends.manager import ModelManager
+    from monitoring.metrics import MetricsRecorder
+
+    script = FakeScript(slots=slots)
+    manager = ModelManager(metrics=MetricsRecorder(), registry=fake_registry(script, features))
+    manager.load(ModelSpec(source="scripted", backend="fake", n_ctx=512))
+    return manager, script

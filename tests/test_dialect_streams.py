@@ -13,38 +13,18 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from backends.base import ModelSpec
 from backends.errors import Busy, InvalidRequest
-from backends.registry import BackendRegistry
 from serving.anthropic.routes import add_anthropic_routes
 from serving.chat_service import ChatService
 from serving.ollama.routes import add_ollama_routes
-from tests.conftest import make_manager
-from tests.fakes import FakeBackend, FakeScript
+from tests.fakes import scripted_manager
 
 MSG = [{"role": "user", "content": "Tell me"}]
 
 
-class MidStreamFailures(FakeBackend):
-    """A scripted piece that is an exception is raised there, after the pieces before it."""
-
-    def stream(self, request, cancel):
-        for d in super().stream(request, cancel):
-            if isinstance(d.text, BaseException):
-                raise d.text
-            yield d
-
-
 @pytest.fixture
 def api():
-    script = FakeScript(slots=2)
-
-    class Scripted(MidStreamFailures):
-        def __init__(self, cache_dir=None):
-            super().__init__(script, cache_dir)
-
-    manager = make_manager(registry=BackendRegistry([Scripted]))
-    manager.load(ModelSpec(source="scripted", backend="fake", n_ctx=512))
+    manager, script = scripted_manager(features=frozenset(), slots=2)
     app = FastAPI()
     chat = ChatService(manager)
     add_anthropic_routes(app, manager, chat)

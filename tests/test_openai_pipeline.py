@@ -18,17 +18,15 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from backends.base import ModelSpec, SamplingParams
+from backends.base import SamplingParams
 from backends.errors import Busy, ContextLengthExceeded, InvalidRequest
-from backends.registry import BackendRegistry
 from serving.api.errors import ApiError
 from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import EventFormat
 from serving.chat_service import ChatService, ChatStream
 from serving.pieces import ReplyDelta
 from serving.requests import completion_request
-from tests.conftest import make_manager
-from tests.fakes import FakeBackend, FakeScript
+from tests.fakes import scripted_manager
 
 
 class LinesRequest(BaseModel):
@@ -90,28 +88,9 @@ class Lines(Endpoint):
         return LinesReply(streams)
 
 
-class MidStreamFailures(FakeBackend):
-    """A scripted piece that is an exception is raised there, after the pieces before it."""
-
-    features = frozenset({"prompt"})
-
-    def stream(self, request, cancel):
-        for d in super().stream(request, cancel):
-            if isinstance(d.text, BaseException):
-                raise d.text
-            yield d
-
-
 @pytest.fixture
 def lines():
-    script = FakeScript(slots=2)
-
-    class Scripted(MidStreamFailures):
-        def __init__(self, cache_dir=None):
-            super().__init__(script, cache_dir)
-
-    manager = make_manager(registry=BackendRegistry([Scripted]))
-    manager.load(ModelSpec(source="scripted", backend="fake", n_ctx=512))
+    manager, script = scripted_manager(features=frozenset({"prompt"}), slots=2)
     pipe = Pipeline(manager, ChatService(manager))
     app = FastAPI()
 

@@ -19,10 +19,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 
 
 @pytest.fixture(scope="module")
-def oai(live_app):
-    c = openai.OpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    yield c
-    c.close()
+def oai(live_oai):
+    return live_oai
 
 
 @pytest.fixture(scope="module")

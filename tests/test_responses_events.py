@@ -13,15 +13,12 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from backends.base import ModelSpec
 from backends.errors import InvalidRequest
-from backends.registry import BackendRegistry
 from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
-from tests.conftest import make_manager
-from tests.fakes import FakeBackend, FakeScript
+from tests.fakes import scripted_manager
 
 TOOL = {"type": "function", "name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -29,26 +26,9 @@ THOUGHT_AND_CALL = ["<think>", "Oslo is", " cold", "</think>", "Let me", " check
                     '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>']
 
 
-class Scripted(FakeBackend):
-    features = frozenset({"tools", "constraint", "continue_final"})
-
-    def stream(self, request, cancel):
-        for d in super().stream(request, cancel):
-            if isinstance(d.text, BaseException):
-                raise d.text
-            yield d
-
-
 @pytest.fixture
 def sdk():
-    script = FakeScript()
-
-    class Backend(Scripted):
-        def __init__(self, cache_dir=None):
-            super().__init__(script, cache_dir)
-
-    manager = make_manager(registry=BackendRegistry([Backend]))
-    manager.load(ModelSpec(source="scripted", backend="fake", n_ctx=512))
+    manager, script = scripted_manager(features=frozenset({"tools", "constraint", "continue_final"}), slots=1)
     pipe = Pipeline(manager, ChatService(manager))
     app = FastAPI()
 

@@ -15,15 +15,12 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from backends.base import ModelSpec
-from backends.registry import BackendRegistry
 from serving.api.pipeline import Pipeline
 from serving.chat_service import ChatService
 from serving.openai.completions import ChatCompletions
 from serving.openai.response_store import ResponseStore
 from serving.openai.responses import Responses
-from tests.conftest import make_manager
-from tests.fakes import FakeBackend, FakeScript
+from tests.fakes import scripted_manager
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city.",
@@ -37,10 +34,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def oai(live_app):
-    c = openai.OpenAI(base_url=live_app.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    yield c
-    c.close()
+def oai(live_oai):
+    return live_oai
 
 
 def test_a_forced_call_with_a_response_format_is_a_call(oai):
@@ -99,16 +94,7 @@ TWO_CALLS = ['[{"name": "get_weather", "arguments": {"city": "Paris"}}, ',
 
 @pytest.fixture
 def scripted():
-    script = FakeScript()
-
-    class Backend(FakeBackend):
-        features = frozenset({"tools", "constraint"})
-
-        def __init__(self, cache_dir=None):
-            super().__init__(script, cache_dir)
-
-    manager = make_manager(registry=BackendRegistry([Backend]))
-    manager.load(ModelSpec(source="scripted", backend="fake", n_ctx=512))
+    manager, script = scripted_manager(features=frozenset({"tools", "constraint"}), slots=1)
     pipe = Pipeline(manager, ChatService(manager))
     app = FastAPI()
 
