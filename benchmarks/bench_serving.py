@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "(benchmarks/build_llama_tools.sh builds one)")
     args.concurrency_levels = levels
     if args.threads is None:
-        from backends.llamacpp.backend import physical_cores
+        from backends.threads import physical_cores
 
         args.threads = physical_cores()
     return args
