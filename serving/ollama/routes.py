@@ -123,29 +123,28 @@ class OllamaRoutes:
         said = {"message": {"role": "assistant", "content": ""}} if isinstance(body, ChatBody) else {"response": ""}
         return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": "load"}
 
-    def _resident(self) -> list[LoadedModel]:
-        """The models loaded now: the chat's, then the pool's (with --models-dir)."""
+    def _resident(self, listing: list[dict]) -> list[LoadedModel]:
+        """The models loaded now: the chat's, then the pool's (``listing``: the pool's rows, or [])."""
         cur = self.manager.current
-        held = [cur] if cur is not None else []
-        if self.manager.pool is not None:
-            held += [r["info"] for r in self.manager.pool.listing()
-                     if r["info"] is not None and not r["chat_model"]]
-        return held
+        return ([cur] if cur is not None else []) + [r["info"] for r in listing
+                                                     if r["info"] is not None and not r["chat_model"]]
+
+    def _listing(self) -> list[dict]:
+        return self.manager.pool.listing() if self.manager.pool is not None else []
 
     def tags(self) -> dict:
         """Every model a request may name: the loaded ones, and with --models-dir the pool's others too
         (loaded on the request that names them)."""
-        listed = [described(m) for m in self._resident()]
-        if self.manager.pool is not None:
-            seen = {m["name"] for m in listed}
-            listed += [unloaded(r) for r in self.manager.pool.listing()
-                       if r["info"] is None and tagged(r["name"]) not in seen]
-        return {"models": listed}
+        listing = self._listing()
+        listed = [described(m) for m in self._resident(listing)]
+        seen = {m["name"] for m in listed}
+        return {"models": listed + [unloaded(r) for r in listing
+                                    if r["info"] is None and tagged(r["name"]) not in seen]}
 
     def ps(self) -> dict:
         return {"models": [{**described(m), "expires_at": "0001-01-01T00:00:00Z",
                             "size_vram": m.footprint_bytes if m.device.startswith("cuda") else 0,
-                            "context_length": m.context_length} for m in self._resident()]}
+                            "context_length": m.context_length} for m in self._resident(self._listing())]}
 
     @staticmethod
     def version() -> dict:
