@@ -32,10 +32,13 @@ def test_stats_over_http_equal_the_gradio_endpoint(live_app):
 def test_a_bad_last_is_an_openai_shaped_400(live_app, last):
     r = httpx.get(live_app.url + "/stats", params={"last": last}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "last"
+    assert httpx.get(live_app.url + "/stats", timeout=30).status_code == 200  # still serving
 
 
 def test_stats_need_the_api_key_when_one_is_set(cache_dir):
     with LiveServer(make_settings(cache_dir=cache_dir, api_key="sekrit", request_log="")) as srv:
         assert httpx.get(srv.url + "/stats", timeout=30).status_code == 401
+        wrong = httpx.get(srv.url + "/stats", headers={"Authorization": "Bearer wrong"}, timeout=30)
+        assert wrong.status_code == 401
         ok = httpx.get(srv.url + "/stats", headers={"Authorization": "Bearer sekrit"}, timeout=30)
         assert ok.status_code == 200 and "memory" in ok.json()
