@@ -146,9 +146,10 @@ class ChatService:
     def chat(self, message: Any, history: Any, system_prompt: Any = "", *values: Any, endpoint: str = "chat",
              client: str | None = None, turn: Turn | None = None, **named: Any) -> Iterator[ReplyDelta]:
         """Yield the reply's pieces (``serving/pieces.py``) at most every ``stream_interval_s``; the
-        last carries the stats: the request's timing and token counts. The parameters are /chat's, in its order (``values`` after
-        system_prompt: ``serving.requests.CHAT_OPTIONS``, or ``named``); ``turn``: the chat UI's options
-        (Continue, fitting the context), and where it reads the open stream and the note back."""
+        last carries the stats: the request's timing and token counts. The parameters are /chat's, in
+        its order (``values`` after system_prompt: ``serving.requests.CHAT_OPTIONS``, or ``named``);
+        ``turn``: the chat UI's options (Continue, fitting the context), and where it reads the open
+        stream and the note back."""
         t0 = time.perf_counter()
         request = chat_call(message, history, system_prompt, values, named, self.limits)
         request = self.prepare_turn(request, turn)
