@@ -358,6 +358,11 @@ class Backend(abc.ABC):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         raise InvalidRequest(f"The {self.name} backend cannot detokenize.")
 
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The tokens ``request``'s prompt takes once rendered (the chat template applied): what the
+        model reads before its reply (the lab scores a reply after exactly these)."""
+        raise InvalidRequest(f"The {self.name} backend cannot render a prompt to tokens.")
+
     def count_prompt_tokens(self, request: ChatRequest) -> int:
         """How many tokens ``request``'s prompt takes once rendered (the chat template applied):
         the live context counter."""

@@ -523,6 +523,15 @@ class Lease:
         self._manager.registry.require(self._r.spec.backend, "logits", "give logits (the quality meter needs them)")
         return self._r.backend.logits(token_ids)
 
+    def detokenize(self, token_ids) -> str:
+        self._manager.registry.require(self._r.spec.backend, "tokenize", "detokenize tokens")
+        return self._r.backend.detokenize(token_ids)
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        """``request``'s prompt as the model reads it (chat template applied), as token ids."""
+        self._manager.registry.require(self._r.spec.backend, "tokenize", "render a prompt to tokens")
+        return self._r.backend.prompt_ids(request)
+
     def close(self) -> None:
         self._manager._close_lease(self._r)
 

@@ -266,6 +266,9 @@ class LlamaCppBackend(Backend):
         rendered = self._template.render(request)
         return llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
 
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        return self.prompt_tokens(request)
+
     def count_prompt_tokens(self, request: ChatRequest) -> int:
         return len(self.prompt_tokens(request))
 
