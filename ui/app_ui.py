@@ -17,6 +17,7 @@ from ui.notebook import build_notebook
 from ui.sampling import restore_presets
 from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
+from ui.lab_arena import build_arena
 from ui.monitor import build_monitor
 
 
@@ -51,6 +52,8 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
                 build_compare(h)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 build_evaluate(h)
+            with gr.Tab("Arena", id="arena") as arena_tab:
+                _, refresh_arena, arena_outputs = build_arena(h)
         gr.Markdown(f"API: Gradio's endpoints are under \"Use via API\" below. {V1_NOTE}", elem_id="api-note")
         blocks.load(refresh_model, None, model_outputs, api_visibility="private", queue=False)
         blocks.load(fill_form, None, form, api_visibility="private", queue=False)  # the form shows what is loaded
@@ -70,8 +73,9 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")
-        for tab in (chat_tab, notebook_tab, model_tab, compare_tab, evaluate_tab):
+        for tab in (chat_tab, notebook_tab, model_tab, compare_tab, evaluate_tab, arena_tab):
             tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
+        arena_tab.select(refresh_arena, None, arena_outputs, api_visibility="private")  # the votes kept on disk
 
         register_api(h, slots)  # every Gradio API endpoint (ui/endpoints.py)
     blocks.queue(default_concurrency_limit=1, max_size=64)

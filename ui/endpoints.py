@@ -19,6 +19,8 @@ from serving.services import Services
 from serving.zerogpu import gpu_task
 from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
+from ui.lab_divergence import token_divergence as divergence
+from serving import arena
 
 EMPTY = inspect.Parameter.empty
 V1_NOTE = ("OpenAI clients: the same server speaks the OpenAI API at /v1 (/v1/chat/completions, "
@@ -261,6 +263,77 @@ def register_lab_api(h: Services) -> None:
     described_api(gpu_task(evaluate, duration=600), api_name="evaluate", concurrency_id="lab", concurrency_limit=1)
 
 
+def register_arena_api(h: Services) -> None:
+    """Compare's token divergence (/token_divergence) and the blind arena (/arena_round, /arena_vote,
+    /arena_results)."""
+
+    @gradio_errors
+    async def token_divergence(prompt: str, panes: list[dict], model: str = "embedded",
+                               reference: str = "transformers:fp32") -> list[dict]:
+        """Each Compare reply's tokens scored against a reference on the same prefix: one {variant, reference,
+        tokens, first_divergence, kld_mean, kld_p99, top1_agreement, scored, reply_tokens, prompt_tokens} per
+        pane. tokens: one {text, kld, same_top1, variant_top, reference_top} per reply token (KLD of the
+        reference's next-token distribution from the variant's, the quality meter's definition; the tops are
+        [token, probability] pairs, most likely first); first_divergence: the index of the first token where
+        the variant's greedy choice is not the reference's (null: none). Replies are scored up to 512 tokens
+        with their prompt.
+
+        Args:
+            prompt: the prompt the panes answered (as sent to /compare)
+            panes: the panes /compare returned, [{"variant": "llamacpp:Q2_K", "text": ...}, ...]
+            model: the source model the variants are made from (as sent to /compare)
+            reference: the "backend:quantization" whose distributions are the truth
+        """
+        return await cancellable(lambda cancel: divergence(h, prompt, panes, model, reference, cancel))
+
+    described_api(gpu_task(token_divergence), api_name="token_divergence", concurrency_id="lab",
+                  concurrency_limit=1)
+
+    @gradio_errors
+    async def arena_round(prompt: str, contenders: list[str], model: str = "embedded", max_new_tokens: int = 128,
+                          temperature: float = 0.7, seed: int = -1, reference: str = "") -> dict:
+        """A blind round: two contenders answer `prompt` (same seed), shown as A and B in random order.
+        Returns {round, prompt, A: {text, finish_reason}, B: {...}}, nothing that tells which is which;
+        send the vote to /arena_vote with the round id to see the names.
+
+        Args:
+            prompt: the user message both contenders answer
+            contenders: two "backend:quantization" variants of `model`, or more (each round draws two); a variant of another model is written "MODEL | backend:quantization"
+            model: the source model of the contenders that name none
+            max_new_tokens: longest reply per contender, in tokens
+            temperature: sampling temperature (0 = greedy)
+            seed: sampling seed shared by both (-1 = a random one)
+            reference: a "backend:quantization" each reply's mean KLD is measured against, shown after the vote ("" = none)
+        """
+        return await cancellable(lambda cancel: arena.play_round(h, prompt, contenders, model, max_new_tokens,
+                                                                 temperature, seed, reference, cancel=cancel))
+
+    described_api(gpu_task(arena_round), api_name="arena_round", concurrency_id="lab", concurrency_limit=1)
+
+    @gradio_errors
+    def arena_vote(round_id: str, vote: str) -> dict:
+        """Vote on a round and reveal it: {round, vote, winner, A: {name, model, variant, text, finish_reason,
+        figures: {memory_mib, tokens_per_s, completion_tokens, kld_mean}}, B: {...}, results: the pair's row as
+        /arena_results lists it}. A round takes one vote; votes are kept on the server across restarts.
+
+        Args:
+            round_id: the id /arena_round returned (its "round")
+            vote: "A", "B", "tie" or "both bad"
+        """
+        return arena.vote(h, round_id, vote)
+
+    described_api(arena_vote, api_name="arena_vote", concurrency_id="arena", concurrency_limit=None)
+
+    @gradio_errors
+    def arena_results() -> list[dict]:
+        """The arena's results per pair of contenders (model_a < model_b by name): votes, a_wins, b_wins, ties,
+        both_bad, a_win_rate (over decisive votes) with its 95 % Wilson interval ci_low..ci_high, and each
+        side's mean KLD, memory MiB and tok/s over the rounds."""
+        return arena.results(h)
+
+    described_api(arena_results, api_name="arena_results", concurrency_limit=None)
+
+
 def register_api(h: Services, slots: int) -> None:
     """Every endpoint of the Gradio API, in the order the "Use via API" page lists them; ``slots``:
     how many generations run at once."""
@@ -268,3 +341,4 @@ def register_api(h: Services, slots: int) -> None:
     register_model_api(h)
     register_status_api(h)
     register_lab_api(h)
+    register_arena_api(h)

@@ -13,6 +13,7 @@ from monitoring.model_memory import MEMORY_LEGEND
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from optimization.quality import SCORINGS
 from ui.edge import cancellable, gradio_errors
+from ui.lab_divergence import build_divergence
 from serving.services import Services
 
 # Evaluate's table: (column shown, row field, decimals); the units are in the names.
@@ -213,6 +214,7 @@ def build_compare(h: Services):
     divergence = gr.Markdown(elem_id="compare-divergence")
     with gr.Row():
         panes = [gr.Markdown(elem_id=f"pane-{i}", visible=i < 2, container=True) for i in range(MAX_COMPARE)]
+    last = gr.State({})  # the last comparison {prompt, model, panes}: the token heatmap reads it
 
     @gradio_errors
     def compare_ui(prompt, variants, model, max_new, temperature, seed):
@@ -227,13 +229,14 @@ def build_compare(h: Services):
                        f"Outputs first diverge at character {cut}: words that differ from the first pane are highlighted.")
             else:
                 msg = "Streaming…"
-            yield [msg, *updates]
+            yield [msg, *updates, {"prompt": prompt, "model": model, "panes": states}]
 
-    ev = run.click(compare_ui, [prompt, variants, model, max_new, temperature, seed], [divergence, *panes],
+    ev = run.click(compare_ui, [prompt, variants, model, max_new, temperature, seed], [divergence, *panes, last],
                    api_visibility="private", concurrency_id="lab", concurrency_limit=1)
     stop.click(None, None, None, cancels=[ev], api_visibility="private")
     # Compared variants stay loaded (up to 4) so the next comparison starts at once; this frees them.
     free.click(h.release_lab, None, divergence, api_visibility="private", concurrency_id="lab")
+    build_divergence(h, last)  # each reply's tokens coloured by KLD from a reference (ui/lab_divergence.py)
 
 
 def build_evaluate(h: Services):
