@@ -1,6 +1,7 @@
 """Every endpoint of the Gradio API, each parameter described for the "Use via API" page: generation
 (/chat, /complete), models (/load_model, /unload_model, /convert_to_gguf), status and caches
-(/model_status, /stats, /cached_models, /delete_cached) and the lab (/compare, /evaluate). This is
+(/model_status, /stats, /cached_models, /delete_cached) and the lab (/compare, /evaluate,
+/token_divergence, /arena_round, /arena_vote, /arena_results). This is
 the one place an endpoint is defined (``register_api``); the sections only lay out and wire the UI.
 The sampler, request and loader parameters, their defaults and descriptions come from their
 declarations (``backends/options.py``), in declaration order: new ones go after the existing ones,

@@ -98,7 +98,7 @@ def build_arena(h: Services):
                    for label, code in VOTE_BUTTONS]
     reveal = gr.Markdown(elem_id="arena-reveal")
     table = gr.Dataframe(headers=[c for c, _, _ in RESULT_COLUMNS], label="Results per pair (kept across restarts)",
-                         interactive=False, elem_id="arena-results", wrap=True)
+                         interactive=False, elem_id="arena-results")
     with gr.Row():
         csv_out = gr.File(label="CSV")
         json_out = gr.File(label="JSON")
@@ -119,14 +119,15 @@ def build_arena(h: Services):
                 raise gr.Error("Play a round first.")
             r = arena.vote(h, rid, code)
             rows = arena.results(h)
-            return ("", NO_ROUND, reveal_markdown(r), results_table(rows), *export_files(rows),
+            named = [pane(f"{side} · {r[side]['name']}", r[side]["text"], r[side]["finish_reason"]) for side in ("A", "B")]
+            return ("", NO_ROUND, *named, reveal_markdown(r), results_table(rows), *export_files(rows),
                     *[gr.update(interactive=False)] * len(buttons))
         return handler
 
     ev = play.click(play_ui, [prompt, contenders, model, max_new, temperature, reference],
                     [round_id, status, *panes, reveal, *buttons], api_visibility="private", concurrency_id="lab")
     for button, (_, code) in zip(buttons, VOTE_BUTTONS):
-        button.click(vote_ui(code), round_id, [round_id, status, reveal, table, csv_out, json_out, *buttons],
+        button.click(vote_ui(code), round_id, [round_id, status, *panes, reveal, table, csv_out, json_out, *buttons],
                      api_visibility="private")
 
     def refresh():
