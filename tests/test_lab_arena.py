@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from backends.errors import InvalidRequest
+from backends.errors import InvalidRequest, UnsupportedQuantization
 from optimization.arena import ArenaStore, results_csv, tally, wilson
 
 
@@ -117,3 +117,21 @@ def test_bad_votes_and_rounds_are_refused_clearly(tmp_path):
     with pytest.raises(InvalidRequest, match="same"):
         store.open_round("p", side("x", "1"), side("x", "2"))
     assert store.vote(r["round"], " both BAD ")["vote"] == "both bad"
+
+
+def test_contenders_are_variants_or_variants_of_another_model():
+    import secrets
+
+    from serving.arena import parse_contender, pick_pair
+    from tests.conftest import make_manager, make_services
+
+    h = make_services(make_manager())
+    assert parse_contender("llamacpp:q8_0", "embedded", h) == ("embedded", "llamacpp:Q8_0", "llamacpp:Q8_0")
+    assert parse_contender("models/other.gguf | llamacpp:Q2_K", "embedded", h) == (
+        "models/other.gguf", "llamacpp:Q2_K", "other.gguf | llamacpp:Q2_K")
+    rng = secrets.SystemRandom()
+    assert len({c[2] for c in pick_pair(["llamacpp:Q8_0", "llamacpp:Q2_K", "llamacpp:Q4_0"], h, "embedded", rng)}) == 2
+    with pytest.raises(InvalidRequest, match="two different contenders"):
+        pick_pair(["llamacpp:Q8_0", "llamacpp:q8_0"], h, "embedded", rng)
+    with pytest.raises(UnsupportedQuantization, match="Unknown variant"):
+        pick_pair(["llamacpp:Q8_0", "nonsense"], h, "embedded", rng)
