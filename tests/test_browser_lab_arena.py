@@ -42,7 +42,7 @@ def choose(page, label: str, value: str) -> None:
 
 def test_compare_colours_every_reply_token_by_its_divergence(page, shots):
     page.get_by_role("tab", name="Compare").click()
-    set_number(page, "Max new tokens", "32")
+    set_number(page, "Max new tokens", "20")
     choose(page, "Reference for token divergence", "llamacpp:Q8_0")
     page.get_by_role("button", name="Compare", exact=True).click()
     page.wait_for_selector("#compare-divergence :text-matches('identical|diverge')", timeout=300_000)
@@ -71,7 +71,7 @@ def test_compare_colours_every_reply_token_by_its_divergence(page, shots):
 
 def test_the_arena_hides_the_names_until_the_vote(page, shots):
     page.get_by_role("tab", name="Arena").click()
-    set_number(page, "Max new tokens", "24")
+    set_number(page, "Max new tokens", "16")
     vote_a = page.get_by_role("button", name="A is better")
     assert vote_a.is_disabled()
     page.get_by_role("button", name="Play a round").click()

@@ -62,7 +62,7 @@ PROMPT = "Write one sentence about the sea."
 
 
 def test_the_heatmaps_kld_equals_the_quality_meters_on_the_same_tokens(lab):
-    panes = list(lab.compare("embedded", ["llamacpp:Q2_K"], PROMPT, SamplingParams(max_new_tokens=40, temperature=0.0)))[-1]
+    panes = list(lab.compare("embedded", ["llamacpp:Q2_K"], PROMPT, SamplingParams(max_new_tokens=24, temperature=0.0)))[-1]
     [d] = compare_divergence(lab, "embedded", PROMPT, panes, reference="llamacpp:Q8_0")
     assert d["variant"] == "llamacpp:Q2_K" and d["reference"] == "llamacpp:Q8_0"
     variant, _ = lab._held_or_open("embedded", Variant.parse("llamacpp:Q2_K", lab.registry))
