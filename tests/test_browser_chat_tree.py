@@ -95,7 +95,7 @@ def wait_streaming(page, question: str, more_than: int = 10) -> None:
 def test_a_reload_mid_reply_shows_the_reply_going_on_and_finishing(page):
     page.click("#new-chat")
     page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")
-    set_number(page, "Max new tokens", 400)
+    set_number(page, "Max new tokens", 200)
     question = "Count from 1 to 200, separated by commas."
     page.fill("#message textarea", question)
     page.keyboard.press("Enter")

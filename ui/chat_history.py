@@ -57,7 +57,7 @@ def auto_title(messages: list) -> str:
 
 
 def save_chat(store: Any, chat_id: str | None, messages: list, tree: dict | None, params: list | None) -> tuple[dict, str]:
-    """Write the chat on screen (its visible ``messages`` and its ``tree``) into the store (made if
+    """Write the chat on screen (its ``tree``; without one, its ``messages``) into the store (made if
     ``chat_id`` is unknown); it becomes current. Returns (store, its id)."""
     store = valid_store(store)
     chats = dict(store["chats"])
@@ -69,7 +69,9 @@ def save_chat(store: Any, chat_id: str | None, messages: list, tree: dict | None
         tree = ct.from_history(list(messages or []), tree)
     else:
         chat.pop("versions", None)
-    tree = ct.reconcile(tree, list(messages or []))
+    # the tree is the truth (while a reply streams, the Chatbot shows more than its pending node);
+    # messages alone (no tree) make one
+    tree = ct.valid_tree(tree) if ct.is_tree(tree) and tree["nodes"] else ct.from_history(list(messages or []))
     chat["messages"] = ct.history(tree)
     chat["tree"] = tree
     if params is not None:
