@@ -360,9 +360,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         trigger(clear_chat, None, [chatbot, tree, focus, stats, tokens], cancels=turns, **private).then(
             actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
 
-    prev.click(actions.step_version(-1), bar_inputs, [chatbot, tree], **private).then(
+    prev.click(actions.step_version(-1), bar_inputs, [chatbot, tree, stats], **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
-    nxt.click(actions.step_version(1), bar_inputs, [chatbot, tree], **private).then(
+    nxt.click(actions.step_version(1), bar_inputs, [chatbot, tree, stats], **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
     # a message's own arrows (drawn by KEYS_JS): the page's script names the node and the step
     branch_switch.click(actions.switch_branch, [branch_cmd, tree], [chatbot, tree, stats],

@@ -35,6 +35,9 @@ from ui.edge import client_of
 
 log = logging.getLogger("quantlab.ui")
 
+# what a reply's tree node keeps of its request's figures (the stats line's, and what an export shows)
+STATS_KEPT = ("model", "quantization", "endpoint", "started_at", "queue_wait_s", "ttft_s", "tpot_s", "e2e_s",
+              "tokens_per_s", "prompt_tokens", "completion_tokens", "finish_reason", "note", "cpu_contended")
 SETTING_NAMES = ("system_prompt", *(o.name for o in CHAT_OPTIONS))  # /chat's order after (message, history)
 
 
@@ -100,6 +103,10 @@ def token_count(stats: dict, n_ctx: int) -> str:
     """The live context counter: what the conversation now takes of the model's context."""
     used = int(stats.get("prompt_tokens", 0)) + int(stats.get("completion_tokens", 0))
     return f"{used} / {n_ctx} tokens" if n_ctx else f"{used} tokens"
+
+
+def kept_stats(stats: dict | None) -> dict | None:
+    return {k: stats[k] for k in STATS_KEPT if stats.get(k) is not None} if stats else None
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,7 @@ class ChatActions:
             elif live.group is None:
                 tree = self._undo(tree, nid, live.job)
             else:
-                tree = ct.update_node(tree, nid, messages=live.group, stats=live.stats,
+                tree = ct.update_node(tree, nid, messages=live.group, stats=kept_stats(live.stats),
                                       settings=live.settings or None, pending=None)
         return tree
 
@@ -322,7 +329,7 @@ class ChatActions:
         if live.group is None:  # nothing came: the chat as it was, the typed text back in the box
             tree = self._undo(tree, job.node, job)
             return ct.history(tree), job.text or gr.skip(), gr.skip(), tree, gr.skip()
-        tree = ct.update_node(tree, job.node, messages=live.group, stats=live.stats,
+        tree = ct.update_node(tree, job.node, messages=live.group, stats=kept_stats(live.stats),
                               settings=live.settings or None, pending=None)
         if live.stats is None:  # failed part-way: the reply kept as far as it got
             return ct.history(tree), gr.skip(), gr.skip(), tree, gr.skip()

@@ -242,7 +242,6 @@ def add_node(tree: Any, parent: str, role: str, messages: list, **extra: Any) ->
     tree["nodes"][nid] = {"id": nid, "parent": parent, "role": role, "messages": copy.deepcopy(list(messages)),
                           **{k: v for k, v in extra.items() if v is not None}}
     tree["kids"].setdefault(parent, []).append(nid)
-    tree["kids"].setdefault(nid, [])
     tree["sel"][parent] = nid
     return tree, nid
 
