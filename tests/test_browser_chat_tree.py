@@ -50,8 +50,19 @@ def test_editing_the_first_question_keeps_the_original_branch_with_its_later_tur
     set_number(page, "Max new tokens", 8)
     for q in ("Name a colour.", "Name an animal.", "Name a city."):
         send(page, q)
+    assert user_texts(page) == ["Name a colour.", "Name an animal.", "Name a city."]
+    page.locator("#chatbot .bubble-wrap").evaluate("w => { w.scrollTop = 0; }")
+    page.click("#message textarea")
+    page.keyboard.press("Control+Enter")  # Regenerate: a second version of the last reply
+    page.locator("#chatbot .message-row").last.locator(".branch-arrows").get_by_text("2/2").wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('prompt +')")
+    # the view went to the end: the new reply and the version bar are on screen
+    page.wait_for_function("() => { const w = document.querySelector('#chatbot .bubble-wrap');"
+                           " return w.scrollTop + w.clientHeight >= w.scrollHeight - 8; }", timeout=10_000)
+    assert page.locator("#versions").is_visible() and page.locator("#versions").evaluate(
+        "e => e.getBoundingClientRect().bottom <= window.innerHeight")
     original = reply_texts(page)
-    assert user_texts(page) == ["Name a colour.", "Name an animal.", "Name a city."] and len(original) == 3
+    assert len(original) == 3
     page.locator("#chatbot").get_by_text("Name a colour.", exact=True).hover()
     page.get_by_role("button", name="Edit").first.click()
     editor = page.locator("#chatbot textarea")

@@ -170,7 +170,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                 stats = gr.Markdown(elem_id="chat-stats")
                 tokens = gr.Markdown(elem_id="chat-tokens")
             gr.Markdown("Keys: **Esc** stops · **Ctrl+Enter** regenerates · **Alt+Enter** continues · "
-                        "click a message to edit it (a question re-runs from there) or to pick its reply versions.",
+                        "edit a question or regenerate a reply to branch the chat; ◀ ▶ under a message switches versions.",
                         elem_id="chat-keys")
             gr.Examples(EXAMPLES, inputs=message, label="Try")
         with gr.Column(scale=2, min_width=260):
@@ -351,6 +351,8 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     stop.click(actions.finish_stopped, [job, tree], [chatbot, stats, tree, tokens], **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
 
+    for trigger in (remove.click, chatbot.undo, clear.click, chatbot.clear, delete.click):  # no more wanted
+        trigger(actions.drop_running, [job], None, **private)
     for trigger in (remove.click, chatbot.undo):
         trigger(actions.remove_last, [chatbot, tree], [chatbot, message, tree], cancels=turns, **private).then(
             actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)

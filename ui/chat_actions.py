@@ -373,6 +373,15 @@ class ChatActions:
         history, _, line, tree, counter = self._final(live, ct.valid_tree(tree))
         return history, line, tree, counter
 
+    def drop_running(self, job: TurnJob | None) -> None:
+        """Clear, Remove last, Delete: the reply still generating for this page is not wanted any more."""
+        if job:
+            with self._lock:
+                self.stopped[job.id] = True
+            live = self.live.get(job.id)
+            if live is not None:
+                live.cancel()
+
     # --- message actions (no generation) ----------------------------------------------------------
 
     def remove_last(self, history, tree):
