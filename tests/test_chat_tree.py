@@ -225,3 +225,17 @@ def test_stop_keeps_the_reply_marked_stopped(when):
     history, line, tree, _ = actions.finish_stopped(job, tree)
     assert not ct.pending_ids(tree) and ct.history(tree) == history
     assert ("stopped" in line) == (when == "streaming")
+
+
+def test_where_a_reply_cannot_outlive_its_event_closing_it_stops_the_turn():
+    script = FakeScript(token_delay=0.02)
+    script.enqueue([f" {i}" for i in range(500)])
+    actions = ChatActions(services(script, n_ctx=4096), keep_on_disconnect=False)  # as on ZeroGPU
+    job, _, _, tree = actions.prepare_send("Count", [], {})
+    gen = actions.run_turn(job, tree, *PARAMS)
+    next(gen), next(gen)
+    gen.close()
+    live = actions.live.get(job.id)
+    with live.cond:
+        live.cond.wait_for(lambda: live.ended, timeout=30)
+    assert live.state == "stopped" and reply_text(live.group).count(" ") < 499

@@ -188,7 +188,10 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
 
     private = {"api_visibility": "private"}
     model_bound = {"concurrency_id": "generate", "concurrency_limit": slots, "api_visibility": "private"}
-    run = gpu_task(actions.run_turn)
+    turn_fn = actions.run_turn
+    run = gpu_task(turn_fn)
+    # on ZeroGPU the turn runs in the GPU's process: there a reply cannot outlive its event
+    actions.keep_on_disconnect = run is turn_fn
     run_outputs = [chatbot, message, stats, tree, tokens]
     prep_outputs = [job, chatbot, message, tree]
 

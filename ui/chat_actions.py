@@ -139,8 +139,10 @@ class ChatActions:
 
     MAX_STOPPED = 256
 
-    def __init__(self, h: Services):
+    def __init__(self, h: Services, keep_on_disconnect: bool = True):
         self.h = h
+        # False where the event runs in another process (ZeroGPU): a closed event then stops its turn
+        self.keep_on_disconnect = keep_on_disconnect
         self.live = LiveTurns(stats_message)
         self.stopped: OrderedDict[str, bool] = OrderedDict()  # turns Stop was pressed for
         self._lock = threading.Lock()
@@ -312,7 +314,10 @@ class ChatActions:
             yield self._final(live, tree)
         finally:
             if not delivered:
-                self.live.detach(live)
+                if self.keep_on_disconnect:
+                    self.live.detach(live)
+                else:
+                    live.cancel()
 
     def _head(self, tree, job: TurnJob) -> list:
         """The visible messages before the reply node (the job's base if the node is not shown)."""
