@@ -239,3 +239,17 @@ def test_where_a_reply_cannot_outlive_its_event_closing_it_stops_the_turn():
     with live.cond:
         live.cond.wait_for(lambda: live.ended, timeout=30)
     assert live.state == "stopped" and reply_text(live.group).count(" ") < 499
+
+
+def test_versions_stay_put_while_a_reply_is_coming():
+    actions = ChatActions(services(FakeScript()))
+    tree = ct.from_history([q("Q1"), *a("A1")])
+    q1 = ct.user_ids(tree)[0]
+    tree, other = ct.add_node(tree, "", "user", [q("Q1b")])
+    tree, _ = ct.add_node(tree, other, "assistant", [], pending="some-turn")
+    with pytest.warns(UserWarning, match="still coming"):
+        shown, *_ = actions.switch_branch(f"{other} -1", tree)
+    assert not isinstance(shown, list)  # gr.skip(): nothing changed
+    done = ct.update_node(tree, ct.reply_id(tree, 0), pending=None)
+    shown, after, _ = actions.switch_branch(f"{other} -1", done)
+    assert ct.user_ids(after) == [q1]

@@ -432,6 +432,8 @@ class ChatActions:
 
         def step_fn(history, tree, focus):
             tree = ct.reconcile(tree, list(history or []))
+            if self._busy(tree):
+                return gr.skip(), gr.skip(), gr.skip()
             nid = ct.reply_id(tree, self._bar_turn(tree, history, focus))
             if nid is None:
                 return gr.skip(), gr.skip(), gr.skip()
@@ -447,9 +449,19 @@ class ChatActions:
         tree = ct.valid_tree(tree)
         if len(parts) != 2 or parts[0] not in tree["nodes"] or parts[1] not in ("-1", "1"):
             return gr.skip(), gr.skip(), gr.skip()
+        if self._busy(tree):
+            return gr.skip(), gr.skip(), gr.skip()
         node = tree["nodes"][parts[0]]
         tree = ct.step(tree, parts[0], int(parts[1]))
         return ct.history(tree), tree, self.stats_line(tree, ct.shown_child(tree, node["parent"]))
+
+    @staticmethod
+    def _busy(tree) -> bool:
+        """A reply is still coming: the versions stay as they are until it ends (or Stop)."""
+        if ct.pending_ids(tree):
+            gr.Warning("A reply is still coming: switch versions once it ends (or press Stop).")
+            return True
+        return False
 
     @staticmethod
     def stats_line(tree, nid: str | None) -> str:
