@@ -224,7 +224,7 @@ def test_past_chats_switch_search_and_a_reload_restores_chat_and_system_prompt(p
         page.click("#export")
     saved = tmp_path / "conversation.json"
     dl.value.save_as(saved)
-    assert json.loads(saved.read_text())[0] == {"role": "user", "content": "Say ahoy."}
+    assert json.loads(saved.read_text())["messages"][0] == {"role": "user", "content": "Say ahoy."}
     # the Chatbot's trash icon and Clear agree with what a reload shows: an empty chat
     page.locator("#chatbot button[aria-label='Clear']").click()
     page.wait_for_function("() => document.querySelectorAll('#chatbot .user').length === 0")

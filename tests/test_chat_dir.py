@@ -216,5 +216,5 @@ def test_saving_chats_does_not_pile_up_files_on_the_servers_disk(browser, anonym
         page.click("#export")
     saved = tmp_path / "conversation.json"
     dl.value.save_as(saved)
-    assert json.loads(saved.read_text())[0]["content"].startswith("Question 0")
+    assert json.loads(saved.read_text())["messages"][0]["content"].startswith("Question 0")
     page.context.close()

@@ -68,7 +68,9 @@ def test_export_then_import_one_chat_or_all():
     assert one["messages"] == [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]
     assert one["params"] == PARAMS
     fresh, imported = past.import_chats(None, one)
-    assert past.get_chat(fresh, imported)["messages"] == one["messages"]
+    # the file's tree comes back whole: the reply's thinking and stats line too
+    assert past.plain_messages(past.get_chat(fresh, imported)["messages"]) == one["messages"]
+    assert past.get_chat(fresh, imported)["messages"] == past.get_chat(store, a)["messages"]
     assert past.get_chat(fresh, imported)["params"] == PARAMS
     every = json.loads(json.dumps(past.export_all(store)))
     merged, first = past.import_chats(fresh, every)

@@ -1,7 +1,9 @@
 """The two files behind the chat's export buttons ("Export JSON", "Export all chats"), on the server's
 disk only as long as a page can still download them.
 
-The buttons are download links, so the files exist before a click: they are rewritten after every
+conversation.json is one chat as ``ui/chat_history.py``'s ``export_chat`` writes it (title, the
+visible messages, settings, and the whole conversation tree with each reply's stats); all-chats.json
+holds every chat so. The buttons are download links, so the files exist before a click: they are rewritten after every
 change to the chats. They used to go to a new temporary folder per save, never deleted, which Gradio
 then copied once more into its cache (20 saves of a large store: 52 MB). Now they are written straight
 into Gradio's cache folder (so Gradio serves them without a copy), in one folder per browser session
@@ -38,8 +40,8 @@ class ChatExports:
 
     def write(self, session: str | None, store: dict, chat_id: str | None) -> tuple[str, str]:
         """(conversation.json, all-chats.json) for the chat ``chat_id`` of ``store``, as paths."""
-        chat = past.get_chat(store, chat_id) or {"messages": []}
-        one = json.dumps(past.plain_messages(chat["messages"]), ensure_ascii=False, indent=2)
+        chat = past.get_chat(store, chat_id) or past.make_chat()
+        one = json.dumps(past.export_chat(chat), ensure_ascii=False, indent=2)
         every = json.dumps(past.export_all(store), ensure_ascii=False, indent=2)
         digest = hashlib.sha256(f"{len(one)}:{one}{every}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
         folder = self.session_folder(session) / digest

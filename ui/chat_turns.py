@@ -3,7 +3,8 @@
 A turn is a user message and the assistant messages after it: an optional "Thinking" block, an
 optional note ("2 oldest messages left out ..."), the reply, and the stats line. Every assistant
 message but the reply carries a metadata title, so ``normalize_history`` leaves it out of the next
-prompt. Versions are kept per turn, keyed by the turn's ordinal (its user message's rank), so a
+prompt. The chat itself keeps every version in a tree (``ui/chat_tree.py``); the per-turn versions
+below are the format chats were saved in before it (read when such a chat is opened). They were kept per turn, keyed by the turn's ordinal (its user message's rank), so a
 turn keeps its versions when an earlier turn's messages change in number:
 ``{"3": {"items": [[message, ...], ...], "i": 1}}``; ``items[i]`` is the one on screen.
 """
@@ -14,6 +15,7 @@ import copy
 from typing import Any
 
 from serving.requests import text_of
+from ui import chat_tree
 
 THINKING_TITLE = "Thinking"
 STATS_TITLE_MARK = "Stats:"
@@ -131,7 +133,10 @@ def drop_versions_from(versions: Any, k: int) -> dict:
 
 
 def version_count(versions: Any, k: int | None) -> tuple[int, int]:
-    """(shown version, 1-based; number of versions) of turn ``k``; (0, 0) without versions."""
+    """(shown version, 1-based; number of versions) of turn ``k``; (0, 0) without versions.
+    ``versions`` may also be a conversation tree (``ui/chat_tree.py``): then the visible path's turn."""
+    if chat_tree.is_tree(versions):
+        return chat_tree.turn_version(versions, k)
     entry = _clean(versions).get(str(k)) if k is not None else None
     if not entry or not entry.get("items"):
         return 0, 0
