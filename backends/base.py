@@ -275,6 +275,12 @@ class LoadedModel:
     device: str  # "cpu", "cuda:0", "remote", ...
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def capabilities(self) -> list[str]:
+        """What the model takes, in Ollama's words (/v1/models and /api/show say it): "completion",
+        and "vision" for a model that sees pictures."""
+        return ["completion"] + (["vision"] if self.details.get("vision") else [])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

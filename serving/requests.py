@@ -17,6 +17,7 @@ from typing import Any
 from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import InvalidRequest
 from backends.options import BY_NAME, LOADER_BY_NAME, SAMPLING, Option, gradio_options
+from serving.images import ImageLimits, check_count
 
 MAX_MESSAGE_CHARS = 200_000  # the default of --max-prompt-chars
 MAX_EMBED_TOKENS = 8192  # the default of --max-embed-tokens (16 inputs of llama-server's 512-token batch)
@@ -39,6 +40,7 @@ class RequestLimits:
     max_prompt_chars: int = MAX_MESSAGE_CHARS
     max_prompt_tokens: int = 0
     max_embed_tokens: int = MAX_EMBED_TOKENS
+    images: ImageLimits = ImageLimits()  # pictures: bytes, pixels and count (``serving.images``)
 
 
 def check_chars(chars: int, what: str, param: str, limits: RequestLimits | None = None) -> None:
@@ -230,6 +232,7 @@ def chat_request(messages: Sequence[Message], params: SamplingParams, stop: Any 
         clean_text(m.content, "message" if i == len(messages) - 1 else f"messages[{i}].content")
         total += len(m.content) + sum(len(str(c)) for c in m.tool_calls)
     check_chars(total, "The conversation", "messages", limits)
+    check_count(sum(len(m.images) for m in messages), limits.images)
     return ChatRequest(tuple(messages), params, stop_strings(stop), limits.max_prompt_tokens, **features)
 
 

@@ -92,3 +92,27 @@ def png(color: tuple[int, int, int] | None = None, seed: int | None = None, size
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def vision_gguf(cache_dir: Path) -> Path:
+    """The tiny checkpoint's GGUF F16, with its ``mmproj-*.gguf`` beside it, made by the app's own
+    converter (``hf_to_gguf``: llama.cpp's convert_hf_to_gguf.py, then again with --mmproj); cached."""
+    from backends.files.hf_to_gguf import convert_checkpoint
+
+    return convert_checkpoint(tiny_vlm(cache_dir), Path(cache_dir))
+
+
+def data_url(raw: bytes, media_type: str = "image/png") -> str:
+    import base64
+
+    return f"data:{media_type};base64," + base64.b64encode(raw).decode()
+
+
+def bomb_png(side: int = 8000) -> bytes:
+    """A small file that claims ``side`` x ``side`` pixels (a decompression bomb: a few KB expanding to
+    hundreds of MB)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

@@ -1,0 +1,124 @@
+"""Pictures in the conversation on the llama.cpp backend: a tiny SmolVLM-architecture checkpoint
+(``tests/vision_model.py``: random weights, made here) converted with the app's own converter into a
+GGUF and its mmproj, loaded by auto-detection of the projector, and asked about pictures through the
+real openai client. The same picture gives the same greedy reply, a different one another reply; the
+picture's tokens are in usage; bad pictures are refused with a 400 and the server goes on."""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+import pytest
+
+from backends.base import ChatRequest, Message, ModelSpec, SamplingParams
+from serving.images import decode_image
+from tests.live_server import make_settings
+from tests.vision_model import IMAGE_TOKENS, bomb_png, data_url, png, vision_gguf
+
+pytestmark = pytest.mark.slow
+
+RED, BLUE = png((255, 0, 0)), png((0, 0, 255))
+NOISE = png(seed=1)
+
+
+@pytest.fixture(scope="module")
+def vlm_gguf(cache_dir):
+    return vision_gguf(cache_dir)
+
+
+@pytest.fixture(scope="module")
+def vlm_app(vlm_gguf, cache_dir):
+    from app import LiveServer
+
+    settings = make_settings(cache_dir=cache_dir, max_image_bytes=20_000, max_image_pixels=512 * 512, max_images=3)
+    with LiveServer(settings) as srv:
+        srv.manager.load(ModelSpec(source=str(vlm_gguf), backend="llamacpp", n_ctx=512, parallel=2))
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def vlm_oai(vlm_app):
+    c = openai.OpenAI(base_url=vlm_app.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    yield c
+    c.close()
+
+
+def ask(client, *images: bytes, text: str = "What is in the picture?", max_tokens: int = 8):
+    parts = [{"type": "image_url", "image_url": {"url": data_url(img)}} for img in images]
+    return client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": [*parts, {"type": "text", "text": text}]}],
+        max_tokens=max_tokens, temperature=0, seed=0)
+
+
+def test_the_converter_makes_the_projector_beside_the_gguf(vlm_gguf):
+    projectors = sorted(p.name for p in vlm_gguf.parent.glob("mmproj*.gguf"))
+    assert projectors == ["mmproj-" + vlm_gguf.name]
+
+
+def test_same_picture_same_reply_other_picture_other_reply(vlm_oai):
+    red1, red2, blue, noise = (ask(vlm_oai, img).choices[0].message.content for img in (RED, RED, BLUE, NOISE))
+    assert red1 and red1 == red2
+    assert len({red1, blue, noise}) == 3, (red1, blue, noise)
+
+
+def test_the_pictures_tokens_are_counted_in_usage(vlm_oai):
+    text_only = vlm_oai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "What is in the picture?"}], max_tokens=2,
+        temperature=0).usage.prompt_tokens
+    with_image = ask(vlm_oai, RED, max_tokens=2).usage.prompt_tokens
+    assert with_image - text_only >= IMAGE_TOKENS
+
+
+def test_models_say_the_model_sees(vlm_oai):
+    assert "vision" in vlm_oai.models.list().data[0].model_extra["capabilities"]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8, "image"),
+    (RED[: len(RED) // 2], "image"),
+    (bomb_png(), "pixels"),
+    (png(seed=2, size=128), "bytes"),
+], ids=["malformed", "truncated", "bomb", "oversized"])
+def test_bad_pictures_are_refused_and_the_server_goes_on(vlm_oai, bad, words):
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(vlm_oai, bad)
+    assert words in str(err.value).lower()
+    assert ask(vlm_oai, RED).choices[0].message.content  # still serving
+
+
+def test_too_many_pictures_and_remote_urls_are_refused(vlm_oai):
+    with pytest.raises(openai.BadRequestError, match="at most 3"):
+        ask(vlm_oai, RED, RED, RED, RED)
+    with pytest.raises(openai.BadRequestError, match="data URL"):
+        vlm_oai.chat.completions.create(model="default", max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/x.png"}}, {"type": "text", "text": "hi"}]}])
+
+
+def test_a_text_only_model_refuses_a_picture_naming_the_capability(live_oai):
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(live_oai, RED)
+    assert "vision" in str(err.value) and "text-only" in str(err.value)
+    assert "vision" not in live_oai.models.list().data[0].model_extra["capabilities"]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_both_llamacpp_paths_see_the_picture(vlm_gguf, cache_dir, parallel):
+    """One slot (the model's own context) and the batch engine (a slot of its shared context) give
+    the picture's reply; a picture-less turn after it is not confused by the picture's KV cells."""
+    from backends.llamacpp.backend import LlamaCppBackend
+
+    b = LlamaCppBackend(cache_dir)
+    b.load(ModelSpec(source=str(vlm_gguf), backend="llamacpp", n_ctx=512, parallel=parallel))
+    try:
+        def reply(*images: bytes) -> str:
+            msg = Message("user", "What is in the picture?", images=tuple(decode_image(i, "image") for i in images))
+            req = ChatRequest((msg,), SamplingParams(max_new_tokens=6, temperature=0.0, seed=0))
+            return "".join(d.text for d in b.stream(req, threading.Event()))
+
+        text = reply()
+        red = reply(RED)
+        assert red == reply(RED) and red != reply(BLUE) and red != text
+        assert reply() == text
+    finally:
+        b.unload()
