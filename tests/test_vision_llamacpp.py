@@ -122,3 +122,59 @@ def test_both_llamacpp_paths_see_the_picture(vlm_gguf, cache_dir, parallel):
         assert reply() == text
     finally:
         b.unload()
+
+
+@pytest.fixture(scope="module")
+def vlm_client(vlm_app):
+    from gradio_client import Client
+
+    c = Client(vlm_app.url, verbose=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def picture_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pictures")
+    for name, data in (("red.png", RED), ("blue.png", BLUE), ("bad.png", b"\x89PNG\r\n\x1a\nnot a picture")):
+        (d / name).write_bytes(data)
+    (d / "notes.md").write_text("# Notes\nThe secret word is heliotrope.\n")
+    return d
+
+
+def gradio_reply(client, files, message="What is in the picture?", history=()):
+    from gradio_client import handle_file
+
+    return client.predict(message, list(history), "", 8, 0.0, 1.0, 0, 1.0, 0,
+                          files=[handle_file(str(f)) for f in files], api_name="/chat")
+
+
+def test_gradio_chat_takes_pictures_as_files(vlm_client, vlm_oai, picture_files):
+    """/chat's trailing ``files`` (gradio_client's handle_file) gives the same reply as the openai client
+    with the same picture as a data URL, and another reply for another picture."""
+    red, stats = gradio_reply(vlm_client, [picture_files / "red.png"])
+    assert red == ask(vlm_oai, RED).choices[0].message.content
+    assert stats["prompt_tokens"] > 10
+    assert gradio_reply(vlm_client, [picture_files / "blue.png"])[0] != red
+    assert gradio_reply(vlm_client, [])[0] != red  # the older positional call, no files, still works
+
+
+def test_gradio_chat_refuses_a_bad_picture_and_a_server_path(vlm_client, picture_files):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="damaged|not an image"):
+        gradio_reply(vlm_client, [picture_files / "bad.png"])
+    # a caller naming a file of the server itself (plain REST: gradio_client would upload its own copy)
+    import httpx
+
+    outside = picture_files / "green.png"  # a real picture of the server's, never uploaded
+    outside.write_bytes(png((0, 255, 0)))
+    from serving.requests import CHAT_OPTIONS
+
+    data = ["hi", [], "", *(o.default for o in CHAT_OPTIONS)]
+    data[3] = 4  # max_new_tokens
+    data.append([{"path": str(outside), "meta": {"_type": "gradio.FileData"}}])
+    event = httpx.post(vlm_client.src.rstrip("/") + "/gradio_api/call/chat", json={"data": data}).json()["event_id"]
+    answer = httpx.get(vlm_client.src.rstrip("/") + f"/gradio_api/call/chat/{event}", timeout=120).text
+    assert "event: error" in answer and "not an uploaded file" in answer, answer[-500:]
+    assert gradio_reply(vlm_client, [picture_files / "red.png"])[0]  # still serving

@@ -26,6 +26,7 @@ from serving.services import Services
 from ui.chat_turns import (STATS_TITLE_MARK, add_version, drop_versions_from, ensure_version, group_of, is_reply,
                            last_turn, replace_group, reply_text, set_version, show_version, thinking_text, title_of,
                            turn_messages, turn_of_index, turn_span, version_count)
+from ui import attachments
 from ui.edge import client_of
 
 log = logging.getLogger("quantlab.ui")
@@ -144,13 +145,14 @@ class ChatActions:
 
     # --- step 1: what to run (outputs: job, chatbot, message box, versions) ----------------------
 
-    def prepare_send(self, text, history, versions):
+    def prepare_send(self, text, history, versions, files=None):
         text = text_of(text)
-        if not text.strip():
+        paths = attachments.uploaded_paths(files)  # the attach box's files (ui/attachments.py)
+        if not text.strip() and not paths:
             gr.Warning("The message is empty: type something to send.")
             return None, gr.skip(), gr.skip(), gr.skip()
         history = list(history or [])
-        base = history + [{"role": "user", "content": text}]
+        base = history + [attachments.user_message(text, paths)]
         k = last_turn(base)
         return TurnJob("send", base, k, history, text=text), base, "", drop_versions_from(versions, k)
 
@@ -219,10 +221,11 @@ class ChatActions:
         reasoning, content = job.reasoning, job.prefix
         finished = False
         if job.mode == "continue":
-            message, prior = job.prefix, job.base
-        else:
-            message, prior = text_of(job.base[-1]["content"]), job.base[:-1]
-        pieces = self.h.chat_pieces(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
+            message, files, prior = job.prefix, [], attachments.history_with_files(job.base)
+        else:  # the question's attached files are read again from the upload folder (ui/attachments.py)
+            message, files, prior = attachments.turn_inputs(job.base[-1], job.base[:-1])
+        pieces = self.h.chat_pieces(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn,
+                                    files=files)
         try:
             if job.mode == "send":  # an answer is on its way (the model may first wait for a free slot)
                 yield job.base + [{"role": "assistant", "content": "…"}], gr.skip(), gr.skip(), gr.skip(), gr.skip()

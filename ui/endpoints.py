@@ -17,6 +17,7 @@ from backends.options import LOADER, Option
 from serving.requests import CHAT_OPTIONS, COMPLETE_OPTIONS
 from serving.services import Services
 from serving.zerogpu import gpu_task
+from ui import attachments
 from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
 
@@ -43,7 +44,14 @@ LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folde
                                     "first one)")]
 
 
-def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None) -> inspect.Signature:
+CHAT_TAIL = [("files", list[dict] | None, None, "files attached to the message (gradio_client: [handle_file(path), "
+                                               "...]): pictures (PNG, JPEG, WebP, GIF, BMP) for a vision model; text, "
+                                               "Markdown, code, CSV or PDF files as context blocks naming the file "
+                                               "(None = none)")]
+
+
+def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None,
+                tail: list | None = None) -> inspect.Signature:
     """Give ``fn`` (taking ``*args``) the API Gradio reads: a signature of ``head`` ((name, type,
     default or EMPTY, description) each) then ``options`` (each declared option's name, type hint, API
     default and description; ``overrides``: {name: (default, description)}) then ``request``, the
@@ -51,7 +59,7 @@ def declare_api(fn, summary: str, head: list, options, returns, overrides: dict 
     Returns the signature, to bind a call's values to their names."""
     overrides = overrides or {}
     rows = list(head) + [(o.name, o.annotation, *overrides.get(o.name, (api_default(o), o.description)))
-                         for o in options]
+                         for o in options] + list(tail or [])
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=type_)
               for name, type_, default, _ in rows]
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
@@ -78,14 +86,16 @@ def register_chat_api(h: Services, slots: int) -> None:
     def chat(*args, **kwargs):
         values = bound(chat_signature, args, kwargs)
         request = values.pop("request")
-        yield from h.chat(values.pop("message"), values.pop("history"), values.pop("system_prompt"),
-                          endpoint="chat", client=client_of(request), **values)
+        files = attachments.read_all(values.pop("files"))  # from Gradio's upload folder only
+        history = attachments.history_with_files(values.pop("history"))  # past messages' files, likewise
+        yield from h.chat(values.pop("message"), history, values.pop("system_prompt"),
+                          endpoint="chat", client=client_of(request), files=files, **values)
 
     chat_signature = declare_api(
         chat, """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries
         the request's stats (TTFT, tok/s, tokens). A sampler the loaded backend cannot honour is refused
         naming it. OpenAI clients: the same server speaks /v1/chat/completions.""",
-        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict])  # the hint = the two outputs
+        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict], tail=CHAT_TAIL)  # the hint = the two outputs
     described_api(gpu_task(gradio_errors(chat)), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
 
     def complete(*args, **kwargs):
