@@ -142,7 +142,7 @@ def uploaded_paths(values: Any) -> list[str]:
 def attach_box() -> gr.File:
     """The attach box under the message: drop or pick pictures and files."""
     return gr.File(label="Attach pictures or files (drop them here)", file_count="multiple", file_types=FILE_TYPES,
-                   type="filepath", height=90, elem_id="attachments")
+                   type="filepath", elem_id="attachments")
 
 
 def turn_inputs(user: dict, prior: list) -> tuple[str, list[Attachment], Any]:
