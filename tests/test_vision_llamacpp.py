@@ -178,3 +178,31 @@ def test_gradio_chat_refuses_a_bad_picture_and_a_server_path(vlm_client, picture
     answer = httpx.get(vlm_client.src.rstrip("/") + f"/gradio_api/call/chat/{event}", timeout=120).text
     assert "event: error" in answer and "not an uploaded file" in answer, answer[-500:]
     assert gradio_reply(vlm_client, [picture_files / "red.png"])[0]  # still serving
+
+
+def test_every_dialect_shows_the_model_the_picture(vlm_app, vlm_oai):
+    """Responses' input_image, Anthropic's image block and Ollama's images give the reply /v1/chat gives
+    for the same picture and text, and another reply for another picture."""
+    import base64
+
+    import httpx
+
+    def dialects(img: bytes) -> list[str]:
+        b64 = base64.b64encode(img).decode()
+        q = "What is in the picture?"
+        with httpx.Client(base_url=vlm_app.url, timeout=600) as h:
+            responses = h.post("/v1/responses", json={"model": "default", "max_output_tokens": 8, "temperature": 0,
+                                                      "input": [{"role": "user", "content": [
+                                                          {"type": "input_image", "image_url": data_url(img)},
+                                                          {"type": "input_text", "text": q}]}]}).json()
+            anthropic = h.post("/v1/messages", json={"model": "default", "max_tokens": 8, "temperature": 0, "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                          "data": b64}}, {"type": "text", "text": q}]}]}).json()
+            ollama = h.post("/api/chat", json={"model": "default", "stream": False, "options": {
+                "num_predict": 8, "temperature": 0, "repeat_penalty": 1.0}, "messages": [{"role": "user", "content": q, "images": [b64]}]}).json()
+        return [responses["output"][-1]["content"][0]["text"], anthropic["content"][0]["text"],
+                ollama["message"]["content"]]
+
+    red = ask(vlm_oai, RED).choices[0].message.content
+    assert dialects(RED) == [red] * 3
+    assert red not in dialects(BLUE)
