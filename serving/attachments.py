@@ -120,7 +120,7 @@ def split(attachments: Sequence[Attachment], limits: ImageLimits | None = None) 
     pictures = [a for a in attachments if kind_of(a.name) == "image"]
     check_count(len(pictures), limits)  # before any is decoded
     blocks = [context_block(a.name, file_text(a)) for a in attachments if kind_of(a.name) != "image"]
-    images = tuple(decode_image(a.data, f"files: {a.name}", limits) for a in pictures)
+    images = tuple(decode_image(a.data, f"files: {a.name}", limits, "files") for a in pictures)
     return "\n\n".join(blocks), images
 
 

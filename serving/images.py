@@ -48,16 +48,17 @@ class ImageLimits:
     allow_remote: bool = False
 
 
-def decode_image(raw: bytes, param: str, limits: ImageLimits | None = None) -> ImageInput:
-    """``raw`` (an encoded picture) checked and decoded to RGB, or InvalidRequest naming ``param``."""
+def decode_image(raw: bytes, param: str, limits: ImageLimits | None = None, field: str | None = None) -> ImageInput:
+    """``raw`` (an encoded picture) checked and decoded to RGB, or InvalidRequest saying where (``param``,
+    e.g. "messages[0].content[1].image_url") and naming the request field (``field``, default ``param``)."""
     from PIL import Image, UnidentifiedImageError
 
     limits = limits or ImageLimits()
     if not raw:
-        raise InvalidRequest(f"{param}: the image is empty.", param)
+        raise InvalidRequest(f"{param}: the image is empty.", field or param)
     if len(raw) > limits.max_bytes:
         raise InvalidRequest(f"{param}: the image is {len(raw):,} bytes; this server accepts at most "
-                             f"{limits.max_bytes:,} (--max-image-bytes).", param)
+                             f"{limits.max_bytes:,} (--max-image-bytes).", field or param)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -65,18 +66,18 @@ def decode_image(raw: bytes, param: str, limits: ImageLimits | None = None) -> I
             w, h = img.size
             if w < 1 or h < 1 or w * h > limits.max_pixels:
                 raise InvalidRequest(f"{param}: the image is {w}x{h} pixels ({w * h:,}); this server accepts at most "
-                                     f"{limits.max_pixels:,} pixels (--max-image-pixels).", param)
+                                     f"{limits.max_pixels:,} pixels (--max-image-pixels).", field or param)
             img.seek(0)  # an animation: its first frame
             img.load()
             rgb = _rgb(img)
     except InvalidRequest:
         raise
     except UnidentifiedImageError:
-        raise InvalidRequest(f"{param}: not an image this server reads ({', '.join(FORMATS)}).", param) from None
+        raise InvalidRequest(f"{param}: not an image this server reads ({', '.join(FORMATS)}).", field or param) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(f"{param}: the image expands to too many pixels (a decompression bomb?).", param) from None
+        raise InvalidRequest(f"{param}: the image expands to too many pixels (a decompression bomb?).", field or param) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise InvalidRequest(f"{param}: the image is damaged or truncated ({exc}).", param) from None
+        raise InvalidRequest(f"{param}: the image is damaged or truncated ({exc}).", field or param) from None
     data = rgb.tobytes()
     return ImageInput(data, rgb.width, rgb.height, hashlib.sha256(data).hexdigest())
 
@@ -92,48 +93,49 @@ def _rgb(img):
     return img.convert("RGB")
 
 
-def decode_base64(data: str, param: str, limits: ImageLimits | None = None) -> ImageInput:
+def decode_base64(data: str, param: str, limits: ImageLimits | None = None, field: str | None = None) -> ImageInput:
     """A picture sent as base64 text (Anthropic's and Ollama's blocks, a data URL's payload)."""
     limits = limits or ImageLimits()
     if not isinstance(data, str):
-        raise InvalidRequest(f"{param} must be base64 text.", param)
+        raise InvalidRequest(f"{param} must be base64 text.", field or param)
     data = "".join(data.split())
     if len(data) * 3 // 4 > limits.max_bytes + 3:  # refused before decoding
         raise InvalidRequest(f"{param}: the image is about {len(data) * 3 // 4:,} bytes; this server accepts at "
-                             f"most {limits.max_bytes:,} (--max-image-bytes).", param)
+                             f"most {limits.max_bytes:,} (--max-image-bytes).", field or param)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{param} is not valid base64.", param) from None
-    return decode_image(raw, param, limits)
+        raise InvalidRequest(f"{param} is not valid base64.", field or param) from None
+    return decode_image(raw, param, limits, field)
 
 
-def image_from_url(url: str, param: str, limits: ImageLimits | None = None) -> ImageInput:
+def image_from_url(url: str, param: str, limits: ImageLimits | None = None, field: str | None = None) -> ImageInput:
     """An OpenAI ``image_url.url``: a data URL, or (when the server allows it) a public http(s) URL."""
     limits = limits or ImageLimits()
     if not isinstance(url, str) or not url:
-        raise InvalidRequest(f"{param} must be a URL (a data: URL with the image).", param)
+        raise InvalidRequest(f"{param} must be a URL (a data: URL with the image).", field or param)
     m = _DATA_URL.match(url[:300])
     if m:
         if m.group("type") and not m.group("type").lower().startswith("image/"):
-            raise InvalidRequest(f"{param}: a data URL of type {m.group('type')} is not an image.", param)
+            raise InvalidRequest(f"{param}: a data URL of type {m.group('type')} is not an image.", field or param)
         if not m.group("b64"):
-            raise InvalidRequest(f"{param}: the data URL must be base64 (data:image/png;base64,...).", param)
-        return decode_base64(url[m.end():], param, limits)
+            raise InvalidRequest(f"{param}: the data URL must be base64 (data:image/png;base64,...).", field or param)
+        return decode_base64(url[m.end():], param, limits, field)
     if url.lower().startswith(("http://", "https://")):
         if not limits.allow_remote:
-            raise InvalidRequest(f"{param}: this server takes images as data URLs (data:image/png;base64,...); "
-                                 "fetching URLs is off (--allow-remote-images).", param)
-        return decode_image(fetch_public(url, param, limits.max_bytes), param, limits)
-    raise InvalidRequest(f"{param} must be a data: URL (or an http(s) URL where the server allows it).", param)
+            raise InvalidRequest(f"{param}: image URLs are not supported by this server unless it allows fetching "
+                                 "them (--allow-remote-images): send the picture as a data URL "
+                                 "(data:image/png;base64,...).", field or param)
+        return decode_image(fetch_public(url, param, limits.max_bytes, field), param, limits, field)
+    raise InvalidRequest(f"{param} must be a data: URL (or an http(s) URL where the server allows it).", field or param)
 
 
-def public_address(host: str, port: int, param: str) -> str:
+def public_address(host: str, port: int, param: str, field: str | None = None) -> str:
     """The first address ``host`` resolves to, when every one is public; else InvalidRequest."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise InvalidRequest(f"{param}: cannot resolve {host!r}.", param) from None
+        raise InvalidRequest(f"{param}: cannot resolve {host!r}.", field or param) from None
     addrs = [info[4][0] for info in infos]
     for a in addrs:
         ip = ipaddress.ip_address(a.split("%", 1)[0])
@@ -141,22 +143,22 @@ def public_address(host: str, port: int, param: str) -> str:
             ip = ip.ipv4_mapped
         if not ip.is_global or ip.is_multicast:
             raise InvalidRequest(f"{param}: {host} is not a public address; images are fetched from the public "
-                                 "internet only.", param)
+                                 "internet only.", field or param)
     if not addrs:
-        raise InvalidRequest(f"{param}: cannot resolve {host!r}.", param)
+        raise InvalidRequest(f"{param}: cannot resolve {host!r}.", field or param)
     return addrs[0]
 
 
-def fetch_public(url: str, param: str, max_bytes: int) -> bytes:
+def fetch_public(url: str, param: str, max_bytes: int, field: str | None = None) -> bytes:
     """The body at a public http(s) ``url`` (see the module docstring), at most ``max_bytes``."""
     import httpx
 
     parts = urlsplit(url)
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        raise InvalidRequest(f"{param} must be an http(s) URL without credentials.", param)
+        raise InvalidRequest(f"{param} must be an http(s) URL without credentials.", field or param)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    addr = public_address(host, port, param)
+    addr = public_address(host, port, field or param)
     shown = f"[{addr}]" if ":" in addr else addr
     target = parts._replace(netloc=f"{shown}:{port}").geturl()
     headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
@@ -164,15 +166,15 @@ def fetch_public(url: str, param: str, max_bytes: int) -> bytes:
         with httpx.Client(timeout=REMOTE_TIMEOUT_S, follow_redirects=False, trust_env=False) as client, \
                 client.stream("GET", target, headers=headers, extensions={"sni_hostname": host}) as resp:
             if resp.status_code != 200:
-                raise InvalidRequest(f"{param}: fetching the image answered HTTP {resp.status_code}.", param)
+                raise InvalidRequest(f"{param}: fetching the image answered HTTP {resp.status_code}.", field or param)
             body = bytearray()
             for chunk in resp.iter_bytes():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise InvalidRequest(f"{param}: the image is over {max_bytes:,} bytes (--max-image-bytes).", param)
+                    raise InvalidRequest(f"{param}: the image is over {max_bytes:,} bytes (--max-image-bytes).", field or param)
             return bytes(body)
     except httpx.HTTPError as exc:
-        raise InvalidRequest(f"{param}: could not fetch the image ({type(exc).__name__}).", param) from None
+        raise InvalidRequest(f"{param}: could not fetch the image ({type(exc).__name__}).", field or param) from None
 
 
 def check_count(n: int, limits: ImageLimits | None = None) -> None:

@@ -59,8 +59,8 @@ def _picture(block: ImageBlock, where: str, limits: RequestLimits | None) -> Ima
     image_limits = (limits or RequestLimits()).images
     src = block.source
     if src.type == "url":
-        return image_from_url(src.url or "", f"{where}.source.url", image_limits)
-    return decode_base64(src.data or "", f"{where}.source.data", image_limits)
+        return image_from_url(src.url or "", f"{where}.source.url", image_limits, "messages")
+    return decode_base64(src.data or "", f"{where}.source.data", image_limits, "messages")
 
 
 def _turn(i: int, role: str, content: Any, call_names: dict[str, str],

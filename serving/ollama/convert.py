@@ -60,7 +60,8 @@ def _images(images: list[str] | None, where: str, limits: RequestLimits | None) 
         return ()
     image_limits = (limits or RequestLimits()).images
     check_count(len(images), image_limits)  # before any is decoded
-    return tuple(decode_base64(b64, f"{where}[{k}]", image_limits) for k, b64 in enumerate(images))
+    field = "images" if where == "images" else "messages"
+    return tuple(decode_base64(b64, f"{where}[{k}]", image_limits, field) for k, b64 in enumerate(images))
 
 
 def messages_of(messages: list[MessageIn], limits: RequestLimits | None = None) -> list[Message]:

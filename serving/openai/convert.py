@@ -77,7 +77,7 @@ def constraint_of(fmt: ResponseFormat | None) -> Constraint | None:
 def _images(m, i: int, limits: RequestLimits | None) -> tuple:
     """The pictures of message ``i`` (its ``image_url`` parts), decoded and checked (``serving.images``)."""
     image_limits = (limits or RequestLimits()).images
-    return tuple(image_from_url(url, f"messages[{i}].content[{k}].image_url", image_limits)
+    return tuple(image_from_url(url, f"messages[{i}].content[{k}].image_url", image_limits, "messages")
                  for k, url in m.image_urls())
 
 

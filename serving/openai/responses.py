@@ -72,7 +72,7 @@ def _pictures(content: str | list[InputPart] | None, role: str, where: str, limi
         if p.image_url is None:
             raise InvalidRequest(f"{where}.content[{k}]: give the picture as image_url (a data URL); file_id is not "
                                  "supported by this server.", "input")
-        out.append(image_from_url(p.image_url, f"{where}.content[{k}].image_url", image_limits))
+        out.append(image_from_url(p.image_url, f"{where}.content[{k}].image_url", image_limits, "input"))
     return tuple(out)
 
 
