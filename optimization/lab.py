@@ -204,15 +204,16 @@ class Lab:
     # --- compare ---------------------------------------------------------------------------------
 
     def compare(self, source: str, variant_texts, prompt: str, params: SamplingParams,
-                interval_s: float = 0.05) -> Iterator[list[dict]]:
-        """Stream every variant's reply to the same prompt at once. Yields one dict per variant:
+                interval_s: float = 0.05, images: tuple = ()) -> Iterator[list[dict]]:
+        """Stream every variant's reply to the same prompt (and ``images``, decoded pictures: the quant
+        variants of a vision model compared on the same picture) at once. Yields one dict per variant:
         {variant, text, done, finish_reason, stats, memory, provenance, footprint_mib} (stats and
         finish_reason filled when that variant is done; footprint_mib = memory["total_mib"])."""
         if not (prompt or "").strip():
             raise InvalidRequest("The prompt is empty.", "prompt")
         variants = parse_variants(variant_texts, self.registry, at_least=1, at_most=MAX_COMPARE)
         params = params.validated()
-        request = ChatRequest((Message("user", prompt),), params)
+        request = ChatRequest((Message("user", prompt, images=tuple(images)),), params)
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
         try:

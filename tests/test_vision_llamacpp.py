@@ -206,3 +206,19 @@ def test_every_dialect_shows_the_model_the_picture(vlm_app, vlm_oai):
     red = ask(vlm_oai, RED).choices[0].message.content
     assert dialects(RED) == [red] * 3
     assert red not in dialects(BLUE)
+
+
+def test_compare_shows_every_variant_the_picture(vlm_client, vlm_gguf, picture_files):
+    """/compare's trailing ``image``: the quant variants of a vision model answer about the same picture;
+    another picture changes the answer."""
+    from gradio_client import handle_file
+
+    def texts(picture) -> list[str]:
+        final = vlm_client.predict("What is in the picture?", ["llamacpp:F16", "llamacpp:Q8_0"], str(vlm_gguf), 6, 0.0,
+                                   0, image=handle_file(str(picture)), api_name="/compare")
+        assert all(s["done"] for s in final)
+        return [s["text"] for s in final]
+
+    red = texts(picture_files / "red.png")
+    assert all(red) and red == texts(picture_files / "red.png")
+    assert texts(picture_files / "blue.png") != red

@@ -162,3 +162,12 @@ def turn_inputs(user: dict, prior: list) -> tuple[str, list[Attachment], Any]:
 def emptied(job: Any, files: Any) -> Any:
     """The attach box after a send: empty once the message took its files (a refused send keeps them)."""
     return None if job else gr.skip()
+
+
+def from_pil(image: Any, name: str = "picture.png") -> Attachment:
+    """A picture a gr.Image (type="pil") holds, as a PNG attachment (checked again like any other)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return Attachment(name, buf.getvalue())
