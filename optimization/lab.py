@@ -145,7 +145,8 @@ class Lab:
             src = None
         if src is not None and src.is_dir() and info.backend == "llamacpp":
             src = None  # a folder of GGUFs: the variant's own record names the file
-        return {"memory": model_memory(info), "provenance": provenance(info.source, info.quantization, src)}
+        return {"memory": model_memory(info), "provenance": provenance(info.source, info.quantization, src,
+                                                                          projector=info.details.get("projector"))}
 
     def _held_or_open(self, source: str, v: Variant) -> tuple[Lease, bool]:
         """The pooled lease of ``v`` when Compare holds it (same spec: same memory), else a fresh one

@@ -217,6 +217,9 @@ def test_compare_shows_every_variant_the_picture(vlm_client, vlm_gguf, picture_f
         final = vlm_client.predict("What is in the picture?", ["llamacpp:F16", "llamacpp:Q8_0"], str(vlm_gguf), 6, 0.0,
                                    0, image=handle_file(str(picture)), api_name="/compare")
         assert all(s["done"] for s in final)
+        # the quantized variant keeps the projector at its own type, and says so
+        assert all("vision projector mmproj-" in s["provenance"]["note"] and "(F16)" in s["provenance"]["note"]
+                   for s in final)
         return [s["text"] for s in final]
 
     red = texts(picture_files / "red.png")

@@ -217,7 +217,9 @@ class LlamaCppBackend(Backend):
             "kv_cache_type": kv_type,
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
             "vision": self._vision is not None,  # sees pictures (its projector, mmproj, is loaded)
-            **({"mmproj": self._vision.path.name} if self._vision is not None else {}),
+            **({"mmproj": self._vision.path.name,  # the projector stays at its own type in every variant
+                "projector": f"{self._vision.path.name} ({gguf.gguf_file_type(self._vision.path) or '?'})"}
+               if self._vision is not None else {}),
         }
         self._spec_stats = SpecStats()
         self._speculative = None
