@@ -128,6 +128,21 @@ class SamplingParams:
         return self
 
 
+@dataclass(frozen=True, repr=False)
+class ImageInput:
+    """A picture in a message, already decoded and checked (``serving/images.py``): its RGB pixels,
+    ``width`` x ``height`` x 3 bytes, row by row. ``digest`` (sha256 of the pixels) names it: two
+    requests with the same picture carry the same digest."""
+
+    rgb: bytes
+    width: int
+    height: int
+    digest: str
+
+    def __repr__(self) -> str:  # keep megabytes of pixels out of logs and tracebacks
+        return f"ImageInput({self.width}x{self.height}, {self.digest[:12]})"
+
+
 @dataclass(frozen=True)
 class Message:
     role: str  # "system" | "user" | "assistant" | "tool"
@@ -138,6 +153,8 @@ class Message:
     tool_call_id: str | None = None  # role "tool": the call this message answers
     name: str | None = None  # role "tool": the function's name
     reasoning: str | None = None  # assistant thinking text kept apart (left out of the next prompt)
+    # pictures the message shows (a vision model sees them before the message's text)
+    images: tuple[ImageInput, ...] = ()
 
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -206,10 +223,15 @@ class ChatRequest:
             if self.messages[-1].role != "assistant":
                 raise InvalidRequest("Continue needs a reply to extend: the last message is not the assistant's.",
                                      "messages")
-        elif not any(m.role in ("user", "tool") and m.content.strip() for m in self.messages):
+        elif not any(m.role in ("user", "tool") and (m.content.strip() or m.images) for m in self.messages):
             raise InvalidRequest("The message is empty: type something to send.", "messages")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidRequest(f"top_logprobs must be between 0 and 20, got {self.logprobs}.", "top_logprobs")
+
+    @property
+    def images(self) -> tuple[ImageInput, ...]:
+        """Every picture of the conversation, in order."""
+        return tuple(img for m in self.messages for img in m.images)
 
 
 @dataclass(frozen=True)
@@ -253,6 +275,12 @@ class LoadedModel:
     device: str  # "cpu", "cuda:0", "remote", ...
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def capabilities(self) -> list[str]:
+        """What the model takes, in Ollama's words (/v1/models and /api/show say it): "completion",
+        and "vision" for a model that sees pictures."""
+        return ["completion"] + (["vision"] if self.details.get("vision") else [])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -281,7 +309,8 @@ class Backend(abc.ABC):
     # one set away from its neutral value on a backend that does not list it is refused by name
     samplers: ClassVar[frozenset[str]] = frozenset()
     # request features beyond plain chat this backend honours, a subset of {"prompt" (raw
-    # continuation), "continue_final", "tools", "constraint", "logprobs", "embeddings"}
+    # continuation), "continue_final", "tools", "constraint", "logprobs", "embeddings", "vision"
+    # (images in messages, for a model that sees: its LoadedModel's ``details["vision"]``)}
     features: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
@@ -294,9 +323,9 @@ class Backend(abc.ABC):
                                      "leave it at its default or load the model with a backend that has it.", name)
         wanted = {"prompt": request.prompt is not None, "continue_final": request.continue_final,
                   "tools": bool(request.tools), "constraint": request.constraint is not None,
-                  "logprobs": request.logprobs is not None}
+                  "logprobs": request.logprobs is not None, "vision": bool(request.images)}
         params = {"prompt": "prompt", "continue_final": "messages", "tools": "tools",
-                  "constraint": "response_format", "logprobs": "logprobs"}
+                  "constraint": "response_format", "logprobs": "logprobs", "vision": "messages"}
         for feature, asked in wanted.items():
             if asked and feature not in cls.features:
                 raise InvalidRequest(f"The {cls.name} backend does not support {feature.replace('_', ' ')}.",
@@ -387,6 +416,14 @@ class Recorder(Protocol):
     def timed(self, timer: Any, stream_factory: Callable[[], Iterator[TextDelta]],
               acquire: Callable[[], bool] | None = None) -> Iterator[TextDelta]:
         """Run ``stream_factory()`` under ``timer``; ``acquire`` waits for a model slot."""
+
+
+def check_vision(request: ChatRequest, info: LoadedModel) -> None:
+    """InvalidRequest (naming the capability) when ``request`` shows pictures to a model that does not see."""
+    if request.images and not info.details.get("vision"):
+        raise InvalidRequest(f"{info.name} is a text-only model (no vision capability): it cannot read images. "
+                             "Load a vision model (with its mmproj projector for llama.cpp) or send text only.",
+                             "messages")
 
 
 def check_prompt_tokens(request: ChatRequest, n_prompt: int, n_ctx: int) -> None:

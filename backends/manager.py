@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from backends.files import sources
-from backends.base import MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta, _no_progress
+from backends.base import (MAX_PARALLEL, Backend, ChatRequest, LoadedModel, ModelSpec, Progress, Recorder, TextDelta,
+                           _no_progress, check_vision)
 from backends.errors import (
     BackendError,
     Busy,
@@ -179,6 +180,8 @@ class ModelManager:
             # is never looked up again against the working directory). Hub ids resolve on load.
             path = sources.resolve_local(source, self.allowed_dir)
             spec = spec.with_(source=str(path))
+        if spec.mmproj:  # a projector file is read from the same places a model is
+            spec = spec.with_(mmproj=str(sources.resolve_local(spec.mmproj.strip(), self.allowed_dir)))
         base = cls.remote_base(spec)
         if base is not None:
             if self.allowed_remote is not None and not remote_allowed(base, self.allowed_remote):
@@ -332,6 +335,7 @@ class ModelManager:
                     t0: float | None, client: str | None) -> Generation:
         request = replace(request, params=request.params.validated())
         type(r.backend).check_request(request)  # an unsupported sampler or feature is refused by name
+        check_vision(request, r.info)  # pictures for a text-only model: refused, naming the capability
         with r.idle:
             if r.closed:
                 raise NoModelLoaded("That model was unloaded.")

@@ -16,7 +16,8 @@ def model_view(info: Any) -> dict:
     overhead) and where it came from."""
     d = info.as_dict()
     d["memory"] = model_memory(d)
-    d["provenance"] = provenance(d.get("source"), d.get("quantization", "")) if d.get("footprint_bytes") else None
+    d["provenance"] = (provenance(d.get("source"), d.get("quantization", ""), projector=d.get("projector"))
+                       if d.get("footprint_bytes") else None)
     return d
 
 

@@ -145,7 +145,8 @@ class Lab:
             src = None
         if src is not None and src.is_dir() and info.backend == "llamacpp":
             src = None  # a folder of GGUFs: the variant's own record names the file
-        return {"memory": model_memory(info), "provenance": provenance(info.source, info.quantization, src)}
+        return {"memory": model_memory(info), "provenance": provenance(info.source, info.quantization, src,
+                                                                          projector=info.details.get("projector"))}
 
     def _held_or_open(self, source: str, v: Variant) -> tuple[Lease, bool]:
         """The pooled lease of ``v`` when Compare holds it (same spec: same memory), else a fresh one
@@ -204,15 +205,16 @@ class Lab:
     # --- compare ---------------------------------------------------------------------------------
 
     def compare(self, source: str, variant_texts, prompt: str, params: SamplingParams,
-                interval_s: float = 0.05) -> Iterator[list[dict]]:
-        """Stream every variant's reply to the same prompt at once. Yields one dict per variant:
+                interval_s: float = 0.05, images: tuple = ()) -> Iterator[list[dict]]:
+        """Stream every variant's reply to the same prompt (and ``images``, decoded pictures: the quant
+        variants of a vision model compared on the same picture) at once. Yields one dict per variant:
         {variant, text, done, finish_reason, stats, memory, provenance, footprint_mib} (stats and
         finish_reason filled when that variant is done; footprint_mib = memory["total_mib"])."""
         if not (prompt or "").strip():
             raise InvalidRequest("The prompt is empty.", "prompt")
         variants = parse_variants(variant_texts, self.registry, at_least=1, at_most=MAX_COMPARE)
         params = params.validated()
-        request = ChatRequest((Message("user", prompt),), params)
+        request = ChatRequest((Message("user", prompt, images=tuple(images)),), params)
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
         try:

@@ -20,6 +20,7 @@ from typing import Any
 from backends.base import ChatRequest, Message
 from backends.errors import InvalidRequest, ServerShuttingDown
 from backends.manager import Generation, ModelManager
+from serving.attachments import Attachment
 from serving.pieces import ReplyDelta, ReplyParser
 from serving.ratelimit import RateLimiter
 from serving.requests import RequestLimits, chat_call, completion_call
@@ -144,14 +145,15 @@ class ChatService:
         return len(streams)
 
     def chat(self, message: Any, history: Any, system_prompt: Any = "", *values: Any, endpoint: str = "chat",
-             client: str | None = None, turn: Turn | None = None, **named: Any) -> Iterator[ReplyDelta]:
+             client: str | None = None, turn: Turn | None = None, files: Sequence[Attachment] = (),
+             **named: Any) -> Iterator[ReplyDelta]:
         """Yield the reply's pieces (``serving/pieces.py``) at most every ``stream_interval_s``; the
         last carries the stats: the request's timing and token counts. The parameters are /chat's, in
         its order (``values`` after system_prompt: ``serving.requests.CHAT_OPTIONS``, or ``named``);
         ``turn``: the chat UI's options (Continue, fitting the context), and where it reads the open
-        stream and the note back."""
+        stream and the note back; ``files``: the message's attachments, already read (``serving.attachments``)."""
         t0 = time.perf_counter()
-        request = chat_call(message, history, system_prompt, values, named, self.limits)
+        request = chat_call(message, history, system_prompt, values, named, self.limits, files)
         request = self.prepare_turn(request, turn)
         yield from self._run(request, endpoint, client, t0, turn)
 

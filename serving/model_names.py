@@ -44,7 +44,7 @@ def _chat_model_row(manager: ModelManager) -> dict[str, Any] | None:
     return {"id": cur.name, "object": "model", "created": int(time.time() - cur.load_seconds),
             "owned_by": "quantlab", "quantization": cur.quantization, "backend": cur.backend,
             "context_length": cur.context_length, "max_model_len": cur.context_length,
-            "parallel": manager.max_concurrency}
+            "parallel": manager.max_concurrency, "capabilities": cur.capabilities}
 
 
 def _pool_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def _pool_row(row: dict[str, Any]) -> dict[str, Any]:
     if info is not None:
         out.update({"created": int(time.time() - info.load_seconds), "quantization": info.quantization,
                     "context_length": info.context_length, "max_model_len": info.context_length,
-                    "memory_mib": model_memory(info)["total_mib"]})
+                    "memory_mib": model_memory(info)["total_mib"], "capabilities": info.capabilities})
     if row["status"] == ERROR:
         out["error"] = row["error"]
     return out

@@ -17,6 +17,8 @@ from typing import Any
 from backends.base import ChatRequest, Message, SamplingParams
 from backends.errors import InvalidRequest
 from backends.options import BY_NAME, LOADER_BY_NAME, SAMPLING, Option, gradio_options
+from serving.attachments import Attachment, split, with_context
+from serving.images import ImageLimits, check_count
 
 MAX_MESSAGE_CHARS = 200_000  # the default of --max-prompt-chars
 MAX_EMBED_TOKENS = 8192  # the default of --max-embed-tokens (16 inputs of llama-server's 512-token batch)
@@ -39,6 +41,7 @@ class RequestLimits:
     max_prompt_chars: int = MAX_MESSAGE_CHARS
     max_prompt_tokens: int = 0
     max_embed_tokens: int = MAX_EMBED_TOKENS
+    images: ImageLimits = ImageLimits()  # pictures: bytes, pixels and count (``serving.images``)
 
 
 def check_chars(chars: int, what: str, param: str, limits: RequestLimits | None = None) -> None:
@@ -112,8 +115,17 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
-def normalize_history(history: Any) -> list[Message]:
-    """Chatbot/OpenAI-style history -> Messages. Tolerates None, [] and tuple pairs."""
+def attachments_of(content: Any) -> list[Attachment]:
+    """The files of a history message: its ``{"type": "attachment", "attachment": Attachment}`` parts."""
+    if not isinstance(content, (list, tuple)):
+        return []
+    return [p["attachment"] for p in content if isinstance(p, dict) and p.get("type") == "attachment"
+            and isinstance(p.get("attachment"), Attachment)]
+
+
+def normalize_history(history: Any, limits: RequestLimits | None = None) -> list[Message]:
+    """Chatbot/OpenAI-style history -> Messages. Tolerates None, [] and tuple pairs. A user message's
+    attachment parts become its pictures and file context (``serving.attachments``)."""
     if not history:
         return []
     if not isinstance(history, (list, tuple)):
@@ -129,7 +141,11 @@ def normalize_history(history: Any) -> list[Message]:
                 raise InvalidRequest(f"Unknown role {_shown(role)} in history: use user, assistant or system.",
                                      "history")
             text = text_of(item.get("content"))
-            if text or role == "user":
+            files = attachments_of(item.get("content")) if role == "user" else []
+            if files:  # a past message's files (the UI hands them over read: ``ui/attachments.py``)
+                blocks, images = split(files, limits.images if limits else None)
+                out.append(Message(role, with_context(text, blocks), images=images))
+            elif text or role == "user":
                 out.append(Message(role, text))
         elif isinstance(item, (list, tuple)) and len(item) == 2:  # [user, assistant] pairs
             if item[0]:
@@ -230,6 +246,7 @@ def chat_request(messages: Sequence[Message], params: SamplingParams, stop: Any 
         clean_text(m.content, "message" if i == len(messages) - 1 else f"messages[{i}].content")
         total += len(m.content) + sum(len(str(c)) for c in m.tool_calls)
     check_chars(total, "The conversation", "messages", limits)
+    check_count(sum(len(m.images) for m in messages), limits.images)
     return ChatRequest(tuple(messages), params, stop_strings(stop), limits.max_prompt_tokens, **features)
 
 
@@ -253,19 +270,23 @@ def completion_request(prompt: Any, params: SamplingParams, stop: Any = (), limi
 def build_request(message: str, history: Any, system_prompt: str, max_new_tokens: float, temperature: float,
                   top_p: float, top_k: float, repetition_penalty: float, seed: float | None,
                   stop: Any = (), limits: RequestLimits | None = None, enable_thinking: Any = None,
-                  **samplers: Any) -> ChatRequest:
-    """A chat ChatRequest from /chat's inputs; ``samplers``: the other declared samplers by name."""
+                  files: Sequence[Attachment] = (), **samplers: Any) -> ChatRequest:
+    """A chat ChatRequest from /chat's inputs; ``samplers``: the other declared samplers by name;
+    ``files``: the message's attachments, already read (pictures and text files)."""
     message = text_of(message)
-    if not message.strip():
+    files = list(files or ())
+    if not message.strip() and not files:
         raise InvalidRequest("The message is empty: type something to send.", "message")
     check_chars(len(message), "The message", "message", limits)  # before the history is even looked at
+    blocks, images = split(files, (limits or RequestLimits()).images) if files else ("", ())
+    message = with_context(message, blocks)
     if system_prompt is not None and not isinstance(system_prompt, str):
         raise InvalidRequest("system_prompt must be a string.", "system_prompt")
     messages = []
     if system_prompt and system_prompt.strip():
         messages.append(Message("system", clean_text(system_prompt, "system_prompt").strip()))
-    messages += [m for m in normalize_history(history) if m.role != "system" or not messages]
-    messages.append(Message("user", message))
+    messages += [m for m in normalize_history(history, limits) if m.role != "system" or not messages]
+    messages.append(Message("user", message, images=images))
     params = sampling_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                              repetition_penalty=repetition_penalty, seed=seed, **samplers)
     request = chat_request(messages, params, stop, limits)
@@ -274,15 +295,15 @@ def build_request(message: str, history: Any, system_prompt: str, max_new_tokens
 
 
 def chat_call(message: Any, history: Any, system_prompt: Any, values: Sequence[Any], named: dict[str, Any],
-              limits: RequestLimits | None = None) -> ChatRequest:
+              limits: RequestLimits | None = None, files: Sequence[Attachment] = ()) -> ChatRequest:
     """A ChatRequest from a /chat call: (message, history, system_prompt), then ``CHAT_OPTIONS``
     positionally (``values``, in the API's order) or by name (``named``); one left out keeps its
-    default."""
+    default. ``files``: the message's attachments, already read."""
     given = call_values(CHAT_OPTIONS, values, named)
     core = {o.name: given.pop(o.name, o.default) for o in CHAT_OPTIONS if o.core}
     stop, thinking = given.pop("stop", ()), given.pop("enable_thinking", None)
     return build_request(message, history, system_prompt, **core, stop=stop, limits=limits,
-                         enable_thinking=thinking, **given)
+                         enable_thinking=thinking, files=files, **given)
 
 
 def completion_call(prompt: Any, values: Sequence[Any], named: dict[str, Any],

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.files.sources import default_cache_dir
 from serving.requests import MAX_EMBED_TOKENS, MAX_MESSAGE_CHARS, RequestLimits
+from serving.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, ImageLimits
 
 
 class ServerSettings(BaseSettings):
@@ -60,6 +61,13 @@ class ServerSettings(BaseSettings):
                                    "every entry point; 0 = the model's context")
     max_embed_tokens: int = Field(MAX_EMBED_TOKENS, ge=1, description="largest embeddings request, in tokens over "
                                   "all its inputs (/v1/embeddings); larger ones are refused before any work")
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, description="largest picture in a request, in bytes "
+                                 "(encoded); larger ones are refused before they are decoded")
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, description="largest picture in a request, in pixels "
+                                  "(width x height, read from its header before decoding: no decompression bombs)")
+    max_images: int = Field(MAX_IMAGES, ge=0, description="most pictures in one request (the whole conversation)")
+    allow_remote_images: bool = Field(False, description="fetch image_url parts given as http(s) URLs (public "
+                                      "addresses only, never this server's network); off: data URLs only")
     allow_remote: Annotated[list[str], NoDecode] = Field(default_factory=list, description="with --listen: base URLs (PREFIX ...) the "
                                     "remote backend may use, e.g. http://gpu-box:8000/v1; none by default")
     load_drain_timeout: float = Field(300.0, ge=0, description="on /load_model, seconds the replaced model gets to "
@@ -110,4 +118,6 @@ class ServerSettings(BaseSettings):
 
     @property
     def limits(self) -> RequestLimits:
-        return RequestLimits(self.max_prompt_chars, self.max_prompt_tokens, self.max_embed_tokens)
+        return RequestLimits(self.max_prompt_chars, self.max_prompt_tokens, self.max_embed_tokens,
+                             ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_images,
+                                         self.allow_remote_images))

@@ -23,7 +23,9 @@ from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
 from optimization import estimates
 from optimization.lab import DEFAULT_REFERENCE, Lab
+from serving.attachments import Attachment
 from serving.chat_service import ChatService
+from serving.images import decode_image
 from serving.pieces import ReplyDelta, text_so_far
 from serving.requests import as_int, as_number, as_text, chat_request, loader_options, text_of
 
@@ -227,8 +229,9 @@ class Services:
     # --- quantization lab ------------------------------------------------------------------------
 
     def compare(self, prompt: str, variants: Any, model: str = "embedded", max_new_tokens: Any = 128,
-                temperature: Any = 0.0, seed: Any = 0) -> Iterator[list[dict]]:
-        """Yield every variant's {variant, text, done, stats, footprint_mib} as they stream."""
+                temperature: Any = 0.0, seed: Any = 0, image: Attachment | None = None) -> Iterator[list[dict]]:
+        """Yield every variant's {variant, text, done, stats, footprint_mib} as they stream; ``image``: a
+        picture (already read) every variant sees with the prompt."""
         params = SamplingParams(max_new_tokens=as_int(max_new_tokens, "max_new_tokens"),
                                 temperature=as_number(temperature, "temperature"), top_p=1.0, top_k=0,
                                 seed=None if seed is None else as_int(seed, "seed"))
@@ -236,8 +239,11 @@ class Services:
         if not prompt.strip():
             raise InvalidRequest("The prompt is empty: type something to compare.", "prompt")
         # the chat's checks and limits (valid text, --max-prompt-chars, sampling bounds), once
-        request = chat_request((Message("user", prompt),), params, (), self.chat_service.limits)
-        yield from self.lab.compare(as_text(model, "model").strip() or "embedded", variants, prompt, request.params)
+        limits = self.chat_service.limits
+        images = (decode_image(image.data, f"image: {image.name}", limits.images, "image"),) if image else ()
+        request = chat_request((Message("user", prompt, images=images),), params, (), limits)
+        yield from self.lab.compare(as_text(model, "model").strip() or "embedded", variants, prompt, request.params,
+                                    images=images)
 
     def release_lab(self) -> str:
         n = self.lab.release()

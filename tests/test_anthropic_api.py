@@ -141,8 +141,10 @@ def test_count_tokens_is_the_prompt_of_a_message(claude, model):
     ({"messages": MSG}, 400, "invalid_request_error", "max_tokens: Field required"),
     ({"max_tokens": 0, "messages": MSG}, 400, "invalid_request_error", "max_tokens"),
     ({"max_tokens": 8, "messages": []}, 400, "invalid_request_error", "messages"),
-    ({"max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, 400,
-     "invalid_request_error", "image blocks are not supported"),
+    ({"max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, 400,
+     "invalid_request_error", "document blocks are not supported"),
+    ({"max_tokens": 8, "messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "base64", "media_type": "image/png", "data": "aGk="}}]}]}, 400, "invalid_request_error", "not an image"),
     ({"max_tokens": 8, "messages": MSG, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "nope"}}, 400,
      "invalid_request_error", "no tool named 'nope'"),
     ({"max_tokens": 8, "messages": MSG, "model": "claude-sonnet-4-5"}, 404, "not_found_error", "claude-sonnet-4-5"),

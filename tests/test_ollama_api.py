@@ -137,7 +137,7 @@ def test_embed_and_embeddings(lama, model, live_app):
     ("POST", "/api/chat", {"model": "nope", "messages": []}, 404, "'nope' does not exist"),
     ("POST", "/api/chat", {"model": "{model}", "messages": MSG, "options": {"temperature": -1}}, 400, "temperature"),
     ("POST", "/api/chat", {"model": "{model}", "messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]},
-     400, "images are not supported"),
+     400, "not an image"),
     ("POST", "/api/generate", {"model": "{model}", "prompt": "   "}, 400, "empty"),
     ("POST", "/api/generate", {"model": "{model}", "prompt": "x", "format": "yaml"}, 400, "format"),
     ("POST", "/api/embed", {"model": "{model}", "input": []}, 400, "input"),

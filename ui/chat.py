@@ -23,6 +23,7 @@ from serving.auth import is_personal
 from serving.chat_store import ChatStore, browser_secret
 from serving.services import Services
 from serving.zerogpu import gpu_task
+from ui import attachments
 from ui import chat_history as past
 from ui import chat_tree as ct
 from ui.chat_exports import ChatExports
@@ -160,6 +161,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                                      lines=1, max_lines=8, elem_id="message", autofocus=True)
                 send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+            files = attachments.attach_box()  # pictures and files for the next message (ui/attachments.py)
             with gr.Row():
                 regenerate = gr.Button("Regenerate", size="sm", min_width=70, elem_id="regenerate")
                 cont = gr.Button("Continue", size="sm", min_width=70, elem_id="continue")
@@ -328,8 +330,10 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         saves.extend([bar, bar.then(sync, sync_inputs, sync_outputs, **private)])
         return ev
 
-    turn_chain(message.submit(actions.prepare_send, [message, chatbot, tree], prep_outputs, **private))
-    turn_chain(send.click(actions.prepare_send, [message, chatbot, tree], prep_outputs, **private))
+    for sending in (message.submit, send.click):  # the attach box empties once its files are in the message
+        sent = sending(actions.prepare_send, [message, chatbot, tree, files], prep_outputs, **private)
+        sent.then(attachments.emptied, [job, files], files, **private)
+        turn_chain(sent)
     turn_chain(regenerate.click(actions.prepare_regenerate, [chatbot, tree], prep_outputs, **private))
     turn_chain(chatbot.retry(actions.prepare_regenerate, [chatbot, tree], prep_outputs, **private))
     turn_chain(cont.click(actions.prepare_continue, [chatbot, tree], prep_outputs, **private))

@@ -29,6 +29,7 @@ from serving.requests import text_of
 from serving.services import Services
 from serving.requests import CHAT_OPTIONS
 from ui import chat_tree as ct
+from ui import attachments
 from ui.chat_live import LiveTurn, LiveTurns
 from ui.chat_turns import STATS_TITLE_MARK, is_reply, last_turn, reply_text, thinking_text, title_of, turn_of_index
 from ui.edge import client_of
@@ -154,16 +155,17 @@ class ChatActions:
 
     # --- step 1: what to run (outputs: job, chatbot, message box, tree) --------------------------
 
-    def prepare_send(self, text, history, tree):
+    def prepare_send(self, text, history, tree, files=None):
         text = text_of(text)
-        if not text.strip():
+        paths = attachments.uploaded_paths(files)  # the attach box's files (ui/attachments.py)
+        if not text.strip() and not paths:
             gr.Warning("The message is empty: type something to send.")
             return None, gr.skip(), gr.skip(), gr.skip()
         history = list(history or [])
         tree = ct.reconcile(tree, history)
         parent = ct.last_id(tree)
         restore = ct.shown_child(tree, parent) or ""
-        tree, user = ct.add_node(tree, parent, "user", [{"role": "user", "content": text}])
+        tree, user = ct.add_node(tree, parent, "user", [attachments.user_message(text, paths)])
         return self._new_reply(tree, user, "send", history, text=text, user_node=user, restore_user=restore)
 
     def _new_reply(self, tree, user: str, mode: str, before: list, text: str = "", user_node: str = "",
@@ -282,10 +284,11 @@ class ChatActions:
                 return
             turn = Turn(continue_final=job.mode == "continue", fit_context=True)
             if job.mode == "continue":
-                message, prior = job.prefix, job.base
-            else:
-                message, prior = text_of(job.base[-1]["content"]), job.base[:-1]
-            pieces = self.h.chat_pieces(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn)
+                message, files, prior = job.prefix, [], attachments.history_with_files(job.base)
+            else:  # the question's attached files are read again from the upload folder (ui/attachments.py)
+                message, files, prior = attachments.turn_inputs(job.base[-1], job.base[:-1])
+            pieces = self.h.chat_pieces(message, prior, *params, endpoint="ui", client=client_of(request), turn=turn,
+                                        files=files)
             live = self.live.start(job, turn, pieces, dict(zip(SETTING_NAMES, params)))
         yield from self._follow(live, tree)
 

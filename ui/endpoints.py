@@ -18,6 +18,7 @@ from backends.options import LOADER, Option
 from serving.requests import CHAT_OPTIONS, COMPLETE_OPTIONS
 from serving.services import Services
 from serving.zerogpu import gpu_task
+from ui import attachments
 from ui.api_docs import described_api
 from ui.edge import cancellable, client_of, gradio_errors
 from ui.lab_divergence import token_divergence as divergence
@@ -46,15 +47,26 @@ LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folde
                                     "first one)")]
 
 
-def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None) -> inspect.Signature:
+# /chat's parameters that are not declared options, each placed after the declared option that was last when
+# it came (so an option declared later still goes after it: positional callers keep working)
+CHAT_EXTRA = {"enable_thinking": [
+    ("files", list[dict] | None, None, "files attached to the message (gradio_client: [handle_file(path), ...]): "
+                                       "pictures (PNG, JPEG, WebP, GIF, BMP) for a vision model; text, Markdown, code, "
+                                       "CSV or PDF files as context blocks naming the file (None = none)")]}
+
+
+def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None,
+                extra: dict | None = None) -> inspect.Signature:
     """Give ``fn`` (taking ``*args``) the API Gradio reads: a signature of ``head`` ((name, type,
     default or EMPTY, description) each) then ``options`` (each declared option's name, type hint, API
     default and description; ``overrides``: {name: (default, description)}) then ``request``, the
     matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter.
     Returns the signature, to bind a call's values to their names."""
     overrides = overrides or {}
-    rows = list(head) + [(o.name, o.annotation, *overrides.get(o.name, (api_default(o), o.description)))
-                         for o in options]
+    rows = list(head)
+    for o in options:
+        rows.append((o.name, o.annotation, *overrides.get(o.name, (api_default(o), o.description))))
+        rows += (extra or {}).get(o.name, [])
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=type_)
               for name, type_, default, _ in rows]
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
@@ -81,14 +93,16 @@ def register_chat_api(h: Services, slots: int) -> None:
     def chat(*args, **kwargs):
         values = bound(chat_signature, args, kwargs)
         request = values.pop("request")
-        yield from h.chat(values.pop("message"), values.pop("history"), values.pop("system_prompt"),
-                          endpoint="chat", client=client_of(request), **values)
+        files = attachments.read_all(values.pop("files"))  # from Gradio's upload folder only
+        history = attachments.history_with_files(values.pop("history"))  # past messages' files, likewise
+        yield from h.chat(values.pop("message"), history, values.pop("system_prompt"),
+                          endpoint="chat", client=client_of(request), files=files, **values)
 
     chat_signature = declare_api(
         chat, """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries
         the request's stats (TTFT, tok/s, tokens). A sampler the loaded backend cannot honour is refused
         naming it. OpenAI clients: the same server speaks /v1/chat/completions.""",
-        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict])  # the hint = the two outputs
+        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict], extra=CHAT_EXTRA)  # the hint = the two outputs
     described_api(gpu_task(gradio_errors(chat)), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
 
     def complete(*args, **kwargs):
@@ -222,7 +236,7 @@ def register_lab_api(h: Services) -> None:
 
     @gradio_errors
     def compare(prompt: str, variants: list[str], model: str = "embedded", max_new_tokens: int = 128,
-                temperature: float = 0.0, seed: int = 0) -> list[dict]:
+                temperature: float = 0.0, seed: int = 0, image: dict | None = None) -> list[dict]:
         """Stream the same prompt through 2-4 variants at once, same seed. Yields one {variant, text, done,
         finish_reason, stats, memory, provenance, footprint_mib} per variant: memory = {weights, KV (n_ctx x
         slots), overhead, total} as /stats shows it; provenance = the variant's source and its type, a warning
@@ -235,8 +249,10 @@ def register_lab_api(h: Services) -> None:
             max_new_tokens: longest reply per variant, in tokens
             temperature: sampling temperature (0 = greedy, so the variants can be compared token by token)
             seed: sampling seed shared by every variant
+            image: a picture every variant sees with the prompt, for a vision model's variants (gradio_client: handle_file(path); None = none)
         """
-        yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed)
+        picture = attachments.read(image) if image else None  # from Gradio's upload folder only
+        yield from h.compare(prompt, variants, model, max_new_tokens, temperature, seed, image=picture)
 
     described_api(gpu_task(compare), api_name="compare", concurrency_id="lab", concurrency_limit=1)
 

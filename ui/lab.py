@@ -12,6 +12,7 @@ import pandas as pd
 from monitoring.model_memory import MEMORY_LEGEND
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from optimization.quality import SCORINGS
+from ui import attachments
 from ui.edge import cancellable, gradio_errors
 from ui.lab_divergence import build_divergence
 from serving.services import Services
@@ -203,6 +204,8 @@ def build_compare(h: Services):
                                    label=f"Variants (up to {MAX_COMPARE})", max_choices=MAX_COMPARE,
                                    allow_custom_value=True, info=KV_INFO)
             model = gr.Textbox(value="embedded", label="Model source")
+        image = gr.Image(type="pil", sources=["upload", "clipboard"], label="Picture (vision models)", scale=1,
+                         height=160, elem_id="compare-image")
     with gr.Row():
         max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
         temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (same seed for all)")
@@ -217,8 +220,9 @@ def build_compare(h: Services):
     last = gr.State({})  # the last comparison {prompt, model, panes}: the token heatmap reads it
 
     @gradio_errors
-    def compare_ui(prompt, variants, model, max_new, temperature, seed):
-        for states in h.compare(prompt, variants, model, max_new, temperature, seed):
+    def compare_ui(prompt, variants, model, max_new, temperature, seed, picture):
+        picture = attachments.from_pil(picture) if picture is not None else None
+        for states in h.compare(prompt, variants, model, max_new, temperature, seed, image=picture):
             done = all(s["done"] for s in states)
             cut = first_divergence([s["text"] for s in states]) if done else None
             base = states[0]["text"] if done else None
@@ -231,7 +235,7 @@ def build_compare(h: Services):
                 msg = "Streaming…"
             yield [msg, *updates, {"prompt": prompt, "model": model, "panes": states}]
 
-    ev = run.click(compare_ui, [prompt, variants, model, max_new, temperature, seed], [divergence, *panes, last],
+    ev = run.click(compare_ui, [prompt, variants, model, max_new, temperature, seed, image], [divergence, *panes, last],
                    api_visibility="private", concurrency_id="lab", concurrency_limit=1)
     stop.click(None, None, None, cancels=[ev], api_visibility="private")
     # Compared variants stay loaded (up to 4) so the next comparison starts at once; this frees them.

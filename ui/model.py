@@ -56,6 +56,8 @@ def loader_control(o: Option, value):
         return gr.Checkbox(value=form_value(o, value), **shown)
     if o.choices:
         return gr.Dropdown(list(o.choices), value=form_value(o, value), allow_custom_value=o.free, **shown)
+    if o.type is str:  # a free text option (a file path)
+        return gr.Textbox(value=form_value(o, value), **shown)
     return gr.Number(value=form_value(o, value), precision=0, minimum=o.low, **shown)
 
 

@@ -129,12 +129,16 @@ def _extract(sdist: Path, staging: Path, version: str) -> None:
         raise ConverterUnavailable(f"Cannot read {sdist}: {exc}. {how_to_get(version)}.") from exc
 
 
-def converter_command(home: Path, checkpoint: Path, outfile: Path, outtype: str = "f16") -> tuple[list[str], dict]:
-    """(argv, env) to run the converter in a subprocess with its own gguf-py first on the path."""
+def converter_command(home: Path, checkpoint: Path, outfile: Path, outtype: str = "f16",
+                      mmproj: bool = False) -> tuple[list[str], dict]:
+    """(argv, env) to run the converter in a subprocess with its own gguf-py first on the path;
+    ``mmproj``: a vision model's multimodal projector instead of its text model."""
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)
     env["PYTHONPATH"] = os.pathsep.join([str(home / "gguf-py"), str(home)]
                                         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"
     argv = [sys.executable, str(home / SCRIPT), str(checkpoint), "--outfile", str(outfile), "--outtype", outtype]
+    if mmproj:
+        argv.append("--mmproj")
     return argv, env

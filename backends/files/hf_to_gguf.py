@@ -26,6 +26,7 @@ from backends.errors import ModelLoadError
 from backends.files.gguf_converter import ConverterUnavailable, converter_command, ensure_converter
 
 F16_SUFFIX = ".F16.gguf"
+MMPROJ_PREFIX = "mmproj-"  # llama.cpp's converter's name for a projector; the llama.cpp backend looks for it
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _BLOCK = re.compile(r"^INFO:hf-to-gguf:blk\.(\d+)\.")
 _WRITING = re.compile(r"Writing:\s+(\d+)%")
@@ -83,31 +84,58 @@ def f16_path(checkpoint: Path, cache_dir: Path) -> Path:
     return cache_dir / "gguf" / f"{name}-{checkpoint_key(checkpoint)}" / f"{name}{F16_SUFFIX}"
 
 
+def is_multimodal(checkpoint: Path) -> bool:
+    """A vision-language checkpoint: its config.json has a ``vision_config`` (SmolVLM, Gemma 3, Qwen2-VL, ...)."""
+    try:
+        return isinstance(json.loads((checkpoint / "config.json").read_text()).get("vision_config"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def mmproj_path(f16: Path) -> Path:
+    """Where a vision checkpoint's projector goes: beside its F16, where the llama.cpp backend finds it."""
+    return f16.with_name(MMPROJ_PREFIX + f16.name)
+
+
 def convert_checkpoint(checkpoint: Path, cache_dir: Path, progress: Progress = _no_progress,
                        cancel: threading.Event | None = None) -> Path:
-    """The GGUF F16 of ``checkpoint`` (a local folder), converted once and cached."""
+    """The GGUF F16 of ``checkpoint`` (a local folder), converted once and cached; for a vision model
+    also its multimodal projector (``mmproj-<name>.F16.gguf``) beside it."""
     check_checkpoint(checkpoint)
     out = f16_path(checkpoint, cache_dir)
-    if out.is_file():
+    vision = is_multimodal(checkpoint)
+    if out.is_file() and (not vision or mmproj_path(out).is_file()):
         progress(1.0, f"{out.name} is in the cache")
         return out
     home = ensure_converter(cache_dir, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp-{uuid.uuid4().hex[:8]}")  # listed as unfinished while it runs
     try:
-        _run(home, checkpoint, tmp, progress, cancel)
-        if not tmp.is_file():
-            raise ModelLoadError(f"llama.cpp's converter wrote no file for {checkpoint.name}.")
-        gguf.check_gguf(tmp)
-        os.replace(tmp, out)
-        _record(out.parent, checkpoint)
+        if not out.is_file():
+            _convert_one(home, checkpoint, out, progress, cancel, mmproj=False)
+            _record(out.parent, checkpoint)
+        if vision:
+            _convert_one(home, checkpoint, mmproj_path(out), progress, cancel, mmproj=True)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         if not any(out.parent.iterdir()):
             out.parent.rmdir()
         raise
-    progress(1.0, f"Converted {checkpoint_name(checkpoint)} to {out.name}")
+    progress(1.0, f"Converted {checkpoint_name(checkpoint)} to {out.name}" + (" and its vision projector" if vision else ""))
     return out
+
+
+def _convert_one(home: Path, checkpoint: Path, out: Path, progress: Progress, cancel: threading.Event | None,
+                 mmproj: bool) -> None:
+    tmp = out.with_name(out.name + f".tmp-{uuid.uuid4().hex[:8]}")  # listed as unfinished while it runs
+    try:
+        _run(home, checkpoint, tmp, progress, cancel, mmproj)
+        if not tmp.is_file():
+            raise ModelLoadError(f"llama.cpp's converter wrote no {'projector' if mmproj else 'file'} for "
+                                 f"{checkpoint.name}.")
+        gguf.check_gguf(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _record(folder: Path, checkpoint: Path) -> None:
@@ -119,13 +147,14 @@ def _record(folder: Path, checkpoint: Path) -> None:
     os.replace(tmp, rec)
 
 
-def _run(home: Path, checkpoint: Path, tmp: Path, progress: Progress, cancel: threading.Event | None) -> None:
-    argv, env = converter_command(home, checkpoint, tmp)
+def _run(home: Path, checkpoint: Path, tmp: Path, progress: Progress, cancel: threading.Event | None,
+         mmproj: bool = False) -> None:
+    argv, env = converter_command(home, checkpoint, tmp, mmproj=mmproj)
     try:
         layers = int(json.loads((checkpoint / "config.json").read_text()).get("num_hidden_layers") or 0)
     except (OSError, ValueError, AttributeError):
         layers = 0
-    name = checkpoint_name(checkpoint)
+    name = checkpoint_name(checkpoint) + (" (vision projector)" if mmproj else "")
     progress(0.0, f"Converting {name} to GGUF F16 with llama.cpp's convert_hf_to_gguf.py")
     tail: deque[str] = deque(maxlen=60)
     proc = subprocess.Popen(argv, env=env, cwd=str(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -52,10 +52,13 @@ def _source_type(path: Path | None) -> str | None:
     return None
 
 
-def provenance(loaded_path: str | Path | None, quantization: str, source: str | Path | None = None) -> dict:
+def provenance(loaded_path: str | Path | None, quantization: str, source: str | Path | None = None,
+               projector: str | None = None) -> dict:
     """{source, source_type, already_quantized, note, warning, tensor_types, bpw, source_bpw, tensors}
     of a loaded variant. ``loaded_path``: the file or folder the engine loaded; ``source``: what the
-    user chose (when known; else read from the record this app keeps beside its variants)."""
+    user chose (when known; else read from the record this app keeps beside its variants);
+    ``projector``: a vision model's projector ("mmproj-x.gguf (F16)"), which every variant shares at
+    its own type (the note says so)."""
     loaded = Path(loaded_path) if loaded_path else None
     src = Path(source) if source else None
     if src is None and loaded is not None:
@@ -86,6 +89,8 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
         note = f"from {src_type} ({name})"
     else:
         note = f"from {name}"
+    if projector:
+        note += f"; vision projector {projector}, kept at its own type"
     warning = None
     if bpw and src_bpw and bpw > src_bpw + 0.05 and quantization not in UNQUANTIZED:  # floats: the note says it
         warning = (f"{quantization} has more bits ({bpw:.2f} bpw) than its source {src_type or name} "

@@ -33,6 +33,7 @@ from backends.errors import (
     UnsupportedQuantization,
 )
 from backends.files.hf_convert import hf_checkpoint_from_gguf
+from backends.files.hf_to_gguf import is_multimodal
 from backends.files import gguf
 from backends.hf import quant as transformers_quant
 from backends.memory import release_memory
@@ -115,12 +116,13 @@ class TransformersBackend(Backend):
     default_quantization = "bf16"
     # DRY, XTC and mirostat have no transformers implementation: refused by name (Backend.check_request)
     samplers = frozenset({"min_p", "typical_p", "presence_penalty", "frequency_penalty", "no_repeat_ngram_size"})
-    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs"})
+    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs", "vision"})
 
     def __init__(self, cache_dir: Path | None = None):
         self._cache_dir = cache_dir or sources.default_cache_dir()
         self._model = None
         self._tok = None
+        self._processor = None  # a vision model's AutoProcessor (backends/hf/vision.py); None: text only
         self._lock = threading.Lock()
         self._max_ctx = 2048
         self._device = "cpu"
@@ -196,9 +198,20 @@ class TransformersBackend(Backend):
                 bnb_4bit_use_double_quant=spec.double_quant,
                 bnb_4bit_compute_dtype=compute,
             )
+        vision = is_multimodal(path)
+        processor = None
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+            if vision:  # a vision-language checkpoint: the whole model and its processor (pictures)
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+                processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+                tok = processor.tokenizer
+                if tok.chat_template is None:
+                    tok.chat_template = processor.chat_template
+            else:
+                model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+                tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"Not enough GPU memory for {path.name} at {quant}: try a smaller quantization.") from exc
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
@@ -206,7 +219,7 @@ class TransformersBackend(Backend):
         model.eval()
         if tok.chat_template is None:
             raise ModelLoadError(f"{path.name} has no chat template: this app serves chat models.")
-        self._model, self._tok = model, tok
+        self._model, self._tok, self._processor = model, tok, processor
         self._quant = quant
         self._threads = threads
         self._adaptive = (AdaptiveThreads(threads.threads) if threads.mode == "auto" and threads.threads > 1
@@ -218,7 +231,8 @@ class TransformersBackend(Backend):
         self._max_ctx = int(getattr(cfg, "max_position_embeddings", None) or tok.model_max_length or 2048)
         self._max_ctx = min(self._max_ctx, spec.n_ctx) if spec.n_ctx else self._max_ctx
         self._device = str(next(model.parameters()).device)
-        batching = self._start_batching(spec, model, tok) if spec.parallel > 1 else "off (parallel=1)"
+        batching = ("off (vision model: one request at a time)" if vision else
+                    self._start_batching(spec, model, tok) if spec.parallel > 1 else "off (parallel=1)")
         self._speculative, self._draft_tokens = spec.speculative, spec.spec_draft_tokens
         self._spec_stats = SpecStats()
         speculative = {} if spec.speculative is None else {
@@ -242,6 +256,7 @@ class TransformersBackend(Backend):
                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                 "trust_remote_code": spec.trust_remote_code,
                 "batching": batching,
+                "vision": vision,  # sees pictures (AutoModelForImageTextToText and its processor)
                 **threads.as_details(),  # n_threads, threads_mode, threads_why, omp_wait_policy
                 **({"threads_why": f"{threads.why}; each step takes the cores other processes leave (1 to "
                                    f"{threads.threads})"} if self._adaptive else {}),
@@ -290,7 +305,7 @@ class TransformersBackend(Backend):
         if batcher is not None:
             batcher.close()
         with self._lock:
-            self._model = self._tok = None
+            self._model = self._tok = self._processor = None
         release_memory()
 
     # --- generation ------------------------------------------------------------------------------
@@ -308,12 +323,23 @@ class TransformersBackend(Backend):
         return prompt_ids(tok, request)
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
-        return len(self.prompt_ids(request))
+        return len(self._inputs(request)[0])
+
+    def _inputs(self, request: ChatRequest) -> tuple[list[int], dict]:
+        """The prompt's token ids and, for pictures, the processor's other model inputs."""
+        if not request.images:
+            return self.prompt_ids(request), {}
+        from backends.hf.vision import vision_inputs
+
+        self._require()
+        if self._processor is None:
+            raise InvalidRequest("This model is text-only (no vision capability): it cannot read images.", "messages")
+        return vision_inputs(self._processor, request)
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         self._require()
         params = request.params
-        ids = self.prompt_ids(request)
+        ids, pictures = self._inputs(request)
         n_prompt = len(ids)
         check_prompt_tokens(request, n_prompt, self._max_ctx)
         budget = min(params.max_new_tokens, self._max_ctx - n_prompt)
@@ -324,10 +350,11 @@ class TransformersBackend(Backend):
         # The batch runs temperature/top-k/top-p per request; constraints, logprobs, the other samplers
         # and speculative decoding run on generate() (the two paths take turns on the model).
         if (batcher is not None and not draft and batcher.accepts(params) and request.constraint is None
-                and request.logprobs is None):
+                and request.logprobs is None and not pictures):
             yield from self._stream_batched(batcher, ids, budget, params, cancel)
         else:
-            yield from self._stream_generate(ids, budget, params, cancel, request, constraint, draft)
+            yield from self._stream_generate(ids, budget, params, cancel, request, constraint,
+                                             draft if not pictures else 0, pictures)
 
     def _speculative_for(self, request: ChatRequest) -> bool:
         """Prompt lookup for this request: loaded with it, greedy, no constraint or logprobs (generate()
@@ -354,9 +381,10 @@ class TransformersBackend(Backend):
 
     def _stream_generate(self, ids: list[int], budget: int, params, cancel: threading.Event,
                          request: ChatRequest | None = None, constraint=None,
-                         draft_tokens: int = 0) -> Iterator[TextDelta]:
+                         draft_tokens: int = 0, pictures: dict | None = None) -> Iterator[TextDelta]:
         """One request at a time: generate() in a worker thread, under the model's lock; with
-        ``draft_tokens``, prompt lookup drafting up to that many tokens per forward pass."""
+        ``draft_tokens``, prompt lookup drafting up to that many tokens per forward pass; ``pictures``:
+        a vision model's pixel inputs (``transformers_vision``)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
@@ -415,6 +443,9 @@ class TransformersBackend(Backend):
             **generate_kwargs(params),
             **(speculative_kwargs(draft_tokens) if draft_tokens else {}),
         )
+        for key, value in (pictures or {}).items():  # pixel values in the model's dtype, on its device
+            value = value.to(self._device)
+            gen_kwargs[key] = value.to(model.dtype) if value.is_floating_point() else value
 
         def run():
             try:

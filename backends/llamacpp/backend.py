@@ -36,6 +36,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from backends.files.gguf import kv_cache_bytes
 from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
 from backends.llamacpp.open import kv_cache_options, open_llama
+from backends.llamacpp.vision import Vision, find_mmproj
 from backends.memory import release_memory
 from backends.threads import AdaptiveThreads, ContextThreads
 from backends.threads import choose as choose_threads
@@ -73,7 +75,7 @@ class LlamaCppBackend(Backend):
     pseudo_quantizations = (gguf.GGUF_AS_FILE,)
     samplers = frozenset({"min_p", "typical_p", "presence_penalty", "frequency_penalty", "dry_multiplier",
                           "xtc_probability", "mirostat"})
-    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs", "embeddings"})
+    features = frozenset({"prompt", "continue_final", "tools", "constraint", "logprobs", "embeddings", "vision"})
 
     @classmethod
     def normalize_quantization(cls, quantization: str | None) -> str:
@@ -102,6 +104,7 @@ class LlamaCppBackend(Backend):
         self._speculative: str | None = None  # the speculative kind in use ("ngram"), None: off
         self._count_lock = threading.Lock()
         self._details: dict = {}
+        self._vision = None  # llamacpp_vision.Vision when the model has a projector (mmproj)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class LlamaCppBackend(Backend):
             step = 0.3
         path = sources.find_gguf(path, spec.gguf_file)
         gguf.check_gguf(path)
+        mmproj = find_mmproj(path, spec.mmproj)  # beside the file given (a variant of it sees through it too)
         quant = self.normalize_quantization(spec.quantization)
         if quant != gguf.GGUF_AS_FILE:
             progress(step, f"Making the {quant} variant (cached after the first time)")
@@ -157,6 +161,13 @@ class LlamaCppBackend(Backend):
         except Exception as exc:  # a template jinja cannot parse
             llm.close()
             raise ModelLoadError(f"The chat template in {path.name} is not valid Jinja: {exc}") from exc
+        if mmproj is not None:
+            progress(0.92, f"Loading the vision projector {mmproj.name}")
+            try:
+                self._vision = Vision(mmproj, llm, threads.threads, use_gpu=bool(n_gpu_layers and gpu_offload))
+            except BaseException:
+                llm.close()
+                raise
         self._llm, self._spec, self._path, self._n_gpu_layers = llm, spec, path, n_gpu_layers
         self._threads = threads
         # auto on the CPU: each decode takes the cores other processes leave (backends/threads.py)
@@ -174,6 +185,9 @@ class LlamaCppBackend(Backend):
                                            prefix_cache=spec.prefix_cache,
                                            host_cache_bytes=spec.prompt_cache_mib << 20)
             except BaseException:
+                if self._vision is not None:
+                    self._vision.close()
+                    self._vision = None
                 llm.close()
                 raise
         n_ctx = spec.n_ctx
@@ -202,6 +216,10 @@ class LlamaCppBackend(Backend):
             "kv_cache_bytes": kv_bytes,
             "kv_cache_type": kv_type,
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
+            "vision": self._vision is not None,  # sees pictures (its projector, mmproj, is loaded)
+            **({"mmproj": self._vision.path.name,  # the projector stays at its own type in every variant
+                "projector": f"{self._vision.path.name} ({gguf.gguf_file_type(self._vision.path) or '?'})"}
+               if self._vision is not None else {}),
         }
         self._spec_stats = SpecStats()
         self._speculative = None
@@ -249,6 +267,9 @@ class LlamaCppBackend(Backend):
                 self._embedder.close()
                 self._embedder = None
         with self._lock:
+            if self._vision is not None:
+                self._vision.close()
+                self._vision = None
             for llm in (self._llm, self._logits_llm):
                 if llm is not None:
                     llm.close()
@@ -270,7 +291,18 @@ class LlamaCppBackend(Backend):
         return self.prompt_tokens(request)
 
     def count_prompt_tokens(self, request: ChatRequest) -> int:
+        if request.images:
+            with self._media_prompt(request) as media:
+                return media.n_tokens
         return len(self.prompt_tokens(request))
+
+    def _media_prompt(self, request: ChatRequest):
+        """The prompt of a request with pictures, as mtmd chunks (``llamacpp_vision``)."""
+        self._require()
+        if self._vision is None:
+            raise InvalidRequest("This model is text-only (no vision projector, mmproj, is loaded): it cannot read "
+                                 "images.", "messages")
+        return self._vision.prompt(self._template.render(request), request.images)
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         import llama_cpp as L
@@ -278,6 +310,9 @@ class LlamaCppBackend(Backend):
         llm = self._require()
         if self._engine is not None:
             yield from self._stream_batched(request, cancel)
+            return
+        if request.images:
+            yield from self._stream_media(llm, request, cancel)
             return
         with self._lock:
             tokens = self.prompt_tokens(request)
@@ -302,6 +337,29 @@ class LlamaCppBackend(Backend):
                 L.llama_sampler_free(sampler)
             yield TextDelta("", finish_reason=finish, prompt_tokens=n_prompt)
 
+    def _stream_media(self, llm, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
+        """``stream`` for a prompt with pictures, one slot: the chunks are evaluated into the model's
+        context from position 0 (no cached prefix), then tokens are drawn as for text."""
+        import llama_cpp as L
+
+        with self._lock, self._media_prompt(request) as media:
+            n_ctx = llm.n_ctx()
+            check_prompt_tokens(request, max(media.n_tokens, media.n_pos), n_ctx)
+            budget = min(request.params.max_new_tokens, n_ctx - media.n_pos)
+            sampler = sampler_for(L, llm, request, n_ctx)
+            try:
+                yield TextDelta("", prompt_tokens=media.n_tokens)
+                llm.reset()
+                llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+                self._sync_threads()
+                n_past = compute.run(media.eval, llm._ctx.ctx, 0, 0, llm.n_batch)
+                llm.input_ids[:n_past] = -1  # cells no token stands for: never a reusable prefix
+                llm.n_tokens = n_past
+                finish = yield from self._generate(llm, [], sampler, budget, request.logprobs, cancel, prefilled=True)
+            finally:
+                L.llama_sampler_free(sampler)
+            yield TextDelta("", finish_reason=finish, prompt_tokens=media.n_tokens)
+
     def _speculative_for(self, request: ChatRequest) -> bool:
         """Speculative decoding for this request: loaded with it, and a greedy request (a sampled one
         decodes plainly, exactly as without the option)."""
@@ -314,14 +372,16 @@ class LlamaCppBackend(Backend):
             self._details["spec_accepted_tokens"] = self._spec_stats.accepted
 
     def _generate(self, llm, tokens: list[int], sampler, budget: int, logprobs: int | None,
-                  cancel: threading.Event) -> Iterator[TextDelta]:
-        """Evaluate ``tokens`` (reusing the KV prefix the context already holds) and draw up to
-        ``budget`` tokens; returns the finish reason. Holds ``self._lock``."""
+                  cancel: threading.Event, prefilled: bool = False) -> Iterator[TextDelta]:
+        """Evaluate ``tokens`` (reusing the KV prefix the context already holds; ``prefilled``: the
+        prompt is evaluated already) and draw up to ``budget`` tokens; returns the finish reason.
+        Holds ``self._lock``."""
         import llama_cpp as L
 
         ctx, vocab = llm._ctx.ctx, llm._model.vocab
         n_vocab = L.llama_vocab_n_tokens(vocab)
-        self._prefill(llm, tokens, self._spec is None or self._spec.prefix_cache)
+        if not prefilled:
+            self._prefill(llm, tokens, self._spec is None or self._spec.prefix_cache)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated, finish = 0, "length"
         while generated < budget:
@@ -450,18 +510,29 @@ class LlamaCppBackend(Backend):
     def _stream_batched(self, request: ChatRequest, cancel: threading.Event) -> Iterator[TextDelta]:
         import llama_cpp as L
 
-        tokens = self.prompt_tokens(request)
-        n_ctx = self._engine.n_ctx_per_seq
-        check_prompt_tokens(request, len(tokens), n_ctx)
-        budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
-        sampler = sampler_for(L, self._llm, request, n_ctx)  # the engine owns (and frees) it from here
-        draft = self._spec.spec_draft_tokens if self._speculative_for(request) else 0
+        media = self._media_prompt(request) if request.images else None
+        try:
+            # a prompt with pictures: a placeholder token per position (the engine evaluates the chunks)
+            tokens = self.prompt_tokens(request) if media is None else [-1] * media.n_pos
+            n_ctx = self._engine.n_ctx_per_seq
+            check_prompt_tokens(request, len(tokens), n_ctx)
+            budget = min(request.params.max_new_tokens, n_ctx - len(tokens))
+            sampler = sampler_for(L, self._llm, request, n_ctx)  # the engine owns (and frees) it from here
+        except BaseException:
+            if media is not None:
+                media.close()
+            raise
+        n_prompt = media.n_tokens if media is not None else len(tokens)
+        draft = self._spec.spec_draft_tokens if self._speculative_for(request) and media is None else 0
+        # the engine owns ``media`` from here too (frees its chunks once evaluated or dropped)
         for delta in self._engine.submit(tokens, sampler, budget, cancel, logprobs=request.logprobs,
-                                         draft_tokens=draft):
+                                         draft_tokens=draft, media=media):
             if delta.finish_reason and draft:
                 stats = SpecStats()
                 stats.add(delta.draft_tokens, delta.accepted_tokens)
                 self._count(stats)
+            if delta.prompt_tokens and delta.prompt_tokens != n_prompt:
+                delta = replace(delta, prompt_tokens=n_prompt)
             yield delta
 
     def tokenize(self, text: str) -> list[int]:

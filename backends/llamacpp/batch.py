@@ -62,6 +62,7 @@ class _Seq:
     k_cur: int = 0  # the current draft length, adapted like the single-slot path's
     drafted: int = 0
     accepted: int = 0
+    media: object = None  # llamacpp_vision.MediaPrompt: a prompt with pictures, evaluated whole at admission
 
 
 class BatchEngine:
@@ -118,11 +119,15 @@ class BatchEngine:
     # --- client side -----------------------------------------------------------------------------
 
     def submit(self, tokens: list[int], sampler, budget: int, cancel: threading.Event,
-               logprobs: int | None = None, draft_tokens: int = 0) -> Iterator:
+               logprobs: int | None = None, draft_tokens: int = 0, media=None) -> Iterator:
         """Queue a request; ``sampler`` (a llama_sampler chain) is the engine's to free from here.
         ``draft_tokens`` > 0: decode it speculatively (a greedy request only: the drafts are checked
-        against the chain's pick, which only reproduces plain decoding when that pick is deterministic)."""
-        seq = _Seq(tokens, sampler, budget, cancel, logprobs, draft_max=draft_tokens, k_cur=draft_tokens)
+        against the chain's pick, which only reproduces plain decoding when that pick is deterministic).
+        ``media``: a prompt with pictures (``llamacpp_vision.MediaPrompt``, the caller closes it after the
+        stream): evaluated whole into the sequence's slot when it is admitted, with no shared prefix;
+        ``tokens`` is then a placeholder as long as its positions."""
+        seq = _Seq(tokens, sampler, budget, cancel, logprobs, draft_max=draft_tokens, k_cur=draft_tokens,
+                   media=media)
         if draft_tokens > 0:
             seq.drafter = NgramDrafter(tokens)  # built here, on the caller's thread, not the scheduler's
         with self._wake:
@@ -168,6 +173,9 @@ class BatchEngine:
         return self.llm.detokenize([token], special=True)
 
     def _free_sampler(self, seq: _Seq) -> None:
+        """Free what the engine owns of a sequence that ends: its sampler chain, its pictures' chunks."""
+        if seq.media is not None:
+            seq.media.close()
         if seq.sampler is not None:
             self.L.llama_sampler_free(seq.sampler)
             seq.sampler = None
@@ -177,7 +185,8 @@ class BatchEngine:
         seq.out.put(TextDelta(tail, finish_reason=finish, prompt_tokens=len(seq.tokens),
                               draft_tokens=seq.drafted, accepted_tokens=seq.accepted))
         seq.out.put(_END)
-        self._kept[seq.slot] = seq.in_kv  # kept for the next request's prefix; cells freed on reuse
+        # kept for the next request's prefix (cells freed on reuse); a picture's cells match no prompt
+        self._kept[seq.slot] = seq.in_kv if seq.media is None else []
         self._free_sampler(seq)
         self._running.remove(seq)
         self._free.append(seq.slot)
@@ -195,7 +204,9 @@ class BatchEngine:
             seq.slot, reuse = max(((slot, common_prefix(self._kept[slot], seq.tokens)) for slot in self._free),
                                   key=lambda x: x[1])
             self._free.remove(seq.slot)
-            if self.prefix_cache:
+            if seq.media is not None:
+                reuse = 0
+            elif self.prefix_cache:
                 try:
                     reuse = self._from_host_cache(seq, reuse)
                 except Exception:  # noqa: BLE001 - the host cache is an optimisation: prefill instead
@@ -247,6 +258,17 @@ class BatchEngine:
                     self._waiting.clear()
                     return
                 self._admit()
+            for seq in [s for s in self._running if s.media is not None and s.prefill < len(s.tokens)]:
+                try:
+                    self._prefill_media(seq)
+                except BaseException as exc:  # noqa: BLE001 - this request hears about it; the others go on
+                    seq.out.put(exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp: {exc}"))
+                    seq.out.put(_END)
+                    L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                    self._kept[seq.slot] = []
+                    self._running.remove(seq)
+                    self._free.append(seq.slot)
+                    self._free_sampler(seq)
             for seq in [s for s in self._running if s.cancel.is_set()]:
                 self._retire(seq, "cancelled")
             if not self._running:
@@ -263,6 +285,17 @@ class BatchEngine:
                     self._free.append(seq.slot)
                     self._free_sampler(seq)
                 self._running.clear()
+
+    def _prefill_media(self, seq: _Seq) -> None:
+        """Evaluate a prompt with pictures into ``seq``'s slot (its own decodes, outside the shared
+        batch) and draw its first token from the last logits."""
+        self._sync_threads()
+        try:
+            seq.pos = compute.run(seq.media.eval, self.ctx, 0, seq.slot, self.n_batch)
+        finally:
+            seq.media.close()  # the chunks are in the KV cache now (or failed): freed here, by their owner
+        seq.prefill = len(seq.tokens)
+        self._take(seq, -1, [])
 
     def _step(self) -> None:
         """One llama_decode: a token (plus its drafts, when speculative) for every generating sequence,

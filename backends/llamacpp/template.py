@@ -19,6 +19,7 @@ from backends.errors import InvalidRequest
 
 RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception",
                       "strftime_now"})
+MEDIA_MARKER = "<__media__>"  # libmtmd's default marker (mtmd_default_marker)
 _OPEN = "\x00QUANTLAB-CONTINUE\x00"  # stands for an empty final assistant message
 
 
@@ -83,7 +84,8 @@ class ChatTemplate:
             raise InvalidRequest(f"The model's chat template rejected these messages: {exc}", "messages") from exc
 
     def _message(self, m: Message) -> dict[str, Any]:
-        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        # pictures: libmtmd's media marker where each goes, before the text (``llamacpp_vision``)
+        d: dict[str, Any] = {"role": m.role, "content": MEDIA_MARKER * len(m.images) + m.content}
         if m.role == "tool" and not self.knows_tool_role:
             body = m.content if not m.name else f"{m.name}: {m.content}"
             return {"role": "user", "content": f"<tool_response>\n{body}\n</tool_response>"}

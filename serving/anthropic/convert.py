@@ -20,10 +20,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
+from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, ImageInput, Message, SamplingParams
 from backends.errors import InvalidRequest
 from serving.anthropic.schema import (
     CountTokensRequest,
+    ImageBlock,
     MessagesRequest,
     RedactedThinkingBlock,
     TextBlock,
@@ -32,6 +33,7 @@ from serving.anthropic.schema import (
     ToolUseBlock,
     UnsupportedBlock,
 )
+from serving.images import check_count, decode_base64, image_from_url
 from serving.requests import RequestLimits, chat_request
 from serving.tool_calls import output_constraint
 
@@ -53,10 +55,20 @@ def _system(body: CountTokensRequest) -> list[Message]:
     return [Message("system", text)] if text else []
 
 
-def _turn(i: int, role: str, content: Any, call_names: dict[str, str]) -> list[Message]:
+def _picture(block: ImageBlock, where: str, limits: RequestLimits | None) -> ImageInput:
+    image_limits = (limits or RequestLimits()).images
+    src = block.source
+    if src.type == "url":
+        return image_from_url(src.url or "", f"{where}.source.url", image_limits, "messages")
+    return decode_base64(src.data or "", f"{where}.source.data", image_limits, "messages")
+
+
+def _turn(i: int, role: str, content: Any, call_names: dict[str, str],
+          limits: RequestLimits | None = None) -> list[Message]:
     """One Anthropic message as the chat messages it stands for."""
     if isinstance(content, str):
         return [Message(role, content)]
+    pictures: list[ImageInput] = []
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict] = []
@@ -64,9 +76,13 @@ def _turn(i: int, role: str, content: Any, call_names: dict[str, str]) -> list[M
     for k, block in enumerate(content):
         where = f"messages[{i}].content[{k}]"
         if isinstance(block, UnsupportedBlock):
-            raise InvalidRequest(f"{where}: {block.type} blocks are not supported by this server (text, tool_use, "
-                                 "tool_result and thinking are).", "messages")
-        if isinstance(block, TextBlock):
+            raise InvalidRequest(f"{where}: {block.type} blocks are not supported by this server (text, image, "
+                                 "tool_use, tool_result and thinking are).", "messages")
+        if isinstance(block, ImageBlock):
+            if role != "user":
+                raise InvalidRequest(f"{where}: an image block belongs to a user turn.", "messages")
+            pictures.append(_picture(block, where, limits))
+        elif isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             if role != "assistant":
@@ -87,14 +103,17 @@ def _turn(i: int, role: str, content: Any, call_names: dict[str, str]) -> list[M
                                    tool_call_id=block.tool_use_id, name=call_names.get(block.tool_use_id)))
     if role == "assistant":
         return [Message("assistant", "".join(texts), tool_calls=tuple(calls), reasoning="".join(thoughts) or None)]
-    return results + ([Message("user", "\n\n".join(texts))] if texts or not results else [])
+    return results + ([Message("user", "\n\n".join(texts), images=tuple(pictures))]
+                      if texts or pictures or not results else [])
 
 
-def messages_of(body: CountTokensRequest) -> list[Message]:
+def messages_of(body: CountTokensRequest, limits: RequestLimits | None = None) -> list[Message]:
     out = _system(body)
     call_names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer it
+    check_count(sum(isinstance(b, ImageBlock) for m in body.messages if not isinstance(m.content, str)
+                    for b in m.content), (limits or RequestLimits()).images)  # before any is decoded
     for i, m in enumerate(body.messages):
-        out += _turn(i, m.role, m.content, call_names)
+        out += _turn(i, m.role, m.content, call_names, limits)
     return out
 
 
@@ -121,7 +140,7 @@ def tools_of(body: CountTokensRequest) -> tuple[tuple[dict, ...], ToolPlan, str 
 def to_chat_request(body: CountTokensRequest, limits: RequestLimits | None = None,
                     max_tokens: int | None = None) -> tuple[ChatRequest, ToolPlan]:
     """``body`` as the ChatRequest to run (``max_tokens`` for a count, which has none) and its tool plan."""
-    messages = messages_of(body)
+    messages = messages_of(body, limits)
     if not any(m.role in ("user", "tool") for m in messages):
         raise InvalidRequest("messages: the conversation needs a user message.", "messages")
     continue_final = messages[-1].role == "assistant"

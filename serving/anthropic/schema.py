@@ -2,7 +2,8 @@
 /v1/messages and /v1/messages/count_tokens.
 
 Content blocks are told apart by their ``type``: text, tool_use, tool_result and thinking are read;
-an image or document block is refused with a 400 naming it (this server has no image input).
+an image block's picture goes to a vision model (base64, or a URL where the server allows fetching);
+a document block is refused with a 400 naming it.
 Unknown top-level fields are ignored, as Anthropic's SDKs send extras (metadata, service_tier).
 """
 
@@ -49,14 +50,29 @@ class RedactedThinkingBlock(Block):
     type: Literal["redacted_thinking"]
 
 
+class ImageSource(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(Block):
+    """A picture: ``{"type": "base64", "media_type": "image/png", "data": ...}`` or ``{"type": "url", "url": ...}``."""
+
+    type: Literal["image"]
+    source: ImageSource
+
+
 class UnsupportedBlock(Block):
     """A block this server cannot read (refused by name in the conversion)."""
 
-    type: Literal["image", "document", "search_result", "server_tool_use", "web_search_tool_result"]
+    type: Literal["document", "search_result", "server_tool_use", "web_search_tool_result"]
 
 
 ContentBlock = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
-                         | UnsupportedBlock, Field(discriminator="type")]
+                         | ImageBlock | UnsupportedBlock, Field(discriminator="type")]
 
 
 class MessageIn(BaseModel):

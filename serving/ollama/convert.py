@@ -21,6 +21,7 @@ from typing import Any
 from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
 from backends.errors import InvalidRequest
 from serving.ollama.schema import EXTRA_OPTIONS, ChatBody, Format, GenerateBody, MessageIn, Options
+from serving.images import check_count, decode_base64
 from serving.requests import RequestLimits, chat_request, completion_request
 from serving.tool_calls import output_constraint
 
@@ -53,18 +54,25 @@ def constraint_of(fmt: Format) -> Constraint | None:
     return Constraint("json_schema", json.dumps(fmt), param="format")
 
 
-def _no_images(images: list[str] | None, where: str) -> None:
-    if images:
-        raise InvalidRequest(f"{where}: images are not supported by this server (it has no image input).", where)
+def _images(images: list[str] | None, where: str, limits: RequestLimits | None) -> tuple:
+    """Ollama's ``images``: base64 pictures (no data: prefix), decoded and checked (``serving.images``)."""
+    if not images:
+        return ()
+    image_limits = (limits or RequestLimits()).images
+    check_count(len(images), image_limits)  # before any is decoded
+    field = "images" if where == "images" else "messages"
+    return tuple(decode_base64(b64, f"{where}[{k}]", image_limits, field) for k, b64 in enumerate(images))
 
 
-def messages_of(messages: list[MessageIn]) -> list[Message]:
+def messages_of(messages: list[MessageIn], limits: RequestLimits | None = None) -> list[Message]:
     """Ollama messages as chat messages. Ollama's tool calls carry no ids: each call gets one, and a
     tool result answers the earliest unanswered call of its ``tool_name`` (or the earliest one)."""
     out: list[Message] = []
     pending: list[tuple[str, str]] = []  # (call id, function name) not answered yet
+    check_count(sum(len(m.images or ()) for m in messages), (limits or RequestLimits()).images)
     for i, m in enumerate(messages):
-        _no_images(m.images, f"messages[{i}].images")
+        if m.images and m.role != "user":
+            raise InvalidRequest(f"messages[{i}].images: only a user message can carry images.", "messages")
         if m.role == "assistant":
             calls = tuple({"id": f"call_{i}_{k}", "type": "function",
                            "function": {"name": c.function.name,
@@ -80,7 +88,7 @@ def messages_of(messages: list[MessageIn]) -> list[Message]:
             call_id = match[0] if match else f"call_{i}"
             out.append(Message("tool", m.content, tool_call_id=call_id, name=name or (match[1] if match else None)))
         else:
-            out.append(Message(m.role, m.content))
+            out.append(Message(m.role, m.content, images=_images(m.images, f"messages[{i}].images", limits)))
     return out
 
 
@@ -94,7 +102,7 @@ def _features(body: ChatBody | GenerateBody) -> dict[str, Any]:
 def chat_to_request(body: ChatBody, context_length: int, limits: RequestLimits | None = None) -> ChatRequest:
     if not body.messages:
         raise InvalidRequest("messages: give at least one message.", "messages")
-    messages = messages_of(body.messages)
+    messages = messages_of(body.messages, limits)
     params, stop = sampling(body.options, context_length)
     features = _features(body)
     features["continue_final"] = messages[-1].role == "assistant"
@@ -105,13 +113,15 @@ def chat_to_request(body: ChatBody, context_length: int, limits: RequestLimits |
 
 
 def generate_to_request(body: GenerateBody, context_length: int, limits: RequestLimits | None = None) -> ChatRequest:
-    _no_images(body.images, "images")
+    images = _images(body.images, "images", limits)
     if body.suffix:
         raise InvalidRequest("suffix: fill-in-the-middle is not supported by this server.", "suffix")
     params, stop = sampling(body.options, context_length)
     features = _features(body)
     if body.raw:
+        if images:
+            raise InvalidRequest("images: a raw prompt (raw: true) has no place for pictures; leave raw off.", "images")
         features.pop("template_kwargs", None)
         return completion_request(body.prompt, params, stop, limits, **features)
     system = [Message("system", body.system)] if body.system else []
-    return chat_request([*system, Message("user", body.prompt)], params, stop, limits, **features)
+    return chat_request([*system, Message("user", body.prompt, images=images)], params, stop, limits, **features)

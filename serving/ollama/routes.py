@@ -163,7 +163,7 @@ class OllamaRoutes:
         return {"modelfile": "", "parameters": "", "template": "", "details": details(cur),
                 "model_info": {"general.name": cur.name, "general.quantization": cur.quantization,
                                "general.context_length": cur.context_length},
-                "capabilities": ["completion", "tools"], "modified_at": described(cur)["modified_at"]}
+                "capabilities": [*cur.capabilities, "tools"], "modified_at": described(cur)["modified_at"]}
 
     async def embed(self, request: Request) -> Response:
         return await self.pipe.answer(request, EmbedBody, self._embed, OLLAMA_ERRORS)

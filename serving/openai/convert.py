@@ -19,6 +19,7 @@ from serving.openai.schema import (
     ResponseFormat,
     SamplerFields,
 )
+from serving.images import check_count, image_from_url
 from serving.request_json import check_body
 from serving.requests import RequestLimits, chat_request, completion_request
 from serving.tool_calls import output_constraint
@@ -73,9 +74,17 @@ def constraint_of(fmt: ResponseFormat | None) -> Constraint | None:
     return Constraint("json_schema", json.dumps(fmt.json_schema.schema_))
 
 
-def _messages(body: ChatCompletionRequest) -> list[Message]:
+def _images(m, i: int, limits: RequestLimits | None) -> tuple:
+    """The pictures of message ``i`` (its ``image_url`` parts), decoded and checked (``serving.images``)."""
+    image_limits = (limits or RequestLimits()).images
+    return tuple(image_from_url(url, f"messages[{i}].content[{k}].image_url", image_limits, "messages")
+                 for k, url in m.image_urls())
+
+
+def _messages(body: ChatCompletionRequest, limits: RequestLimits | None = None) -> list[Message]:
     out: list[Message] = []
     call_names: dict[str, str] = {}  # tool_call_id -> function name, for tool results that omit it
+    check_count(sum(len(m.image_urls()) for m in body.messages), (limits or RequestLimits()).images)  # before decoding
     for i, m in enumerate(body.messages):
         try:
             text = m.text()
@@ -102,13 +111,13 @@ def _messages(body: ChatCompletionRequest) -> list[Message]:
             out.append(Message("tool", text, tool_call_id=m.tool_call_id,
                                name=m.name or call_names.get(m.tool_call_id)))
         else:
-            out.append(Message(role, text))
+            out.append(Message(role, text, images=_images(m, i, limits)))
     return out
 
 
 def to_chat_request(body: ChatCompletionRequest, limits: RequestLimits | None = None) -> tuple[ChatRequest, ToolPlan]:
     refuse_unsupported(body)
-    messages = _messages(body)
+    messages = _messages(body, limits)
     continue_final = messages[-1].role == "assistant"
     if continue_final and not any(m.role in ("user", "tool") and m.content.strip() for m in messages):
         raise InvalidRequest("The last message is the assistant's and there is no user message before it: "

@@ -36,7 +36,8 @@ from serving.openai.response_store import ResponseStore
 from serving.openai.responses_schema import InputItem, InputPart, NamedFunctionChoice, ResponsesRequest
 from serving.pieces import ReplyDelta
 from serving.request_json import check_body
-from serving.requests import chat_request
+from serving.images import check_count, image_from_url
+from serving.requests import RequestLimits, chat_request
 from serving.tool_calls import ToolCall, output_constraint
 
 TEXT_PARTS = ("input_text", "output_text", "text", "reasoning_text", "summary_text")
@@ -49,13 +50,30 @@ def _text(content: str | list[InputPart] | None, where: str) -> str:
         return content or ""
     parts = []
     for p in content:
-        if p.type == "refusal":
+        if p.type in ("refusal", "input_image"):  # pictures: ``_pictures``
             continue
         if p.type not in TEXT_PARTS:
             raise InvalidRequest(f"{where}: content parts of type {p.type!r} are not supported by this server "
                                  "(text only).", "input")
         parts.append(p.text or "")
     return "".join(parts)
+
+
+def _pictures(content: str | list[InputPart] | None, role: str, where: str, limits) -> tuple:
+    """The ``input_image`` parts of a message item, decoded and checked (``serving.images``)."""
+    if not isinstance(content, list):
+        return ()
+    images = [(k, p) for k, p in enumerate(content) if p.type == "input_image"]
+    if images and role != "user":
+        raise InvalidRequest(f"{where}: only a user message can carry input_image parts.", "input")
+    image_limits = (limits or RequestLimits()).images
+    out = []
+    for k, p in images:
+        if p.image_url is None:
+            raise InvalidRequest(f"{where}.content[{k}]: give the picture as image_url (a data URL); file_id is not "
+                                 "supported by this server.", "input")
+        out.append(image_from_url(p.image_url, f"{where}.content[{k}].image_url", image_limits, "input"))
+    return tuple(out)
 
 
 def input_items(body: ResponsesRequest, store: ResponseStore) -> list[InputItem]:
@@ -72,7 +90,7 @@ def input_items(body: ResponsesRequest, store: ResponseStore) -> list[InputItem]
     return [InputItem.model_validate(item) for item in kept] + items
 
 
-def _messages(instructions: str | None, items: list[InputItem], kept: int = 0) -> list[Message]:
+def _messages(instructions: str | None, items: list[InputItem], kept: int = 0, limits=None) -> list[Message]:
     """``instructions`` and the input ``items`` (the first ``kept`` of them a previous response's) as
     Messages: consecutive function calls join the assistant message before them (as a chat template
     expects), their outputs become tool messages, a reasoning item is the thinking of the assistant
@@ -82,6 +100,8 @@ def _messages(instructions: str | None, items: list[InputItem], kept: int = 0) -
         out.append(Message("system", instructions))
     names: dict[str, str] = {}  # call_id -> function name
     thinking: str | None = None
+    check_count(sum(p.type == "input_image" for item in items if isinstance(item.content, list) for p in item.content),
+                (limits or RequestLimits()).images)  # before any is decoded
     for i, item in enumerate(items):
         where = f"input[{i - kept}]" if i >= kept else "previous_response_id"
         kind = item.kind
@@ -90,7 +110,8 @@ def _messages(instructions: str | None, items: list[InputItem], kept: int = 0) -
             if role is None:
                 raise InvalidRequest(f"{where}: a message item needs a role.", "input")
             text = _text(item.content, where)
-            out.append(Message(role, text, reasoning=thinking if role == "assistant" else None))
+            out.append(Message(role, text, reasoning=thinking if role == "assistant" else None,
+                               images=_pictures(item.content, role, where, limits)))
             thinking = None if role == "assistant" else thinking
         elif kind == "function_call":
             if not item.call_id or not item.name:
@@ -155,7 +176,7 @@ def to_chat_request(body: ResponsesRequest, limits, store: ResponseStore) -> tup
     refuse_unsupported(body)
     items = input_items(body, store)
     given = 1 if isinstance(body.input, str) else len(body.input)
-    messages = _messages(body.instructions, items, kept=len(items) - given)
+    messages = _messages(body.instructions, items, kept=len(items) - given, limits=limits)
     last = messages[-1]
     if last.role == "assistant" and last.tool_calls:
         raise InvalidRequest("input: the last item is a function_call without its function_call_output: send "

@@ -20,11 +20,14 @@ from serving.openai.schema import SamplerFields
 
 class InputPart(BaseModel):
     """One content part of a message item: ``input_text`` (a user's or system's), ``output_text``
-    (an assistant's, as an earlier response returned it); anything else is refused by name."""
+    (an assistant's, as an earlier response returned it), ``input_image`` (a user's picture:
+    ``image_url``, a data URL); anything else is refused by name."""
 
     model_config = ConfigDict(extra="ignore")
     type: str
     text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
 
 
 class InputItem(BaseModel):

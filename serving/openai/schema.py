@@ -49,10 +49,24 @@ class ChatMessageIn(BaseModel):
             return self.content
         parts = []
         for p in self.content:
+            if p.type == "image_url" and self.role == "user":
+                continue  # the pictures: ``image_urls``
             if p.type != "text":
-                raise ValueError(f"content parts of type {p.type!r} are not supported by this server")
+                raise ValueError(f"content parts of type {p.type!r} are not supported by this server"
+                                 + (" in a user message" if p.type == "image_url" else ""))
             parts.append(p.text or "")
         return "".join(parts)
+
+    def image_urls(self) -> list[tuple[int, Any]]:
+        """(part index, its ``image_url.url``) of each image part, in order."""
+        if not isinstance(self.content, list):
+            return []
+        out = []
+        for k, p in enumerate(self.content):
+            if p.type == "image_url":
+                ref = (p.model_extra or {}).get("image_url")
+                out.append((k, ref.get("url") if isinstance(ref, dict) else ref))
+        return out
 
 
 class StreamOptions(BaseModel):

@@ -1,0 +1,173 @@
+"""Files attached in the chat (the attach box under the message, Gradio /chat's ``files``): read from
+Gradio's upload folder only, and shown in the history as the user's message parts (pictures as
+thumbnails, other files as links).
+
+Gradio hands a file as a FileData dict (``{"path": ..., "orig_name": ...}``: gradio_client's
+``handle_file``, the Chatbot's file parts), a path string (``gr.File(type="filepath")``) or an object
+with ``.path`` / ``.name``. Whatever the form, the path must resolve (symlinks followed) to a file
+inside Gradio's upload folder that a user uploaded there (Gradio's ``upload_file_set``): an API
+caller cannot make the server read any other file. A file
+larger than the upload limit is refused before it is read. What is read goes to the chat service as
+``serving.attachments.Attachment`` (name and bytes), which decides what it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from backends.errors import InvalidRequest
+from serving.attachments import ACCEPTED, MAX_FILE_BYTES, Attachment
+
+MAX_READ_BYTES = max(MAX_FILE_BYTES, 20 * 2**20)  # larger ones are refused by their own limits after reading
+FILE_TYPES = ["image", *ACCEPTED]
+
+
+def upload_root() -> Path:
+    return Path(gr.utils.get_upload_folder()).resolve()
+
+
+def _uploaded(real: Path) -> bool:
+    """Whether a user uploaded ``real`` (Gradio's record of uploads). Not every file in the upload
+    folder was uploaded: Gradio copies a FileData path an API caller names into that folder before
+    the handler runs (it checks where the path lies only once ``launch()`` ran, which a mounted app
+    never does), so lying inside the folder proves nothing."""
+    from gradio.context import LocalContext
+
+    blocks = LocalContext.blocks.get(None)
+    if blocks is None:
+        return False
+    return any(Path(p).resolve() == real for p in list(blocks.upload_file_set))
+
+
+def _path_and_name(value: Any) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value, Path(value).name
+    if isinstance(value, dict):
+        inner = value.get("file") if isinstance(value.get("file"), dict) else value
+        path = inner.get("path")
+        if isinstance(path, str) and path:
+            return path, str(inner.get("orig_name") or Path(path).name)
+        return None
+    path = getattr(value, "path", None) or getattr(value, "name", None)
+    if isinstance(path, str) and path:
+        return path, str(getattr(value, "orig_name", None) or Path(path).name)
+    return None
+
+
+def read(value: Any, root: Path | None = None) -> Attachment:
+    """The file ``value`` names, read, or InvalidRequest (not an upload, missing, too large)."""
+    found = _path_and_name(value)
+    if found is None:
+        raise InvalidRequest("files: each file must be an uploaded file (gradio_client's handle_file).", "files")
+    path, name = found
+    root = root or upload_root()
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InvalidRequest(f"files: {Path(name).name} is not an uploaded file on this server.", "files") from None
+    if not real.is_relative_to(root) or not real.is_file() or not _uploaded(real):
+        raise InvalidRequest(f"files: {Path(name).name} is not an uploaded file on this server.", "files")
+    size = os.path.getsize(real)
+    if size > MAX_READ_BYTES:
+        raise InvalidRequest(f"files: {Path(name).name} is {size:,} bytes; at most {MAX_READ_BYTES:,}.", "files")
+    return Attachment(Path(name).name, real.read_bytes())
+
+
+def read_all(values: Any, root: Path | None = None) -> list[Attachment]:
+    """``read`` for each of ``values`` (None or [] = no files)."""
+    if values is None or values == "":
+        return []
+    if not isinstance(values, (list, tuple)):
+        values = [values]
+    return [read(v, root) for v in values]
+
+
+def file_parts(content: Any) -> list[dict]:
+    """The file parts of a Chatbot message's content."""
+    if isinstance(content, dict):
+        content = [content]
+    if not isinstance(content, (list, tuple)):
+        return []
+    return [p for p in content if isinstance(p, dict) and (p.get("type") == "file" or "path" in p)]
+
+
+def history_with_files(history: Any, root: Path | None = None) -> Any:
+    """The Chatbot history with each user file part replaced by the file it names, read
+    (``{"type": "attachment", "attachment": ...}``, what ``serving.requests.normalize_history`` takes).
+    A file that is gone (uploads are kept an hour) is left out of the prompt."""
+    if not isinstance(history, (list, tuple)):
+        return history
+    out = []
+    for item in history:
+        if isinstance(item, dict) and item.get("role") == "user" and file_parts(item.get("content")):
+            content = item["content"] if isinstance(item["content"], (list, tuple)) else [item["content"]]
+            parts = []
+            for p in content:
+                if p in file_parts(content):
+                    try:
+                        parts.append({"type": "attachment", "attachment": read(p, root)})
+                    except InvalidRequest:
+                        continue
+                else:
+                    parts.append(p)
+            item = {**item, "content": parts}
+        out.append(item)
+    return out
+
+
+def user_message(text: str, paths: list[str]) -> dict:
+    """A user message as the Chatbot shows it: the attached files (pictures as thumbnails), then the text."""
+    if not paths:
+        return {"role": "user", "content": text}
+    parts: list[Any] = [{"path": p} for p in paths]
+    if text:
+        parts.append(text)
+    return {"role": "user", "content": parts}
+
+
+def uploaded_paths(values: Any) -> list[str]:
+    """The upload paths of the attach box's value (what the history shows)."""
+    if not values:
+        return []
+    values = values if isinstance(values, (list, tuple)) else [values]
+    return [found[0] for v in values if (found := _path_and_name(v))]
+
+
+def attach_box() -> gr.File:
+    """The attach box under the message: drop or pick pictures and files."""
+    return gr.File(label="Attach pictures or files (drop them here)", file_count="multiple", file_types=FILE_TYPES,
+                   type="filepath", elem_id="attachments")
+
+
+def turn_inputs(user: dict, prior: list) -> tuple[str, list[Attachment], Any]:
+    """For a chat turn: the user message's text and files (read), and the history before it with its files."""
+    from serving.requests import text_of
+
+    content = user.get("content")
+    files = []
+    for part in file_parts(content):
+        try:
+            files.append(read(part))
+        except InvalidRequest:
+            gr.Warning("An attached file is no longer on the server (uploads are kept an hour): it was left out.")
+    return text_of(content), files, history_with_files(prior)
+
+
+def emptied(job: Any, files: Any) -> Any:
+    """The attach box after a send: empty once the message took its files (a refused send keeps them)."""
+    return None if job else gr.skip()
+
+
+def from_pil(image: Any, name: str = "picture.png") -> Attachment:
+    """A picture a gr.Image (type="pil") holds, as a PNG attachment (checked again like any other)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return Attachment(name, buf.getvalue())
