@@ -98,6 +98,7 @@ def create_app(settings, manager=None):
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.chat = chat
+    app.state.services = services
     add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
     add_anthropic_routes(app, manager, chat)  # before the OpenAI routes: their /v1 catch-all comes last
     add_openai_routes(app, manager, chat)

@@ -51,7 +51,7 @@ class Entry:
 
     name: str
     spec: ModelSpec
-    kind: str  # "gguf", "checkpoint" or "embedded"
+    kind: str  # "gguf", "checkpoint", "embedded", or "variant" (a quantization the lab makes: ``model@Q8_0``)
 
 
 class Catalogue:
@@ -140,6 +140,10 @@ class ModelPool:
         self._errors: dict[str, str] = {}
         self._load_lock = threading.Lock()  # one pool load at a time (each needs its room first)
         self._room = threading.Condition(manager._swap)  # notified whenever a pool model goes idle
+        # names beyond the catalogue's: the lab's variants (``optimization.lab``: ``embedded@Q8_0``). A
+        # resolver turns a name into an Entry or returns None; each variant made is remembered (listed)
+        self.resolvers: list[Callable[[str], Entry | None]] = []
+        self._made: dict[str, Entry] = {}
         self.events: Counter[tuple[str, str]] = Counter()  # (name, load|load_failed|evicted|idle_unload|unload)
         self.listeners: list[Callable[[str, str, str], None]] = []  # (name, event, detail): the request log
         self._stop = threading.Event()
@@ -155,11 +159,38 @@ class ModelPool:
             return list(self._named.values())
 
     def _resident_for(self, entry: Entry) -> _Resident | None:
-        """The resident serving ``entry`` (the chat's model when it is that same file), under _swap."""
+        """The resident serving ``entry`` (the chat's model when it is that same file; a variant is
+        always its own model), under _swap."""
         chat = self._m._resident
-        if chat is not None and chat.spec.source == entry.spec.source and chat.spec.backend == entry.spec.backend:
+        if (chat is not None and entry.kind != "variant" and chat.spec.source == entry.spec.source
+                and chat.spec.backend == entry.spec.backend):
             return chat
         return self._named.get(entry.name)
+
+    def find(self, name: str) -> Entry:
+        """The entry called ``name``: the catalogue's, else a variant (made before, or one a resolver
+        makes of a name such as ``embedded@Q8_0``); the catalogue's ModelNotFound otherwise."""
+        try:
+            return self.catalogue.find(name)
+        except ModelNotFound:
+            wanted = name.strip()
+            if wanted in self._made:
+                return self._made[wanted]
+            for resolve in self.resolvers:
+                entry = resolve(wanted)
+                if entry is not None:
+                    return self.remember(entry)
+            raise
+
+    def remember(self, entry: Entry) -> Entry:
+        """Keep ``entry`` (a variant) servable and listed under its name from now on."""
+        with self._m._swap:
+            return self._made.setdefault(entry.name, entry)
+
+    def variants(self) -> list[str]:
+        """The names of the variants made so far (listed after the catalogue's names)."""
+        with self._m._swap:
+            return sorted(self._made)
 
     def _pin(self, entry: Entry) -> _Resident | None:
         with self._m._swap:
@@ -172,7 +203,7 @@ class ModelPool:
     def servable_entry(self, name: str) -> Entry:
         """The entry called ``name`` when a request may use it now: ModelNotFound for an unknown name,
         ModelNotResident (naming it and how to load it) for one not loaded under --no-models-autoload."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         if not self.autoload:
             with self._m._swap:
                 resident = self._resident_for(entry) is not None
@@ -183,7 +214,7 @@ class ModelPool:
     def acquire(self, name: str, *, autoload: bool | None = None, progress: Progress = _no_progress) -> _Resident:
         """The resident model called ``name``, pinned: it is not evicted until ``unpin``. Loads it
         first when it is not resident (waiting for room under --models-max)."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         r = self._pin(entry)
         if r is not None:
             return r
@@ -289,7 +320,7 @@ class ModelPool:
     def unload(self, name: str) -> bool:
         """Unload the model ``name`` now (replies running on it end with ModelUnloaded): the pool's,
         or the chat's model when ``name`` is its file. InvalidRequest when it is not loaded."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         with self._m._swap:
             r = self._named.pop(entry.name, None)
             if r is not None:
@@ -333,7 +364,9 @@ class ModelPool:
         """Every servable name with its status (loaded, loading, unloaded, error), the resident's
         LoadedModel (``info``, for its memory) and the last load error."""
         rows = []
-        for entry in self.catalogue.entries():
+        with self._m._swap:
+            made = [self._made[n] for n in sorted(self._made)]
+        for entry in self.catalogue.entries() + made:
             with self._m._swap:
                 r = self._resident_for(entry)
                 running = len(r.active) if r is not None else 0

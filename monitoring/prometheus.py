@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from backends.manager import ModelManager
 from monitoring.memory import MemoryMonitor
 from monitoring.metrics import RequestStats
+from monitoring.model_memory import model_memory
 from monitoring.stats import memory_account
 
 P = "quantlab:"
@@ -83,15 +84,16 @@ class _LiveGauges:
         yield running
         yield waiting
         loaded = GaugeMetricFamily(P + "model_loaded", "1 while a model is loaded", labels=["model_name", "quantization", "backend"])
-        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "Measured footprint of the loaded model",
+        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "Memory of the chat's model: weights + KV "
+                                      "cache + overhead (the same figure as model_memory_bytes{role=\"chat\"})",
                                       labels=["model_name", "quantization"])
-        if cur:
-            loaded.add_metric([model, quant, cur.backend], 1)
-            footprint.add_metric([model, quant], cur.footprint_bytes)
-        yield loaded
-        yield footprint
         # the one memory account (monitoring.stats.memory_account): a gauge per model held, and the rest of RSS
         account = memory_account(m, self.x.monitor)
+        if cur:
+            loaded.add_metric([model, quant, cur.backend], 1)
+            footprint.add_metric([model, quant], model_memory(cur)["total_bytes"])
+        yield loaded
+        yield footprint
         per_model = GaugeMetricFamily(P + "model_memory_bytes", "Memory of each model held: weights + KV cache + "
                                       "overhead (the figure /stats, /health and the Model tab show, in MiB there)",
                                       labels=["model_name", "quantization", "role"])
