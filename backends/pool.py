@@ -146,11 +146,28 @@ class ModelPool:
         self._made: dict[str, Entry] = {}
         self.events: Counter[tuple[str, str]] = Counter()  # (name, load|load_failed|evicted|idle_unload|unload)
         self.listeners: list[Callable[[str, str, str], None]] = []  # (name, event, detail): the request log
+        self._keep: dict[str, float] = {}  # a request's own keep-alive per name (Ollama's keep_alive)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if keep_alive_s > 0:
+            self._start_reaper()
+
+    def _start_reaper(self) -> None:
+        with self._m._swap:
+            if self._reaper is not None:
+                return
             self._reaper = threading.Thread(target=self._reap, name="pool-keep-alive", daemon=True)
-            self._reaper.start()
+        self._reaper.start()
+
+    def keep_alive(self, name: str, seconds: float) -> None:
+        """How long the model ``name`` stays loaded once idle, from its next request on (Ollama's
+        per-request ``keep_alive``: the latest request's wins; 0 = unloaded as soon as its requests
+        end, ``inf`` = until evicted), in place of --keep-alive."""
+        entry = self.find(name)
+        with self._m._swap:
+            self._keep[entry.name] = seconds
+        self._start_reaper()
+        self._notify()
 
     # --- residents -------------------------------------------------------------------------------
 
@@ -335,18 +352,24 @@ class ModelPool:
             self._m._retire(r)
         return True
 
+    def _kept_s(self, name: str) -> float:
+        """How long ``name`` stays loaded idle: a request's keep_alive, else --keep-alive (0: forever)."""
+        if name in self._keep:
+            return self._keep[name]
+        return self.keep_alive_s if self.keep_alive_s > 0 else float("inf")
+
     def _reap(self) -> None:
-        """Unload pool models idle longer than --keep-alive."""
-        interval = max(0.05, min(self.keep_alive_s / 4, 5.0))
-        while not self._stop.wait(interval):
+        """Unload pool models idle longer than their keep-alive (--keep-alive, or a request's own)."""
+        interval = max(0.05, min(self.keep_alive_s / 4, 5.0)) if self.keep_alive_s > 0 else 0.25
+        while not self._stop.wait(min(interval, 0.25) if self._keep else interval):
             now = time.monotonic()
             with self._m._swap:
-                idle = [r for r in self._evictable() if now - r.last_used >= self.keep_alive_s]
+                idle = [r for r in self._evictable() if now - r.last_used >= self._kept_s(r.pool_name)]
                 for r in idle:
                     del self._named[r.pool_name]
                     self._m._retiring.add(r)
             for r in idle:
-                self._event(r.pool_name, "idle_unload", f"idle {self.keep_alive_s:g} s")
+                self._event(r.pool_name, "idle_unload", f"idle {self._kept_s(r.pool_name):g} s")
                 self._m._retire(r)
 
     def close(self) -> None:

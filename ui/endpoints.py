@@ -43,15 +43,21 @@ LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folde
                                     "first one)")]
 
 
-def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None) -> inspect.Signature:
+CHAT_TAIL = [("model", str, "", 'the model to answer with: a name from GET /v1/models (with --models-dir any servable '
+                                'model, loaded on demand) or "" = the chat\'s model')]
+
+
+def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None,
+                tail: list = ()) -> inspect.Signature:
     """Give ``fn`` (taking ``*args``) the API Gradio reads: a signature of ``head`` ((name, type,
     default or EMPTY, description) each) then ``options`` (each declared option's name, type hint, API
     default and description; ``overrides``: {name: (default, description)}) then ``request``, the
-    matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter.
+    matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter. ``tail``:
+    parameters (like ``head``) after the options: the newest, so older positional calls keep working.
     Returns the signature, to bind a call's values to their names."""
     overrides = overrides or {}
     rows = list(head) + [(o.name, o.annotation, *overrides.get(o.name, (api_default(o), o.description)))
-                         for o in options]
+                         for o in options] + list(tail)
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=type_)
               for name, type_, default, _ in rows]
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
@@ -79,13 +85,13 @@ def register_chat_api(h: Services, slots: int) -> None:
         values = bound(chat_signature, args, kwargs)
         request = values.pop("request")
         yield from h.chat(values.pop("message"), values.pop("history"), values.pop("system_prompt"),
-                          endpoint="chat", client=client_of(request), **values)
+                          endpoint="chat", client=client_of(request), model=values.pop("model"), **values)
 
     chat_signature = declare_api(
         chat, """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries
         the request's stats (TTFT, tok/s, tokens). A sampler the loaded backend cannot honour is refused
         naming it. OpenAI clients: the same server speaks /v1/chat/completions.""",
-        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict])  # the hint = the two outputs
+        CHAT_HEAD, CHAT_OPTIONS, tuple[str, dict], tail=CHAT_TAIL)  # the hint = the two outputs
     described_api(gpu_task(gradio_errors(chat)), api_name="chat", concurrency_id="generate", concurrency_limit=slots)
 
     def complete(*args, **kwargs):
