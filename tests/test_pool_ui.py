@@ -12,7 +12,7 @@ import pytest
 from backends.base import ModelSpec
 from tests.conftest import LiveServer, make_settings
 from tests.test_browser import page, pytestmark  # noqa: F401 (fixtures and the Chromium skip)
-from tests.test_browser_chat import finished_turns, send
+from tests.test_browser_chat import finished_turns, send, set_number
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def pick_model(page, label: str) -> None:
 
 def test_the_chat_picks_its_model_per_conversation(page, server, shots):
     page.get_by_role("tab", name="Chat").click()
+    set_number(page, "Max new tokens", 8)
     pick_model(page, "alpha")
     send(page, "Say hello.")
     assert last_model(server, "ui") == "alpha"
