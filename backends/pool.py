@@ -1,7 +1,8 @@
 """The model pool: every model the server can serve, addressable by a name, loaded on demand.
 
 ``Catalogue`` says which names exist: the GGUF files and checkpoint folders under ``--models-dir``
-(read afresh at each look-up, so a file added or deleted is seen at once) and ``embedded``. A name is
+(read afresh at each look-up, so a file added or deleted is seen at once), ``embedded``, and the
+model repos in the Hugging Face cache by their repo id (read at most every ``HUB_TTL_S``). A name is
 only ever looked up in that list, never joined to a path, so no name can reach a file outside the
 folder (a symbolic link pointing out of it is left out of the list too).
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import LoadedModel, ModelSpec, Progress, _no_progress
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, ModelNotResident, OutOfMemory, PoolFull
+from backends.files import hub_cache
 from backends.files.gguf import check_gguf
 from backends.files.sources import EMBEDDED_ALIAS, inside
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("quantlab.pool")
 
+HUB_TTL_S = 10.0  # how often the Hugging Face cache is scanned again for the listing
 POOL_WAIT_S = 120.0  # how long a load waits for a busy model to go idle when the pool is full
 MAX_NAME_CHARS = 512
 _SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
@@ -51,16 +54,34 @@ class Entry:
 
     name: str
     spec: ModelSpec
-    kind: str  # "gguf", "checkpoint", "embedded", or "variant" (a quantization the lab makes: ``model@Q8_0``)
+    kind: str  # "gguf", "checkpoint", "embedded", "hub" (a Hugging Face cache repo), or "variant" (a quantization the lab makes: ``model@Q8_0``)
 
 
 class Catalogue:
     """The names under ``models_dir`` (plus ``embedded``), each with the spec it loads with: the
     server's own load options (``base_spec``) with that file or folder as the source."""
 
-    def __init__(self, models_dir: Path, base_spec: ModelSpec):
+    def __init__(self, models_dir: Path, base_spec: ModelSpec, hub: bool = False):
+        """``hub``: serve the Hugging Face cache's model repos too (not with --listen: there local
+        models must be inside --models-dir)."""
         self.models_dir = Path(models_dir).expanduser().resolve()
         self.base_spec = base_spec
+        self.hub = hub
+        self._hub_read: tuple[float, list[tuple[str, str]]] = (float("-inf"), [])
+
+    def _hub_repos(self) -> list[tuple[str, str]]:
+        """The Hub cache's servable repos, read again when the last read is ``HUB_TTL_S`` old."""
+        if not self.hub:
+            return []
+        at, repos = self._hub_read
+        if time.monotonic() - at >= HUB_TTL_S:
+            try:
+                repos = hub_cache.servable_repos()
+            except Exception as exc:  # an unreadable cache lists nothing from it, and says why in the log
+                log.warning("model pool: the Hugging Face cache could not be read (%s)", type(exc).__name__)
+                repos = []
+            self._hub_read = (time.monotonic(), repos)
+        return repos
 
     def _spec(self, name: str, source: str, backend: str) -> ModelSpec:
         quant = self.base_spec.quantization if backend == self.base_spec.backend else None
@@ -74,7 +95,7 @@ class Catalogue:
         found = [Entry(EMBEDDED_ALIAS, self._spec(EMBEDDED_ALIAS, EMBEDDED_ALIAS, "llamacpp"), "embedded")]
         root = self.models_dir
         if not root.is_dir():
-            return found
+            return found + self._hub_entries({EMBEDDED_ALIAS})
         for path in sorted(root.iterdir()):
             if path.name.startswith(".") or not inside(path.resolve(), root):
                 continue
@@ -87,7 +108,11 @@ class Catalogue:
                     if f.is_file() and inside(f.resolve(), root) and not _is_extra_part(f.name):
                         name = f"{path.name}/{f.stem}"
                         found.append(Entry(name, self._spec(name, str(f.resolve()), "llamacpp"), "gguf"))
-        return found
+        return found + self._hub_entries({e.name for e in found})
+
+    def _hub_entries(self, taken: set[str]) -> list[Entry]:
+        return [Entry(repo, self._spec(repo, repo, backend), "hub") for repo, backend in self._hub_repos()
+                if repo not in taken]
 
     def find(self, name: str) -> Entry:
         """The entry called ``name`` (``a.gguf`` finds ``a`` too); ModelNotFound naming what exists."""
@@ -100,7 +125,7 @@ class Catalogue:
                 return e
         names = ", ".join(e.name for e in entries[:20]) + (", ..." if len(entries) > 20 else "")
         raise ModelNotFound(f"The model '{_shown(wanted)}' does not exist on this server (it serves the models in "
-                            f"its --models-dir and 'embedded': {names}).")
+                            f"its --models-dir, the Hugging Face cache and 'embedded': {names}).")
 
 
 def _is_extra_part(filename: str) -> bool:
