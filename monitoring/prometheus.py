@@ -84,14 +84,15 @@ class _LiveGauges:
         yield running
         yield waiting
         loaded = GaugeMetricFamily(P + "model_loaded", "1 while a model is loaded", labels=["model_name", "quantization", "backend"])
-        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "Memory of the chat's model: weights + KV "
-                                      "cache + overhead (the same figure as model_memory_bytes{role=\"chat\"})",
-                                      labels=["model_name", "quantization"])
+        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "The chat model's weights + KV cache as the "
+                                      "engine measured them (model_memory_bytes, the memory account's figure, adds "
+                                      "the overhead estimate)", labels=["model_name", "quantization"])
         # the one memory account (monitoring.stats.memory_account): a gauge per model held, and the rest of RSS
         account = memory_account(m, self.x.monitor)
         if cur:
             loaded.add_metric([model, quant, cur.backend], 1)
-            footprint.add_metric([model, quant], model_memory(cur)["total_bytes"])
+            mem = model_memory(cur)  # the one account's parts
+            footprint.add_metric([model, quant], mem["weights_bytes"] + mem["kv_bytes"])
         yield loaded
         yield footprint
         per_model = GaugeMetricFamily(P + "model_memory_bytes", "Memory of each model held: weights + KV cache + "
