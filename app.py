@@ -73,7 +73,7 @@ def create_app(settings, manager=None):
     if settings.pool_enabled:  # --models-dir given: its models are served by name
         from backends.pool import Catalogue
 
-        manager.set_pool(Catalogue(server.models_dir, base_spec), models_max=server.models_max,
+        manager.set_pool(Catalogue(server.models_dir, base_spec, hub=not server.exposed), models_max=server.models_max,
                          autoload=not server.no_models_autoload, keep_alive_s=server.keep_alive)
     chat = ChatService(manager, RateLimiter(server.rate_limit_rpm, server.max_streams_per_client),
                        limits=server.limits)
@@ -98,6 +98,7 @@ def create_app(settings, manager=None):
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.chat = chat
+    app.state.services = services
     add_ops_routes(app, manager, exporter, policy, exposed=server.exposed)
     add_anthropic_routes(app, manager, chat)  # before the OpenAI routes: their /v1 catch-all comes last
     add_openai_routes(app, manager, chat)

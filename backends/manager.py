@@ -83,6 +83,7 @@ class ModelManager:
         self._swap = threading.Lock()  # guards self._resident and self._leases
         self._loading_lock = threading.Lock()  # one chat load at a time
         self.loading: ModelSpec | None = None
+        self.load_progress: tuple[float, str] | None = None  # the chat load's last step (fraction, text)
         self.last_error: str | None = None
         self.pool: ModelPool | None = None  # models by name (--models-dir); None: the chat's model alone
 
@@ -139,7 +140,9 @@ class ModelManager:
             **pool,
             "status": self.state,
             "model": cur.as_dict() if cur else None,
-            "loading": repr(self.loading) if self.loading else None,
+            "loading": describe_spec(self.loading) if self.loading else None,
+            "loading_progress": ({"fraction": round(self.load_progress[0], 3), "step": self.load_progress[1]}
+                                 if self.loading and self.load_progress else None),
             "last_error": self.last_error,
             "lab_models": [info.as_dict() for info in self.leased()],
             "finishing": self._finishing(),
@@ -217,10 +220,14 @@ class ModelManager:
                 raise Busy("The model replaced by the last load is finishing its running replies; try again when it "
                            "is done (GET /health lists it under 'finishing').")
             raise Busy(f"Another model is loading ({self.loading.source}); try again when it is done.")
+        def watched(fraction: float, text: str) -> None:
+            self.load_progress = (fraction, text)
+            progress(fraction, text)
+
         try:
-            self.loading = spec
+            self.loading, self.load_progress = spec, None
             self.last_error = None
-            new = self._open(spec, progress)
+            new = self._open(spec, watched)
             with self._swap:
                 old, self._resident = self._resident, new
                 if old is not None:
@@ -271,6 +278,14 @@ class ModelManager:
         with self._swap:
             self._leases.add(r)
         return Lease(self, r)
+
+    def borrow(self, name: str, progress: Progress = _no_progress) -> Lease:
+        """The pool's model ``name`` (loaded first when it is not resident, even under
+        --no-models-autoload: the lab asks for it explicitly) as a Lease: pinned, so not evicted, until
+        the lease is closed; then it stays resident under the pool's rules (--models-max, --keep-alive,
+        the memory budget) like any model loaded by name."""
+        r = self.pool.acquire(name, autoload=True, progress=progress)
+        return Lease(self, r, on_close=self.pool.unpin)
 
     def _close_lease(self, r: _Resident) -> None:
         with self._swap:
@@ -378,7 +393,7 @@ class ModelManager:
         the slots it is loaded with (the server's --parallel)."""
         if not self.pooled(model):
             return self.max_concurrency
-        return self.pool.catalogue.find(model).spec.parallel
+        return self.pool.find(model).spec.parallel
 
     def _held(self, capability: str | None, what: str) -> _Resident:
         with self._swap:
@@ -481,6 +496,22 @@ class ModelManager:
         return text, gen.stats.as_dict()
 
 
+def describe_spec(spec: ModelSpec) -> str:
+    """What a load loads, for people: the model, from where, with which engine at which quantization
+    ("embedded (the built-in SmolLM2-135M) · llamacpp · Q4_K_M")."""
+    source = (spec.source or "").strip()
+    if spec.backend == "remote":
+        where = f"{spec.served_name or source or 'the engine'} on the remote engine {spec.api_base or '(the server default)'}"
+    elif source == sources.EMBEDDED_ALIAS:
+        where = "embedded (the built-in SmolLM2-135M)"
+    elif sources.looks_like_repo_id(source):
+        where = f"{source} from the Hugging Face Hub" + (f" (file {spec.gguf_file})" if spec.gguf_file else "")
+    else:
+        where = f"{Path(source).name} from {Path(source).parent}"
+    quant = spec.quantization or "the backend's default quantization"
+    return f"{where} · {spec.backend} · {quant}"
+
+
 def _leave(r: _Resident, cancel: threading.Event, acquired: bool) -> None:
     """A request done on ``r``: its slot back (if it got one), forgotten as running and as cut, and an
     unload or load waiting for ``r`` to go idle woken."""
@@ -500,12 +531,16 @@ def _cut_message(r: _Resident) -> str:
 
 
 class Lease:
-    """A model the lab holds beside the chat's. Its generations are timed and slotted like chat ones
+    """A model the lab holds beside the chat's (its own, or a pool model borrowed by name). Its generations are timed and slotted like chat ones
     (``endpoint`` labels them in /metrics and the request log)."""
 
-    def __init__(self, manager: ModelManager, resident: _Resident):
+    def __init__(self, manager: ModelManager, resident: _Resident,
+                 on_close: Callable[[_Resident], None] | None = None):
+        """``on_close``: what closing does instead of unloading (a borrowed pool model: unpin it)."""
         self._manager = manager
         self._r = resident
+        self._on_close = on_close
+        self._closed = False
 
     @property
     def info(self) -> LoadedModel:
@@ -536,8 +571,17 @@ class Lease:
         self._manager.registry.require(self._r.spec.backend, "tokenize", "render a prompt to tokens")
         return self._r.backend.prompt_ids(request)
 
+    @property
+    def name(self) -> str:
+        """The name it serves under (a pool model's name in /v1/models)."""
+        return self._r.pool_name or self._r.info.name
+
     def close(self) -> None:
-        self._manager._close_lease(self._r)
+        if self._on_close is None:
+            self._manager._close_lease(self._r)
+        elif not self._closed:  # a borrowed model is unpinned once
+            self._closed = True
+            self._on_close(self._r)
 
     def __enter__(self) -> Lease:
         return self

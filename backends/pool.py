@@ -1,7 +1,8 @@
 """The model pool: every model the server can serve, addressable by a name, loaded on demand.
 
 ``Catalogue`` says which names exist: the GGUF files and checkpoint folders under ``--models-dir``
-(read afresh at each look-up, so a file added or deleted is seen at once) and ``embedded``. A name is
+(read afresh at each look-up, so a file added or deleted is seen at once), ``embedded``, and the
+model repos in the Hugging Face cache by their repo id (read at most every ``HUB_TTL_S``). A name is
 only ever looked up in that list, never joined to a path, so no name can reach a file outside the
 folder (a symbolic link pointing out of it is left out of the list too).
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import LoadedModel, ModelSpec, Progress, _no_progress
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, ModelNotResident, OutOfMemory, PoolFull
+from backends.files import hub_cache
 from backends.files.gguf import check_gguf
 from backends.files.sources import EMBEDDED_ALIAS, inside
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("quantlab.pool")
 
+HUB_TTL_S = 10.0  # how often the Hugging Face cache is scanned again for the listing
 POOL_WAIT_S = 120.0  # how long a load waits for a busy model to go idle when the pool is full
 MAX_NAME_CHARS = 512
 _SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
@@ -51,16 +54,34 @@ class Entry:
 
     name: str
     spec: ModelSpec
-    kind: str  # "gguf", "checkpoint" or "embedded"
+    kind: str  # "gguf", "checkpoint", "embedded", "hub" (a Hugging Face cache repo), or "variant" (a quantization the lab makes: ``model@Q8_0``)
 
 
 class Catalogue:
     """The names under ``models_dir`` (plus ``embedded``), each with the spec it loads with: the
     server's own load options (``base_spec``) with that file or folder as the source."""
 
-    def __init__(self, models_dir: Path, base_spec: ModelSpec):
+    def __init__(self, models_dir: Path, base_spec: ModelSpec, hub: bool = False):
+        """``hub``: serve the Hugging Face cache's model repos too (not with --listen: there local
+        models must be inside --models-dir)."""
         self.models_dir = Path(models_dir).expanduser().resolve()
         self.base_spec = base_spec
+        self.hub = hub
+        self._hub_read: tuple[float, list[tuple[str, str]]] = (float("-inf"), [])
+
+    def _hub_repos(self) -> list[tuple[str, str]]:
+        """The Hub cache's servable repos, read again when the last read is ``HUB_TTL_S`` old."""
+        if not self.hub:
+            return []
+        at, repos = self._hub_read
+        if time.monotonic() - at >= HUB_TTL_S:
+            try:
+                repos = hub_cache.servable_repos()
+            except Exception as exc:  # an unreadable cache lists nothing from it, and says why in the log
+                log.warning("model pool: the Hugging Face cache could not be read (%s)", type(exc).__name__)
+                repos = []
+            self._hub_read = (time.monotonic(), repos)
+        return repos
 
     def _spec(self, name: str, source: str, backend: str) -> ModelSpec:
         quant = self.base_spec.quantization if backend == self.base_spec.backend else None
@@ -74,7 +95,7 @@ class Catalogue:
         found = [Entry(EMBEDDED_ALIAS, self._spec(EMBEDDED_ALIAS, EMBEDDED_ALIAS, "llamacpp"), "embedded")]
         root = self.models_dir
         if not root.is_dir():
-            return found
+            return found + self._hub_entries({EMBEDDED_ALIAS})
         for path in sorted(root.iterdir()):
             if path.name.startswith(".") or not inside(path.resolve(), root):
                 continue
@@ -87,7 +108,11 @@ class Catalogue:
                     if f.is_file() and inside(f.resolve(), root) and not _is_extra_part(f.name):
                         name = f"{path.name}/{f.stem}"
                         found.append(Entry(name, self._spec(name, str(f.resolve()), "llamacpp"), "gguf"))
-        return found
+        return found + self._hub_entries({e.name for e in found})
+
+    def _hub_entries(self, taken: set[str]) -> list[Entry]:
+        return [Entry(repo, self._spec(repo, repo, backend), "hub") for repo, backend in self._hub_repos()
+                if repo not in taken]
 
     def find(self, name: str) -> Entry:
         """The entry called ``name`` (``a.gguf`` finds ``a`` too); ModelNotFound naming what exists."""
@@ -100,7 +125,7 @@ class Catalogue:
                 return e
         names = ", ".join(e.name for e in entries[:20]) + (", ..." if len(entries) > 20 else "")
         raise ModelNotFound(f"The model '{_shown(wanted)}' does not exist on this server (it serves the models in "
-                            f"its --models-dir and 'embedded': {names}).")
+                            f"its --models-dir, the Hugging Face cache and 'embedded': {names}).")
 
 
 def _is_extra_part(filename: str) -> bool:
@@ -140,13 +165,34 @@ class ModelPool:
         self._errors: dict[str, str] = {}
         self._load_lock = threading.Lock()  # one pool load at a time (each needs its room first)
         self._room = threading.Condition(manager._swap)  # notified whenever a pool model goes idle
+        # names beyond the catalogue's: the lab's variants (``optimization.lab``: ``embedded@Q8_0``). A
+        # resolver turns a name into an Entry or returns None; each variant made is remembered (listed)
+        self.resolvers: list[Callable[[str], Entry | None]] = []
+        self._made: dict[str, Entry] = {}
         self.events: Counter[tuple[str, str]] = Counter()  # (name, load|load_failed|evicted|idle_unload|unload)
         self.listeners: list[Callable[[str, str, str], None]] = []  # (name, event, detail): the request log
+        self._keep: dict[str, float] = {}  # a request's own keep-alive per name (Ollama's keep_alive)
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         if keep_alive_s > 0:
+            self._start_reaper()
+
+    def _start_reaper(self) -> None:
+        with self._m._swap:
+            if self._reaper is not None:
+                return
             self._reaper = threading.Thread(target=self._reap, name="pool-keep-alive", daemon=True)
-            self._reaper.start()
+        self._reaper.start()
+
+    def keep_alive(self, name: str, seconds: float) -> None:
+        """How long the model ``name`` stays loaded once idle, from its next request on (Ollama's
+        per-request ``keep_alive``: the latest request's wins; 0 = unloaded as soon as its requests
+        end, ``inf`` = until evicted), in place of --keep-alive."""
+        entry = self.find(name)
+        with self._m._swap:
+            self._keep[entry.name] = seconds
+        self._start_reaper()
+        self._notify()
 
     # --- residents -------------------------------------------------------------------------------
 
@@ -155,11 +201,38 @@ class ModelPool:
             return list(self._named.values())
 
     def _resident_for(self, entry: Entry) -> _Resident | None:
-        """The resident serving ``entry`` (the chat's model when it is that same file), under _swap."""
+        """The resident serving ``entry`` (the chat's model when it is that same file; a variant is
+        always its own model), under _swap."""
         chat = self._m._resident
-        if chat is not None and chat.spec.source == entry.spec.source and chat.spec.backend == entry.spec.backend:
+        if (chat is not None and entry.kind != "variant" and chat.spec.source == entry.spec.source
+                and chat.spec.backend == entry.spec.backend):
             return chat
         return self._named.get(entry.name)
+
+    def find(self, name: str) -> Entry:
+        """The entry called ``name``: the catalogue's, else a variant (made before, or one a resolver
+        makes of a name such as ``embedded@Q8_0``); the catalogue's ModelNotFound otherwise."""
+        try:
+            return self.catalogue.find(name)
+        except ModelNotFound:
+            wanted = name.strip()
+            if wanted in self._made:
+                return self._made[wanted]
+            for resolve in self.resolvers:
+                entry = resolve(wanted)
+                if entry is not None:
+                    return self.remember(entry)
+            raise
+
+    def remember(self, entry: Entry) -> Entry:
+        """Keep ``entry`` (a variant) servable and listed under its name from now on."""
+        with self._m._swap:
+            return self._made.setdefault(entry.name, entry)
+
+    def variants(self) -> list[str]:
+        """The names of the variants made so far (listed after the catalogue's names)."""
+        with self._m._swap:
+            return sorted(self._made)
 
     def _pin(self, entry: Entry) -> _Resident | None:
         with self._m._swap:
@@ -172,7 +245,7 @@ class ModelPool:
     def servable_entry(self, name: str) -> Entry:
         """The entry called ``name`` when a request may use it now: ModelNotFound for an unknown name,
         ModelNotResident (naming it and how to load it) for one not loaded under --no-models-autoload."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         if not self.autoload:
             with self._m._swap:
                 resident = self._resident_for(entry) is not None
@@ -183,7 +256,7 @@ class ModelPool:
     def acquire(self, name: str, *, autoload: bool | None = None, progress: Progress = _no_progress) -> _Resident:
         """The resident model called ``name``, pinned: it is not evicted until ``unpin``. Loads it
         first when it is not resident (waiting for room under --models-max)."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         r = self._pin(entry)
         if r is not None:
             return r
@@ -289,7 +362,7 @@ class ModelPool:
     def unload(self, name: str) -> bool:
         """Unload the model ``name`` now (replies running on it end with ModelUnloaded): the pool's,
         or the chat's model when ``name`` is its file. InvalidRequest when it is not loaded."""
-        entry = self.catalogue.find(name)
+        entry = self.find(name)
         with self._m._swap:
             r = self._named.pop(entry.name, None)
             if r is not None:
@@ -304,18 +377,24 @@ class ModelPool:
             self._m._retire(r)
         return True
 
+    def _kept_s(self, name: str) -> float:
+        """How long ``name`` stays loaded idle: a request's keep_alive, else --keep-alive (0: forever)."""
+        if name in self._keep:
+            return self._keep[name]
+        return self.keep_alive_s if self.keep_alive_s > 0 else float("inf")
+
     def _reap(self) -> None:
-        """Unload pool models idle longer than --keep-alive."""
-        interval = max(0.05, min(self.keep_alive_s / 4, 5.0))
-        while not self._stop.wait(interval):
+        """Unload pool models idle longer than their keep-alive (--keep-alive, or a request's own)."""
+        interval = max(0.05, min(self.keep_alive_s / 4, 5.0)) if self.keep_alive_s > 0 else 0.25
+        while not self._stop.wait(min(interval, 0.25) if self._keep else interval):
             now = time.monotonic()
             with self._m._swap:
-                idle = [r for r in self._evictable() if now - r.last_used >= self.keep_alive_s]
+                idle = [r for r in self._evictable() if now - r.last_used >= self._kept_s(r.pool_name)]
                 for r in idle:
                     del self._named[r.pool_name]
                     self._m._retiring.add(r)
             for r in idle:
-                self._event(r.pool_name, "idle_unload", f"idle {self.keep_alive_s:g} s")
+                self._event(r.pool_name, "idle_unload", f"idle {self._kept_s(r.pool_name):g} s")
                 self._m._retire(r)
 
     def close(self) -> None:
@@ -333,7 +412,9 @@ class ModelPool:
         """Every servable name with its status (loaded, loading, unloaded, error), the resident's
         LoadedModel (``info``, for its memory) and the last load error."""
         rows = []
-        for entry in self.catalogue.entries():
+        with self._m._swap:
+            made = [self._made[n] for n in sorted(self._made)]
+        for entry in self.catalogue.entries() + made:
             with self._m._swap:
                 r = self._resident_for(entry)
                 running = len(r.active) if r is not None else 0

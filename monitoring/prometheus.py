@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from backends.manager import ModelManager
 from monitoring.memory import MemoryMonitor
 from monitoring.metrics import RequestStats
+from monitoring.model_memory import model_memory
 from monitoring.stats import memory_account
 
 P = "quantlab:"
@@ -83,15 +84,17 @@ class _LiveGauges:
         yield running
         yield waiting
         loaded = GaugeMetricFamily(P + "model_loaded", "1 while a model is loaded", labels=["model_name", "quantization", "backend"])
-        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "Measured footprint of the loaded model",
-                                      labels=["model_name", "quantization"])
-        if cur:
-            loaded.add_metric([model, quant, cur.backend], 1)
-            footprint.add_metric([model, quant], cur.footprint_bytes)
-        yield loaded
-        yield footprint
+        footprint = GaugeMetricFamily(P + "model_footprint_bytes", "The chat model's weights + KV cache as the "
+                                      "engine measured them (model_memory_bytes, the memory account's figure, adds "
+                                      "the overhead estimate)", labels=["model_name", "quantization"])
         # the one memory account (monitoring.stats.memory_account): a gauge per model held, and the rest of RSS
         account = memory_account(m, self.x.monitor)
+        if cur:
+            loaded.add_metric([model, quant, cur.backend], 1)
+            mem = model_memory(cur)  # the one account's parts
+            footprint.add_metric([model, quant], mem["weights_bytes"] + mem["kv_bytes"])
+        yield loaded
+        yield footprint
         per_model = GaugeMetricFamily(P + "model_memory_bytes", "Memory of each model held: weights + KV cache + "
                                       "overhead (the figure /stats, /health and the Model tab show, in MiB there)",
                                       labels=["model_name", "quantization", "role"])

@@ -13,11 +13,23 @@ from monitoring.model_memory import MEMORY_LEGEND, model_memory
 
 def model_view(info: Any) -> dict:
     """A held model as every tab shows it: its fields, its memory (one definition: weights + KV +
-    overhead) and where it came from."""
-    d = info.as_dict()
-    d["memory"] = model_memory(d)
+    overhead; ``memory_mib`` is its total, the number every surface shows) and where it came from.
+    The engine's raw measurement (weights + KV, ``footprint_*``) is left out: shown beside the
+    total it read as a second, contradicting memory figure."""
+    d = one_memory(info.as_dict())
     d["provenance"] = (provenance(d.get("source"), d.get("quantization", ""), projector=d.get("projector"))
-                       if d.get("footprint_bytes") else None)
+                       if d["memory"]["total_bytes"] else None)
+    return d
+
+
+def one_memory(d: dict) -> dict:
+    """A model's dict (``LoadedModel.as_dict()``) with ``memory`` (``model_memory``) and ``memory_mib``
+    in place of the engine's raw ``footprint_bytes`` / ``footprint_mib``."""
+    d = dict(d)
+    mem = model_memory(d)
+    d.pop("footprint_bytes", None)
+    d.pop("footprint_mib", None)
+    d["memory"], d["memory_mib"] = mem, mem["total_mib"]
     return d
 
 

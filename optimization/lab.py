@@ -1,11 +1,17 @@
 """The quantization lab: variants of one model across both backends, compared side by side and
 measured against a reference.
 
-Variants are leased from the ModelManager (``open_variant``) with the server's load options, beside
-the chat's model, which is never touched: their generations take the same slots and timing path, so
-Compare and Evaluate show in the Monitor, /metrics (endpoint "compare" / "evaluate") and the request
-log, and the caches never delete a variant the lab holds. Memory is checked against free RAM/VRAM
-before any variant is loaded.
+Every variant has a stable name, ``<model>@<quantization>`` (``embedded@Q8_0``; another backend's
+says it, ``embedded@transformers:nf4``; a quantized KV cache too, ``embedded@Q8_0+kv:q8_0``), where
+``<model>`` is the pool's name of the source (a ``--models-dir`` name, ``embedded``, a Hub repo id)
+or the file's name. With a model pool (``--models-dir``) the variants are pool models: Compare and
+Evaluate borrow them by that name (``ModelManager.borrow``), so they are listed in GET /v1/models,
+counted in the memory account, evicted by the pool's rules (--models-max, --keep-alive, the memory
+budget) and any client may ask for one by name. Without a pool the lab leases its own
+(``open_variant``), Compare keeping the last few. Either way the chat's model is never touched; the
+generations take the same slots and timing path, so Compare and Evaluate show in the Monitor,
+/metrics (endpoint "compare" / "evaluate") and the request log, and the caches never delete a
+variant the lab holds. Memory is checked against free RAM/VRAM before any variant is loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from backends.files import gguf, sources
 from backends.base import KV_CACHE_TYPES, ChatRequest, Message, ModelSpec, SamplingParams
 from backends.errors import BackendError, Cancelled, InvalidRequest, ModelNotFound, OutOfMemory, UnsupportedQuantization
 from backends.manager import Lease, ModelManager
+from backends.pool import LOADED, Entry
 from backends.files.provenance import provenance
 from backends.registry import BackendRegistry
 from monitoring.memory import MemoryMonitor
@@ -41,6 +48,8 @@ MAX_EVAL_TOKENS = 32_768
 KV_CAPABILITY = "kv_cache_type"  # a backend whose KV cache can be quantized (llama.cpp's type_k/type_v)
 KV_MARK = "+kv:"
 KV_MENU = (("Q8_0", "q8_0"), ("Q8_0", "q4_0"), ("Q4_K_M", "q8_0"), ("Q4_K_M", "q4_0"))  # offered in the menus
+NAME_MARK = "@"  # <model>@<variant>: a variant's name in the pool
+DEFAULT_VARIANT_BACKEND = "llamacpp"  # its variants are named by quantization alone
 
 
 @dataclass(frozen=True)
@@ -119,8 +128,10 @@ class Lab:
         self.monitor = monitor
         self.keep = keep
         self.base_spec = base_spec
-        self._pool: OrderedDict[tuple[str, str, int], Lease] = OrderedDict()
+        self._pool: OrderedDict[tuple[str, str, int], Lease] = OrderedDict()  # without a model pool only
         self._lock = threading.Lock()
+        if manager.pool is not None:  # a client may name a variant the lab has not made yet
+            manager.pool.resolvers.append(self.resolve_name)
 
     @property
     def registry(self) -> BackendRegistry:
@@ -130,11 +141,60 @@ class Lab:
 
     def spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
         """No prefix reuse (``prefix_cache=False``): a greedy run gives the same text whatever ran before.
-        A ``+kv:`` variant sets the KV cache type; without one the server's own applies."""
+        A ``+kv:`` variant sets the KV cache type; without one the server's own applies. It serves
+        under its name (``variant_name``)."""
         base = self.base_spec or ModelSpec(source=source, backend=v.backend)
         kv = {"cache_type": v.kv} if v.kv else {}
         return base.with_(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx, parallel=1,
-                          served_name=None, prefix_cache=False, **kv)
+                          served_name=self.variant_name(source, v), prefix_cache=False, gguf_file=None, api_base=None,
+                          api_key=None, **kv)
+
+    # --- names -----------------------------------------------------------------------------------
+
+    def model_name(self, source: str) -> str:
+        """The ``<model>`` part of a variant's name: the pool's name of ``source`` (a --models-dir
+        name, ``embedded``), a Hub repo id as it is, else the file's or folder's name."""
+        source = (source or "").strip()
+        pool = self.manager.pool
+        if pool is not None:
+            for entry in pool.catalogue.entries():
+                if source in (entry.name, entry.name + ".gguf", entry.spec.source):
+                    return entry.name
+        if source == sources.EMBEDDED_ALIAS or sources.looks_like_repo_id(source, self.manager.allowed_dir):
+            return source
+        path = Path(source)
+        return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+    def variant_name(self, source: str, v: Variant) -> str:
+        """``embedded@Q8_0``, ``embedded@Q8_0+kv:q8_0``, ``embedded@transformers:nf4``: stable, so the
+        same variant is one model whoever asks for it (the lab or a client)."""
+        label = v.label[len(DEFAULT_VARIANT_BACKEND) + 1:] if v.backend == DEFAULT_VARIANT_BACKEND else v.label
+        return f"{self.model_name(source)}{NAME_MARK}{label}"
+
+    def resolve_name(self, name: str) -> Entry | None:
+        """The pool entry of a variant name whose ``<model>`` is one of the pool's names (None for
+        any other name: the pool says it does not exist)."""
+        model, sep, variant = name.rpartition(NAME_MARK)
+        if not sep or not model or not variant or self.manager.pool is None:
+            return None
+        try:
+            base = self.manager.pool.catalogue.find(model)
+            v = Variant.parse(variant if ":" in variant.partition(KV_MARK)[0] else
+                              f"{DEFAULT_VARIANT_BACKEND}:{variant}", self.registry)
+        except (ModelNotFound, InvalidRequest, UnsupportedQuantization):
+            return None
+        return self._entry(base.spec.source, v)
+
+    def source_of(self, source: str) -> str:
+        """``source`` as a file or folder: a pool's name (``alpha``) stands for its file."""
+        pool = self.manager.pool
+        found = [e for e in pool.catalogue.entries() if source in (e.name, e.name + ".gguf")] if pool else []
+        return found[0].spec.source if found and found[0].kind != "embedded" else source
+
+    def _entry(self, source: str, v: Variant) -> Entry:
+        """The pool entry of ``v`` of ``source``."""
+        spec = self.spec(source, v, LAB_CTX)
+        return Entry(spec.served_name, spec, "variant")
 
     def describe(self, source: str, lease: Lease) -> dict:
         """What every place showing a variant shows: its memory (one definition) and provenance."""
@@ -150,16 +210,26 @@ class Lab:
 
     def _held_or_open(self, source: str, v: Variant) -> tuple[Lease, bool]:
         """The pooled lease of ``v`` when Compare holds it (same spec: same memory), else a fresh one
-        the caller closes (second item True)."""
+        the caller closes (second item True; with a model pool: borrowed, closing gives it back)."""
         key = (source, v.label, LAB_CTX)
         if key in self._pool:
             return self._pool[key], False
         return self._open(source, v, LAB_CTX), True
 
     def _open(self, source: str, v: Variant, n_ctx: int) -> Lease:
+        """``v`` loaded: borrowed from the model pool by its name when the server has one (loaded there
+        if it is not resident), else a lease of the lab's own."""
+        pool = self.manager.pool
+        if pool is not None and n_ctx == LAB_CTX:
+            entry = pool.remember(self._entry(source, v))
+            return self.manager.borrow(entry.name)
         return self.manager.open_variant(self.spec(source, v, n_ctx))
 
     def _pooled(self, source: str, v: Variant, n_ctx: int) -> Lease:
+        """Compare's lease of ``v``: with a model pool a borrowed one (given back after the comparison);
+        without, one of the last ``keep`` the lab holds."""
+        if self.manager.pool is not None:
+            return self._open(source, v, n_ctx)
         key = (source, v.label, n_ctx)
         if key in self._pool:
             self._pool.move_to_end(key)
@@ -171,8 +241,21 @@ class Lab:
         return self._pool[key]
 
     def release(self) -> int:
-        """Unload every pooled variant; returns how many."""
+        """Unload every variant the lab made (with a model pool: every resident variant, whoever asked
+        for it, except one running a reply); returns how many."""
         with self._lock:
+            pool = self.manager.pool
+            if pool is not None:
+                resident = {row["name"] for row in pool.listing()
+                            if row["kind"] == "variant" and row["status"] == LOADED and not row["running"]}
+                n = 0
+                for name in sorted(resident):
+                    try:
+                        pool.unload(name)
+                        n += 1
+                    except InvalidRequest:  # unloaded meanwhile (evicted, idle)
+                        pass
+                return n
             n = len(self._pool)
             for lease in self._pool.values():
                 lease.close()
@@ -194,7 +277,11 @@ class Lab:
 
         need = [estimate_model_bytes(n_params, v.quantization if v.quantization in BITS_PER_WEIGHT else "Q8_0", kv(v))
                 for v in variants]
-        pooled = sum(lease.info.footprint_bytes for lease in self._pool.values())
+        pooled = sum(model_memory(lease.info)["total_bytes"] for lease in self._pool.values())
+        if self.manager.pool is not None:  # variants resident in the pool need no more memory
+            wanted = {self.variant_name(source, v) for v in variants}
+            pooled = sum(model_memory(r.info)["total_bytes"] for r in self.manager.pool.residents()
+                         if r.pool_name in wanted)
         total = (sum(need) if together else max(need)) - (pooled if together else 0)
         ok, free = fits(max(total, 0), monitor=self.monitor)
         if not ok:
@@ -213,13 +300,24 @@ class Lab:
         if not (prompt or "").strip():
             raise InvalidRequest("The prompt is empty.", "prompt")
         variants = parse_variants(variant_texts, self.registry, at_least=1, at_most=MAX_COMPARE)
+        source = self.source_of(source)
         params = params.validated()
         request = ChatRequest((Message("user", prompt, images=tuple(images)),), params)
         if not self._lock.acquire(timeout=0.1):
             raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
+        borrowed: list[Lease] = []  # with a model pool: given back (unpinned) when the comparison ends
         try:
+            pool = self.manager.pool
+            if pool is not None and 0 < pool.models_max < len(variants):
+                raise InvalidRequest(f"Comparing {len(variants)} variants needs them loaded together, but this "
+                                     f"server keeps at most {pool.models_max} (--models-max): choose fewer.",
+                                     "variants")
             self.check_memory(source, variants, COMPARE_CTX, together=True)
-            leases = [self._pooled(source, v, COMPARE_CTX) for v in variants]
+            leases = []
+            for v in variants:
+                leases.append(self._pooled(source, v, COMPARE_CTX))
+                if pool is not None:
+                    borrowed.append(leases[-1])
             state = []
             for v, lease in zip(variants, leases):
                 about = self.describe(source, lease)
@@ -266,6 +364,8 @@ class Lab:
                 raise errors[0]
             yield [dict(s) for s in state]
         finally:
+            for lease in borrowed:
+                lease.close()
             self._lock.release()
 
     # --- evaluate --------------------------------------------------------------------------------
@@ -281,6 +381,7 @@ class Lab:
         cancel = cancel or threading.Event()
         quality.scoring_offset(scoring, 0)  # an unknown scoring fails before any work
         variants = parse_variants(variant_texts, self.registry, at_least=1)
+        source = self.source_of(source)
         ref_variant = Variant.parse(reference, self.registry)
         max_tokens, window = int(max_tokens), int(window)
         if not 16 <= window <= 4096:

@@ -21,9 +21,10 @@ from backends.base import ChatRequest, Message
 from backends.errors import InvalidRequest, ServerShuttingDown
 from backends.manager import Generation, ModelManager
 from serving.attachments import Attachment
+from serving.model_names import resolve_model
 from serving.pieces import ReplyDelta, ReplyParser
 from serving.ratelimit import RateLimiter
-from serving.requests import RequestLimits, chat_call, completion_call
+from serving.requests import CHAT_OPTIONS, RequestLimits, as_text, chat_call, completion_call
 
 # A streamed reply is sent to the browser at most this often (each Gradio chunk carries the whole
 # value, so one update per token costs O(n^2) bytes on long replies). The first token goes at once.
@@ -146,16 +147,23 @@ class ChatService:
 
     def chat(self, message: Any, history: Any, system_prompt: Any = "", *values: Any, endpoint: str = "chat",
              client: str | None = None, turn: Turn | None = None, files: Sequence[Attachment] = (),
+             model: Any = None,
              **named: Any) -> Iterator[ReplyDelta]:
         """Yield the reply's pieces (``serving/pieces.py``) at most every ``stream_interval_s``; the
         last carries the stats: the request's timing and token counts. The parameters are /chat's, in
-        its order (``values`` after system_prompt: ``serving.requests.CHAT_OPTIONS``, or ``named``);
-        ``turn``: the chat UI's options (Continue, fitting the context), and where it reads the open
-        stream and the note back; ``files``: the message's attachments, already read (``serving.attachments``)."""
+        its order (``values`` after system_prompt: ``serving.requests.CHAT_OPTIONS``, or ``named``),
+        then ``model`` (/chat's last: a name from /v1/models, "" = the chat's model; also as the value
+        after the options); ``turn``: the chat UI's options (Continue, fitting the context), and where
+        it reads the open stream and the note back; ``files``: the message's attachments, already read
+        (``serving.attachments``)."""
         t0 = time.perf_counter()
+        if len(values) > len(CHAT_OPTIONS):  # the model picker's value after the options
+            values, model = values[:len(CHAT_OPTIONS)], values[len(CHAT_OPTIONS)]
+        name = as_text(model or "", "model").strip()
+        pool_model = resolve_model(self.manager, name)[1] if name else None  # a bad name: refused here
         request = chat_call(message, history, system_prompt, values, named, self.limits, files)
         request = self.prepare_turn(request, turn)
-        yield from self._run(request, endpoint, client, t0, turn)
+        yield from self._run(request, endpoint, client, t0, turn, pool_model)
 
     def complete(self, prompt: Any, *values: Any, endpoint: str = "complete", client: str | None = None,
                  **named: Any) -> Iterator[ReplyDelta]:
@@ -167,11 +175,11 @@ class ChatService:
         yield from self._run(request, endpoint, client, t0)
 
     def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float,
-             turn: Turn | None = None) -> Iterator[ReplyDelta]:
+             turn: Turn | None = None, model: str | None = None) -> Iterator[ReplyDelta]:
         """The stream's pieces, coalesced: one at most every ``stream_interval_s`` (the first token
         at once), each holding everything since the one before; the last carries the stats (with
         ``turn.note``)."""
-        stream = self.open(request, endpoint=endpoint, client=client, t0=t0)
+        stream = self.open(request, endpoint=endpoint, client=client, t0=t0, model=model)
         if turn is not None:
             turn.stream = stream
         pending, last_sent, sent_any = ReplyDelta(), 0.0, False

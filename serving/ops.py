@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.manager import ModelManager
 from monitoring.prometheus import PrometheusExporter
-from monitoring.stats import memory_account
+from monitoring.stats import memory_account, one_memory
 from serving.auth import AccessPolicy
 
 # An absolute path inside a text: POSIX (not part of a URL or a relative path) or Windows.
@@ -41,8 +41,11 @@ def file_names_only(value: Any) -> Any:
 def with_memory(status: dict, account: dict) -> dict:
     """``status`` (the manager's) with each model's memory in MiB from the one account, and the account."""
     by_role = {(row["role"], row["name"]): row["memory_mib"] for row in account["models"]}
-    if status.get("model"):
+    if status.get("model"):  # the account's figure, not the engine's raw footprint beside it
+        status["model"] = {k: v for k, v in one_memory(status["model"]).items() if k != "memory"}
         status["model"]["memory_mib"] = by_role.get(("chat", status["model"]["name"]))
+    status["lab_models"] = [{k: v for k, v in one_memory(m).items() if k != "memory"}
+                            for m in status.get("lab_models", [])]
     for row in status.get("pool", []):
         chat = status["model"]["memory_mib"] if status.get("model") else None
         row["memory_mib"] = chat if row.get("chat_model") else by_role.get(("pool", row["name"]))

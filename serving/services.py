@@ -135,6 +135,18 @@ class Services:
         info = self.manager.unload()
         return f"Unloaded {info.name}." if info else "No model was loaded."
 
+    def load_by_name(self, name: str) -> str:
+        """Load the pool's model ``name`` (its name in /v1/models) beside the chat's, as POST /models/load does."""
+        name = as_text(name, "model").strip()
+        pool = self.manager.pool
+        if pool is None:
+            raise InvalidRequest("This server serves one model: start it with --models-dir to load models by name.",
+                                 "model")
+        if not name:
+            raise InvalidRequest("Choose a model to load (GET /v1/models lists them).", "model")
+        self.manager.borrow(name).close()
+        return f"Loaded {name}."
+
     def model_status(self) -> dict:
         """What is loaded (with its memory and provenance, as /stats shows them), loading, last error."""
         status = self.manager.status()

@@ -28,6 +28,7 @@ from ui import chat_history as past
 from ui import chat_tree as ct
 from ui.chat_exports import ChatExports
 from ui.chat_actions import ChatActions, toasting
+from ui.model_picker import build_model_picker
 from ui.sampling import SamplingColumn, build_sampling
 
 EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],
@@ -176,8 +177,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                         elem_id="chat-keys")
             gr.Examples(EXAMPLES, inputs=message, label="Try")
         with gr.Column(scale=2, min_width=260):
+            model = build_model_picker(h)
             sampling = build_sampling()
-    params = sampling.params  # system prompt + sampling components, in /chat's order
+    params = [*sampling.params, model]  # system prompt + sampling components + model, in /chat's order
 
     tree = gr.State(ct.empty_tree())  # the conversation tree (ui/chat_tree.py); the Chatbot shows its path
     focus = gr.State(None)  # the turn whose versions the bar shows (None = the last)
@@ -241,6 +243,8 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         line = actions.stats_line(shown, ct.reply_id(shown, len(users) - 1)) if users else ""
         values = chat.get("params") or []
         restored = list(values) if len(values) == len(params) else [gr.skip()] * len(params)
+        if len(values) == len(params) - 1:  # saved before the model picker: its settings, the chat's model
+            restored = [*values, ""]
         one, every = export_files(store, chat_id, request)
         return (ct.history(shown), shown, chat_id, None, line, "", one, every,
                 listing(store, chat_id, query), chat["title"] if chat_id else "", *restored)

@@ -52,7 +52,9 @@ LOAD_HEAD = [("model", str, EMPTY, 'a GGUF file, a transformers checkpoint folde
 CHAT_EXTRA = {"enable_thinking": [
     ("files", list[dict] | None, None, "files attached to the message (gradio_client: [handle_file(path), ...]): "
                                        "pictures (PNG, JPEG, WebP, GIF, BMP) for a vision model; text, Markdown, code, "
-                                       "CSV or PDF files as context blocks naming the file (None = none)")]}
+                                       "CSV or PDF files as context blocks naming the file (None = none)"),
+    ("model", str, "", 'the model to answer with: a name from GET /v1/models (with --models-dir any servable '
+                       'model, loaded on demand) or "" = the chat\'s model')]}
 
 
 def declare_api(fn, summary: str, head: list, options, returns, overrides: dict | None = None,
@@ -60,7 +62,9 @@ def declare_api(fn, summary: str, head: list, options, returns, overrides: dict 
     """Give ``fn`` (taking ``*args``) the API Gradio reads: a signature of ``head`` ((name, type,
     default or EMPTY, description) each) then ``options`` (each declared option's name, type hint, API
     default and description; ``overrides``: {name: (default, description)}) then ``request``, the
-    matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter.
+    matching annotations, and a docstring of ``summary`` plus one ``Args`` line per parameter. ``extra``:
+    {option name: parameters (like ``head``) placed right after that option}: a parameter that is not an
+    option keeps its place when options are declared later, so older positional calls keep working.
     Returns the signature, to bind a call's values to their names."""
     overrides = overrides or {}
     rows = list(head)
@@ -96,7 +100,7 @@ def register_chat_api(h: Services, slots: int) -> None:
         files = attachments.read_all(values.pop("files"))  # from Gradio's upload folder only
         history = attachments.history_with_files(values.pop("history"))  # past messages' files, likewise
         yield from h.chat(values.pop("message"), history, values.pop("system_prompt"),
-                          endpoint="chat", client=client_of(request), files=files, **values)
+                          endpoint="chat", client=client_of(request), files=files, model=values.pop("model"), **values)
 
     chat_signature = declare_api(
         chat, """Stream a reply to `message` given `history`. Yields (reply so far, {}); the final item carries

@@ -13,6 +13,7 @@ from backends.errors import user_message
 from backends.files.gguf import GGUF_FTYPES
 from monitoring.model_memory import MEMORY_LEGEND, memory_line
 from backends.options import LOADER, Option
+from serving.model_names import model_rows
 from serving.services import Services
 from ui.edge import gradio_errors
 from ui.endpoints import load_options, load_steps
@@ -33,7 +34,9 @@ def describe(status: dict) -> str:
     else:
         lines.append("**No model loaded.**")
     if status.get("loading"):
-        lines.append(f"Loading: {status['loading']}")
+        step = status.get("loading_progress")
+        done = f" · {int(step['fraction'] * 100)}% · {step['step']}" if step else ""
+        lines.append(f"**Loading:** {status['loading']}{done}")
     if status.get("last_error"):
         lines.append(f"Last load error: {status['last_error']}")
     return "\n\n".join(lines)
@@ -59,6 +62,18 @@ def loader_control(o: Option, value):
     if o.type is str:  # a free text option (a file path)
         return gr.Textbox(value=form_value(o, value), **shown)
     return gr.Number(value=form_value(o, value), precision=0, minimum=o.low, **shown)
+
+
+POOL_HEADERS = ["name", "status", "memory MiB", "running", "kind", "backend"]
+
+
+def pool_table(rows: list[dict]) -> dict:
+    """The Model tab's table of servable models, from GET /v1/models' rows (``serving.model_names``):
+    the same names, statuses and memory (the one account)."""
+    data = [[r["id"], r.get("status", "loaded") + (f": {r['error']}" if r.get("error") else ""),
+             r.get("memory_mib") if r.get("memory_mib") is not None else "", r.get("running", ""),
+             r.get("kind", "chat model"), r.get("backend", "")] for r in rows]
+    return {"data": data, "headers": POOL_HEADERS}
 
 
 CACHE_HEADERS = ["id", "kind", "size MiB", "files", "last used", "what it holds"]
@@ -119,7 +134,23 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
             progress_text = gr.Textbox(label="Status", interactive=False, elem_id="load-status")
         with gr.Column(scale=2):
             current = gr.Markdown(describe(status), elem_id="model-current")
-            details = gr.JSON(value=status, label="Details")
+            with gr.Accordion("Details (JSON)", open=False, elem_id="model-details"):
+                details = gr.JSON(value=status, label="Details")
+    pooled = h.manager.pool is not None
+    with gr.Accordion("Models by name" + (" (the pool)" if pooled else ""), open=pooled, elem_id="pool-box"):
+        gr.Markdown("Every model this server serves by name: requests choose one by its `model` field (the chat's "
+                    "model picker, /v1, the Gradio API). " + (
+                        "A model not loaded is loaded on its first request." if pooled else
+                        "Start the server with `--models-dir` to serve several models by name."))
+        pool = gr.Dataframe(value=pool_table(model_rows(h.manager)), headers=POOL_HEADERS, interactive=False,
+                            datatype=["str", "str", "number", "number", "str", "str"], wrap=True,
+                            label="Servable models", elem_id="pool-table")
+        with gr.Row():
+            pool_pick = gr.Dropdown(choices=[r["id"] for r in model_rows(h.manager)], value=None, scale=3,
+                                    label="Model", allow_custom_value=True, elem_id="pool-pick")
+            pool_load = gr.Button("Load", elem_id="pool-load", interactive=pooled)
+            pool_unload = gr.Button("Unload", elem_id="pool-unload")
+        pool_status = gr.Textbox(show_label=False, interactive=False, elem_id="pool-status")
     with gr.Accordion("Downloaded and derived models", open=False) as cache_box:
         gr.Markdown("Hub downloads (Hugging Face cache) and the GGUF variants / checkpoints this app derived "
                     "(its cache dir). An interrupted download resumes when the model is loaded again.")
@@ -168,7 +199,19 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
 
     def refresh():
         s = h.model_status()
-        return (describe(s), s, badge_text(s)) if badge is not None else (describe(s), s)
+        rows = model_rows(h.manager)
+        shown = (describe(s), s, pool_table(rows), gr.update(choices=[r["id"] for r in rows]))
+        return (*shown, badge_text(s)) if badge is not None else shown
+
+    @gradio_errors
+    def pool_load_clicked(name: str) -> str:
+        return h.load_by_name(name)
+
+    @gradio_errors
+    def pool_unload_clicked(name: str) -> str:
+        if not (name or "").strip():
+            raise gr.Error("Choose a model in the table to unload.")
+        return h.unload_model(name)
 
     form = [model, backend, quant, gguf_file, *option_inputs]
 
@@ -182,7 +225,7 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
 
     ev = load.click(load_clicked, [model, backend, quant, api_base, api_key, gguf_file, *option_inputs], progress_text,
                     concurrency_id="load", concurrency_limit=1, show_progress="hidden", **private)
-    outputs = [current, details] + ([badge] if badge is not None else [])
+    outputs = [current, details, pool, pool_pick] + ([badge] if badge is not None else [])
     ev.then(refresh, None, outputs, **private)
     uev = unload.click(unload_clicked, None, progress_text, concurrency_id="load", **private)
     uev.then(refresh, None, outputs, **private)
@@ -219,6 +262,12 @@ def build_model(h: Services, default_model: str, default_backend: str, default_q
 
     def picked(evt: gr.SelectData):
         return evt.row_value[0] if evt.row_value else gr.skip()
+
+    pool.select(picked, None, pool_pick, **private)
+    pev = pool_load.click(pool_load_clicked, pool_pick, pool_status, concurrency_id="load", **private)
+    pev.then(refresh, None, outputs, **private)
+    puev = pool_unload.click(pool_unload_clicked, pool_pick, pool_status, concurrency_id="load", **private)
+    puev.then(refresh, None, outputs, **private)
 
     def convert_clicked(source: str, types: list[str], progress=gr.Progress()):
         """llama.cpp's converter, then each type; the status line streams, the table lists the new rows."""

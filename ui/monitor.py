@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from monitoring.contention import describe as describe_contention
-from monitoring.model_memory import MEMORY_LEGEND, memory_line
+from monitoring.model_memory import MEMORY_LEGEND
 from serving.services import Services
 
 MIB = 2**20
@@ -75,18 +75,12 @@ def figures_markdown(stats: dict) -> str:
     else:
         lines.append(f"**GPU** none: {gpu['reason']} (CPU figures only)")
     m = stats["model"]
-    lines.append(f"**Model** {m['name']} · {m['quantization']} · {memory_line(m['memory'])} · {m['device']}  \n"
-                 f"<small>{MEMORY_LEGEND}</small>" if m else "**Model** none loaded")
+    if not m:
+        lines.append("**Model** none loaded")
     account = stats.get("memory_account")
     if account:
-        for row in account["models"]:
-            if row["role"] != "chat":  # the chat's model is the line above
-                lines.append(f"**{row['role'].capitalize()} model** {row['name']} · {row['quantization']} · "
-                             f"{memory_line(row['memory'])} · {row['device']}")
-        if account["process_other_mib"] is not None:
-            lines.append(f"**Models together** {account['models_mib']:,.1f} MiB · **the process beyond them** "
-                         f"{account['process_other_mib']:,.1f} MiB (Python, Gradio, caches) = RSS "
-                         f"{account['rss_mib']:,.1f} MiB")
+        lines.append(models_table(account))
+    q = stats["requests"]
     q = stats["requests"]
     p50 = (f" · p50 TTFT {q['ttft_p50_s'] * 1000:.0f} ms" if q["ttft_p50_s"] is not None else "") + \
           (f" · p50 {q['tokens_per_s_p50']:.1f} tok/s" if q["tokens_per_s_p50"] else "")
@@ -99,6 +93,33 @@ def figures_markdown(stats: dict) -> str:
     if contended:
         lines.append(contended)
     return "\n\n".join(lines)
+
+
+ROLES = {"chat": "chat", "pool": "by name", "lab": "lab", "finishing": "finishing replies"}
+
+
+def models_table(account: dict) -> str:
+    """The memory account as the Monitor shows it: a row per model in memory (the chat's, the pool's,
+    the lab's variants, replaced ones finishing), each by the one definition, then their sum and what
+    the process holds beyond them: the rows and that line add up to RSS."""
+    lines = ["| model in memory | role | quantization | device | MiB | weights + KV + overhead |",
+             "|---|---|---|---|--:|---|"]
+    for row in account["models"]:
+        mem = row["memory"]
+        parts = (f"{mem['weights_mib']:,.1f} + {mem['kv_mib']:,.1f} ({mem['n_ctx']} ctx x {mem['slots']}) + "
+                 f"{mem['overhead_mib']:,.1f}" if mem["total_bytes"] else "not visible (remote engine)")
+        lines.append(f"| {row['name']} | {ROLES.get(row['role'], row['role'])} | {row['quantization']} | "
+                     f"{row['device']} | {row['memory_mib']:,.1f} | {parts} |")
+    if not account["models"]:
+        lines.append("| (none) | | | | 0.0 | |")
+    text = "\n".join(lines)
+    if account["process_other_mib"] is not None:
+        text += (f"\n\n**Models together** {account['models_mib']:,.1f} MiB + **the process beyond them** "
+                 f"{account['process_other_mib']:,.1f} MiB (Python, Gradio, caches) = **RSS** "
+                 f"{account['rss_mib']:,.1f} MiB")
+    if account.get("gpu_used_mib") is not None:
+        text += f" · GPU memory in use {account['gpu_used_mib']:,.1f} MiB (a model on a GPU is counted there)"
+    return text + f"  \n<small>{MEMORY_LEGEND}</small>"
 
 
 def contention_line(recent: list[dict]) -> str:

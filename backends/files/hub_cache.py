@@ -39,6 +39,32 @@ def list_cached(cache_dir: Path | None = None, hub_cache: Path | None = None) ->
     return sorted(items, key=lambda i: i["last_accessed"] or 0.0, reverse=True)
 
 
+def servable_repos(hub_cache: Path | None = None) -> list[tuple[str, str]]:
+    """(repo id, backend) of every complete model repo in the Hugging Face cache that loads as is: one
+    holding a GGUF file (llamacpp) or a checkpoint (a config.json: transformers). The model pool
+    serves them by their repo id."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    folder = hub_cache or sources.hub_cache_dir()
+    if not folder.is_dir():
+        return []
+    try:
+        info = scan_cache_dir(folder)
+    except CacheNotFound:
+        return []
+    found = []
+    for repo in info.repos:
+        if repo.repo_type != "model" or _incomplete_bytes(repo.repo_path)[0]:
+            continue
+        names = {f.file_name for r in repo.revisions for f in r.files}
+        if any(n.lower().endswith(".gguf") for n in names):
+            found.append((repo.repo_id, "llamacpp"))
+        elif "config.json" in names:
+            found.append((repo.repo_id, "transformers"))
+    return sorted(found)
+
+
 def delete_cached(item_id: str, cache_dir: Path | None = None, in_use: Iterable[str] = (),
                   hub_cache: Path | None = None) -> dict:
     """Delete one item by its id; return its listing entry. ``in_use``: paths of loaded models,

@@ -16,6 +16,7 @@ the same checks as every entry point). Only translation:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from backends.base import MAX_NEW_TOKENS_LIMIT, ChatRequest, Constraint, Message, SamplingParams
@@ -125,3 +126,38 @@ def generate_to_request(body: GenerateBody, context_length: int, limits: Request
         return completion_request(body.prompt, params, stop, limits, **features)
     system = [Message("system", body.system)] if body.system else []
     return chat_request([*system, Message("user", body.prompt, images=images)], params, stop, limits, **features)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_s(value: float | str | None) -> float | None:
+    """Ollama's ``keep_alive`` in seconds: a number of seconds or a duration ("5m", "1h30m", "10s");
+    negative = for ever (``inf``), 0 = unload when the request ends; None when the request leaves it
+    out. Anything else is refused, naming the field."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)
+        except ValueError:
+            parts = _DURATION.findall(body)
+            if not parts or "".join(n + u for n, u in parts) != body:
+                raise InvalidRequest(f"keep_alive: {_short(text)!r} is not a duration: write seconds (300) or a "
+                                     "duration such as \"5m\", \"1h\", \"10s\" (0 = unload now, negative = keep "
+                                     "loaded).", "keep_alive") from None
+            seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
+    if seconds != seconds:  # NaN
+        raise InvalidRequest("keep_alive: not a number.", "keep_alive")
+    return float("inf") if seconds < 0 else seconds
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+

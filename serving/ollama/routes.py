@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from backends.base import ChatRequest, LoadedModel
@@ -26,7 +27,7 @@ from backends.manager import ModelManager
 from serving.api.pipeline import Endpoint, Pipeline
 from serving.api.stream import NDJSON
 from serving.chat_service import ChatService, ChatStream
-from serving.ollama.convert import chat_to_request, generate_to_request
+from serving.ollama.convert import chat_to_request, generate_to_request, keep_alive_s
 from serving.ollama.errors import OLLAMA_ERRORS, error_response
 from serving.ollama.reply import ChatReply, GenerateReply, now
 from serving.ollama.schema import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody, ShowBody
@@ -45,6 +46,15 @@ def tagged(name: str) -> str:
     return name if ":" in name else f"{name}:{TAG}"
 
 
+def keep_alive(pipe: Pipeline, pooled: str | None, value: Any) -> float | None:
+    """Apply a request's ``keep_alive`` to the pool model it names (the chat's model stays loaded until
+    /unload_model: keep_alive does not apply to it). Returns it in seconds (None: not given)."""
+    seconds = keep_alive_s(value)
+    if seconds is not None and pooled is not None:
+        pipe.manager.pool.keep_alive(pooled, seconds)
+    return seconds
+
+
 class OllamaEndpoint(Endpoint):
     """/api/chat or /api/generate: its body, its conversion to one ChatRequest (``convert.py``) and its
     reply (``reply.py``); a model named with or without a tag."""
@@ -60,7 +70,9 @@ class OllamaEndpoint(Endpoint):
         return untagged(body.model)
 
     def convert(self, body: Any, pipe: Pipeline) -> tuple[list[ChatRequest], None]:
-        return [self._to_request(body, pipe.manager.context_length(), pipe.chat.limits)], None
+        requests = [self._to_request(body, pipe.manager.context_length(), pipe.chat.limits)]
+        keep_alive(pipe, pipe.pooled, body.keep_alive)
+        return requests, None
 
     def reply(self, body: Any, plan: None, model: str, streams: Sequence[ChatStream]) -> ChatReply | GenerateReply:
         return self._reply(body.model, streams)
@@ -118,10 +130,19 @@ class OllamaRoutes:
         return isinstance(raw, dict) and not raw.get(field) and not raw.get("images")
 
     async def _loaded(self, body: ChatBody | GenerateBody, request: Request, t0: float) -> dict:
-        """The model is loaded already (this server loads before it serves): done at once, as Ollama answers."""
-        self.pipe.resolve_model(untagged(body.model))
+        """Ollama's load request: a pool model is loaded (it stays loaded for its ``keep_alive``), or
+        with ``keep_alive: 0`` unloaded (done_reason "unload"); the chat's model is loaded already."""
+        _, pooled = self.pipe.resolve_model(untagged(body.model))
+        seconds = keep_alive(self.pipe, pooled, body.keep_alive)
+        reason = "load"
+        if pooled is not None and seconds == 0:
+            reason = "unload"
+            if pooled in {r["name"] for r in self._listing() if r["status"] == "loaded" and not r["chat_model"]}:
+                await run_in_threadpool(self.manager.pool.unload, pooled)
+        elif pooled is not None:
+            await run_in_threadpool(lambda: self.manager.borrow(pooled).close())
         said = {"message": {"role": "assistant", "content": ""}} if isinstance(body, ChatBody) else {"response": ""}
-        return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": "load"}
+        return {"model": body.model, "created_at": now(), **said, "done": True, "done_reason": reason}
 
     def _resident(self, listing: list[dict]) -> list[LoadedModel]:
         """The models loaded now: the chat's, then the pool's (``listing``: the pool's rows, or [])."""
@@ -170,6 +191,7 @@ class OllamaRoutes:
 
     async def _embed(self, body: EmbedBody, request: Request, t0: float) -> dict:
         _, pooled = self.pipe.resolve_model(untagged(body.model))
+        keep_alive(self.pipe, pooled, body.keep_alive)
         if body.dimensions is not None:
             raise InvalidRequest("dimensions: this server returns the model's own embedding size; leave "
                                  "dimensions unset.", "dimensions")

@@ -1,5 +1,5 @@
 """Pydantic models of Ollama's API, the subset this server implements. Unknown fields are ignored
-(``keep_alive``, and ``options`` this server has no use for: ``num_thread``, ``num_gpu``, ...), as
+(``options`` this server has no use for: ``num_thread``, ``num_gpu``, ...), as
 Ollama ignores what does not apply; ``images`` are refused by name (no image input here)."""
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Generating(BaseModel):
     format: Format = None
     options: Options | None = None
     stream: bool = True  # Ollama streams unless told not to
+    keep_alive: float | str | None = None  # how long a model loaded by name stays loaded idle (convert.keep_alive_s)
     think: bool | Literal["low", "medium", "high"] | None = None
 
 
@@ -99,6 +100,7 @@ class EmbedBody(BaseModel):
     input: str | list[str]
     truncate: bool = True
     dimensions: int | None = None
+    keep_alive: float | str | None = None
 
 
 class EmbeddingsBody(BaseModel):
