@@ -147,7 +147,8 @@ def build_notebook(h: Services, slots: int = 1) -> NotebookSection:
                 undo = gr.Button("Undo", elem_id="notebook-undo")
             counts = gr.Markdown(elem_id="notebook-counts")
         with gr.Column(scale=2, min_width=260):
-            preset = preset_menu(elem_id="notebook-preset", info="Sets the samplers below")
+            preset = preset_menu(elem_id="notebook-preset", label="Sampler preset",
+                                 info="Sets the samplers below (the chat's presets)")
             samplers = sampler_controls([o for o in COMPLETE_OPTIONS if o.kind == "sampler"],
                                         {"max_new_tokens": min(MAX_NEW_DEFAULT, MAX_NEW_TOKENS_LIMIT)},
                                         elem_id="notebook-advanced",

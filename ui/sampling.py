@@ -91,9 +91,9 @@ def sampler_controls(options, defaults: dict | None = None, elem_id: str = "adva
     return s
 
 
-def preset_menu(elem_id: str = "preset", info: str = "", **more) -> gr.Dropdown:
+def preset_menu(elem_id: str = "preset", info: str = "", label: str = "Preset", **more) -> gr.Dropdown:
     """The preset menu: the built-in presets (the saved ones join on page load, ``restore_presets``)."""
-    return gr.Dropdown(list(BUILTIN_PRESETS), value=DEFAULT_PRESET, label="Preset", allow_custom_value=True,
+    return gr.Dropdown(list(BUILTIN_PRESETS), value=DEFAULT_PRESET, label=label, allow_custom_value=True,
                        elem_id=elem_id, info=info or None, **more)
 
 
