@@ -72,7 +72,13 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
             title = gr.Textbox(label="Name of this chat", elem_id="chat-title")
             with gr.Row():
                 rename = gr.Button("Rename", size="sm", elem_id="rename-chat")
-                delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat")
+                delete = gr.Button("Delete chat", size="sm", variant="stop", elem_id="delete-chat")
+            with gr.Group(visible=False, elem_id="confirm-delete") as confirm_row:  # deleting asks first
+                gr.Markdown("Delete this chat? This cannot be undone.")
+                with gr.Row():
+                    confirm_delete = gr.Button("Yes, delete this chat", size="sm", variant="stop",
+                                               elem_id="confirm-delete-chat")
+                    cancel_delete = gr.Button("Keep it", size="sm", elem_id="cancel-delete-chat")
             export = gr.DownloadButton("Export JSON", size="sm", elem_id="export")
             export_all = gr.DownloadButton("Export all chats", size="sm", elem_id="export-all")
             import_ = gr.UploadButton("Import JSON", size="sm", file_types=[".json"], type="filepath",
@@ -105,6 +111,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         with gr.Column(scale=2, min_width=260):
             sampling = build_sampling()
     params = sampling.params  # system prompt + sampling components, in /chat's order
+    default_system = sampling.system.value or ""  # what a new chat starts from
 
     versions = gr.State({})  # per turn: the replies Regenerate kept (ui/chat_turns.py)
     focus = gr.State(None)  # the turn whose versions the bar shows (None = the last)
@@ -160,7 +167,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         """Put a stored chat on screen: messages, versions, its settings (when they fit this page)."""
         chat = past.get_chat(store, chat_id) or past.make_chat()
         values = chat.get("params") or []
-        restored = list(values) if len(values) == len(params) else [gr.skip()] * len(params)
+        # settings saved before the newer parameters: those take the page's (trailing, as the API adds them)
+        restored = list(values) + [gr.skip()] * (len(params) - len(values)) if values else [gr.skip()] * len(params)
+        restored = restored if len(restored) == len(params) else [gr.skip()] * len(params)
         one, every = export_files(store, chat_id, request)
         return (chat["messages"], chat.get("versions") or {}, chat_id, None, "", "", one, every,
                 listing(store, chat_id, query), chat["title"] if chat_id else "", *restored)
@@ -193,7 +202,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     def start_new(request: gr.Request, history, versions_, store, current_id, *values):
         if current_id or history:
             store, _ = past.save_chat(store, current_id, history or [], versions_, list(values))
-        store, chat_id = past.new_chat(store, list(values))
+        store, chat_id = past.new_chat(store, [default_system, *values[1:]])  # its own system prompt: the default
         user = user_of(request)
         if user:
             disk.save(user, store)
@@ -281,7 +290,10 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                     cancels=turns + saves, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
     new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
               **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
-    delete.click(delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
+    delete.click(lambda: gr.Group(visible=True), None, confirm_row, queue=False, **private)
+    cancel_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private)
+    confirm_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private).then(
+        delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private)
     rename.click(rename_current, [title, saved, current, search], [saved, chat_list, title], **private)
     import_.upload(import_file, [import_, saved], [saved, *show_outputs], **private).then(
