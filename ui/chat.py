@@ -74,7 +74,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                 rename = gr.Button("Rename", size="sm", elem_id="rename-chat")
                 delete = gr.Button("Delete chat", size="sm", variant="stop", elem_id="delete-chat")
             with gr.Group(visible=False, elem_id="confirm-delete") as confirm_row:  # deleting asks first
-                gr.Markdown("Delete this chat? This cannot be undone.")
+                confirm_text = gr.Markdown("Delete this chat? This cannot be undone.")
                 with gr.Row():
                     confirm_delete = gr.Button("Yes, delete this chat", size="sm", variant="stop",
                                                elem_id="confirm-delete-chat")
@@ -290,7 +290,8 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
                     cancels=turns + saves, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
     new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
               **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
-    delete.click(lambda: gr.Group(visible=True), None, confirm_row, queue=False, **private)
+    delete.click(lambda name: (gr.Group(visible=True), f"Delete the chat “{name or 'New chat'}”? This cannot be undone."),
+                 title, [confirm_row, confirm_text], queue=False, **private)
     cancel_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private)
     confirm_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private).then(
         delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
