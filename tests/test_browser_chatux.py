@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import ModelSpec
-from tests.conftest import LiveServer, make_settings
 from tests.test_browser import ARGS, CHROMIUM, REQUIRED
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -22,10 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def srv(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, request_log="")) as s:
-        s.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048, parallel=2))
-        yield s
+def srv(live_app):
+    return live_app  # the suite's shared app (embedded model, llama.cpp); a fresh browser has no chats
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +89,12 @@ def test_notebook_presets_live_token_count_and_counts_after_stop(page, srv, shot
     page.locator("input[aria-label='Sampler preset']").click()
     page.get_by_role("option", name="LLaMA-Precise", exact=True).click()
     page.wait_for_function("() => document.querySelector(\"#notebook-temperature input[type=number]\").value === '0.7'")
+    # every sampler llama.cpp has (DRY's settings included), not the transformers-only one
+    advanced = page.locator("#notebook-advanced")
+    advanced.get_by_text("Advanced samplers").click()
+    for label in ("Min p (0 = off)", "DRY multiplier (0 = off)", "DRY base", "DRY sequence breakers", "Mirostat tau"):
+        advanced.get_by_text(label, exact=True).wait_for()
+    assert advanced.get_by_text("No-repeat n-gram size (0 = off)").count() == 0
     text = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
     box = page.locator("#notebook-text textarea")
     box.fill(text[:-4])
