@@ -62,6 +62,11 @@ def test_a_new_chat_starts_from_the_default_system_prompt(page, shots):
     page.get_by_role("button", name="New chat").click()
     expect(system).to_have_value("")  # not the last chat's system prompt
     page.screenshot(path=str(shots / "new_chat.png"))
+    page.wait_for_timeout(1500)  # the new chat's save reaches localStorage
+    page.reload()
+    page.wait_for_selector("#model-badge :text('Serving')")
+    page.wait_for_function("() => document.querySelectorAll('#chat-list label').length === 2")
+    expect(page.get_by_label("System prompt")).to_have_value("")  # a reload shows the new chat as it was
     # the pirate chat keeps its own
     page.locator("#chat-list").get_by_text(re.compile(r"^Say hello\.")).click()
     expect(system).to_have_value("You are a pirate. Answer in one word.")

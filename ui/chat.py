@@ -202,11 +202,13 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     def start_new(request: gr.Request, history, versions_, store, current_id, *values):
         if current_id or history:
             store, _ = past.save_chat(store, current_id, history or [], versions_, list(values))
-        store, chat_id = past.new_chat(store, [default_system, *values[1:]])  # its own system prompt: the default
+        store, chat_id = past.new_chat(store, list(values))
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id, request))
+        shown = list(show_chat(store, chat_id, request))
+        shown[len(show_outputs) - len(params)] = default_system  # its system prompt: the default, not the last chat's
+        return (store, *shown)
 
     @toasting(len(show_outputs) + 1)
     def delete_current(store, current_id, request: gr.Request = None):
@@ -289,7 +291,8 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     chat_list.input(switch, [chat_list, chatbot, versions, saved, current, search, *params], [saved, *show_outputs],
                     cancels=turns + saves, **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
     new.click(start_new, [chatbot, versions, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
-              **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
+              **private).then(actions.version_bar, bar_inputs, bar_outputs, **private).then(
+        sync, sync_inputs, sync_outputs, **private)  # the new chat keeps the default system prompt on a reload
     delete.click(lambda name: (gr.Group(visible=True), f"Delete the chat “{name or 'New chat'}”? This cannot be undone."),
                  title, [confirm_row, confirm_text], queue=False, **private)
     cancel_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private)
