@@ -50,6 +50,7 @@ def create_app(settings, manager=None):
     from serving.ops import add_ops_routes
     from serving.ratelimit import RateLimiter
     from serving.services import Services
+    from ui.api_docs import StreamingSnippets
     from ui.app_ui import build_blocks
 
     server, model = settings.server_part(), settings.model_part()  # each wiring step reads its half
@@ -107,6 +108,7 @@ def create_app(settings, manager=None):
     app.state.blocks = blocks
     app.add_middleware(UploadGuardMiddleware, blocks=blocks, max_bytes=server.max_upload_bytes)
     app.add_middleware(GradioGuardMiddleware, blocks=blocks)
+    app.add_middleware(StreamingSnippets, blocks=blocks)  # the API page's streaming examples use submit
     def refusal(path: str, status: int, message: str):  # a middleware's refusal in its route's API dialect
         return anthropic_refusal(path, status, message) or ollama_refusal(path, status, message)
 

@@ -123,6 +123,12 @@ class SamplingParams:
         return tuple(o.name for o in SAMPLERS
                      if not o.core and o.tunes is None and getattr(self, o.name) != o.neutral_value)
 
+    def changed(self) -> dict[str, Any]:
+        """{name: value} of the samplers set away from their declared defaults (the request log's
+        record of what the engine was given)."""
+        base = type(self)()
+        return {o.name: getattr(self, o.name) for o in SAMPLERS if getattr(self, o.name) != getattr(base, o.name)}
+
     def validated(self) -> SamplingParams:
         """Itself: the bounds were checked when it was made."""
         return self

@@ -357,6 +357,7 @@ class ModelManager:
             r.active.add(cancel)
         prompt = (request.prompt if request.prompt is not None else request.messages[-1].content) if self.log_prompts else None
         timer = self.metrics.start(endpoint, r.info.name, r.info.quantization, t0, client, prompt)
+        timer.stats.sampling = request.params.changed()  # what the request log shows the engine was given
         return Generation(self._run(r, request, cancel, timer), timer.stats)
 
     def _run(self, r: _Resident, request: ChatRequest, cancel: threading.Event, timer: Any) -> Iterator[TextDelta]:

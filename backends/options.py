@@ -61,6 +61,7 @@ class Option:
     hint: str = ""
     ui: tuple = ()
     elem_id: str = ""
+    v1_type: Any = None  # its /v1 field's type when wider than ``type`` (None: ``type``)
 
     @property
     def neutral_value(self) -> Any:
@@ -87,6 +88,44 @@ class Option:
         if value < self.low or (self.low_open and value == self.low) or (self.high is not None and value > self.high):
             return f"{self.name} must be {self.bounds_text()}, got {value}."
         return None
+
+
+DRY_DEFAULT_BREAKERS = ("\n", ":", "\"", "*")  # llama.cpp's (and text-generation-webui's) DRY sequence breakers
+MAX_BREAKERS, MAX_BREAKER_CHARS = 32, 40  # llama.cpp's DRY reads a breaker's first 40 characters
+
+
+def parse_breakers(value: Any) -> str:
+    """DRY sequence breakers as the canonical text a SamplingParams holds: "" (llama.cpp's default
+    ones) or a JSON array of strings. Takes a list of strings (the /v1 field, as llama-server's), a
+    JSON array, or JSON strings separated by commas (text-generation-webui's form); InvalidRequest
+    naming dry_sequence_breakers otherwise."""
+    import json
+
+    from backends.errors import InvalidRequest
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items = json.loads(text if text.startswith("[") else f"[{text}]")
+        except ValueError as exc:
+            raise InvalidRequest('dry_sequence_breakers must be JSON strings separated by commas, e.g. "\\n", ":" '
+                                 f'(or a JSON array of strings): {exc}', "dry_sequence_breakers") from exc
+    if not isinstance(items, (list, tuple)) or not all(isinstance(b, str) and b for b in items):
+        raise InvalidRequest("dry_sequence_breakers must be a list of non-empty strings.", "dry_sequence_breakers")
+    if len(items) > MAX_BREAKERS or any(len(b) > MAX_BREAKER_CHARS for b in items):
+        raise InvalidRequest(f"dry_sequence_breakers takes at most {MAX_BREAKERS} strings of at most "
+                             f"{MAX_BREAKER_CHARS} characters each.", "dry_sequence_breakers")
+    return json.dumps(list(items))
+
+
+def sequence_breakers(text: str) -> tuple[str, ...]:
+    """The breakers of a canonical ``parse_breakers`` text ("" = the default ones)."""
+    import json
+
+    return tuple(json.loads(text)) if text else DRY_DEFAULT_BREAKERS
 
 
 def _sampler(name: str, type_: type, default: Any, description: str, low: float, high: float, label: str,
@@ -119,12 +158,6 @@ SAMPLING: tuple[Option, ...] = (
              "0 = off)", -2.0, 2.0, "Frequency penalty", 0.05),
     _sampler("dry_multiplier", float, 0.0, "DRY penalty on repeated sequences (llama.cpp; 0 = off)", 0.0, 100.0,
              "DRY multiplier (0 = off)", 0.05, ui=(0, 5)),
-    Option("dry_base", float, 1.75, "DRY: base of the penalty's growth with the repeat's length", low=1.0,
-           high=100.0, tunes="dry_multiplier", gradio=False),
-    Option("dry_allowed_length", int, 2, "DRY: repeats up to this long are not penalised", low=0, high=1024,
-           tunes="dry_multiplier", gradio=False),
-    Option("dry_penalty_last_n", int, -1, "DRY: tokens looked back over (-1 = the whole context)", low=-1,
-           high=1 << 20, tunes="dry_multiplier", gradio=False),
     _sampler("xtc_probability", float, 0.0, "XTC: chance of excluding the top choices (llama.cpp; 0 = off)",
              0.0, 1.0, "XTC probability (0 = off)", 0.01),
     _sampler("xtc_threshold", float, 0.1, "XTC: tokens above this probability count as top choices", 0.0, 1.0,
@@ -141,6 +174,19 @@ SAMPLING: tuple[Option, ...] = (
     Option("enable_thinking", str, "auto", 'the chat template\'s enable_thinking: "auto" (the template\'s default), '
            '"on" or "off"', kind="request", choices=("auto", "on", "off"), v1=False,
            label="Thinking (chat templates that have it)"),
+    # DRY's own settings (llama.cpp's dry_base, dry_allowed_length, dry_penalty_last_n,
+    # dry_sequence_breakers; text-generation-webui's names and defaults): they only tune dry_multiplier
+    _sampler("dry_base", float, 1.75, "DRY: base of the penalty's growth with the repeat's length", 1.0, 100.0,
+             "DRY base", 0.05, ui=(1, 4), tunes="dry_multiplier"),
+    _sampler("dry_allowed_length", int, 2, "DRY: repeats up to this many tokens long are not penalised", 0, 1024,
+             "DRY allowed length", 1, ui=(0, 20), tunes="dry_multiplier"),
+    _sampler("dry_penalty_last_n", int, -1, "DRY: tokens looked back over (-1 = the whole context, 0 = off)", -1,
+             1 << 20, "DRY range (-1 = whole context)", 1, ui=(-1, 8192), tunes="dry_multiplier"),
+    Option("dry_sequence_breakers", str, "", "DRY: strings a repeat does not continue across, as JSON strings "
+           'separated by commas (text-generation-webui\'s form: "\\n", ":", "\\"", "*") or a JSON array '
+           '(llama-server\'s); "" = llama.cpp\'s default, those four; [] = none', tunes="dry_multiplier",
+           parse=parse_breakers, v1_type=str | list[str], label="DRY sequence breakers",
+           hint='"\\n", ":", "\\"", "*"   (empty = these four)', elem_id="dry-sequence-breakers"),
 )
 SAMPLERS: tuple[Option, ...] = tuple(o for o in SAMPLING if o.kind == "sampler")
 BY_NAME: dict[str, Option] = {o.name: o for o in SAMPLING}
@@ -201,6 +247,8 @@ def check_sampler(option: Option, value: Any) -> Any:
 
     if value is None and option.optional:
         return None
+    if option.parse is not None:  # its own coercion and checks (a text with a form: DRY's breakers)
+        return option.parse(value)
     try:
         v = option.type(value)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -45,6 +45,7 @@ class RequestStats:
     cpu_contended: dict | None = None  # decoded far below this model's quiet speed: the figures (monitoring.contention)
     draft_tokens: int | None = None  # speculative decoding: tokens drafted (None: not speculative)
     accepted_tokens: int | None = None  # speculative decoding: drafted tokens the model accepted
+    sampling: dict | None = None  # the samplers the engine was given away from their defaults ({} = all default)
     prompt: str | None = field(default=None, repr=False)  # only with --log-prompts
     itls: list[float] = field(default_factory=list, repr=False)
 

@@ -40,6 +40,8 @@ class RequestLog:
         record.update({k: d.get(k) for k in FIELDS})
         if s.draft_tokens is not None:  # speculative decoding
             record.update(draft_tokens=s.draft_tokens, accepted_tokens=s.accepted_tokens)
+        if s.sampling:  # the samplers the engine was given away from their defaults
+            record["sampling"] = s.sampling
         if s.prompt is not None:
             record["prompt"] = s.prompt
         line = json.dumps(record, ensure_ascii=False)

@@ -166,13 +166,14 @@ class ChatService:
         yield from self._run(request, endpoint, client, t0, turn, pool_model)
 
     def complete(self, prompt: Any, *values: Any, endpoint: str = "complete", client: str | None = None,
-                 **named: Any) -> Iterator[ReplyDelta]:
+                 turn: Turn | None = None, **named: Any) -> Iterator[ReplyDelta]:
         """The raw continuation of ``prompt`` (no chat template), in pieces as ``chat`` yields them
         (``text`` is the raw text). ``values`` / ``named``: /complete's parameters after the prompt
-        (``serving.requests.COMPLETE_OPTIONS``)."""
+        (``serving.requests.COMPLETE_OPTIONS``); ``turn``: where the Notebook reads the open stream
+        (its stats after Stop)."""
         t0 = time.perf_counter()
         request = completion_call(prompt, values, named, self.limits)
-        yield from self._run(request, endpoint, client, t0)
+        yield from self._run(request, endpoint, client, t0, turn)
 
     def _run(self, request: ChatRequest, endpoint: str, client: str | None, t0: float,
              turn: Turn | None = None, model: str | None = None) -> Iterator[ReplyDelta]:

@@ -27,8 +27,10 @@ MAX_STOP_CHARS = 200
 THINKING_CHOICES = BY_NAME["enable_thinking"].choices
 # /chat's parameters after (message, history, system_prompt), in their API order
 CHAT_OPTIONS: tuple[Option, ...] = gradio_options(SAMPLING)
-# /complete's parameters after the prompt: the core samplers, then the stop strings
-COMPLETE_OPTIONS: tuple[Option, ...] = tuple(o for o in CHAT_OPTIONS if o.core or o.name == "stop")
+# /complete's parameters after the prompt: the core samplers, the stop strings, then the other samplers
+# (added after the stop strings, so positional calls from before them keep working)
+COMPLETE_OPTIONS: tuple[Option, ...] = (*(o for o in CHAT_OPTIONS if o.core or o.name == "stop"),
+                                        *(o for o in CHAT_OPTIONS if o.kind == "sampler" and not o.core))
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,7 @@ def completion_call(prompt: Any, values: Sequence[Any], named: dict[str, Any],
     positionally or by name."""
     given = call_values(COMPLETE_OPTIONS, values, named)
     stop = given.pop("stop", ())
-    params = sampling_params(**{o.name: given.get(o.name, o.default) for o in COMPLETE_OPTIONS if o.core})
+    params = sampling_params(**{o.name: given.get(o.name, o.default) for o in COMPLETE_OPTIONS if o.kind == "sampler"})
     return completion_request(prompt, params, stop, limits)
 
 

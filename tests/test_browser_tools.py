@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 STORED = "(() => localStorage.getItem('quantlab-presets'))"
 NGRAM = "input[aria-label='number input for No-repeat n-gram size (0 = off)']"
-TEMPERATURE = "input[aria-label='number input for Temperature (0 = greedy)']"
+TEMPERATURE = "input[aria-label='number input for Temperature (0 = greedy)']"  # the chat's (first; the Notebook has its own)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_presets_set_the_samplers_and_saved_ones_survive_a_reload(page, shots):
     choose(page, "Preset", "Creative")
     page.wait_for_function(f"() => document.querySelector(\"{TEMPERATURE}\").value === '1.1'")
     # a preset of one's own, kept in this browser
-    temperature = page.locator(TEMPERATURE)
+    temperature = page.locator(TEMPERATURE).first
     temperature.fill("1.3")
     temperature.press("Enter")
     preset = page.locator("input[aria-label='Preset']")
@@ -90,7 +90,7 @@ def test_presets_set_the_samplers_and_saved_ones_survive_a_reload(page, shots):
     page.click("#preset-save")
     page.wait_for_function(f"(before) => {STORED}() !== before", arg=stored)  # Gradio encrypts the value
     page.locator("#advanced-samplers").get_by_text("Advanced samplers").click()
-    page.locator(NGRAM).wait_for()
+    page.locator(NGRAM).first.wait_for()
     page.wait_for_timeout(600)  # the accordion's opening animation
     page.screenshot(path=str(shots / "samplers.png"), full_page=True)
     page.reload()
@@ -126,9 +126,9 @@ def test_the_model_form_shows_what_is_loaded_and_keeps_a_failed_loads_reason(pag
 def test_a_sampler_the_backend_lacks_is_named_in_a_toast(page):
     page.get_by_role("tab", name="Chat").click()
     accordion = page.locator("#advanced-samplers")
-    if not page.locator(NGRAM).is_visible():
+    if not page.locator(NGRAM).first.is_visible():
         accordion.get_by_text("Advanced samplers").click()
-    ngram = page.locator(NGRAM)
+    ngram = page.locator(NGRAM).first
     ngram.fill("3")
     ngram.press("Enter")
     page.fill("#message textarea", "Hello there.")

@@ -83,7 +83,8 @@ def test_every_endpoint_parameter_has_its_own_description(live_app):
                                "top_k", "repetition_penalty", "seed"]
     assert chat_params[9:] == ["min_p", "typical_p", "presence_penalty", "frequency_penalty", "dry_multiplier",
                                "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
-                               "no_repeat_ngram_size", "stop", "enable_thinking", "files", "model"]
+                               "no_repeat_ngram_size", "stop", "enable_thinking", "files", "model", "dry_base",
+                               "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers"]
     assert len(info["/chat"]["returns"]) == 2, "/chat answers (reply, stats) as two outputs"
     load_doc = info["/load_model"]["description"]
     for quant in ("Q4_K_M", "nf4", "int8", "as served"):  # every backend's menu

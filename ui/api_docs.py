@@ -64,3 +64,93 @@ def fill_trailing_defaults(blocks: gr.Blocks) -> None:
         return await original(block_fn, inputs, state, explicit_call)
 
     blocks.preprocess_data = preprocess_data
+
+
+# --- the "Use via API" page's snippets of the streaming endpoints ------------------------------------
+# Gradio 6.31 writes every endpoint's example on the server (gradio_client.snippet, called by
+# gradio.routes' /info handler) as ``client.predict(...)``, which waits for a streaming endpoint's
+# last item, and offers no hook to change it. ``StreamingSnippets`` rewrites the /info answer that
+# the page reads: a streaming endpoint's Python and JavaScript examples use ``submit`` and iterate.
+
+STREAM_NOTE = "# streams: each item is the output so far; job.result() is the last one"
+
+
+def streaming_python(snippet: str) -> str:
+    """A Python snippet ``result = client.predict(...)`` / ``print(result)`` as ``job = client.submit(...)``
+    iterated; unchanged when it does not have that shape."""
+    if "result = client.predict(" not in snippet or not snippet.rstrip().endswith("print(result)"):
+        return snippet
+    head = snippet.rstrip()[: -len("print(result)")].replace("result = client.predict(", "job = client.submit(", 1)
+    return f"{head}for out in job:  {STREAM_NOTE}\n\tprint(out)\nresult = job.result()\nprint(result)"
+
+
+def streaming_js(snippet: str) -> str:
+    """The JavaScript counterpart: ``client.submit`` and ``for await`` over its messages."""
+    if "const result = await client.predict(" not in snippet or "console.log(result.data);" not in snippet:
+        return snippet
+    head = snippet.replace("const result = await client.predict(", "const job = client.submit(", 1)
+    head = head[: head.rindex("console.log(result.data);")]
+    return (f"{head}for await (const msg of job) {{  // streams: each \"data\" message is the output so far\n"
+            "\tif (msg.type === \"data\") console.log(msg.data);\n}")
+
+
+def rewrite_info(info: dict, streaming: set[str]) -> dict:
+    """``info`` (Gradio's /info answer) with the snippets of the endpoints named in ``streaming``
+    ("/chat", ...) using ``submit``."""
+    for name, endpoint in (info.get("named_endpoints") or {}).items():
+        snippets = endpoint.get("code_snippets") if isinstance(endpoint, dict) else None
+        if name in streaming and isinstance(snippets, dict):
+            if isinstance(snippets.get("python"), str):
+                snippets["python"] = streaming_python(snippets["python"])
+            if isinstance(snippets.get("javascript"), str):
+                snippets["javascript"] = streaming_js(snippets["javascript"])
+    return info
+
+
+class StreamingSnippets:
+    """ASGI middleware: GET /gradio_api/info answered with ``rewrite_info`` applied (the endpoints whose
+    function Gradio runs as a generator stream). Takes the Blocks as an object."""
+
+    PATHS = ("/gradio_api/info", "/gradio_api/info/")
+
+    def __init__(self, app, blocks):
+        self.app = app
+        self.blocks = blocks
+
+    def streaming(self) -> set[str]:
+        return {f"/{fn.api_name}" for fn in self.blocks.fns.values()
+                if getattr(fn, "api_name", None) and getattr(fn, "types_generator", False)}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        import json
+
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    await finish()
+                return
+            await send(message)
+
+        async def finish():
+            body = b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            plain = start.get("status") == 200 and not any(k.lower() == b"content-encoding" for k, _ in headers)
+            if plain:
+                try:
+                    body = json.dumps(rewrite_info(json.loads(body), self.streaming())).encode("utf-8")
+                except (ValueError, TypeError, AttributeError):
+                    pass  # not the JSON expected: sent as it came
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)

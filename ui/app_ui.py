@@ -41,7 +41,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat_section = build_chat(h, slots, chat_dir=settings.chat_dir)
             with gr.Tab("Notebook", id="notebook") as notebook_tab:
-                build_notebook(h, slots)
+                notebook_section = build_notebook(h, slots)
             with gr.Tab("Model", id="model") as model_tab:
                 refresh_model, model_outputs, fill_form, form = build_model(
                     h, settings.model, settings.backend, settings.quantization, settings.api_base, badge, badge_text,
@@ -59,6 +59,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         blocks.load(fill_form, None, form, api_visibility="private", queue=False)  # the form shows what is loaded
         blocks.load(restore_presets, chat_section.sampling.saved_presets, chat_section.sampling.preset,
                     api_visibility="private", queue=False)
+        notebook_section.wire_load(blocks, h, notebook_tab)  # saved presets; the loaded backend's samplers
         chat_section.wire_load(blocks)  # restore the saved chat (and its settings), keyboard keys
         # Every open page shows what is served within 2 s of a load done elsewhere.
         model_timer = gr.Timer(2.0)

@@ -140,7 +140,13 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
             title = gr.Textbox(label="Name of this chat", elem_id="chat-title")
             with gr.Row():
                 rename = gr.Button("Rename", size="sm", elem_id="rename-chat")
-                delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat")
+                delete = gr.Button("Delete chat", size="sm", variant="stop", elem_id="delete-chat")
+            with gr.Group(visible=False, elem_id="confirm-delete") as confirm_row:  # deleting asks first
+                confirm_text = gr.Markdown("Delete this chat? This cannot be undone.")
+                with gr.Row():
+                    confirm_delete = gr.Button("Yes, delete this chat", size="sm", variant="stop",
+                                               elem_id="confirm-delete-chat")
+                    cancel_delete = gr.Button("Keep it", size="sm", elem_id="cancel-delete-chat")
             export = gr.DownloadButton("Export JSON", size="sm", elem_id="export")
             export_all = gr.DownloadButton("Export all chats", size="sm", elem_id="export-all")
             import_ = gr.UploadButton("Import JSON", size="sm", file_types=[".json"], type="filepath",
@@ -180,6 +186,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
             model = build_model_picker(h)
             sampling = build_sampling()
     params = [*sampling.params, model]  # system prompt + sampling components + model, in /chat's order
+    default_system = sampling.system.value or ""  # what a new chat starts from
 
     tree = gr.State(ct.empty_tree())  # the conversation tree (ui/chat_tree.py); the Chatbot shows its path
     focus = gr.State(None)  # the turn whose versions the bar shows (None = the last)
@@ -242,9 +249,11 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         users = ct.user_ids(shown)
         line = actions.stats_line(shown, ct.reply_id(shown, len(users) - 1)) if users else ""
         values = chat.get("params") or []
-        restored = list(values) if len(values) == len(params) else [gr.skip()] * len(params)
-        if len(values) == len(params) - 1:  # saved before the model picker: its settings, the chat's model
-            restored = [*values, ""]
+        # settings saved before the newer parameters: those take the page's (trailing, as the API adds them)
+        restored = list(values) + [gr.skip()] * (len(params) - len(values)) if values else [gr.skip()] * len(params)
+        restored = restored if len(restored) == len(params) else [gr.skip()] * len(params)
+        if values and len(values) < len(params):  # saved before the model picker: the chat's own model
+            restored[-1] = ""
         one, every = export_files(store, chat_id, request)
         return (ct.history(shown), shown, chat_id, None, line, "", one, every,
                 listing(store, chat_id, query), chat["title"] if chat_id else "", *restored)
@@ -281,7 +290,9 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         user = user_of(request)
         if user:
             disk.save(user, store)
-        return (store, *show_chat(store, chat_id, request))
+        shown = list(show_chat(store, chat_id, request))
+        shown[len(show_outputs) - len(params)] = default_system  # its system prompt: the default, not the last chat's
+        return (store, *shown)
 
     @toasting(len(show_outputs) + 1)
     def delete_current(store, current_id, request: gr.Request = None):
@@ -362,7 +373,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     stop.click(actions.finish_stopped, [job, tree], [chatbot, stats, tree, tokens], **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private).then(sync, sync_inputs, sync_outputs, **private)
 
-    for trigger in (remove.click, chatbot.undo, clear.click, chatbot.clear, delete.click):  # no more wanted
+    for trigger in (remove.click, chatbot.undo, clear.click, chatbot.clear, confirm_delete.click):  # no more wanted
         trigger(actions.drop_running, [job], None, **private)
     for trigger in (remove.click, chatbot.undo):
         trigger(actions.remove_last, [chatbot, tree], [chatbot, message, tree], cancels=turns, **private).then(
@@ -394,8 +405,13 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
     switched.then(actions.version_bar, bar_inputs, bar_outputs, **private)
     switched.then(**follow)
     new.click(start_new, [chatbot, tree, saved, current, *params], [saved, *show_outputs], cancels=turns + saves,
-              **private).then(actions.version_bar, bar_inputs, bar_outputs, **private)
-    delete.click(delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
+              **private).then(actions.version_bar, bar_inputs, bar_outputs, **private).then(
+        sync, sync_inputs, sync_outputs, **private)  # the new chat keeps the default system prompt on a reload
+    delete.click(lambda name: (gr.Group(visible=True), f"Delete the chat “{name or 'New chat'}”? This cannot be undone."),
+                 title, [confirm_row, confirm_text], queue=False, **private)
+    cancel_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private)
+    confirm_delete.click(lambda: gr.Group(visible=False), None, confirm_row, queue=False, **private).then(
+        delete_current, [saved, current], [saved, *show_outputs], cancels=turns + saves, **private).then(
         actions.version_bar, bar_inputs, bar_outputs, **private)
     rename.click(rename_current, [title, saved, current, search], [saved, chat_list, title], **private)
     import_.upload(import_file, [import_, saved], [saved, *show_outputs], **private).then(

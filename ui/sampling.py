@@ -1,6 +1,7 @@
 """The sampling column beside the chat: system prompt, the core samplers, the advanced ones in an
-accordion, stop strings, the chat template's thinking switch, and presets (three built in, more
-saved in the browser's localStorage).
+accordion, stop strings, the chat template's thinking switch, and presets (built in: ``ui/presets.py``;
+more saved in the browser's localStorage). The Notebook makes its controls and its preset menu with
+the same functions (``sampler_controls``, ``preset_menu``).
 
 ``SamplingColumn.params`` lists the components in /chat's parameter order after (message,
 history): system_prompt, then one control per declared option (``serving.requests.CHAT_OPTIONS``:
@@ -17,19 +18,9 @@ import gradio as gr
 
 from backends.options import Option
 from serving.requests import CHAT_OPTIONS
+from ui.presets import BUILTIN_PRESETS, DEFAULT_PRESET, NEUTRAL, PRESET_FIELDS
 
-# The presets' fields: every sampler a preset sets (the system prompt and max tokens are left alone).
-PRESET_FIELDS = tuple(o.name for o in CHAT_OPTIONS if o.kind == "sampler" and o.name not in ("max_new_tokens",))
-NEUTRAL = {o.name: o.neutral_value for o in CHAT_OPTIONS if o.name in PRESET_FIELDS and o.name != "temperature"}
-BUILTIN_PRESETS: dict[str, dict] = {
-    # the most likely token every time: the same prompt gives the same reply
-    "Deterministic": {**NEUTRAL, "temperature": 0.0},
-    # the defaults: varied but on topic
-    "Balanced": {**NEUTRAL, "temperature": 0.7, "top_p": 0.95, "top_k": 40},
-    # more surprising word choices, with min_p keeping the tail sane
-    "Creative": {**NEUTRAL, "temperature": 1.1, "top_p": 1.0, "top_k": 0, "min_p": 0.05},
-}
-DEFAULT_PRESET = "Balanced"
+PRESETS_KEY = "quantlab-presets"  # the localStorage key of the presets saved in this browser
 
 
 @dataclass
@@ -69,36 +60,72 @@ def save_preset(name: str, saved: dict | None, values: dict) -> dict:
     return {**(saved or {}), name: {k: values[k] for k in PRESET_FIELDS}}
 
 
-def build_sampling(max_new_default: int = 512) -> SamplingColumn:
-    with gr.Row():
-        preset = gr.Dropdown(list(BUILTIN_PRESETS), value=DEFAULT_PRESET, label="Preset", allow_custom_value=True,
-                             elem_id="preset", scale=3, info="Pick one, or type a name and Save")
-    with gr.Row():
-        save = gr.Button("Save preset", size="sm", elem_id="preset-save")
-        delete = gr.Button("Delete", size="sm", elem_id="preset-delete")
-    system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
-    s: dict = {}  # the core samplers, the others in an accordion, then the request options (stop, thinking)
-    for o in CHAT_OPTIONS:
-        if o.core:
-            s[o.name] = control(o, max_new_default if o.name == "max_new_tokens" else o.default)
-    with gr.Accordion("Advanced samplers", open=False, elem_id="advanced-samplers"):
+def ui_order(options) -> list[Option]:
+    """``options`` with each one that only tunes another placed right after it (DRY's settings after
+    its multiplier), the others in declaration order."""
+    names = {o.name for o in options}
+    out: list[Option] = []
+    for o in options:
+        if o.tunes in names:
+            continue
+        out.append(o)
+        out += [t for t in options if t.tunes == o.name]
+    return out
+
+
+def sampler_controls(options, defaults: dict | None = None, elem_id: str = "advanced-samplers",
+                     elem_ids: dict | None = None) -> dict:
+    """One control per declared sampler of ``options`` ({name: component}): the core ones first, the
+    others in an "Advanced samplers" accordion (each tuning setting after the sampler it tunes);
+    ``defaults``: start values that differ from the declarations'; ``elem_ids``: {name: elem_id}."""
+    defaults, elem_ids = defaults or {}, elem_ids or {}
+    s: dict = {}
+    for o in options:
+        if o.kind == "sampler" and o.core:
+            s[o.name] = control(o, defaults.get(o.name, o.default), elem_ids.get(o.name))
+    with gr.Accordion("Advanced samplers", open=False, elem_id=elem_id):
         gr.Markdown("A sampler the loaded backend cannot honour is refused by name; leave it at its "
                     "neutral value (shown) to switch it off.")
-        for o in CHAT_OPTIONS:
-            if o.kind == "sampler" and not o.core:
-                s[o.name] = control(o, o.default)
-    for o in CHAT_OPTIONS:
-        if o.kind != "sampler":
-            s[o.name] = control(o, o.default)
-    saved = gr.BrowserState({}, storage_key="quantlab-presets")
+        for o in ui_order([o for o in options if o.kind == "sampler" and not o.core]):
+            s[o.name] = control(o, defaults.get(o.name, o.default), elem_ids.get(o.name))
+    return s
 
-    fields = [s[name] for name in PRESET_FIELDS]
+
+def preset_menu(elem_id: str = "preset", info: str = "", label: str = "Preset", **more) -> gr.Dropdown:
+    """The preset menu: the built-in presets (the saved ones join on page load, ``restore_presets``)."""
+    return gr.Dropdown(list(BUILTIN_PRESETS), value=DEFAULT_PRESET, label=label, allow_custom_value=True,
+                       elem_id=elem_id, info=info or None, **more)
+
+
+def wire_presets(menu: gr.Dropdown, fields: dict, saved: gr.BrowserState) -> None:
+    """Choosing a preset in ``menu`` sets ``fields`` ({sampler name: component}, those of
+    ``PRESET_FIELDS`` it has) from a built-in preset or one saved in this browser (``saved``)."""
+    names = [n for n in PRESET_FIELDS if n in fields]
 
     def apply(name, saved_presets):
         values = preset_values(name, saved_presets)
         if values is None:
-            return [gr.skip()] * len(fields)
-        return [values.get(n, NEUTRAL.get(n, 0.7)) for n in PRESET_FIELDS]
+            return [gr.skip()] * len(names)
+        return [values.get(n, NEUTRAL.get(n, 0.7)) for n in names]
+
+    menu.input(apply, [menu, saved], [fields[n] for n in names], api_visibility="private", queue=False)
+
+
+def build_sampling(max_new_default: int = 512) -> SamplingColumn:
+    with gr.Row():
+        preset = preset_menu(scale=3, info="Pick one, or type a name and Save")
+    with gr.Row():
+        save = gr.Button("Save preset", size="sm", elem_id="preset-save")
+        delete = gr.Button("Delete preset", size="sm", elem_id="preset-delete")
+    system = gr.Textbox(label="System prompt", lines=3, placeholder="You are a helpful assistant.")
+    s = sampler_controls(CHAT_OPTIONS, {"max_new_tokens": max_new_default})
+    for o in CHAT_OPTIONS:  # the request options (stop, thinking)
+        if o.kind != "sampler":
+            s[o.name] = control(o, o.default)
+    saved = gr.BrowserState({}, storage_key=PRESETS_KEY)
+    wire_presets(preset, s, saved)
+
+    fields = [s[name] for name in PRESET_FIELDS]
 
     def do_save(name, saved_presets, *values):
         saved_presets = save_preset(name, saved_presets, dict(zip(PRESET_FIELDS, values, strict=True)))
@@ -114,7 +141,6 @@ def build_sampling(max_new_default: int = 512) -> SamplingColumn:
         return saved_presets, gr.update(choices=preset_choices(saved_presets), value=DEFAULT_PRESET)
 
     private = {"api_visibility": "private", "queue": False}
-    preset.input(apply, [preset, saved], fields, **private)
     save.click(do_save, [preset, saved, *fields], [saved, preset], **private)
     delete.click(do_delete, [preset, saved], [saved, preset], **private)
     params = [system, *(s[o.name] for o in CHAT_OPTIONS)]
@@ -122,17 +148,19 @@ def build_sampling(max_new_default: int = 512) -> SamplingColumn:
                           saved, params)
 
 
-def control(o: Option, value):
+def control(o: Option, value, elem_id: str | None = None):
     """The UI control of a declared option: a radio for a few choices, a text box for text, a number
     box for an unbounded number, else a slider over its UI range."""
+    elem_id = elem_id or o.elem_id or None
     if o.choices:
-        return gr.Radio(list(o.choices), value=value, label=o.label)
+        return gr.Radio(list(o.choices), value=value, label=o.label, elem_id=elem_id)
     if o.type is str:
-        return gr.Textbox(value=value, label=o.label, lines=2, placeholder=o.hint or None, elem_id=o.elem_id or None)
+        return gr.Textbox(value=value, label=o.label, lines=1 if o.kind == "sampler" else 2,
+                          placeholder=o.hint or None, elem_id=elem_id)
     if not o.ui:
-        return gr.Number(value=value, precision=0 if o.type is int else None, label=o.label)
+        return gr.Number(value=value, precision=0 if o.type is int else None, label=o.label, elem_id=elem_id)
     low, high, step = o.ui
-    return gr.Slider(low, high, value=value, step=step, label=o.label)
+    return gr.Slider(low, high, value=value, step=step, label=o.label, elem_id=elem_id)
 
 
 def restore_presets(saved: dict | None):

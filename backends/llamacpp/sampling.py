@@ -17,9 +17,9 @@ import secrets
 from backends.base import ChatRequest, Constraint, SamplingParams, TokenLogprob
 from backends.errors import InvalidRequest
 from backends.grammar_limits import check_gbnf
+from backends.options import sequence_breakers
 
 PENALTY_LAST_N = 64  # llama.cpp's repeat_last_n default
-DRY_SEQ_BREAKERS = ("\n", ":", "\"", "*")  # llama.cpp's default DRY sequence breakers
 MIN_KEEP = 1
 
 
@@ -70,10 +70,11 @@ def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str |
         add(L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repetition_penalty,
                                            p.frequency_penalty, p.presence_penalty))
     if p.dry_multiplier > 0.0:
-        breakers = (ctypes.c_char_p * len(DRY_SEQ_BREAKERS))(*(b.encode("utf-8") for b in DRY_SEQ_BREAKERS))
+        seq = sequence_breakers(p.dry_sequence_breakers)  # "" = llama.cpp's default ones
+        breakers = (ctypes.c_char_p * max(len(seq), 1))(*(b.encode("utf-8") for b in seq))
         last_n = n_ctx if p.dry_penalty_last_n < 0 else p.dry_penalty_last_n  # -1 = the whole context
         add(L.llama_sampler_init_dry(vocab, p.dry_multiplier, p.dry_base, p.dry_allowed_length, last_n,
-                                     breakers, len(DRY_SEQ_BREAKERS)))
+                                     breakers, len(seq)))
     if p.greedy:
         add(L.llama_sampler_init_greedy())
         return chain

@@ -158,7 +158,7 @@ EXTENSION_SAMPLERS: tuple[Option, ...] = tuple(o for o in SAMPLERS if o.v1)
 def _extension(o: Option) -> tuple[Any, Any]:
     low = {} if o.low is None else {"gt" if o.low_open else "ge": o.low}
     high = {} if o.high is None else {"le": o.high}
-    return o.type | None, Field(None, description=o.description, **low, **high)
+    return (o.v1_type or o.type) | None, Field(None, description=o.description, **low, **high)
 
 
 SamplerFields = create_model(
