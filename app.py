@@ -120,8 +120,13 @@ def create_app(settings, manager=None):
 
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=server.forwarded_allow_ips)
     message = "QuantLab: log in." + (f" With the API key: user name '{KEY_USER}'." if policy.api_key else "")
-    return gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, max_file_size=server.max_upload_bytes,
-                               auth_message=message)
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=policy.ui_login, max_file_size=server.max_upload_bytes,
+                              auth_message=message)
+    # Gradio checks that a file an API caller names was uploaded by a user only once ``launch()`` ran;
+    # mounted, it never runs, and any server path named in a FileData would be copied into the upload
+    # folder and handed to the handler. Marked as launched, Gradio refuses such paths itself.
+    blocks.has_launched = True
+    return app
 
 
 def server_config(app, settings, host: str | None = None, **options):

@@ -6,7 +6,10 @@ picture's tokens are in usage; bad pictures are refused with a 400 and the serve
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+from pathlib import Path
 
 import openai
 import pytest
@@ -167,16 +170,21 @@ def test_gradio_chat_refuses_a_bad_picture_and_a_server_path(vlm_client, picture
     # a caller naming a file of the server itself (plain REST: gradio_client would upload its own copy)
     import httpx
 
-    outside = picture_files / "green.png"  # a real picture of the server's, never uploaded
-    outside.write_bytes(png((0, 255, 0)))
-    from serving.requests import CHAT_OPTIONS
+    import uuid
 
-    data = ["hi", [], "", *(o.default for o in CHAT_OPTIONS)]
-    data[3] = 4  # max_new_tokens
-    data.append([{"path": str(outside), "meta": {"_type": "gradio.FileData"}}])
-    event = httpx.post(vlm_client.src.rstrip("/") + "/gradio_api/call/chat", json={"data": data}).json()["event_id"]
-    answer = httpx.get(vlm_client.src.rstrip("/") + f"/gradio_api/call/chat/{event}", timeout=120).text
-    assert "event: error" in answer and "not an uploaded file" in answer, answer[-500:]
+    outside = picture_files / f"green-{uuid.uuid4().hex}.png"  # a real picture of the server's, never uploaded
+    outside.write_bytes(png((0, 255, 0)))
+    base = vlm_client.src.rstrip("/")
+    params = httpx.get(base + "/gradio_api/info").json()["named_endpoints"]["/chat"]["parameters"]
+    given = {"message": "hi", "history": [], "max_new_tokens": 4,
+             "files": [{"path": str(outside), "meta": {"_type": "gradio.FileData"}}]}
+    data = [given.get(p["parameter_name"], p.get("parameter_default")) for p in params]
+    event = httpx.post(base + "/gradio_api/call/chat", json={"data": data}).json()["event_id"]
+    answer = httpx.get(base + f"/gradio_api/call/chat/{event}", timeout=120).text
+    assert "event: error" in answer, answer[-500:]
+    uploads = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    copied = list(uploads.rglob(outside.name)) if uploads.is_dir() else []
+    assert not copied, f"the server's file was copied into the upload folder: {copied}"
     assert gradio_reply(vlm_client, [picture_files / "red.png"])[0]  # still serving
 
 
