@@ -1,0 +1,147 @@
+"""Fast tier for the lab's importance matrix, fit advisor and report card: the imatrix file format,
+variant names, the gain table, budgets, the advisor's fit rule on the embedded model's header, and the
+report card's figures against a stored Evaluate row. Real models run in tests/test_lab_imatrix.py and
+tests/test_lab_fit_report.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from backends.errors import InvalidRequest
+from backends.files import imatrix_file
+from backends.files.sources import embedded_model_path
+from optimization import fit, imatrix, measurements, report
+
+
+def test_an_imatrix_file_reads_back_what_was_written(tmp_path):
+    sums = {"blk.0.attn_q.weight": np.arange(8, dtype=np.float32).reshape(1, 8),
+            "blk.0.ffn_down_exps.weight": np.ones((3, 4), dtype=np.float32)}
+    counts = {"blk.0.attn_q.weight": np.array([16.0]), "blk.0.ffn_down_exps.weight": np.array([2.0, 0.0, 4.0])}
+    path = tmp_path / "m.gguf"
+    imatrix_file.write_imatrix(path, sums, counts, ["calib.txt"], chunk_count=3, chunk_size=512)
+    back = imatrix_file.read_imatrix(path)
+    assert back.datasets == ["calib.txt"] and back.chunk_count == 3 and back.chunk_size == 512
+    np.testing.assert_array_equal(back.sums["blk.0.attn_q.weight"], sums["blk.0.attn_q.weight"])
+    imp = back.importance()
+    np.testing.assert_allclose(imp["blk.0.attn_q.weight"], np.arange(8) / 16)
+    # llama-quantize's rule: sums / count per expert, 1 where an expert was never routed to
+    np.testing.assert_allclose(imp["blk.0.ffn_down_exps.weight"], [0.5] * 4 + [1.0] * 4 + [0.25] * 4)
+
+
+def test_a_file_that_is_not_an_imatrix_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 40)
+    with pytest.raises(Exception, match="not an importance matrix"):
+        imatrix_file.read_imatrix(bad)
+
+
+def test_imatrix_variant_names_read_well_and_normalize():
+    from backends.llamacpp.backend import LlamaCppBackend
+
+    assert imatrix_file.split_quant("Q4_K_M+imatrix") == ("Q4_K_M", True)
+    assert imatrix_file.split_quant("Q4_K_M") == ("Q4_K_M", False)
+    assert LlamaCppBackend.normalize_quantization("q4_k_m+imatrix") == "Q4_K_M+imatrix"
+    assert imatrix.imatrix_variants(["q2_k", "Q3_K_M"]) == ["llamacpp:Q2_K", "llamacpp:Q2_K+imatrix",
+                                                           "llamacpp:Q3_K_M", "llamacpp:Q3_K_M+imatrix"]
+    with pytest.raises(InvalidRequest, match="low-bit"):
+        imatrix.imatrix_variants(["F16"])
+
+
+def test_the_calibration_text_is_not_the_default_evaluation_text():
+    from optimization.quality import STDLIB_MODULES, stdlib_text
+
+    assert not set(imatrix_file.CALIBRATION_MODULES) & set(STDLIB_MODULES)
+    calib = imatrix_file.default_calibration_text()
+    assert len(calib) > 20_000 and stdlib_text()[:500] not in calib
+
+
+def test_gain_pairs_each_type_with_its_imatrix_variant():
+    rows = [{"variant": "llamacpp:F16", "is_reference": True, "kld_mean": 0.0},
+            {"variant": "llamacpp:Q2_K", "is_reference": False, "kld_mean": 0.4, "kld_p99": 3.0,
+             "top1_agreement": 0.7, "ppl": 20.0},
+            {"variant": "llamacpp:Q2_K+imatrix", "is_reference": False, "kld_mean": 0.3, "kld_p99": 2.0,
+             "top1_agreement": 0.75, "ppl": 18.0}]
+    (g,) = imatrix.gain(rows)
+    assert g["type"] == "Q2_K" and g["kld_mean_without"] == 0.4 and g["kld_mean_with"] == 0.3
+    assert g["kld_change_pct"] == -25.0
+
+
+@pytest.mark.parametrize("text,mib", [("2048", 2048), ("2GiB", 2048), ("512 MiB", 512), (300, 300)])
+def test_budgets_read_as_mib(text, mib):
+    assert fit.parse_budget(text) == mib * 2**20
+
+
+@pytest.mark.parametrize("text", ["auto", "", "machine", None, 0])
+def test_auto_budget_means_this_machine(text):
+    assert fit.parse_budget(text) is None
+
+
+def test_a_budget_that_is_no_size_is_a_clear_error():
+    with pytest.raises(InvalidRequest, match="MiB"):
+        fit.parse_budget("lots")
+
+
+def test_this_machine_without_a_gpu_is_its_ram():
+    budget, where = fit.machine_budget(None, on_gpu=True)
+    assert budget > 0 and "RAM" in where
+
+
+def _row(variant, kld, weights_mib, **extra):
+    return {"variant": variant, "backend": "llamacpp", "quantization": variant.split(":")[1], "ppl": 10.123456,
+            "kld_mean": kld, "kld_p99": kld * 5, "top1_agreement": 0.91234, "tokens": 256, "footprint_mib": 200.0,
+            "eval_tokens_per_s": 500.0, "decode_tokens_per_s": 123.456, "is_reference": kld == 0.0, "bpw": 8.5,
+            "source": "SmolLM2.gguf", "source_type": "Q4_1", "note": "from Q4_1", "warning": None,
+            "tensors": "Q8_0: 211 q8_0", "memory": {"weights_bytes": int(weights_mib * 2**20), "weights_mib": weights_mib,
+                                                    "kv_mib": 45.0, "overhead_mib": 48.0, "n_ctx": 2048, "slots": 1,
+                                                    "kv_type": "f16"}, **extra}
+
+
+def test_the_advisor_lists_as_fitting_only_pairs_within_the_budget_with_their_tolerance(tmp_path):
+    measurements.record(tmp_path, "embedded", [_row("llamacpp:F16", 0.0, 257.0), _row("llamacpp:Q8_0", 0.004, 137.0)],
+                        reference="llamacpp:F16", text=None, max_tokens=256, window=128, scoring="all", machine={})
+    budget = 300 * 2**20
+    rows = fit.advise(embedded_model_path(), "embedded", tmp_path, budget, n_ctx=2048, slots=1)
+    assert {(r.weights, r.kv) for r in rows} >= {("Q8_0", "q4_0"), ("Q2_K", "f16")}
+    for r in rows:
+        assert r.fits == (r.predicted_mib * 2**20 * (1 + r.tolerance_pct / 100) <= budget + 2**20 * 0.1)
+    best = [r for r in rows if r.recommended]
+    assert len(best) == 1 and best[0].fits and best[0].measured
+    # F16 (KLD 0) does not fit 300 MiB at 2048 ctx; Q8_0 (measured weights 137 MiB) does
+    assert best[0].weights == "Q8_0" and best[0].basis == "measured"
+    assert rows[0].kld_mean == 0.0 and not rows[0].fits  # sorted by quality: the reference first
+    text = fit.table_text(rows, "300 MiB budget")
+    assert "Recommended: llamacpp:Q8_0" in text and "not measured yet" in text
+
+
+def test_nothing_fits_a_tiny_budget(tmp_path):
+    rows = fit.advise(embedded_model_path(), "embedded", tmp_path, 10 * 2**20, n_ctx=2048, slots=1)
+    assert not any(r.fits or r.recommended for r in rows)
+    assert "Nothing fits" in fit.table_text(rows, "10 MiB")
+
+
+def test_the_report_card_prints_evaluates_figures(tmp_path):
+    row = _row("llamacpp:Q8_0", 0.004321987, 137.0)
+    measurements.record(tmp_path, "embedded", [_row("llamacpp:F16", 0.0, 257.0), row], reference="llamacpp:F16",
+                        text=None, max_tokens=256, window=128, scoring="all",
+                        machine={"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpus": []})
+    md = report.report_card(tmp_path, "embedded", "llamacpp:Q8_0", plot_file="evaluate.png")
+    assert "| KLD mean vs reference | 0.0043 |" in md and "| Top-1 agreement % | 91.2 |" in md
+    assert "| Perplexity | 10.12 |" in md and "| Decode tok/s | 123.5 |" in md
+    assert "![KLD vs memory" in md and "Test CPU" in md and "Importance matrix: no" in md
+    block = re.search(r"```json\n(.*?)\n```", md, re.S).group(1)
+    assert json.loads(block)["kld_mean"] == row["kld_mean"]
+    with pytest.raises(InvalidRequest, match="has not been evaluated"):
+        report.report_card(tmp_path, "embedded", "llamacpp:Q2_K")
+
+
+def test_the_report_card_shows_arena_results_when_given(tmp_path):
+    measurements.record(tmp_path, "embedded", [_row("llamacpp:Q8_0", 0.004, 137.0)], reference="llamacpp:F16",
+                        text=None, max_tokens=256, window=128, scoring="all", machine={})
+    md = report.report_card(tmp_path, "embedded", "llamacpp:Q8_0",
+                            arena=[{"opponent": "llamacpp:Q2_K", "wins": 7, "losses": 2, "ties": 1, "both_bad": 0,
+                                    "win_rate": 0.7, "ci_low": 0.4, "ci_high": 0.89}])
+    assert "## Blind arena" in md and "| llamacpp:Q2_K | 7 | 2 | 1 | 0 | 70% (40–89%) |" in md
