@@ -145,3 +145,24 @@ def test_the_report_card_shows_arena_results_when_given(tmp_path):
                             arena=[{"opponent": "llamacpp:Q2_K", "wins": 7, "losses": 2, "ties": 1, "both_bad": 0,
                                     "win_rate": 0.7, "ci_low": 0.4, "ci_high": 0.89}])
     assert "## Blind arena" in md and "| llamacpp:Q2_K | 7 | 2 | 1 | 0 | 70% (40–89%) |" in md
+
+
+@pytest.mark.slow  # three interpreters starting the app's imports: seconds each
+def test_the_fit_flag_prints_the_table_and_the_pick(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "QUANTLAB_CACHE_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run([sys.executable, "app.py", *a], cwd=root, env=env, capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    done = run("--fit", "300", "--fit-only", "--n-ctx", "2048", "--parallel", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Budget: 300 MiB budget" in done.stdout and "Recommended: llamacpp:" in done.stdout
+    assert "not measured yet" in done.stdout
+    nothing = run("--fit", "10", "--fit-only")
+    assert nothing.returncode == 2 and "Nothing fits" in nothing.stdout
+    bad = run("--fit", "lots", "--fit-only")
+    assert bad.returncode == 2 and "MiB" in bad.stderr
