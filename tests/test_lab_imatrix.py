@@ -20,7 +20,7 @@ from optimization.lab import Lab
 from tests.conftest import make_manager, require_or_skip
 
 pytestmark = pytest.mark.slow
-CALIBRATION_CHARS = 10_000  # 2 chunks of 512 tokens (the least llama-imatrix takes): enough for the direction
+CALIBRATION_CHARS = 5_000  # 2 chunks of 512 tokens (the least llama-imatrix takes): enough for the direction
 
 
 def llama_imatrix() -> Path | None:

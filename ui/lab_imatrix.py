@@ -10,7 +10,7 @@ import pandas as pd
 from serving.lab_tools import GAIN_TOKENS, LabTools
 from serving.services import Services
 from ui.edge import cancellable, gradio_errors
-from ui.lab import provenance_markdown, table_rows
+from ui.lab import TABLE_COLUMNS, provenance_markdown, table_rows
 
 TYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q4_0", "IQ4_XS", "Q5_K_M"]
 GAIN_COLUMNS = ["type", "KLD mean without", "KLD mean with", "KLD change %", "KLD p99 without", "KLD p99 with",
@@ -44,7 +44,7 @@ def build_imatrix(h: Services):
     measure = gr.Button("Measure what it buys", elem_id="imatrix-gain-run")
     gain = gr.Dataframe(headers=GAIN_COLUMNS, interactive=False, elem_id="imatrix-gain",
                         label="KLD vs the F16, without and with the importance matrix (negative change: it helps)")
-    rows_table = gr.Dataframe(interactive=False, elem_id="imatrix-rows", label="Evaluate's rows", wrap=True)
+    rows_table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="imatrix-rows", label="Evaluate's rows", wrap=True)
     prov = gr.Markdown(elem_id="imatrix-provenance")
 
     @gradio_errors
