@@ -27,8 +27,14 @@ def test_the_report_cards_numbers_equal_evaluates(client, evaluated):
         md = client.predict(row["variant"], "embedded", False, api_name="/report")
         as_json = json.loads(re.search(r"```json\n(.*?)\n```", md, re.S).group(1))
         assert as_json == row  # the very row /evaluate returned
-        for label, value in report.figures(row).items():  # printed with Evaluate's decimals
+        for label, value in report.figures(row).items():
             assert f"| {label} | {value} |" in md
+        # Evaluate's table's decimals (ui/lab.py EVAL_COLUMNS), written out
+        for line in (f"| KLD mean vs reference | {row['kld_mean']:.4f} |", f"| KLD p99 | {row['kld_p99']:.3f} |",
+                     f"| Top-1 agreement % | {row['top1_agreement'] * 100:.1f} |", f"| Perplexity | {row['ppl']:.2f} |",
+                     f"| Memory MiB (total) | {row['footprint_mib']:,.1f} |", f"| Bits per weight | {row['bpw']:.2f} |",
+                     f"| Decode tok/s | {row['decode_tokens_per_s']:,.1f} |"):
+            assert line in md
         assert f"KV cache type | {row['memory']['kv_type']} |" in md
         assert "![KLD vs memory of the variants measured](evaluate.png)" in md
     embedded = client.predict(evaluated[1]["variant"], "embedded", True, api_name="/report")

@@ -166,3 +166,10 @@ def test_the_fit_flag_prints_the_table_and_the_pick(tmp_path):
     assert nothing.returncode == 2 and "Nothing fits" in nothing.stdout
     bad = run("--fit", "lots", "--fit-only")
     assert bad.returncode == 2 and "MiB" in bad.stderr
+
+
+def test_the_report_card_uses_evaluates_decimals():
+    from ui.lab import EVAL_COLUMNS
+
+    table = {field: d for _, field, d in EVAL_COLUMNS}
+    assert {f: d for _, f, d in report.FIGURES if f in table} == {f: table[f] for _, f, d in report.FIGURES if f in table}
