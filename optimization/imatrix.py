@@ -135,3 +135,11 @@ def check_held_out(lab: Lab, source: str, text_path: str | None) -> None:
     if imatrix_file.text_sha(text) == cur["calibration_sha"]:
         raise InvalidRequest(f"The evaluation text is the importance matrix's calibration text ({cur['calibration']}): "
                              "measure the gain on text it was not computed from.", "text_path")
+
+
+def gain_markdown(rows: list[dict]) -> str:
+    """One line per type evaluated with and without the importance matrix ("" when none was): what
+    Evaluate's legend shows."""
+    lines = [f"{g['type']}: KLD {g['kld_mean_without']:.4f} -> {g['kld_mean_with']:.4f} ({g['kld_change_pct']:+.1f} %)"
+             for g in gain(rows)]
+    return ("**What the importance matrix buys** (same reference, same tokens): " + " · ".join(lines)) if lines else ""

@@ -10,15 +10,14 @@ import pytest
 
 from backends.base import ModelSpec
 from backends.files import imatrix_file
-from tests.conftest import LiveServer, make_settings
 from tests.test_browser import ARGS, CHROMIUM, REQUIRED, pytestmark  # noqa: F401 (slow, skipped without Chromium)
 
 
 @pytest.fixture(scope="module")
-def server(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, request_log="")) as srv:
-        srv.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
-        yield srv
+def server(live_app):
+    """The shared app; the Fit tab's one-click load changes its model, so it is put back after."""
+    yield live_app
+    live_app.manager.load(ModelSpec(source="embedded", backend="llamacpp", n_ctx=2048))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +46,17 @@ def test_compute_an_importance_matrix_from_an_uploaded_text(page, shots, tmp_pat
     page.wait_for_selector("#imatrix-status :text('Importance matrix ready')", timeout=300_000)
     status = page.locator("#imatrix-status").inner_text()
     assert "my-calibration.txt" in status and f"{calib.stat().st_size:,} bytes" in status and "chunks of 512" in status
+    # what it buys: Q2_K with and without it, on the default (held-out) text
+    page.locator("#imatrix-types .token", has_text="Q3_K_M").locator(".token-remove").click()
+    tokens = page.locator("input[aria-label='number input for Tokens to score']")
+    tokens.fill("256")
+    tokens.press("Enter")
+    page.click("#imatrix-gain-run")
+    page.wait_for_selector("#imatrix-provenance :text('Provenance')", timeout=600_000)
+    gain = page.locator("#imatrix-gain").inner_text()
+    assert "Q2_K" in gain and "Q3_K_M" not in gain
+    prov = page.locator("#imatrix-provenance").inner_text()
+    assert "Q2_K+imatrix" in prov and "my-calibration.txt" in prov
     page.screenshot(path=str(shots / "lab-imatrix.png"), full_page=True)
 
 
@@ -55,7 +65,7 @@ def test_evaluate_then_make_and_download_the_report_card(page, shots, server):
 
     c = Client(server.url, verbose=False)
     try:
-        rows = c.predict(["llamacpp:Q8_0"], "", 256, "embedded", "llamacpp:F16", 128, "all", api_name="/evaluate")
+        rows = c.predict(["llamacpp:Q8_0"], "", 128, "embedded", "llamacpp:F16", 128, "all", api_name="/evaluate")
     finally:
         c.close()
     q8 = next(r for r in rows if r["variant"] == "llamacpp:Q8_0")

@@ -173,3 +173,11 @@ def test_the_report_card_uses_evaluates_decimals():
 
     table = {field: d for _, field, d in EVAL_COLUMNS}
     assert {f: d for _, f, d in report.FIGURES if f in table} == {f: table[f] for _, f, d in report.FIGURES if f in table}
+
+
+def test_evaluates_legend_shows_what_the_imatrix_buys_when_both_were_evaluated():
+    from ui.lab import evaluate_legend
+
+    rows = [_row("llamacpp:F16", 0.0, 257.0), _row("llamacpp:Q2_K", 0.4, 90.0), _row("llamacpp:Q2_K+imatrix", 0.3, 90.0)]
+    assert "Q2_K: KLD 0.4000 -> 0.3000 (-25.0 %)" in evaluate_legend(rows, "all")
+    assert "importance matrix" not in evaluate_legend(rows[:2], "all")
