@@ -19,7 +19,7 @@ from backends.errors import InvalidRequest, ModelNotFound
 from backends.files import gguf, imatrix_file, sources
 from backends.files.imatrix_file import IMATRIX_MARK
 from optimization import quality
-from optimization.lab import Lab
+from optimization.lab import Lab, Variant
 
 IMATRIX_REFERENCE = "llamacpp:F16"
 DEFAULT_TYPES = ("Q2_K", "Q3_K_M")
@@ -71,10 +71,12 @@ def compute(lab: Lab, source: str = "embedded", calibration_path: str | None = N
 
     src = source_gguf(lab, source)
     text, name = read_text(_confined_text(lab, calibration_path, "calibration text"))
-    gpu = 0 if lab.base_spec is None or not lab.base_spec.n_gpu_layers else lab.base_spec.n_gpu_layers
+    gpu = lab.base_spec.n_gpu_layers if lab.base_spec is not None else 0  # None: the server's default (all)
     if not lab._lock.acquire(timeout=0.1):
         raise InvalidRequest("Another comparison or evaluation is running; try again when it is done.")
     try:
+        # the F16 is loaded to compute it: OutOfMemory before anything when it cannot fit
+        lab.check_memory(source, [Variant.parse(IMATRIX_REFERENCE, lab.registry)], imatrix_file.CHUNK, together=False)
         path, record = compute_and_store(src, lab.manager.cache_dir or sources.default_cache_dir(), text, name,
                                          n_gpu_layers=gpu, progress=progress, cancel=cancel)
     finally:

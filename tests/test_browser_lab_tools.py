@@ -37,15 +37,15 @@ def page(server):
 
 
 def test_compute_an_importance_matrix_from_an_uploaded_text(page, shots, tmp_path):
-    calib = tmp_path / "my-calibration.txt"
+    calib = tmp_path / "calibration.txt"  # the text tests/test_lab_imatrix.py calibrates on: its matrix and variants are reused
     calib.write_text(imatrix_file.default_calibration_text()[:5_000], encoding="utf-8")
     page.get_by_role("tab", name="Imatrix").click()
     page.locator("#imatrix-calibration input[type=file]").set_input_files(str(calib))
-    page.wait_for_function("() => document.querySelector('#imatrix-calibration').innerText.includes('my-calibration.txt')")
+    page.wait_for_function("() => document.querySelector('#imatrix-calibration').innerText.includes('calibration.txt')")
     page.click("#imatrix-run")
     page.wait_for_selector("#imatrix-status :text('Importance matrix ready')", timeout=300_000)
     status = page.locator("#imatrix-status").inner_text()
-    assert "my-calibration.txt" in status and f"{calib.stat().st_size:,} bytes" in status and "chunks of 512" in status
+    assert "calibration.txt" in status and f"{calib.stat().st_size:,} bytes" in status and "chunks of 512" in status
     # what it buys: Q2_K with and without it, on the default (held-out) text
     page.locator("#imatrix-types .token", has_text="Q3_K_M").locator(".token-remove").click()
     tokens = page.locator("input[aria-label='number input for Tokens to score']")
@@ -56,7 +56,7 @@ def test_compute_an_importance_matrix_from_an_uploaded_text(page, shots, tmp_pat
     gain = page.locator("#imatrix-gain").inner_text()
     assert "Q2_K" in gain and "Q3_K_M" not in gain
     prov = page.locator("#imatrix-provenance").inner_text()
-    assert "Q2_K+imatrix" in prov and "my-calibration.txt" in prov
+    assert "Q2_K+imatrix" in prov and "calibration.txt" in prov
     page.screenshot(path=str(shots / "lab-imatrix.png"), full_page=True)
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def evaluated(client):
-    return client.predict(["llamacpp:Q8_0", "llamacpp:Q4_0+kv:q8_0"], "", 256, "embedded", "llamacpp:F16", 128, "all",
+    return client.predict(["llamacpp:Q8_0", "llamacpp:Q4_0+kv:q8_0"], "", 128, "embedded", "llamacpp:F16", 128, "all",
                           api_name="/evaluate")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backends.errors import InvalidRequest
 from backends.files import gguf, imatrix_file
 from backends.llamacpp.open import safe_model_params
 from optimization import imatrix
@@ -77,3 +78,13 @@ def test_imatrix_lowers_the_kld_of_q2_k_and_q3_k_on_held_out_text(calibrated):
         # provenance names the calibration text and its size
         assert text.name in with_.note and f"{record['calibration_bytes']:,} bytes" in with_.note
         assert "importance matrix" not in (plain.note or "")
+
+
+def test_a_calibration_text_shorter_than_two_chunks_is_a_clear_error(calibrated, tmp_path):
+    lab, _, _ = calibrated
+    short = tmp_path / "short.txt"
+    short.write_text("A few words are not enough to calibrate on.\n" * 10)
+    with pytest.raises(InvalidRequest, match="at least 1,024"):
+        imatrix.compute(lab, "embedded", str(short))
+    with pytest.raises(InvalidRequest, match="No calibration text"):
+        imatrix.compute(lab, "embedded", str(tmp_path / "missing.txt"))

@@ -181,3 +181,11 @@ def test_evaluates_legend_shows_what_the_imatrix_buys_when_both_were_evaluated()
     rows = [_row("llamacpp:F16", 0.0, 257.0), _row("llamacpp:Q2_K", 0.4, 90.0), _row("llamacpp:Q2_K+imatrix", 0.3, 90.0)]
     assert "Q2_K: KLD 0.4000 -> 0.3000 (-25.0 %)" in evaluate_legend(rows, "all")
     assert "importance matrix" not in evaluate_legend(rows[:2], "all")
+
+
+def test_an_imatrix_variant_of_a_float_type_is_refused_before_any_work(tmp_path):
+    from backends.llamacpp.imatrix import imatrix_variant
+
+    with pytest.raises(InvalidRequest, match="not F16"):
+        imatrix_variant(embedded_model_path(), "F16", tmp_path)
+    assert not any(tmp_path.iterdir())

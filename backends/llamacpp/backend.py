@@ -127,7 +127,8 @@ class LlamaCppBackend(Backend):
             from backends.llamacpp.imatrix import imatrix_variant
 
             progress(step, f"Making the {quant} variant (cached after the first time)")
-            path = imatrix_variant(path, base_quant, self._cache_dir, progress=sources.scaled(progress, step, 0.4))
+            path = imatrix_variant(path, base_quant, self._cache_dir, n_gpu_layers=spec.n_gpu_layers,
+                                   progress=sources.scaled(progress, step, 0.4))
         elif quant != gguf.GGUF_AS_FILE:
             progress(step, f"Making the {quant} variant (cached after the first time)")
             path = gguf.gguf_variant(path, quant, self._cache_dir)

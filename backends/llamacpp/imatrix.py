@@ -132,7 +132,7 @@ class _Collector:
 
 
 def compute_imatrix(model_path: Path, text: str, chunk: int = CHUNK, n_threads: int | None = None,
-                    n_gpu_layers: int = 0, progress: Callable[[float, str], None] = lambda f, m: None,
+                    n_gpu_layers: int | None = 0, progress: Callable[[float, str], None] = lambda f, m: None,
                     cancel: threading.Event | None = None) -> tuple[imatrix_file.Imatrix, int]:
     """(the importance matrix of ``model_path`` over ``text``, tokens scored): llama-imatrix's
     computation with ``-c chunk -b chunk -ub chunk``. At least two chunks of text, as the tool asks."""
@@ -141,6 +141,8 @@ def compute_imatrix(model_path: Path, text: str, chunk: int = CHUNK, n_threads: 
     from backends.llamacpp.open import open_llama
 
     threads = n_threads or max(1, os.cpu_count() or 1)
+    if n_gpu_layers is None:  # the server's default: every layer on the GPU when the build has one
+        n_gpu_layers = -1 if L.llama_supports_gpu_offload() else 0
     llm = open_llama(str(model_path), n_ctx=64, n_threads=threads, n_gpu_layers=n_gpu_layers, verbose=False)
     ctx = batch = None
     try:
@@ -161,8 +163,7 @@ def compute_imatrix(model_path: Path, text: str, chunk: int = CHUNK, n_threads: 
         if not ctx:
             raise ModelLoadError(f"llama.cpp could not make a context to compute the importance matrix of {model_path.name}.")
         batch = L.llama_batch_init(chunk, 0, 1)
-        add_bos = llm._model.add_bos_token() if hasattr(llm._model, "add_bos_token") else True
-        bos = llm.token_bos()
+        add_bos, bos = llm._model.add_bos_token(), llm.token_bos()
         for i in range(n_chunks):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("The importance matrix was stopped.")
@@ -192,7 +193,7 @@ def compute_imatrix(model_path: Path, text: str, chunk: int = CHUNK, n_threads: 
 
 
 def compute_and_store(src: Path, cache_dir: Path, text: str | None = None, calibration: str | None = None,
-                      n_gpu_layers: int = 0, progress: Callable[[float, str], None] = lambda f, m: None,
+                      n_gpu_layers: int | None = 0, progress: Callable[[float, str], None] = lambda f, m: None,
                       cancel: threading.Event | None = None) -> tuple[Path, ImatrixRecord]:
     """The importance matrix of ``src``'s F16 over ``text`` (None: the built-in calibration text),
     cached beside its variants (the same text twice is computed once) and made the one its
@@ -218,7 +219,7 @@ def compute_and_store(src: Path, cache_dir: Path, text: str | None = None, calib
     return path, record
 
 
-def imatrix_variant(src: Path, quant: str, cache_dir: Path, n_gpu_layers: int = 0,
+def imatrix_variant(src: Path, quant: str, cache_dir: Path, n_gpu_layers: int | None = 0,
                     progress: Callable[[float, str], None] = lambda f, m: None) -> Path:
     """``src`` at ``quant`` (a GGUF type) quantized from its F16 with its current importance matrix
     (the built-in calibration text's, computed first, when it has none); cached, named after the
