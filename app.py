@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
+    if settings.fit:  # print the fit advice, then serve its pick (or stop with --fit-only)
+        from serving.fit_cli import apply_fit
+
+        settings, code = apply_fit(settings)
+        if code is not None:
+            return code
     app = create_app(settings)
     if not settings.no_model:
         load_in_background(app.state.manager, ModelSpec.from_settings(settings.model_part()))

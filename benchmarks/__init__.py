@@ -10,6 +10,7 @@ Every module at this level is one benchmark, run from the repository root as
     bench_compute_thread         the chat's batch engine before and after a Compare generation
     bench_speculative            n-gram speculative decoding vs plain decoding
     bench_kv_cache               KV-cache quantization: quality and memory
+    bench_imatrix                importance-matrix quantization: the KLD it buys per GGUF type
     bench_scoring                the lab's Evaluate beside llama-perplexity --kl-divergence
     bench_transformers_batching  the continuous batcher vs generate()
     bench_transformers_fallback  a generate() beside a live batcher, three ways

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own tools (llama-server, llama-perplexity, llama-batched-bench, llama-bench) from the
+# Build llama.cpp's own tools (llama-server, llama-perplexity, llama-batched-bench, llama-bench, llama-imatrix) from the
 # llama.cpp that the pinned llama-cpp-python sdist vendors: the same source as the app's engine, so the
 # benchmark's anchor measures the same kernels.
 #
@@ -33,7 +33,7 @@ fi
 case "$(realpath -m "$OUT")/" in
   "$REPO"/*) echo "error: OUT_DIR must be outside the repository ($REPO)" >&2; exit 2 ;;
 esac
-TARGETS=(llama-server llama-perplexity llama-batched-bench llama-bench)
+TARGETS=(llama-server llama-perplexity llama-batched-bench llama-bench llama-imatrix)
 AMX=0
 if grep -qw -e amx_tile -e amx_int8 -e amx_bf16 /proc/cpuinfo 2>/dev/null; then AMX=1; fi
 STAMP="$OUT/bin/.built-from"

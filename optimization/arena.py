@@ -193,3 +193,21 @@ def blind(record: dict) -> dict:
 def win_rates(cache_dir: Path) -> list[dict]:
     """Per pair of contenders the arena has votes for (``tally``'s rows): a report can read this."""
     return ArenaStore(arena_dir(cache_dir)).results()
+
+
+def standing(cache_dir: Path, names: set[str]) -> list[dict]:
+    """The arena's results for the contender known by any of ``names``, one row per opponent, from its
+    side: {opponent, wins, losses, ties, both_bad, win_rate, ci_low, ci_high} (win rate over decisive
+    votes with its 95 % Wilson interval; None without a decisive vote). The report card lays them out."""
+    rows = []
+    for r in win_rates(cache_dir):
+        for mine, theirs, won, lost, flip in (("model_a", "model_b", "a_wins", "b_wins", False),
+                                              ("model_b", "model_a", "b_wins", "a_wins", True)):
+            if r[mine] not in names:
+                continue
+            rate, low, high = r["a_win_rate"], r["ci_low"], r["ci_high"]
+            if flip and rate is not None:  # the other side's rate: 1 - p, and the interval mirrored
+                rate, low, high = 1 - rate, 1 - high, 1 - low
+            rows.append({"opponent": r[theirs], "wins": r[won], "losses": r[lost], "ties": r["ties"],
+                         "both_bad": r["both_bad"], "win_rate": rate, "ci_low": low, "ci_high": high})
+    return rows

@@ -77,6 +77,10 @@ class ServerSettings(BaseSettings):
                                    "/load_model whose estimate (weights + KV at n_ctx x parallel + overhead) does not fit "
                                    "it, or the free memory, is refused (0 = the free memory alone)")
     monitor_interval: float = Field(1.0, description="seconds between memory/CPU/GPU samples")
+    fit: str | None = Field(None, description="fit advisor: print which GGUF weight x KV cache types of --model fit this "
+                            "memory budget (MiB, a size such as 6GiB, or 'auto' = this machine's free memory) at "
+                            "--n-ctx x --parallel, then serve the recommended pair")
+    fit_only: bool = Field(False, description="with --fit: print the table and exit (load nothing)")
 
     @field_validator("allow_remote", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ imports gradio, torch or llama_cpp.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,13 +22,16 @@ from backends.files.sources import EMBEDDED_ALIAS, default_cache_dir, embedded_m
 from monitoring import stats as monitor_stats
 from monitoring.memory import MemoryMonitor
 from monitoring.model_memory import model_memory
-from optimization import estimates
+from optimization import estimates, measurements
 from optimization.lab import DEFAULT_REFERENCE, Lab
 from serving.attachments import Attachment
 from serving.chat_service import ChatService
 from serving.images import decode_image
 from serving.pieces import ReplyDelta, text_so_far
 from serving.requests import as_int, as_number, as_text, chat_request, loader_options, text_of
+
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -265,12 +269,19 @@ class Services:
                  model: str = "embedded", reference: str = DEFAULT_REFERENCE, window: Any = 256,
                  scoring: Any = "all", progress=lambda f, m: None, cancel: threading.Event | None = None) -> list[dict]:
         """The lab's evaluation; ``cancel`` (set by Stop or a client gone) stops it between windows."""
-        rows = self.lab.evaluate(as_text(model, "model").strip() or "embedded", variants,
-                                 as_text(reference, "reference") or DEFAULT_REFERENCE,
-                                 as_text(text_path, "text_path").strip() or None, as_int(max_tokens, "max_tokens"),
-                                 as_int(window, "window"), progress=progress,
-                                 scoring=as_text(scoring, "scoring").strip() or "all", cancel=cancel)
-        return [r.as_dict() for r in rows]
+        source = as_text(model, "model").strip() or "embedded"
+        reference = as_text(reference, "reference") or DEFAULT_REFERENCE
+        text_path, scoring = as_text(text_path, "text_path").strip() or None, as_text(scoring, "scoring").strip() or "all"
+        rows = self.lab.evaluate(source, variants, reference, text_path, as_int(max_tokens, "max_tokens"),
+                                 as_int(window, "window"), progress=progress, scoring=scoring, cancel=cancel)
+        rows = [r.as_dict() for r in rows]
+        try:  # the fit advisor and the report card read what was measured
+            measurements.record(self._cache_dir(), source, rows, reference=reference, text=text_path,
+                                max_tokens=as_int(max_tokens, "max_tokens"), window=as_int(window, "window"),
+                                scoring=scoring, machine=measurements.machine_info(self.monitor))
+        except OSError as exc:
+            log.warning("could not keep the evaluation's measurements: %s", exc)
+        return rows
 
 
 def local_model_file(spec: ModelSpec, allowed_dir: Path | None) -> Path | None:

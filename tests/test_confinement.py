@@ -132,3 +132,16 @@ def test_delete_cached_refuses_ids_that_leave_the_cache(exposed, cache_dir):
     finally:
         escape.unlink()
         shutil.rmtree(sibling)
+
+
+@pytest.mark.parametrize("path", ["../models-private/secret.txt", "notes.txt", "linkdir/secret.txt"])
+def test_imatrix_calibration_and_held_out_texts_are_confined(exposed, path):
+    assert REFUSED in refused(exposed, "/imatrix", "embedded", path)
+    message = refused(exposed, "/imatrix_gain", "embedded", ["Q2_K"], path)
+    assert REFUSED in message and "launch code" not in message
+
+
+@pytest.mark.parametrize("model", ["../models-private/x.gguf", "inner.gguf", "folder"])
+def test_imatrix_and_fit_models_are_confined(exposed, model):
+    assert REFUSED in refused(exposed, "/imatrix", model, "")
+    assert REFUSED in refused(exposed, "/fit", "2048", 2048, 1, model)

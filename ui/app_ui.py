@@ -18,6 +18,9 @@ from ui.sampling import restore_presets
 from ui.model import build_model
 from ui.lab import build_compare, build_evaluate
 from ui.lab_arena import build_arena
+from ui.lab_fit import build_fit
+from ui.lab_imatrix import build_imatrix
+from ui.lab_report import build_report
 from ui.monitor import build_monitor
 
 
@@ -54,6 +57,12 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
                 build_evaluate(h)
             with gr.Tab("Arena", id="arena") as arena_tab:
                 _, refresh_arena, arena_outputs = build_arena(h)
+            with gr.Tab("Imatrix", id="imatrix") as imatrix_tab:
+                build_imatrix(h)
+            with gr.Tab("Fit", id="fit") as fit_tab:
+                build_fit(h)
+            with gr.Tab("Report", id="report") as report_tab:
+                report_refresh = build_report(h)
         gr.Markdown(f"API: Gradio's endpoints are under \"Use via API\" below. {V1_NOTE}", elem_id="api-note")
         blocks.load(refresh_model, None, model_outputs, api_visibility="private", queue=False)
         blocks.load(fill_form, None, form, api_visibility="private", queue=False)  # the form shows what is loaded
@@ -74,7 +83,10 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
         # The monitor polls only while its tab is open.
         monitor_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private").then(
             refresh_monitor, None, monitor_outputs, api_visibility="private")
-        for tab in (chat_tab, notebook_tab, model_tab, compare_tab, evaluate_tab, arena_tab):
+        _, list_reports, report_model, report_variant = report_refresh  # the Report tab lists what was evaluated
+        report_tab.select(list_reports, report_model, report_variant, api_visibility="private")
+        for tab in (chat_tab, notebook_tab, model_tab, compare_tab, evaluate_tab, arena_tab, imatrix_tab, fit_tab,
+                    report_tab):
             tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
         arena_tab.select(refresh_arena, None, arena_outputs, api_visibility="private")  # the votes kept on disk
 

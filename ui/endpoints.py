@@ -1,7 +1,7 @@
 """Every endpoint of the Gradio API, each parameter described for the "Use via API" page: generation
 (/chat, /complete), models (/load_model, /unload_model, /convert_to_gguf), status and caches
 (/model_status, /stats, /cached_models, /delete_cached) and the lab (/compare, /evaluate,
-/token_divergence, /arena_round, /arena_vote, /arena_results). This is
+/token_divergence, /arena_round, /arena_vote, /arena_results, /imatrix, /imatrix_gain, /fit, /report). This is
 the one place an endpoint is defined (``register_api``); the sections only lay out and wire the UI.
 The sampler, request and loader parameters, their defaults and descriptions come from their
 declarations (``backends/options.py``), in declaration order: new ones go after the existing ones,
@@ -355,6 +355,86 @@ def register_arena_api(h: Services) -> None:
     described_api(arena_results, api_name="arena_results", concurrency_limit=None)
 
 
+def register_lab_tools_api(h: Services) -> None:
+    """The lab's importance matrix (/imatrix, /imatrix_gain), fit advisor (/fit) and report card (/report)."""
+    from serving.lab_tools import LabTools
+    from ui.lab_report import write_report
+
+    tools = LabTools(h)
+
+    @gradio_errors
+    async def imatrix(model: str = "embedded", calibration_path: str = "") -> dict:
+        """Compute the model's importance matrix with llama.cpp's method (llama-imatrix's computation through
+        the engine: squared activations entering each weight, over chunks of 512 tokens) and make it the one
+        its "+imatrix" variants use (e.g. "llamacpp:Q4_K_M+imatrix" in /compare and /evaluate). Cached beside the
+        variants: the same text twice is computed once. Returns its record: calibration, calibration_bytes,
+        calibration_sha, tokens, chunks, chunk_size, method, file, path, line.
+
+        Args:
+            model: a GGUF model on the server ("embedded" = SmolLM2-135M); the matrix is computed on its F16
+            calibration_path: a text file on the server to calibrate on ("" = the built-in calibration text, which the default evaluation text does not overlap)
+        """
+        return await cancellable(lambda cancel: tools.imatrix_compute(model, calibration_path, cancel=cancel))
+
+    described_api(gpu_task(imatrix, duration=600), api_name="imatrix", concurrency_id="lab", concurrency_limit=1)
+
+    @gradio_errors
+    async def imatrix_gain(model: str = "embedded", types: list[str] | None = None, text_path: str = "",
+                           max_tokens: int = 1024) -> dict:
+        """What the importance matrix buys: each GGUF type evaluated with and without it against the F16 on
+        a held-out text (refused when it is the calibration text). Returns {"rows": /evaluate's rows,
+        "gain": per type {type, kld_mean_without, kld_mean_with, kld_change_pct, kld_p99_*, top1_*, ppl_*},
+        "imatrix": the matrix's record}. Computes the built-in matrix first when the model has none.
+
+        Args:
+            model: a GGUF model on the server ("embedded" = SmolLM2-135M)
+            types: low-bit GGUF types, e.g. ["Q2_K", "Q3_K_M", "Q4_K_M"] (None = Q2_K and Q3_K_M)
+            text_path: the held-out text to score ("" = Python's standard-library docstrings)
+            max_tokens: how many tokens of it to score
+        """
+        return await cancellable(lambda cancel: tools.imatrix_gain(model, types, text_path, max_tokens, cancel=cancel))
+
+    described_api(gpu_task(imatrix_gain, duration=600), api_name="imatrix_gain", concurrency_id="lab",
+                  concurrency_limit=1)
+
+    @gradio_errors
+    def fit(budget: str = "auto", n_ctx: int = 4096, slots: int = 1, model: str = "embedded") -> dict:
+        """The fit advisor: every GGUF weight type x KV cache type (f16, q8_0, q4_0) of the model, its predicted
+        memory at n_ctx x slots (weights + KV + overhead, with the tolerance of what the weights figure rests on:
+        "measured" or "file" ±5%, "bpw" ±40%), whether it fits the budget (prediction plus tolerance within it),
+        and its KLD, top-1 and decode tok/s where /evaluate has measured it (kld_mean null = not measured yet).
+        Sorted by quality (measured pairs by KLD, then by bits per weight); "recommended" is the best pair that
+        fits. Returns {budget_mib, where, n_ctx, slots, rows, recommended, text}. Load the pick with /load_model
+        (backend "llamacpp", quantization = its weights, cache_type = its kv).
+
+        Args:
+            budget: MiB ("2048"), a size ("6GiB") or "auto" = this machine's free memory (90% of the available RAM, or of the GPUs' free memory when the server offloads to them)
+            n_ctx: context length per slot, in tokens
+            slots: parallel slots (each holds a KV cache of n_ctx)
+            model: a GGUF model on the server ("embedded" = SmolLM2-135M)
+        """
+        return tools.fit(budget, n_ctx, slots, model)
+
+    described_api(fit, api_name="fit", concurrency_limit=None)
+
+    @gradio_errors
+    def report(variant: str, model: str = "embedded", embed_plot: bool = True) -> str:
+        """The report card of an evaluated variant: Markdown ready for a Hugging Face model card, with
+        provenance (source, importance matrix), tensor mix and bpw, KLD mean/p99, top-1, PPL, memory, decode
+        tok/s, KV cache type, the reference and text it was measured on, the machine, the other variants
+        measured beside it and the Evaluate plot. Every figure is /evaluate's, with its decimals; the row
+        itself closes the document as JSON.
+
+        Args:
+            variant: the variant as /evaluate named it, e.g. "llamacpp:Q4_K_M" (evaluate it first)
+            model: the source model it was evaluated from ("embedded" = SmolLM2-135M)
+            embed_plot: embed the plot as a data: URI (true), or refer to it as evaluate.png (false)
+        """
+        return write_report(tools, model, variant, embed_plot=embed_plot)[0]
+
+    described_api(report, api_name="report", concurrency_limit=None)
+
+
 def register_api(h: Services, slots: int) -> None:
     """Every endpoint of the Gradio API, in the order the "Use via API" page lists them; ``slots``:
     how many generations run at once."""
@@ -363,3 +443,4 @@ def register_api(h: Services, slots: int) -> None:
     register_status_api(h)
     register_lab_api(h)
     register_arena_api(h)
+    register_lab_tools_api(h)

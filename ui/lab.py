@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from monitoring.model_memory import MEMORY_LEGEND
+from optimization.imatrix import gain_markdown
 from optimization.lab import DEFAULT_REFERENCE, MAX_COMPARE, variant_menu
 from optimization.quality import SCORINGS
 from ui import attachments
@@ -23,7 +24,8 @@ EVAL_COLUMNS = [("variant", "shown_variant", None), ("bpw", "bpw", 2),
                 ("PPL", "ppl", 2), ("memory MiB", "footprint_mib", 1), ("KV MiB", "kv_mib", 1),
                 ("decode tok/s", "decode_tokens_per_s", 1), ("tokens scored", "tokens", None)]
 TABLE_COLUMNS = [c for c, _, _ in EVAL_COLUMNS]
-KV_INFO = "llama.cpp variants take a KV cache type: add +kv:q8_0 or +kv:q4_0 (e.g. llamacpp:Q4_K_M+kv:q8_0)."
+KV_INFO = ("llama.cpp variants take a KV cache type: add +kv:q8_0 or +kv:q4_0 (e.g. llamacpp:Q4_K_M+kv:q8_0), and "
+           "an importance matrix: llamacpp:Q4_K_M+imatrix (Imatrix tab).")
 
 
 def table_rows(rows: list[dict]) -> pd.DataFrame:
@@ -193,6 +195,8 @@ def evaluate_legend(rows: list[dict], scoring: str) -> str:
     lines.append(f"KLD: mean KL divergence from the reference's next-token distribution (0 = identical); top-1 agree: "
                  f"how often the most likely token is the reference's; PPL on the same tokens ({scoring} positions). "
                  f"{MEMORY_LEGEND}")
+    if imatrix_gain := gain_markdown(rows):  # TYPE and TYPE+imatrix both evaluated
+        lines.append(imatrix_gain)
     return "  \n".join(lines)
 
 

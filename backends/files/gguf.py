@@ -169,8 +169,11 @@ def source_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
-    """Write ``src`` re-quantized to ``quant`` at ``dst`` (atomically) with llama.cpp's quantizer."""
+def quantize_gguf(src: Path, dst: Path, quant: str, importance: dict | None = None,
+                  metadata: dict | None = None) -> Path:
+    """Write ``src`` re-quantized to ``quant`` at ``dst`` (atomically) with llama.cpp's quantizer.
+    ``importance``: tensor name -> float32 values (an importance matrix's sums / counts, as
+    llama-quantize passes them); ``metadata``: str/int keys written into the file (kv overrides)."""
     import llama_cpp
 
     if quant not in GGUF_FTYPES:
@@ -181,6 +184,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
     params.ftype = GGUF_FTYPES[quant]
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
+    keep = _quantize_extras(llama_cpp, params, importance or {}, metadata or {})  # noqa: F841 (alive while quantizing)
     try:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     except BaseException:
@@ -191,6 +195,39 @@ def quantize_gguf(src: Path, dst: Path, quant: str) -> Path:
         raise ModelLoadError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")
     os.replace(tmp, dst)
     return dst
+
+
+def _quantize_extras(L, params, importance: dict, metadata: dict) -> list:
+    """Point ``params.imatrix`` / ``params.kv_overrides`` at null-terminated arrays; returns what
+    must stay alive until the quantizer is done."""
+    import ctypes
+
+    import numpy as np
+
+    keep: list = []
+    if importance:
+        entries = (L.llama_model_imatrix_data * (len(importance) + 1))()
+        for i, (name, values) in enumerate(sorted(importance.items())):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep += [arr, name.encode()]
+            entries[i].name = keep[-1]
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(importance)].name = None
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(L.llama_model_imatrix_data))
+        keep.append(entries)
+    if metadata:
+        kvs = (L.llama_model_kv_override * (len(metadata) + 1))()
+        for i, (key, value) in enumerate(metadata.items()):
+            kvs[i].key = key.encode()[:127]
+            if isinstance(value, int):
+                kvs[i].tag, kvs[i].value.val_i64 = L.LLAMA_KV_OVERRIDE_TYPE_INT, value
+            else:
+                kvs[i].tag, kvs[i].value.val_str = L.LLAMA_KV_OVERRIDE_TYPE_STR, str(value).encode()[:127]
+        kvs[len(metadata)].key = b""
+        params.kv_overrides = ctypes.cast(kvs, ctypes.POINTER(L.llama_model_kv_override))
+        keep.append(kvs)
+    return keep
 
 
 def _discard(tmp: Path) -> None:
@@ -217,7 +254,7 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
     if beside is not None:  # the F16 converted from a checkpoint: its variants go beside it
         target = src.parent / f"{beside}.{quant}.gguf"
         return target if target.exists() else quantize_gguf(src, target, quant)
-    base = cache_dir / "gguf" / f"{src.stem}-{source_key(src)}"
+    base = variants_folder(src, cache_dir)
     target = base / f"{src.stem}.{quant}.gguf"
     if target.exists():
         record_source(base, src, own)
@@ -229,6 +266,18 @@ def gguf_variant(src: Path, quant: str, cache_dir: Path) -> Path:
         made = quantize_gguf(f16, target, quant)
     record_source(base, src, own)
     return made
+
+
+def variants_folder(src: Path, cache_dir: Path) -> Path:
+    """The folder holding ``src``'s variants (and their importance matrices)."""
+    if _checkpoint_f16_stem(src) is not None:
+        return src.parent
+    return cache_dir / "gguf" / f"{src.stem}-{source_key(src)}"
+
+
+def variant_stem(src: Path) -> str:
+    """The name ``src``'s variants start with."""
+    return _checkpoint_f16_stem(src) or src.stem
 
 
 SOURCE_RECORD = "quantlab-source.json"

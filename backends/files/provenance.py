@@ -9,7 +9,7 @@ import functools
 import json
 from pathlib import Path
 
-from backends.files import gguf
+from backends.files import gguf, imatrix_file
 from backends.files.quant_methods import METHODS
 
 UNQUANTIZED = {"F32", "F16", "BF16", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16"}
@@ -91,6 +91,9 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
         note = f"from {name}"
     if projector:
         note += f"; vision projector {projector}, kept at its own type"
+    imatrix = imatrix_of(loaded)
+    if imatrix:
+        note += f" · {imatrix['line']}"
     warning = None
     if bpw and src_bpw and bpw > src_bpw + 0.05 and quantization not in UNQUANTIZED:  # floats: the note says it
         warning = (f"{quantization} has more bits ({bpw:.2f} bpw) than its source {src_type or name} "
@@ -104,7 +107,30 @@ def provenance(loaded_path: str | Path | None, quantization: str, source: str | 
         "bpw": round(bpw, 2) if bpw else None, "bpw_measured": summary is not None,
         "source_bpw": round(src_bpw, 2) if src_bpw else None,
         "tensors": f"{quantization}: {gguf.describe_tensors(summary)}" if summary else None,
+        "imatrix": imatrix,
     }
+
+
+def imatrix_of(loaded: Path | None) -> dict | None:
+    """The importance matrix a GGUF was quantized with (its ``quantize.imatrix.*`` keys, and the
+    record this app keeps beside the matrix: calibration text, size, tokens), None without one."""
+    if loaded is None or not (loaded.is_file() and loaded.suffix == ".gguf"):
+        return None
+    try:
+        meta = gguf.read_gguf_metadata(loaded)
+    except Exception:  # noqa: BLE001 - an unreadable header has no imatrix to tell
+        return None
+    if not meta.get("quantize.imatrix.file"):
+        return None
+    name = str(meta["quantize.imatrix.file"])
+    rec = imatrix_file.read_record(imatrix_file.imatrix_dir(loaded.parent) / Path(name).name)
+    out = {"file": name, "dataset": meta.get("quantize.imatrix.dataset"),
+           "entries": meta.get("quantize.imatrix.entries_count"), "chunks": meta.get("quantize.imatrix.chunks_count")}
+    if rec:
+        out.update(rec.as_dict(), line=rec.line())
+    else:
+        out["line"] = f"importance matrix {name} (calibration: {out['dataset'] or 'unknown'})"
+    return out
 
 
 def provenance_line(p: dict) -> str:

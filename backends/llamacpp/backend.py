@@ -45,7 +45,7 @@ from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends.llamacpp.sampling import sampler_for, token_logprob
 from backends.speculative import NgramDrafter, SpecStats, check_speculative
-from backends.files import gguf, hf_to_gguf
+from backends.files import gguf, hf_to_gguf, imatrix_file
 from backends.files.gguf import kv_cache_bytes
 from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
@@ -81,6 +81,9 @@ class LlamaCppBackend(Backend):
     def normalize_quantization(cls, quantization: str | None) -> str:
         """Any GGUF type llama.cpp can make, beyond the menu (e.g. "q3_k_s" -> "Q3_K_S")."""
         q = str(quantization or "").strip()
+        base, with_imatrix = imatrix_file.split_quant(q)
+        if with_imatrix and base.upper() in gguf.GGUF_FTYPES:  # "q4_k_m+imatrix" -> "Q4_K_M+imatrix"
+            return base.upper() + imatrix_file.IMATRIX_MARK
         if q.upper() in gguf.GGUF_FTYPES:
             return q.upper()
         return super().normalize_quantization(quantization)
@@ -123,7 +126,14 @@ class LlamaCppBackend(Backend):
         gguf.check_gguf(path)
         mmproj = find_mmproj(path, spec.mmproj)  # beside the file given (a variant of it sees through it too)
         quant = self.normalize_quantization(spec.quantization)
-        if quant != gguf.GGUF_AS_FILE:
+        base_quant, with_imatrix = imatrix_file.split_quant(quant)
+        if with_imatrix:  # llama.cpp's importance matrix, computed once per source and calibration text
+            from backends.llamacpp.imatrix import imatrix_variant
+
+            progress(step, f"Making the {quant} variant (cached after the first time)")
+            path = imatrix_variant(path, base_quant, self._cache_dir, n_gpu_layers=spec.n_gpu_layers,
+                                   progress=sources.scaled(progress, step, 0.4))
+        elif quant != gguf.GGUF_AS_FILE:
             progress(step, f"Making the {quant} variant (cached after the first time)")
             path = gguf.gguf_variant(path, quant, self._cache_dir)
         progress(0.4, f"Loading {path.name}")
@@ -193,6 +203,8 @@ class LlamaCppBackend(Backend):
         n_ctx = spec.n_ctx
         ftype = meta.get("general.file_type")
         own_type = gguf.GGUF_NAMES_BY_FTYPE.get(int(ftype), quant) if ftype is not None else quant
+        if meta.get("quantize.imatrix.file") and own_type in gguf.GGUF_FTYPES:
+            own_type += imatrix_file.IMATRIX_MARK  # what it is: this type, quantized with an importance matrix
         weights = int(llm._model.size())
         kv_type = (spec.cache_type or "f16").strip().lower()
         # KV cells llama.cpp allocated: the context it made (it rounds n_ctx up, e.g. 1000 -> 1024), the
