@@ -38,7 +38,9 @@ def page(srv):
 
 
 def past_chats(page) -> list[str]:
-    return page.locator("#chat-list label").all_inner_texts()
+    """The past chats' titles, in name order (a switch re-saves a chat, which can reorder the list and
+    touch its time)."""
+    return sorted(t.split(" · ")[0] for t in page.locator("#chat-list label").all_inner_texts())
 
 
 def set_number(page, label: str, value: str) -> None:
