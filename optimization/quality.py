@@ -8,8 +8,6 @@ one at a time and compared position by position without holding two models or tw
 from __future__ import annotations
 
 import codecs
-import importlib
-import inspect
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.errors import Cancelled, InvalidRequest
+from backends.files.docstrings import docstring_text
 
 # Modules whose docstrings make the default evaluation text: English prose about code, shipped with
 # every Python, so the meter needs no download. Fixed order: the same text on every machine.
@@ -28,22 +27,7 @@ STDLIB_MODULES = ("json", "collections", "functools", "itertools", "pathlib", "a
 
 
 def stdlib_text(max_chars: int = 200_000) -> str:
-    parts: list[str] = []
-    for name in STDLIB_MODULES:
-        mod = importlib.import_module(name)
-        if mod.__doc__:
-            parts.append(inspect.cleandoc(mod.__doc__))
-        for attr in sorted(dir(mod)):
-            if attr.startswith("_"):
-                continue
-            obj = getattr(mod, attr)
-            if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == name:
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 80:
-                    parts.append(doc)
-        if sum(map(len, parts)) > max_chars:
-            break
-    return "\n\n".join(parts)[:max_chars]
+    return docstring_text(STDLIB_MODULES, max_chars)
 
 
 # Bytes read from an evaluation text per token to score: English prose takes about 4 bytes a token and

@@ -13,8 +13,6 @@ record beside it (calibration text's name, bytes, tokens, chunks, how it was com
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import os
 import struct
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.errors import ModelLoadError
+from backends.files.docstrings import docstring_text
 
 IMATRIX_MARK = "+imatrix"  # "Q4_K_M+imatrix": that GGUF type quantized with the source's importance matrix
 CHUNK = 512  # llama-imatrix's default context (tokens per chunk)
@@ -47,25 +46,7 @@ def split_quant(quant: str) -> tuple[str, bool]:
 
 
 def default_calibration_text(max_chars: int = 40_000) -> str:
-    parts: list[str] = []
-    for name in CALIBRATION_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:  # a trimmed Python: the text is shorter, still the same on every full one
-            continue
-        if mod.__doc__:
-            parts.append(inspect.cleandoc(mod.__doc__))
-        for attr in sorted(dir(mod)):
-            obj = getattr(mod, attr, None)
-            if attr.startswith("_") or getattr(obj, "__module__", "") != mod.__name__:
-                continue
-            if inspect.isfunction(obj) or inspect.isclass(obj):
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 80:
-                    parts.append(doc)
-        if sum(map(len, parts)) > max_chars:
-            break
-    return "\n\n".join(parts)[:max_chars]
+    return docstring_text(CALIBRATION_MODULES, max_chars)
 
 
 @dataclass
