@@ -393,6 +393,11 @@ class Backend(abc.ABC):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         raise InvalidRequest(f"The {self.name} backend cannot detokenize.")
 
+    def cache_bytes(self) -> int:
+        """Host memory the engine holds now in caches outside the model's own account (weights + KV +
+        overhead): llama.cpp's host prompt cache. 0 where there is none."""
+        return 0
+
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         """The tokens ``request``'s prompt takes once rendered (the chat template applied): what the
         model reads before its reply (the lab scores a reply after exactly these)."""

@@ -115,6 +115,11 @@ class ModelManager:
             pooled = list(self.pool._named.values()) if self.pool is not None else []
             return ([self._resident] if self._resident else []) + pooled + list(self._leases) + list(self._retiring)
 
+    def cache_bytes(self) -> int:
+        """Host memory the held models' engines keep in caches beyond their own account (the host
+        prompt cache): its own line in the memory account."""
+        return sum(r.backend.cache_bytes() for r in self._held_residents())
+
     def held_models(self) -> list[LoadedModel]:
         """Every model in memory: the chat's, the pool's, the lab's, and replaced ones still finishing replies."""
         return [r.info for r in self._held_residents()]

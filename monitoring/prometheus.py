@@ -108,10 +108,15 @@ class _LiveGauges:
             for (name, event), n in sorted(m.pool.events.items()):
                 events.add_metric([name, event], n)
             yield events
+        cache = GaugeMetricFamily(P + "prompt_cache_memory_bytes", "Host memory of the prompt cache (KV cells "
+                                  "kept for later prompts sharing a prefix), beyond model_memory_bytes")
+        cache.add_metric([], account["prompt_cache_bytes"])
+        yield cache
         if account["rss_bytes"] is not None:
             other = GaugeMetricFamily(P + "process_other_memory_bytes", "Resident memory of the process beyond "
-                                      "the models held (Python, Gradio, caches): RSS minus model_memory_bytes")
-            other.add_metric([], account["rss_bytes"] - account["models_bytes"])
+                                      "the models held and the prompt cache (Python, Gradio, other caches): RSS "
+                                      "minus model_memory_bytes minus prompt_cache_memory_bytes")
+            other.add_metric([], account["rss_bytes"] - account["models_bytes"] - account["prompt_cache_bytes"])
             yield other
         snap = self.x.monitor.latest()
         rss = GaugeMetricFamily(P + "process_resident_memory_bytes", "Resident memory of the server process")

@@ -41,7 +41,8 @@ def memory_account(manager: ModelManager, monitor: MemoryMonitor | None) -> dict
     """One memory account, in MiB: a row per model in memory (the chat's, the pool's, the lab's,
     replaced ones finishing replies) with its memory by the one definition (``model_memory``:
     weights + KV + overhead), their sum, and what the process holds beyond them (RSS minus the
-    models: Python, Gradio, caches), so the rows and that line add up to RSS. A model on a GPU is
+    models and the host prompt cache, which has its own line: Python, Gradio, other caches), so the rows
+    and those lines add up to RSS. A model on a GPU is
     counted in GPU memory rather than RSS: the sum is set against both."""
     rows = []
     for role, info in manager.held_by_role():
@@ -49,12 +50,14 @@ def memory_account(manager: ModelManager, monitor: MemoryMonitor | None) -> dict
         rows.append({"name": info.name, "role": role, "quantization": info.quantization, "device": info.device,
                      "memory_mib": mem["total_mib"], "memory": mem})
     models = sum(r["memory"]["total_bytes"] for r in rows)
+    caches = manager.cache_bytes()
     snap = monitor.latest() if monitor else None
     rss = snap["process"]["rss_bytes"] if snap else None
     gpu = [d["used_bytes"] for d in snap["gpu"]["devices"] if "used_bytes" in d] if snap else []
-    return {"models": rows, "models_bytes": models, "rss_bytes": rss,
+    return {"models": rows, "models_bytes": models, "rss_bytes": rss, "prompt_cache_bytes": caches,
             "models_mib": _mib(models), "rss_mib": _mib(rss) if rss is not None else None,
-            "process_other_mib": _mib(rss - models) if rss is not None else None,
+            "prompt_cache_mib": _mib(caches),
+            "process_other_mib": _mib(rss - models - caches) if rss is not None else None,
             "gpu_used_mib": _mib(sum(gpu)) if gpu else None}
 
 

@@ -114,8 +114,9 @@ def models_table(account: dict) -> str:
         lines.append("| (none) | | | | 0.0 | |")
     text = "\n".join(lines)
     if account["process_other_mib"] is not None:
-        text += (f"\n\n**Models together** {account['models_mib']:,.1f} MiB + **the process beyond them** "
-                 f"{account['process_other_mib']:,.1f} MiB (Python, Gradio, caches) = **RSS** "
+        text += (f"\n\n**Models together** {account['models_mib']:,.1f} MiB + **prompt cache** "
+                 f"{account['prompt_cache_mib']:,.1f} MiB + **the process beyond them** "
+                 f"{account['process_other_mib']:,.1f} MiB (Python, Gradio, other caches) = **RSS** "
                  f"{account['rss_mib']:,.1f} MiB")
     if account.get("gpu_used_mib") is not None:
         text += f" · GPU memory in use {account['gpu_used_mib']:,.1f} MiB (a model on a GPU is counted there)"

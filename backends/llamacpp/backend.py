@@ -270,6 +270,10 @@ class LlamaCppBackend(Backend):
     def max_concurrency(self) -> int:
         return self._engine.slots if self._engine is not None else 1
 
+    def cache_bytes(self) -> int:
+        engine = self._engine
+        return engine.host_cache.bytes if engine is not None else 0
+
     def unload(self) -> None:
         if self._engine is not None:
             self._engine.close()
