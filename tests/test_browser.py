@@ -166,7 +166,7 @@ def test_export_then_import_restores_the_conversation(page, tmp_path):
         page.click("#export")
     exported = tmp_path / "conversation.json"
     dl.value.save_as(exported)
-    messages = json.loads(exported.read_text())
+    messages = json.loads(exported.read_text())["messages"]  # the file also keeps the chat's tree and settings
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert "rhymes with cat" in messages[0]["content"] and messages[1]["content"].strip()
     clear_chat(page)
