@@ -16,7 +16,8 @@ from tests.conftest import LiveServer, make_settings
 MSG = [{"role": "user", "content": "Hi"}]
 CHAT = ("Say hi.", [], "", 4, 0.0, 1.0, 0, 1.0, 0)
 ENDPOINTS = ["load_model", "unload_model", "chat", "complete", "model_status", "stats", "cached_models", "delete_cached",
-             "compare", "evaluate", "convert_to_gguf"]
+             "compare", "evaluate", "convert_to_gguf", "token_divergence", "arena_round", "arena_vote", "arena_results",
+             "imatrix", "imatrix_gain", "fit", "report"]
 
 
 @pytest.fixture(scope="module")
