@@ -17,7 +17,8 @@ def picker_choices(h: Services, keep: str | None = None) -> list[tuple[str, str]
     by name (with --models-dir: the pool's, loaded on the first request), each with its status;
     ``keep``: a value to keep offering (a past chat's model no longer listed)."""
     cur = h.manager.current
-    choices = [(f"Chat model ({cur.name})" if cur else "Chat model (none loaded)", CHAT_MODEL)]
+    # built with the page, maybe before the model loads: then the label names no model (it would go stale)
+    choices = [(f"Chat model ({cur.name})" if cur else "Chat model (whichever is loaded)", CHAT_MODEL)]
     for row in model_rows(h.manager):
         if h.manager.pool is None or (cur is not None and row["id"] == cur.name):
             continue  # the chat's model is the first choice
