@@ -56,6 +56,9 @@ def pick_model(page, label: str) -> None:
 
 def test_the_chat_picks_its_model_per_conversation(page, server, shots):
     page.get_by_role("tab", name="Chat").click()
+    # before it is opened, the picker names the model served now (the page was built before it loaded)
+    page.wait_for_function("(n) => document.querySelector('#chat-model input').value === `Chat model (${n})`",
+                           arg=server.manager.current.name, timeout=30_000)
     set_number(page, "Max new tokens", 8)
     pick_model(page, "alpha")
     send(page, "Say hello.")

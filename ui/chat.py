@@ -28,7 +28,7 @@ from ui import chat_history as past
 from ui import chat_tree as ct
 from ui.chat_exports import ChatExports
 from ui.chat_actions import ChatActions, toasting
-from ui.model_picker import build_model_picker
+from ui.model_picker import build_model_picker, picker_choices
 from ui.sampling import SamplingColumn, build_sampling
 
 EXAMPLES = [["Explain what 4-bit quantization does to a language model, in three sentences."],
@@ -425,6 +425,8 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         restored = blocks.load(restore, saved, [saved, *show_outputs], **private)
         restored.then(actions.version_bar, bar_inputs, bar_outputs, **private)
         restored.then(**follow)
+        # the picker's first choice names the model served now (the page may have been built before it loaded)
+        restored.then(lambda value: gr.update(choices=picker_choices(h, value)), model, model, **private)
         blocks.load(None, None, None, js=KEYS_JS, **private)
 
     return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling, wire_load)
