@@ -131,6 +131,14 @@ def user_message(text: str, paths: list[str]) -> dict:
     return {"role": "user", "content": parts}
 
 
+def edited_message(old: Any, text: str) -> dict:
+    """The user message ``old`` with its text replaced by ``text`` and its files kept (an edited
+    question keeps the pictures and files it was sent with)."""
+    content = old.get("content") if isinstance(old, dict) else None
+    kept = file_parts(content)
+    return {"role": "user", "content": [*kept, text] if kept else text}
+
+
 def uploaded_paths(values: Any) -> list[str]:
     """The upload paths of the attach box's value (what the history shows)."""
     if not values:
