@@ -34,8 +34,8 @@ def uploaded(monkeypatch, tmp_path, *paths):
 def test_edited_message_keeps_file_parts_in_either_form():
     shown = {"role": "user", "content": [{"path": "/u/a.png"}, "old"]}
     gradio = {"role": "user", "content": [{"type": "file", "file": {"path": "/u/a.png"}}, {"type": "text", "text": "old"}]}
-    assert attachments.edited_message(shown, "new") == {"role": "user", "content": [{"path": "/u/a.png"}, "new"]}
-    assert attachments.edited_message(gradio, "new")["content"] == [{"type": "file", "file": {"path": "/u/a.png"}}, "new"]
+    assert attachments.edited_message(shown, "new") == {"role": "user", "content": ["new", {"path": "/u/a.png"}]}
+    assert attachments.edited_message(gradio, "new")["content"] == ["new", {"type": "file", "file": {"path": "/u/a.png"}}]
     assert attachments.edited_message({"role": "user", "content": "old"}, "new") == {"role": "user", "content": "new"}
 
 

@@ -426,5 +426,6 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         restored.then(actions.version_bar, bar_inputs, bar_outputs, **private)
         restored.then(**follow)
         blocks.load(None, None, None, js=KEYS_JS, **private)
+        blocks.load(None, None, None, js=attachments.PASTE_JS, **private)  # paste or drop files on the message
 
     return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling, wire_load)
