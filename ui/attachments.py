@@ -200,7 +200,7 @@ def uploaded_paths(values: Any) -> list[str]:
 def attach_box() -> gr.File:
     """The attach box under the message: drop or pick pictures and files (or paste or drop them on the
     message box: ``PASTE_JS``)."""
-    return gr.File(label="Attach pictures or files (drop them here)", file_count="multiple", file_types=FILE_TYPES,
+    return gr.File(label="Attach pictures or files (drop them here or on the message, or paste a picture)", file_count="multiple", file_types=FILE_TYPES,
                    type="filepath", elem_id="attachments")
 
 
