@@ -39,6 +39,17 @@ def test_edited_message_keeps_file_parts_in_either_form():
     assert attachments.edited_message({"role": "user", "content": "old"}, "new") == {"role": "user", "content": "new"}
 
 
+def test_a_chat_saved_with_files_before_the_text_is_shown_text_first():
+    old = {"role": "user", "content": [{"path": "/u/a.png"}, {"type": "text", "text": "see"}]}
+    tree, _ = ct.add_node(ct.empty_tree(), "", "user", [old])
+    shown = ct.history(attachments.texts_first(tree))
+    assert shown == [{"role": "user", "content": [{"type": "text", "text": "see"}, {"path": "/u/a.png"}]}]
+    assert ct.matches(tree, shown)  # the same conversation
+    for same in ({"role": "user", "content": [{"path": "/u/a.png"}]}, {"role": "user", "content": "plain"},
+                 {"role": "user", "content": ["see", {"path": "/u/a.png"}]}):
+        assert attachments.text_first(same) is same
+
+
 def test_an_edited_question_keeps_its_file_and_the_reply_sees_it(monkeypatch, tmp_path):
     notes = tmp_path / "notes.md"
     notes.write_text(NOTES)

@@ -189,6 +189,27 @@ def edited_message(old: Any, text: str) -> dict:
     return {"role": "user", "content": [text, *kept] if kept else text}
 
 
+def text_first(message: Any) -> Any:
+    """A user message with its text before its files, as ``user_message`` makes it now (chats saved
+    with the files first could not be edited in the Chatbot)."""
+    content = message.get("content") if isinstance(message, dict) and message.get("role") == "user" else None
+    files = file_parts(content) if isinstance(content, list) else []
+    rest = [p for p in content if p not in files] if files else []
+    if not rest or content[0] not in files:
+        return message
+    return {**message, "content": [*rest, *files]}
+
+
+def texts_first(tree: dict) -> dict:
+    """``text_first`` for every question of a conversation tree (``ui/chat_tree.py``)."""
+    from ui import chat_tree as ct
+
+    for nid, node in list(tree["nodes"].items()):
+        if node["role"] == "user" and any(text_first(m) is not m for m in node["messages"]):
+            tree = ct.update_node(tree, nid, messages=[text_first(m) for m in node["messages"]])
+    return tree
+
+
 def uploaded_paths(values: Any) -> list[str]:
     """The upload paths of the attach box's value (what the history shows)."""
     if not values:
