@@ -230,8 +230,9 @@ LOADER: tuple[Option, ...] = (
            "(None = yes, unless the server says --no-double-quant)", kind="loader", label="Double quant",
            info="transformers bitsandbytes 4-bit"),
     Option("mmproj", str, None, 'llama.cpp vision: the multimodal projector GGUF ("" = an mmproj*.gguf beside the '
-           "model file, if there is one)", kind="loader", unset="", free=True, label="Vision projector (mmproj)",
-           info="llama.cpp; empty = an mmproj*.gguf beside the model", elem_id="mmproj"),
+           "model file or in its Hub repo, if there is one)", kind="loader", unset="", free=True,
+           label="Vision projector (mmproj)", info="llama.cpp; empty = an mmproj*.gguf beside the model or in its Hub repo",
+           elem_id="mmproj"),
 )
 LOADER_BY_NAME: dict[str, Option] = {o.name: o for o in LOADER}
 

@@ -59,7 +59,7 @@ class ModelSettings(BaseSettings):
     compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
     no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
     mmproj: str | None = Field(None, description="llama.cpp vision: the multimodal projector GGUF for --model "
-                               "(default: an mmproj*.gguf beside the model file)")
+                               "(default: an mmproj*.gguf beside the model file or in its Hub repo)")
     api_base: str | None = Field(None, description="remote backend: base URL of an OpenAI-compatible server")
     remote_api_key: str | None = Field(None, description="remote backend: its API key (sent to --api-base only; a load "
                                        "naming another URL sends the caller's key or none)")

@@ -25,6 +25,55 @@ from serving.attachments import ACCEPTED, MAX_FILE_BYTES, Attachment
 MAX_READ_BYTES = max(MAX_FILE_BYTES, 20 * 2**20)  # larger ones are refused by their own limits after reading
 FILE_TYPES = ["image", *ACCEPTED]
 
+# Pictures and files pasted into the message box (Ctrl+V of a screenshot) or dropped onto it or the
+# chat go into the attach box, exactly as if chosen there: they are handed to its file input, which
+# uploads them. A paste that carries text stays a text paste (a spreadsheet's cells come with a
+# picture of themselves too); a drop of text is left to the browser. Run once per page (Blocks.load js).
+PASTE_JS = """() => {
+  if (window.__quantlabPaste) return;
+  window.__quantlabPaste = true;
+  const inside = (node, ids) => ids.some((id) => { const el = document.getElementById(id); return el && el.contains(node); });
+  const pending = [];
+  let tries = 0;
+  const flush = () => {  // the box has no file input while it redraws after an upload: wait for it
+    const input = document.querySelector('#attachments input[type=file]');
+    if (!input) { if (++tries < 300) setTimeout(flush, 100); else pending.length = 0; return; }
+    tries = 0;
+    const dt = new DataTransfer();
+    pending.splice(0).forEach((f) => dt.items.add(f));
+    input.files = dt.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  };
+  const attach = (list) => {
+    const files = [...(list || [])].map((f, i) => {
+      const ext = (f.type.split('/')[1] || 'bin').replace('jpeg', 'jpg').replace(/[^a-z0-9]/g, '');
+      return f.name ? f : new File([f], 'pasted-' + (i + 1) + '.' + ext, {type: f.type});
+    });
+    if (!files.length) return false;
+    const waiting = pending.length > 0;
+    pending.push(...files);
+    if (!waiting) flush();
+    return true;
+  };
+  const hasFiles = (dt) => !!dt && [...(dt.types || [])].includes('Files');
+  document.addEventListener('paste', (e) => {
+    const data = e.clipboardData;
+    if (!data || !inside(e.target, ['message']) || !data.files || !data.files.length) return;
+    if ((data.getData('text/plain') || '').length) return;  // text: an ordinary paste
+    if (attach(data.files)) e.preventDefault();
+  }, true);
+  document.addEventListener('dragover', (e) => {
+    if (hasFiles(e.dataTransfer) && inside(e.target, ['message', 'chatbot'])) {
+      e.preventDefault(); e.dataTransfer.dropEffect = 'copy';
+    }
+  }, true);
+  document.addEventListener('drop', (e) => {
+    if (!hasFiles(e.dataTransfer) || !inside(e.target, ['message', 'chatbot'])) return;
+    e.preventDefault(); e.stopPropagation();  // never the browser's "open the dropped file"
+    attach(e.dataTransfer.files);
+  }, true);
+}"""
+
 
 def upload_root() -> Path:
     return Path(gr.utils.get_upload_folder()).resolve()
@@ -122,13 +171,43 @@ def history_with_files(history: Any, root: Path | None = None) -> Any:
 
 
 def user_message(text: str, paths: list[str]) -> dict:
-    """A user message as the Chatbot shows it: the attached files (pictures as thumbnails), then the text."""
+    """A user message as the Chatbot shows it: the text, then the attached files (pictures as
+    thumbnails). The text comes first so that the message can be edited: the Chatbot's editor
+    submits the first part of a message and fails on a file part (Gradio 6.31). The model sees the
+    pictures before the text whatever the order here."""
     if not paths:
         return {"role": "user", "content": text}
     parts: list[Any] = [{"path": p} for p in paths]
-    if text:
-        parts.append(text)
-    return {"role": "user", "content": parts}
+    return {"role": "user", "content": [text, *parts] if text else parts}
+
+
+def edited_message(old: Any, text: str) -> dict:
+    """The user message ``old`` with its text replaced by ``text`` and its files kept (an edited
+    question keeps the pictures and files it was sent with), text first (see ``user_message``)."""
+    content = old.get("content") if isinstance(old, dict) else None
+    kept = file_parts(content)
+    return {"role": "user", "content": [text, *kept] if kept else text}
+
+
+def text_first(message: Any) -> Any:
+    """A user message with its text before its files, as ``user_message`` makes it now (chats saved
+    with the files first could not be edited in the Chatbot)."""
+    content = message.get("content") if isinstance(message, dict) and message.get("role") == "user" else None
+    files = file_parts(content) if isinstance(content, list) else []
+    rest = [p for p in content if p not in files] if files else []
+    if not rest or content[0] not in files:
+        return message
+    return {**message, "content": [*rest, *files]}
+
+
+def texts_first(tree: dict) -> dict:
+    """``text_first`` for every question of a conversation tree (``ui/chat_tree.py``)."""
+    from ui import chat_tree as ct
+
+    for nid, node in list(tree["nodes"].items()):
+        if node["role"] == "user" and any(text_first(m) is not m for m in node["messages"]):
+            tree = ct.update_node(tree, nid, messages=[text_first(m) for m in node["messages"]])
+    return tree
 
 
 def uploaded_paths(values: Any) -> list[str]:
@@ -140,8 +219,9 @@ def uploaded_paths(values: Any) -> list[str]:
 
 
 def attach_box() -> gr.File:
-    """The attach box under the message: drop or pick pictures and files."""
-    return gr.File(label="Attach pictures or files (drop them here)", file_count="multiple", file_types=FILE_TYPES,
+    """The attach box under the message: drop or pick pictures and files (or paste or drop them on the
+    message box: ``PASTE_JS``)."""
+    return gr.File(label="Attach pictures or files (drop them here or on the message, or paste a picture)", file_count="multiple", file_types=FILE_TYPES,
                    type="filepath", elem_id="attachments")
 
 

@@ -245,7 +245,7 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         """Put a stored chat on screen: its tree's visible path (a reply still generating or ended
         since it was saved brought up to date), its settings (when they fit this page)."""
         chat = past.get_chat(store, chat_id) or past.make_chat()
-        shown = actions.resolve(past.tree_of(chat))
+        shown = attachments.texts_first(actions.resolve(past.tree_of(chat)))
         users = ct.user_ids(shown)
         line = actions.stats_line(shown, ct.reply_id(shown, len(users) - 1)) if users else ""
         values = chat.get("params") or []
@@ -428,5 +428,6 @@ def build_chat(h: Services, slots: int = 1, chat_dir: Path | None = None) -> Cha
         # the picker's first choice names the model served now (the page may have been built before it loaded)
         restored.then(lambda value: gr.update(choices=picker_choices(h, value)), model, model, **private)
         blocks.load(None, None, None, js=KEYS_JS, **private)
+        blocks.load(None, None, None, js=attachments.PASTE_JS, **private)  # paste or drop files on the message
 
     return ChatSection(chatbot, message, send, stop, regenerate, clear, stats, params, saved, sampling, wire_load)

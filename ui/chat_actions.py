@@ -220,6 +220,7 @@ class ChatActions:
         before = [dict(m) for m in history]
         before[index]["content"] = evt.previous_value
         tree = ct.reconcile(tree, before)
+        before = ct.history(tree)  # the Chatbot hands back the edited text alone: the tree has its files
         if title_of(message):
             gr.Warning("Only the messages themselves can be edited (not the thinking, notes or stats).")
             return None, before, gr.skip(), tree
@@ -231,7 +232,8 @@ class ChatActions:
             return None, before, gr.skip(), tree
         node = tree["nodes"][nid]
         if message.get("role") == "user":
-            tree, user = ct.add_node(tree, node["parent"], "user", [{"role": "user", "content": new_text}])
+            question = attachments.edited_message(node["messages"][0], new_text)  # its files stay
+            tree, user = ct.add_node(tree, node["parent"], "user", [question])
             return self._new_reply(tree, user, "send", before, user_node=user, restore_user=nid)
         ids = ct.path_ids(tree)
         offset = index - sum(len(tree["nodes"][p]["messages"]) for p in ids[:ids.index(nid)])

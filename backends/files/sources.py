@@ -304,12 +304,14 @@ def download_from_hub(repo_id: str, filename: str | None = None, revision: str |
                     raise ModelNotFound(f"{repo_id}/{filename} is not in the local Hugging Face cache ({cache}) and "
                                         f"the Hub cannot be reached. Cached GGUF files: {listed}.")
         elif ggufs and not any(f.endswith(".safetensors") for f in files):
-            if len(ggufs) > 1:
+            # a vision model's projector (mmproj*.gguf) is not a model to load: it comes with one
+            models = [f for f in ggufs if not f.rsplit("/", 1)[-1].lower().startswith("mmproj")] or ggufs
+            if len(models) > 1:
                 raise ModelLoadError(
-                    f"{repo_id} holds {len(ggufs)} GGUF files {where}: name the one to load in the GGUF file box "
-                    f"(gguf_file): {', '.join(ggufs[:20])}{' …' if len(ggufs) > 20 else ''}."
+                    f"{repo_id} holds {len(models)} GGUF files {where}: name the one to load in the GGUF file box "
+                    f"(gguf_file): {', '.join(models[:20])}{' …' if len(models) > 20 else ''}."
                 )
-            filename = ggufs[0]
+            filename = models[0]
         label = f"{repo_id}/{filename}" if filename else repo_id
         progress(0.0, f"Fetching {label}")
         if online:

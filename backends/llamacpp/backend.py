@@ -45,7 +45,7 @@ from backends.base import Backend, ChatRequest, LoadedModel, ModelSpec, Progress
 from backends.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, OutOfMemory
 from backends.llamacpp.sampling import sampler_for, token_logprob
 from backends.speculative import NgramDrafter, SpecStats, check_speculative
-from backends.files import gguf, hf_to_gguf, imatrix_file
+from backends.files import gguf, hf_to_gguf, hub_projector, imatrix_file
 from backends.files.gguf import kv_cache_bytes
 from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
@@ -117,6 +117,12 @@ class LlamaCppBackend(Backend):
         t0 = time.perf_counter()
         progress(0.05, "Resolving model file")
         path = sources.resolve(spec.source, gguf_file=spec.gguf_file, progress=sources.scaled(progress, 0.05, 0.15))
+        projector_note, explicit_mmproj = None, spec.mmproj
+        if not explicit_mmproj and path.is_file() and sources.looks_like_repo_id(spec.source.strip()):
+            # a GGUF from a Hub repo: that repo's projector, if it has one (a named mmproj always wins)
+            found = hub_projector.fetch(spec.source.strip(), path, progress=sources.scaled(progress, 0.145, 0.15))
+            if found is not None:
+                projector_note, explicit_mmproj = found.why, str(found.path)
         step = 0.15
         if path.is_dir() and not any(path.glob("*.gguf")) and hf_to_gguf.is_checkpoint(path):
             # a transformers checkpoint: llama.cpp's converter makes its GGUF F16 once (cached)
@@ -124,7 +130,7 @@ class LlamaCppBackend(Backend):
             step = 0.3
         path = sources.find_gguf(path, spec.gguf_file)
         gguf.check_gguf(path)
-        mmproj = find_mmproj(path, spec.mmproj)  # beside the file given (a variant of it sees through it too)
+        mmproj = find_mmproj(path, explicit_mmproj)  # else beside the file given (a variant of it sees through it too)
         quant = self.normalize_quantization(spec.quantization)
         base_quant, with_imatrix = imatrix_file.split_quant(quant)
         if with_imatrix:  # llama.cpp's importance matrix, computed once per source and calibration text
@@ -232,6 +238,8 @@ class LlamaCppBackend(Backend):
             **({"mmproj": self._vision.path.name,  # the projector stays at its own type in every variant
                 "projector": f"{self._vision.path.name} ({gguf.gguf_file_type(self._vision.path) or '?'})"}
                if self._vision is not None else {}),
+            # which of a Hub repo's projectors came with it, and why (backends/files/hub_projector.py)
+            **({"mmproj_from": projector_note} if projector_note and self._vision is not None else {}),
         }
         self._spec_stats = SpecStats()
         self._speculative = None
