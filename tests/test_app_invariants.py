@@ -10,6 +10,7 @@ shared ``live_app``), and transformers with the default slots (continuous batchi
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import openai
@@ -102,6 +103,23 @@ def test_gradio_cancel_frees_the_slot(app, gradio):
     assert app.manager.metrics.running == 0, "still generating after cancel"
     last = app.manager.metrics.recent(1)[-1]
     assert last.outcome == "cancelled" and 0 < last.completion_tokens < 1500
+
+
+def test_a_cancel_during_the_first_step_stops_the_reply(app, gradio):
+    """A cancel that lands while Gradio runs the handler's first step (prefill and first token: long
+    here, as it is for any prompt on a contended CPU) ends the reply too, instead of leaving it
+    generating for nobody until the garbage collector finds it (ui/gradio_cancel.py)."""
+    wait_until_idle(app.manager, 10)
+    words = " ".join(f"w{i}{uuid.uuid4().hex[:3]}" for i in range(150))  # never in the prompt cache
+    job = gradio.submit(f"Repeat these words: {words}", [], "", 600, 0.0, 1.0, 0, 1.0, 0, api_name="/chat")
+    deadline = time.time() + 60
+    while app.manager.metrics.running == 0 and time.time() < deadline:
+        time.sleep(0.002)
+    job.cancel()  # during prefill: Gradio holds no iterator for the event yet
+    wait_until_idle(app.manager, 60)
+    assert app.manager.metrics.running == 0, "still generating after a cancel during the first step"
+    last = app.manager.metrics.recent(1)[-1]
+    assert last.outcome == "cancelled" and last.completion_tokens < 100
 
 
 def test_v1_disconnect_frees_the_slot(app):

@@ -9,6 +9,7 @@ import gradio as gr
 
 from ui.api_docs import fill_trailing_defaults
 from ui.chat import build_chat
+from ui.gradio_cancel import close_cancelled_steps
 from ui.gradio_queue import quiet_queue
 from ui.gradio_session import lazy_session_config
 from serving.services import Services
@@ -92,6 +93,7 @@ def build_blocks(h: Services, settings) -> gr.Blocks:
 
         register_api(h, slots)  # every Gradio API endpoint (ui/endpoints.py)
     blocks.queue(default_concurrency_limit=1, max_size=64)
+    close_cancelled_steps()  # a cancel that lands during a streaming step still ends it (ui/gradio_cancel.py)
     quiet_queue(blocks)  # event-driven instead of Gradio's 1 ms poll (ui/gradio_queue.py)
     lazy_session_config(blocks)  # no 13 ms of block configs per REST call (ui/gradio_session.py)
     fill_trailing_defaults(blocks)  # REST callers may leave out the newer parameters, as gradio_client's may
