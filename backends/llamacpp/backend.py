@@ -49,7 +49,7 @@ from backends.files import gguf, hf_to_gguf, imatrix_file
 from backends.files.gguf import kv_cache_bytes
 from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
-from backends.llamacpp.open import kv_cache_options, open_llama
+from backends.llamacpp.open import flash_attn_shown, kv_cache_options, open_llama
 from backends.llamacpp.vision import Vision, find_mmproj
 from backends.memory import release_memory
 from backends.threads import AdaptiveThreads, ContextThreads
@@ -145,6 +145,7 @@ class LlamaCppBackend(Backend):
         asked = spec.n_gpu_layers
         n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
         threads = choose_threads(spec.n_threads)  # every context of this model computes with it
+        kv_opts = kv_cache_options(spec)  # type_k/type_v, flash_attn (the batch engine copies them)
         try:
             llm = open_llama(
                 str(path),
@@ -153,7 +154,7 @@ class LlamaCppBackend(Backend):
                 n_threads_batch=threads.threads,
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
-                **kv_cache_options(spec),  # type_k/type_v, flash_attn (the batch engine copies them)
+                **kv_opts,
             )
         except (ValueError, RuntimeError) as exc:
             msg = str(exc)
@@ -227,6 +228,7 @@ class LlamaCppBackend(Backend):
             "weights_bytes": weights,
             "kv_cache_bytes": kv_bytes,
             "kv_cache_type": kv_type,
+            "flash_attn": flash_attn_shown(llm, kv_opts["flash_attn"]),  # "auto: on", "on" or "off"
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
             "vision": self._vision is not None,  # sees pictures (its projector, mmproj, is loaded)
             **({"mmproj": self._vision.path.name,  # the projector stays at its own type in every variant
