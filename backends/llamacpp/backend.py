@@ -22,9 +22,9 @@ kernels by batch shape (one row per sequence: ``vec_dot``, the softmax rounded t
 product; two or more: llamafile's sgemm), so without flash attention a token verified beside its drafts
 gets logits up to ~1.6 apart (mean |diff| ~0.7) from the same token decoded alone: measured with
 ``bench_speculative.py --identity 64``, 7 of 12 varied prompts' greedy replies differ within 64 tokens
-(first difference at token 9..48); with ``--flash-attn``, 0 of 12. llama.cpp's own
+(first difference at token 9..48); with flash attention (the default, ``auto``), 0 of 12. llama.cpp's own
 speculative decoding has the same property ("expected - we use different kernels for different batch
-sizes", ggml-org/llama.cpp#23335). With flash attention (``--flash-attn``) each query row is computed
+sizes", ggml-org/llama.cpp#23335). With flash attention each query row is computed
 alone and the verified logits are bit-identical to single-token decoding, until the context passes 256
 tokens: single-token decoding then takes the split-KV path (a KV view of 512+ cells, more than one
 thread), whose reduction order differs again. tests/test_speculative.py and
