@@ -245,7 +245,7 @@ LOADER: tuple[Option, ...] = (
     Option("flash_attn", str, "auto", "llama.cpp flash attention: auto, on or off (true/false = on/off; \"\" = the "
            "server's --flash-attn, auto by default: on wherever the device supports it, as llama-server's -fa auto). "
            "On is faster; the host prompt cache then restores replies identical up to flash attention's numerics "
-           "(off: bit-identical)", kind="loader", choices=FLASH_ATTN, unset="", parse=parse_flash_attn, v1_type=str | bool,
+           "(off: the same greedy text)", kind="loader", choices=FLASH_ATTN, unset="", parse=parse_flash_attn, v1_type=str | bool,
            label="Flash attention", info="llama.cpp; auto = on where supported; on for a quantized KV cache",
            elem_id="flash-attn"),
     Option("device_map", str, None, 'transformers: "auto", "cpu", "cuda", ... ("" = the GPU if there is one, '

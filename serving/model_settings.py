@@ -58,7 +58,7 @@ class ModelSettings(BaseSettings):
     flash_attn: str = Field(_SPEC["flash_attn"], description="llama.cpp flash attention: auto (default: on wherever the "
                             "device supports it, as llama-server's -fa auto), on or off; --flash-attn alone = on, "
                             "--no-flash-attn = off. With it on, the prompt cache's replies are identical up to flash "
-                            "attention's numerics; off: bit-identical")
+                            "attention's numerics; off: the same greedy text")
     device_map: str | None = Field(None, description="transformers device map: auto, cpu, cuda, ... (default: the GPU if there is one, else cpu)")
     compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
     no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
