@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from backends.errors import InvalidRequest, UnsupportedQuantization
 from backends.grammar_limits import check_gbnf, check_schema
-from backends.options import BY_NAME, LOADER, LOADER_BY_NAME, SAMPLERS, check_sampler
+from backends.options import BY_NAME, LOADER, LOADER_BY_NAME, SAMPLERS, check_sampler, parse_flash_attn
 
 # The contract's bounds, as the options declare them (backends/options.py).
 MAX_NEW_TOKENS_LIMIT = BY_NAME["max_new_tokens"].high
@@ -65,6 +65,11 @@ class ModelSpec:
     served_name: str | None = None  # name shown to users and /v1 clients; default: derived from source
     speculative: str | None = None  # "ngram": prompt-lookup speculative decoding for greedy requests; None = off
     spec_draft_tokens: int = 8  # speculative: most draft tokens verified per forward pass
+
+    def __post_init__(self) -> None:
+        # one spelling of flash attention everywhere (status, the pool, equality): true/false -> on/off
+        fa = parse_flash_attn(self.flash_attn)
+        object.__setattr__(self, "flash_attn", fa or "auto")
 
     def with_(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)

@@ -61,7 +61,7 @@ class Option:
     hint: str = ""
     ui: tuple = ()
     elem_id: str = ""
-    v1_type: Any = None  # its /v1 field's type when wider than ``type`` (None: ``type``)
+    v1_type: Any = None  # its /v1 field's (a loader option: API parameter's) type when wider than ``type``
 
     @property
     def neutral_value(self) -> Any:
@@ -70,7 +70,10 @@ class Option:
     @property
     def annotation(self) -> Any:
         """The Python type hint of its API parameter (Gradio builds the parameter's schema from it): a
-        loader option whose "server's default" is None takes None too."""
+        loader option whose "server's default" is None takes None too; one with a wider ``v1_type`` takes
+        that (flash_attn: "auto"/"on"/"off" or the older true/false)."""
+        if self.kind == "loader" and self.v1_type is not None:
+            return self.v1_type
         return self.type | None if self.kind == "loader" and self.unset is None else self.type
 
     def bounds_text(self) -> str:
@@ -198,6 +201,27 @@ def _threads(value: Any) -> int | None:
     return parse_threads(value)
 
 
+FLASH_ATTN = ("auto", "on", "off")
+
+
+def parse_flash_attn(value: Any) -> str | None:
+    """A flash-attention setting as "auto", "on" or "off": booleans and "true"/"false" (the API's and the
+    CLI's older form) are on/off; None or "" = unset (the server's default). Anything else: InvalidRequest."""
+    from backends.errors import InvalidRequest
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text == "":
+        return None
+    text = {"true": "on", "false": "off"}.get(text, text)
+    if text not in FLASH_ATTN:
+        raise InvalidRequest(f"flash_attn must be auto, on or off (or true/false), got {value!r}.", "flash_attn")
+    return text
+
+
 # The loader options, in the Gradio /load_model API's order after (model, backend, quantization,
 # api_base, api_key, gguf_file); each is a ModelSpec field. New ones go at the END.
 LOADER: tuple[Option, ...] = (
@@ -218,8 +242,12 @@ LOADER: tuple[Option, ...] = (
     Option("cache_type", str, None, "llama.cpp KV cache type: f16, q8_0 or q4_0 (\"\" = the server's; quantized "
            "ones use flash attention)", kind="loader", choices=("f16", "q8_0", "q4_0"), unset="", label="KV cache type",
            info="llama.cpp; q8_0/q4_0 halve/quarter the KV memory"),
-    Option("flash_attn", bool, False, "llama.cpp: use flash attention (None = the server's --flash-attn)",
-           kind="loader", label="Flash attention", info="llama.cpp; on for a quantized KV cache"),
+    Option("flash_attn", str, "auto", "llama.cpp flash attention: auto, on or off (true/false = on/off; \"\" = the "
+           "server's --flash-attn, auto by default: on wherever the device supports it, as llama-server's -fa auto). "
+           "On is faster; the host prompt cache then restores replies identical up to flash attention's numerics "
+           "(off: the same greedy text)", kind="loader", choices=FLASH_ATTN, unset="", parse=parse_flash_attn, v1_type=str | bool,
+           label="Flash attention", info="llama.cpp; auto = on where supported; on for a quantized KV cache",
+           elem_id="flash-attn"),
     Option("device_map", str, None, 'transformers: "auto", "cpu", "cuda", ... ("" = the GPU if there is one, '
            "else the CPU)", kind="loader", choices=("", "auto", "cpu", "cuda"), free=True, unset="",
            label="Device map", info="transformers; empty = the GPU if there is one"),

@@ -14,8 +14,8 @@ agreement, PPL.
 
 With llama-perplexity (``--tool PATH``, else QUANTLAB_LLAMA_TOOLS or ~/.cache/quantlab-tools/bin),
 the same GGUF files, text and chunks go through it too (``--kl-divergence-base`` from the F16 first,
-then ``-ctk/-ctv TYPE --kl-divergence``; flash attention off for f16 and on for quantized types, as
-the app loads them), and its figures, KV size included (its "llama_kv_cache: size" line), print
+then ``-ctk/-ctv TYPE --kl-divergence``; flash attention on, as the app loads them by default: its
+``auto`` is on for the CPU, and quantized types need it), and its figures, KV size included (its "llama_kv_cache: size" line), print
 beside the app's "llama.cpp" rows.
 """
 
@@ -72,11 +72,11 @@ def tool_rows(binary: Path, cache_dir: Path, weights: str, window: int, tokens: 
         text = Path(tmp) / "stdlib.txt"
         text.write_text(quality.stdlib_text(), encoding="utf-8")
         base = Path(tmp) / "f16.kld"
-        run_tool(binary, window, chunks, threads, "-m", str(files["F16"]), "-f", str(text), "-fa", "off",
+        run_tool(binary, window, chunks, threads, "-m", str(files["F16"]), "-f", str(text), "-fa", "on",
                  "--kl-divergence-base", str(base))
         for kv in KV_CACHE_TYPES:
             log = run_tool(binary, window, chunks, threads, "-m", str(files[weights]), "--kl-divergence-base",
-                           str(base), "--kl-divergence", "-ctk", kv, "-ctv", kv, "-fa", "off" if kv == "f16" else "on",
+                           str(base), "--kl-divergence", "-ctk", kv, "-ctv", kv, "-fa", "on",
                            "-v")  # -v: llama.cpp's own lines, its KV cache size among them
             m = re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)
             rows[kv] = {"kv_mib": float(m.group(1)) if m else None, "kld_mean": figure(log, r"Mean    KLD"),

@@ -7,9 +7,10 @@ The embedded model's variants are made by the app's own requantizer (the same fi
 the reference is ``llamacpp:F16`` (the dequantized Q4_1: the embedded source is already quantized).
 Evaluate runs twice, ``scoring="all"`` (every position of each window) and ``scoring="llama.cpp"``
 (llama-perplexity's chunks from BOS, second half scored); then llama-perplexity scores the same
-text and files (``--kl-divergence-base`` from the F16, ``-c window --chunks N``, ``-fa off`` as the
-app loads by default: llama-perplexity's ``-fa auto`` turns flash attention on, which alone moves
-Q8_0's mean KLD from 0.00406 to 0.00450 at 4 chunks of 512; and ``--no-repack`` on AMX CPUs, where the
+text and files (``--kl-divergence-base`` from the F16, ``-c window --chunks N``, ``-fa on`` as the
+app loads by default (its ``auto`` is on for the CPU, as the tool's own ``-fa auto``; flash attention
+alone moves Q8_0's mean KLD from 0.00406 to 0.00450 at 4 chunks of 512, so both must use the same);
+and ``--no-repack`` on AMX CPUs, where the
 app loads without llama.cpp's repacked weight layouts (backends/llamacpp/open.py): repacked q4_K
 kernels alone move Q4_K_M's KLD by 2 %). Printed: one row
 per variant with PPL, mean and p99 KLD, top-1 agreement from each, and the ratio app / tool in the
@@ -44,7 +45,7 @@ def find_tool(name: str) -> Path | None:
 
 
 def run_tool(binary: Path, window: int, chunks: int, threads: int, *args: str) -> str:
-    same_as_app = ["-fa", "off", *(["--no-repack"] if safe_model_params() else [])]
+    same_as_app = ["-fa", "on", *(["--no-repack"] if safe_model_params() else [])]
     out = subprocess.run([str(binary), "-c", str(window), "--chunks", str(chunks), "-t", str(threads), *same_as_app, *args],
                          capture_output=True, text=True, timeout=1200)
     if out.returncode != 0:

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_speculative                 # llama.cpp, one slot, 200 tokens, 2 rounds
     python -m benchmarks.bench_speculative --parallel 4    # llama.cpp's batch engine (the app's default)
     python -m benchmarks.bench_speculative --backend transformers --tokens 100
-    python -m benchmarks.bench_speculative --flash-attn    # llama.cpp with flash attention
+    python -m benchmarks.bench_speculative --flash-attn off  # llama.cpp without flash attention (default: auto, on)
     python -m benchmarks.bench_speculative --tokens 100 --rounds 3 --draft 8
 
 The same model is loaded twice with the chosen backend: plain, and with ``speculative="ngram"`` (what
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated: " + ", ".join(PROMPTS))
     ap.add_argument("--backend", choices=("llamacpp", "transformers"), default="llamacpp")
     ap.add_argument("--parallel", type=int, default=1, help="slots: >1 is llama.cpp's batch engine")
-    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp: flash attention")
+    ap.add_argument("--flash-attn", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                    help="llama.cpp flash attention: auto (the app's default: on for the CPU), on, off")
     ap.add_argument("--quantization", default=None, help="transformers: fp32 (default), bf16, ...")
     ap.add_argument("--identity", type=int, default=0, metavar="TOKENS",
                     help="instead of timing: count greedy replies that differ over 12 varied prompts of TOKENS tokens")

@@ -141,8 +141,9 @@ class Lab:
 
     def spec(self, source: str, v: Variant, n_ctx: int) -> ModelSpec:
         """No prefix reuse (``prefix_cache=False``): a greedy run gives the same text whatever ran before.
-        A ``+kv:`` variant sets the KV cache type; without one the server's own applies. It serves
-        under its name (``variant_name``)."""
+        A ``+kv:`` variant sets the KV cache type; without one the server's own applies, as does its
+        flash attention (each evaluation row records the one it was scored with). It serves under its
+        name (``variant_name``)."""
         base = self.base_spec or ModelSpec(source=source, backend=v.backend)
         kv = {"cache_type": v.kv} if v.kv else {}
         return base.with_(source=source, backend=v.backend, quantization=v.quantization, n_ctx=n_ctx, parallel=1,
@@ -451,7 +452,8 @@ class Lab:
             kld_mean=s["kld_mean"], kld_p99=s["kld_p99"], top1_agreement=s["top1_agreement"], tokens=s["tokens"],
             footprint_mib=mem["total_mib"], eval_tokens_per_s=s["eval_tokens_per_s"], decode_tokens_per_s=decode,
             is_reference=is_reference, bpw=prov["bpw"], source=prov["source_name"], source_type=prov["source_type"],
-            note=prov["note"], warning=prov["warning"], tensors=prov["tensors"] or prov.get("method"), memory=mem)
+            note=prov["note"], warning=prov["warning"], tensors=prov["tensors"] or prov.get("method"), memory=mem,
+            flash_attn=lease.info.details.get("flash_attn"))
 
 
 def _decode_speed(lease: Lease, tokens: int, cancel: threading.Event) -> float | None:

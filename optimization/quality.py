@@ -81,6 +81,7 @@ class QualityRow:
     warning: str | None = None  # e.g. more bits than the source
     tensors: str | None = None  # "Q4_K_M: 166 q5_0, 61 f32, ... · 6.17 bpw"
     memory: dict | None = None  # monitoring.model_memory: weights, KV, overhead, total
+    flash_attn: str | None = None  # llama.cpp: the flash attention it was scored with ("auto: on", "on", "off")
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backends.base import KV_CACHE_TYPES, MAX_PARALLEL, ModelSpec
 from backends.errors import InvalidRequest
+from backends.options import parse_flash_attn
 from backends.registry import default_registry
 from backends.files.sources import EMBEDDED_ALIAS
 from backends.threads import parse_threads
@@ -54,7 +55,10 @@ class ModelSettings(BaseSettings):
     n_gpu_layers: int | None = Field(None, description="llama.cpp layers on the GPU (default: all when the build has GPU support; 0 = CPU)")
     cache_type: str | None = Field(None, description="llama.cpp KV cache type: f16 (default), q8_0 or q4_0 "
                                    "(quantized types use flash attention)")
-    flash_attn: bool = Field(_SPEC["flash_attn"], description="llama.cpp: use flash attention")
+    flash_attn: str = Field(_SPEC["flash_attn"], description="llama.cpp flash attention: auto (default: on wherever the "
+                            "device supports it, as llama-server's -fa auto), on or off; --flash-attn alone = on, "
+                            "--no-flash-attn = off. With it on, the prompt cache's replies are identical up to flash "
+                            "attention's numerics; off: the same greedy text")
     device_map: str | None = Field(None, description="transformers device map: auto, cpu, cuda, ... (default: the GPU if there is one, else cpu)")
     compute_dtype: str | None = Field(None, description="transformers bitsandbytes 4-bit compute dtype: bfloat16 (default), float16 or float32")
     no_double_quant: bool = Field(False, description="transformers bitsandbytes 4-bit: do not quantize the quantization constants")
@@ -82,6 +86,14 @@ class ModelSettings(BaseSettings):
         if v is not None and v.strip().lower() not in KV_CACHE_TYPES:
             raise ValueError(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}")
         return v.strip().lower() if v else None
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _flash_attn(cls, v):
+        try:
+            return parse_flash_attn(v) or "auto"  # true/false (the older flag's values) = on/off
+        except InvalidRequest as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("n_threads", mode="before")
     @classmethod

@@ -51,6 +51,10 @@ def _add_flag(group, name: str, field) -> None:
         group.add_argument(_flag(name), dest=name, default=None, choices=["ngram"], help=help_)
     elif name == "allow_remote":
         group.add_argument(_flag(name), dest=name, nargs="+", default=None, help=help_, metavar="PREFIX")
+    elif name == "flash_attn":  # --flash-attn [auto|on|off] (alone: on), --no-flash-attn = off
+        group.add_argument(_flag(name), dest=name, nargs="?", const="on", default=None, help=help_,
+                           metavar="auto|on|off")
+        group.add_argument("--no-flash-attn", dest=name, action="store_const", const="off", help="= --flash-attn off")
     elif name == "n_threads":  # --threads auto|N, the name every engine shares; --n-threads kept
         group.add_argument("--threads", _flag(name), dest=name, default=None, help=help_, metavar="auto|N")
     else:

@@ -6,6 +6,7 @@ Real model, short greedy or seeded generations."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -59,19 +60,24 @@ def test_min_p_one_keeps_only_the_top_token_so_sampling_is_greedy(backend):
     assert plain.strip()
 
 
+def apples(text: str) -> int:
+    """How many times ``text`` says "apple" (as a word: "apple apple" and "apple, apple," alike)."""
+    return len(re.findall(r"\bapple\b", text.lower()))
+
+
 def test_presence_and_frequency_penalties_break_a_repetition(backend):
     plain = run(backend, req(APPLES, 30))[0]
-    assert plain.split().count("apple") >= 10  # the model does repeat when nothing stops it
+    assert apples(plain) >= 10  # the model does repeat when nothing stops it
     penalised = run(backend, req(APPLES, 30, presence_penalty=2.0, frequency_penalty=2.0))[0]
     assert penalised != plain
-    assert penalised.split().count("apple") < plain.split().count("apple")
+    assert apples(penalised) < apples(plain)
 
 
 def test_dry_penalises_a_repeated_sequence(backend):
     plain = run(backend, req(APPLES, 30))[0]
     dry = run(backend, req(APPLES, 30, dry_multiplier=1.0))[0]
     assert dry != plain
-    assert dry.split().count("apple") < plain.split().count("apple")
+    assert apples(dry) < apples(plain)
 
 
 @pytest.mark.parametrize("sampler", [{"dry_multiplier": 0.8}, {"xtc_probability": 0.5, "xtc_threshold": 0.1},
@@ -122,7 +128,8 @@ def test_a_json_schema_constraint_gives_json_that_validates(backend, sampling):
 
 
 def test_json_object_and_gbnf_grammar_constraints(backend):
-    asks = (Message("user", "Reply with a JSON object holding your name."),)
+    # (with flash attention "... holding your name." nests "address" objects past any budget)
+    asks = (Message("user", "Reply with a JSON object with your name and age."),)
     text, deltas = run(backend, req(asks, 80, constraint=Constraint("json_object")))
     assert deltas[-1].finish_reason == "stop", text
     assert isinstance(json.loads(text), dict)

@@ -1,9 +1,9 @@
 """scoring="llama.cpp" against llama-perplexity itself: the same text, the same GGUF files (the
 embedded model's F16 reference and its Q8_0 / Q4_K_M / Q2_K variants), chunks of 256 tokens. With the
 same kernels the figures agree to the printed digits (the issue asked PPL 1 %, KLD 3 %, top-1 1 point;
-asserted: 0.1 %, 0.5 %, 0.2 point). The tool runs with `-fa off`, as the app loads
-by default (its `-fa auto` turns flash attention on, which alone moves Q8_0's KLD by ~10 %), and with
-`--no-repack` on AMX CPUs, where the app loads without repacked weights. The binary is looked up in
+asserted: 0.1 %, 0.5 %, 0.2 point). Flash attention alone moves Q8_0's KLD by ~10 %, so the tool
+runs with the flash attention each evaluation row says the app scored with (on: the app's default,
+auto, turns it on on the CPU, as the tool's own `-fa auto`), and with `--no-repack` on AMX CPUs, where the app loads without repacked weights. The binary is looked up in
 QUANTLAB_LLAMA_TOOLS, then $QUANTLAB_TOOLS_DIR/bin, then ~/.cache/quantlab-tools/bin (where
 benchmarks/build_llama_tools.sh puts it); without it the test is skipped, except in CI
 (QUANTLAB_REQUIRE_E2E=1: .ci/run builds the tools first), where a missing binary is a failure."""
@@ -36,8 +36,8 @@ def llama_perplexity() -> Path | None:
     return None
 
 
-def run_tool(binary: Path, *args: str) -> str:
-    out = subprocess.run([str(binary), "-c", str(WINDOW), "--chunks", str(CHUNKS), "-t", "2", "-fa", "off",
+def run_tool(binary: Path, flash_attn: str, *args: str) -> str:
+    out = subprocess.run([str(binary), "-c", str(WINDOW), "--chunks", str(CHUNKS), "-t", "2", "-fa", flash_attn,
                           *(["--no-repack"] if safe_model_params() else []), *args],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -63,12 +63,15 @@ def test_llamacpp_scoring_matches_llama_perplexity(cache_dir, embedded_gguf, tmp
         "embedded", [f"llamacpp:{q}" for q in QUANTS], reference="llamacpp:F16", text_path=str(text),
         max_tokens=WINDOW * CHUNKS, window=WINDOW, decode_tokens=0, scoring="llama.cpp")}
 
+    scored_with = {r.flash_attn for r in rows.values()}  # recorded per row: one setting for all of them
+    assert scored_with == {"auto: on"}, scored_with  # the default: llama.cpp's auto, on for the CPU
+    fa = "on"
     files = {q: gguf_variant(embedded_gguf, q, cache_dir) for q in ("F16", *QUANTS)}  # the files the lab loaded
     base = tmp_path / "f16.kld"
-    run_tool(binary, "-m", str(files["F16"]), "-f", str(text), "--kl-divergence-base", str(base))
+    run_tool(binary, fa, "-m", str(files["F16"]), "-f", str(text), "--kl-divergence-base", str(base))
     tool = {}
     for q in QUANTS:
-        log = run_tool(binary, "-m", str(files[q]), "--kl-divergence-base", str(base), "--kl-divergence")
+        log = run_tool(binary, fa, "-m", str(files[q]), "--kl-divergence-base", str(base), "--kl-divergence")
         tool[q] = (figure(log, r"Mean PPL\(Q\)"), figure(log, r"Mean    KLD"), figure(log, r"Same top p") / 100)
 
     lines = [f"{'variant':8s} {'PPL app':>9s} {'PPL tool':>9s} {'KLD app':>9s} {'KLD tool':>9s} "

@@ -152,7 +152,7 @@ def test_loader_options_leave_out_what_keeps_the_servers_default():
 
     assert loader_options(n_ctx=None, cache_type="", device_map="  ", n_threads=0, flash_attn=None) == {}
     assert loader_options(n_ctx="1024", cache_type="Q8_0", n_gpu_layers=0, flash_attn=True) == {
-        "n_ctx": 1024, "cache_type": "q8_0", "n_gpu_layers": 0, "flash_attn": True}
+        "n_ctx": 1024, "cache_type": "q8_0", "n_gpu_layers": 0, "flash_attn": "on"}  # true/false: on/off
 
 
 def test_local_models_lists_gguf_files_and_checkpoint_folders_as_absolute_paths(tmp_path, monkeypatch):

@@ -22,9 +22,9 @@ kernels by batch shape (one row per sequence: ``vec_dot``, the softmax rounded t
 product; two or more: llamafile's sgemm), so without flash attention a token verified beside its drafts
 gets logits up to ~1.6 apart (mean |diff| ~0.7) from the same token decoded alone: measured with
 ``bench_speculative.py --identity 64``, 7 of 12 varied prompts' greedy replies differ within 64 tokens
-(first difference at token 9..48); with ``--flash-attn``, 0 of 12. llama.cpp's own
+(first difference at token 9..48); with flash attention (the default, ``auto``), 0 of 12. llama.cpp's own
 speculative decoding has the same property ("expected - we use different kernels for different batch
-sizes", ggml-org/llama.cpp#23335). With flash attention (``--flash-attn``) each query row is computed
+sizes", ggml-org/llama.cpp#23335). With flash attention each query row is computed
 alone and the verified logits are bit-identical to single-token decoding, until the context passes 256
 tokens: single-token decoding then takes the split-KV path (a KV view of 512+ cells, more than one
 thread), whose reduction order differs again. tests/test_speculative.py and
@@ -49,7 +49,7 @@ from backends.files import gguf, hf_to_gguf, hub_projector, imatrix_file
 from backends.files.gguf import kv_cache_bytes
 from backends.llamacpp import compute
 from backends.llamacpp.detokenize import detokenize_bytes
-from backends.llamacpp.open import kv_cache_options, open_llama
+from backends.llamacpp.open import flash_attn_shown, kv_cache_options, open_llama
 from backends.llamacpp.vision import Vision, find_mmproj
 from backends.memory import release_memory
 from backends.threads import AdaptiveThreads, ContextThreads
@@ -151,6 +151,7 @@ class LlamaCppBackend(Backend):
         asked = spec.n_gpu_layers
         n_gpu_layers = (-1 if asked is None else asked) if gpu_offload else 0
         threads = choose_threads(spec.n_threads)  # every context of this model computes with it
+        kv_opts = kv_cache_options(spec)  # type_k/type_v, flash_attn (the batch engine copies them)
         try:
             llm = open_llama(
                 str(path),
@@ -159,7 +160,7 @@ class LlamaCppBackend(Backend):
                 n_threads_batch=threads.threads,
                 n_gpu_layers=n_gpu_layers,
                 verbose=False,
-                **kv_cache_options(spec),  # type_k/type_v, flash_attn (the batch engine copies them)
+                **kv_opts,
             )
         except (ValueError, RuntimeError) as exc:
             msg = str(exc)
@@ -233,6 +234,7 @@ class LlamaCppBackend(Backend):
             "weights_bytes": weights,
             "kv_cache_bytes": kv_bytes,
             "kv_cache_type": kv_type,
+            "flash_attn": flash_attn_shown(llm, kv_opts["flash_attn"]),  # "auto: on", "on" or "off"
             "chat_template": "gguf" if meta.get("tokenizer.chat_template") else "chatml (fallback)",
             "vision": self._vision is not None,  # sees pictures (its projector, mmproj, is loaded)
             **({"mmproj": self._vision.path.name,  # the projector stays at its own type in every variant

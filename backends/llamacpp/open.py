@@ -49,31 +49,73 @@ def safe_model_params() -> dict:
     return {"use_extra_bufts": False} if cpu_has_amx() else {}
 
 
-def open_llama(model_path: str, **kwargs):
-    """``llama_cpp.Llama(model_path, **kwargs)`` with the safe model parameters for this CPU."""
+def open_llama(model_path: str, flash_attn: bool | str = False, **kwargs):
+    """``llama_cpp.Llama(model_path, **kwargs)`` with the safe model parameters for this CPU.
+    ``flash_attn``: True/"on", False/"off", or "auto" (llama.cpp's own choice, as llama-server's
+    ``-fa auto``: on wherever the attention's device supports it, which the CPU always does)."""
     from llama_cpp import Llama
 
-    with model_params_override(**safe_model_params()):
-        return Llama(model_path=model_path, **kwargs)
+    mode = flash_attn_mode(flash_attn)
+    with model_params_override(**safe_model_params()), _flash_attn_auto(mode == "auto"):
+        return Llama(model_path=model_path, flash_attn=mode != "off", **kwargs)
+
+
+def flash_attn_mode(value) -> str:
+    """A spec's or a caller's flash-attention setting as "auto", "on" or "off" (None: auto)."""
+    from backends.options import parse_flash_attn
+
+    return parse_flash_attn(value) or "auto"
+
+
+@contextlib.contextmanager
+def _flash_attn_auto(auto: bool) -> Iterator[None]:
+    """Within the block, ``Llama(flash_attn=True)`` asks llama.cpp for LLAMA_FLASH_ATTN_TYPE_AUTO (its
+    context then resolves it per device) instead of ENABLED: ``Llama()`` only takes a bool. The batch
+    engine's and the embedder's contexts copy the params, so they resolve it alike. Called with the
+    build lock held (``model_params_override``)."""
+    if not auto:
+        yield
+        return
+    import llama_cpp.llama_cpp as C
+
+    enabled = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    C.LLAMA_FLASH_ATTN_TYPE_ENABLED = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+    try:
+        yield
+    finally:
+        C.LLAMA_FLASH_ATTN_TYPE_ENABLED = enabled
 
 
 def kv_cache_options(spec) -> dict:
-    """Llama() arguments for the spec's KV cache type and flash attention: a quantized V cache
-    needs flash attention in llama.cpp, so it is switched on for one."""
+    """Llama() arguments (for ``open_llama``) for the spec's KV cache type and flash attention
+    ("auto" unless the spec says on or off): a quantized V cache needs flash attention in llama.cpp,
+    so it is switched on for one."""
     import llama_cpp
 
     from backends.base import KV_CACHE_TYPES
     from backends.errors import InvalidRequest
 
-    opts: dict = {"flash_attn": bool(spec.flash_attn)}
+    opts: dict = {"flash_attn": flash_attn_mode(spec.flash_attn)}
     name = (spec.cache_type or "f16").strip().lower()
     if name not in KV_CACHE_TYPES:
         raise InvalidRequest(f"cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {spec.cache_type!r}.",
                              "cache_type")
     if name != "f16":
         ggml_type = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}")
-        opts.update(type_k=ggml_type, type_v=ggml_type, flash_attn=True)
+        opts.update(type_k=ggml_type, type_v=ggml_type, flash_attn="on")
     return opts
+
+
+def flash_attn_shown(llm, mode: str) -> str:
+    """What a loaded model's details say about flash attention: "on", "off", or "auto: on" where the
+    context asked llama.cpp to choose and every layer computes on the CPU (which always supports it;
+    on a GPU llama.cpp decides per device and logs its choice: "auto")."""
+    if mode != "auto":
+        return mode
+    import llama_cpp.llama_cpp as C
+
+    on_cpu = not C.llama_supports_gpu_offload() or llm.model_params.n_gpu_layers == 0
+    return "auto: on" if on_cpu else "auto"
 
 
 def patch_for_this_process() -> None:

@@ -8,7 +8,10 @@ and prefills it again everywhere else, and a returning conversation whose slot w
 Before a slot's cells are overwritten, the engine saves them here (``llama_state_seq_get_data``: only
 that sequence's cells, at about the size of its KV); on admission, an entry sharing a longer prefix
 than any free slot is copied back into the slot (``llama_state_seq_set_data``) and only the rest of the
-prompt is prefilled. Restored cells are the saved ones bit for bit.
+prompt is prefilled. Restored cells are the saved ones bit for bit; the reply built on them is the
+reply from scratch up to the kernels' batch-shape numerics (the rest of the prompt is a smaller batch):
+with flash attention off, the same greedy text; on (the default), logprobs up to ~0.2 nats apart and a
+greedy near-tie may flip, as with llama-server's cache reuse (tests/test_trust_prefix.py measures both).
 
 Entries are keyed by their tokens; the least recently used go first when ``max_bytes`` is exceeded,
 and an entry whose tokens begin another's is dropped as redundant.

@@ -46,8 +46,17 @@ def grammar_text(constraint: Constraint | None) -> str | None:
         text = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise InvalidRequest(f"This JSON schema cannot be turned into a grammar: {str(exc)[:300]}", param) from exc
+    text = text.replace(_LOOSE_CHAR, _JSON_CHAR, 1)
     check_gbnf(text, param, "this JSON schema's grammar")
     return text
+
+
+# llama-cpp-python's converter lets a string hold any character but " and \, raw newlines and other
+# control characters too, which JSON forbids unescaped (json.loads refuses them): llama.cpp's own
+# converter, and llama-cpp-python's JSON_GBNF, exclude them. Seen: a greedy reply whose "name" value
+# went on over a raw newline.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 def build_sampler(L, vocab, n_vocab: int, params: SamplingParams, grammar: str | None, n_ctx: int,

@@ -177,9 +177,8 @@ class AppSubprocess(_ServerProcess):
 class LlamaServer(_ServerProcess):
     """llama.cpp's own llama-server (benchmarks/build_llama_tools.sh builds it from the llama.cpp that the
     pinned llama-cpp-python vendors) with the app's GGUF, threads and batch slots: ``-np`` slots of
-    ``n_ctx`` tokens each (llama-server splits ``-c`` between its slots), flash attention off (llama-cpp-python's
-    default, which the app keeps; llama-server's ``auto`` turns it on, and the different kernel flips some
-    greedy tokens), weight repacking off where the app turns it off (AMX CPUs, see
+    ``n_ctx`` tokens each (llama-server splits ``-c`` between its slots), flash attention ``auto`` (the default
+    of both: on for the CPU; a different kernel would flip some greedy tokens), weight repacking off where the app turns it off (AMX CPUs, see
     backends/llamacpp/open.py), and its host-memory prompt cache (``--cache-ram``) the size of the app's
     (``--prompt-cache-mib``; the benchmarks' default 0 turns both off: every path then meets each prompt
     cold, as the raw engine does, whatever earlier phases sent the app)."""
@@ -197,7 +196,7 @@ class LlamaServer(_ServerProcess):
         self.binary = Path(binary)
         self.cmd = [str(self.binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(self.port),
                     "-t", str(n_threads), "-tb", str(n_threads), "-np", str(parallel), "-c", str(n_ctx * parallel),
-                    "-fa", "off", "-a", self.model_name, "--no-webui", "--cache-ram", str(cache_ram_mib)]
+                    "-fa", "auto", "-a", self.model_name, "--no-webui", "--cache-ram", str(cache_ram_mib)]
         if cpu_has_amx():
             self.cmd.append("--no-repack")
 

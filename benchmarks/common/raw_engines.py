@@ -27,7 +27,7 @@ class RawLlamaCpp:
         # which gives the raw path a faster prefill than the app's whenever --threads < CPUs); the
         # same model parameters as the app (no AMX buffers where llama.cpp crashes in them)
         self.llm = open_llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                              verbose=False)
+                              flash_attn="auto", verbose=False)  # flash attention as the app's default
 
     def run(self, prompt_index: int, prompt: str, max_tokens: int) -> Sample:
         t0 = time.perf_counter()
