@@ -10,17 +10,13 @@ from __future__ import annotations
 import base64
 
 import openai
-import pytest
 
-from backends.base import ModelSpec
 from serving.attachments import context_block, with_context
-from tests.conftest import LiveServer, make_settings
 from tests.test_browser import page, pytestmark  # noqa: F401 (fixtures and the Chromium skip)
 from tests.test_browser_chat import finished_turns, last_reply, set_number, wait_turn
-from tests.vision_model import data_url, png, vision_gguf
+from tests.test_browser_vision import NOTES, QUESTION, app_url, server  # noqa: F401 (the vision model's app)
+from tests.vision_model import data_url, png
 
-NOTES = "The secret word is heliotrope.\n"
-QUESTION = "What is in the picture?"
 EDITED = "Describe the picture."
 RED = png((255, 0, 0), size=64)
 
@@ -44,18 +40,6 @@ DROP = """([name, text]) => {
   for (const type of ['dragenter', 'dragover']) box.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
   return box.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})) ? 'not handled' : 'handled';
 }"""
-
-
-@pytest.fixture(scope="module")
-def server(cache_dir):
-    with LiveServer(make_settings(cache_dir=cache_dir, request_log="")) as srv:
-        srv.manager.load(ModelSpec(source=str(vision_gguf(cache_dir)), backend="llamacpp", n_ctx=512, parallel=1))
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def app_url(server):  # the `page` fixture opens this
-    return server.url
 
 
 def expected_reply(server, question: str, picture: bool = True) -> str:

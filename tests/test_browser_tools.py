@@ -134,7 +134,12 @@ def test_a_sampler_the_backend_lacks_is_named_in_a_toast(page):
     page.fill("#message textarea", "Hello there.")
     page.keyboard.press("Enter")
     toast = page.locator(".toast-body", has_text="no_repeat_ngram_size")
-    toast.wait_for(timeout=30_000)
+    try:
+        toast.wait_for(timeout=60_000)
+    except Exception:  # say what the page showed instead (a reply would mean the sampler went unchecked)
+        state = page.evaluate("""() => ({toasts: [...document.querySelectorAll('.toast-body')].map(t => t.innerText),
+            chat: document.querySelector('#chatbot').innerText.slice(-400), stats: document.querySelector('#chat-stats')?.innerText})""")
+        raise AssertionError(f"no toast naming the sampler; ngram box {ngram.input_value()!r}; page: {state}") from None
     assert "llamacpp" in toast.inner_text()
     ngram.fill("0")
     ngram.press("Enter")
