@@ -1,7 +1,8 @@
 """Batched decoding for the llama.cpp backend: several requests decoded together in one llama_batch.
 
-One model, one llama context holding a KV cache per sequence (``n_seq_max`` = slots). A scheduler
-thread owns the context: between decode steps it admits waiting requests into free slots (their
+One model, one llama context holding a KV cache per sequence (``n_seq_max`` = slots). The engine is
+stepped on the process's llama.cpp compute thread (``backends.llamacpp.compute``, which owns the
+context's work and steps every loaded model's engine in turn): between decode steps it admits waiting requests into free slots (their
 prompts are prefilled in chunks inside the same batches), gives every running sequence its next
 token in one ``llama_decode``, samples each sequence with its own sampler chain (built by the caller
 with ``llamacpp_sampling``: its own samplers, constraint and seed), and retires sequences that finish or are
@@ -114,10 +115,10 @@ class BatchEngine:
         self.prefix_hits = 0  # tokens not recomputed thanks to kept prefixes
         # cells that left a slot, kept in host memory for a later prompt sharing their prefix
         self.host_cache = PromptCache(host_cache_bytes if prefix_cache else 0)
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()  # guards _waiting and _stop, which other threads change
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
-        self._thread.start()
+        self._closed = threading.Event()
+        compute.attach(self)
 
     # --- client side -----------------------------------------------------------------------------
 
@@ -133,12 +134,12 @@ class BatchEngine:
                    media=media)
         if draft_tokens > 0:
             seq.drafter = NgramDrafter(tokens)  # built here, on the caller's thread, not the scheduler's
-        with self._wake:
+        with self._lock:
             if self._stop:
                 self._free_sampler(seq)
                 raise BackendError("The model is being unloaded.")
             self._waiting.append(seq)
-            self._wake.notify()
+        compute.wake()
         return self._drain(seq)
 
     def _drain(self, seq: _Seq) -> Iterator:
@@ -152,18 +153,23 @@ class BatchEngine:
                 yield item
         finally:
             seq.cancel.set()  # the consumer left: the scheduler retires the sequence at the next step
-            with self._wake:
-                self._wake.notify()
+            compute.wake()
 
     @property
     def busy(self) -> int:
         return len(self._running) + len(self._waiting)
 
     def close(self) -> None:
-        with self._wake:
+        with self._lock:
             self._stop = True
-            self._wake.notify()
-        self._thread.join(timeout=30)
+        if compute.on_thread():
+            self._shut_down()
+        else:
+            compute.wake()
+            # the next step cancels every request and detaches the engine
+            if not self._closed.wait(timeout=30):
+                log.warning("llama.cpp batch engine still busy after 30 s: its context is left allocated")
+                return
         L = self.L
         L.llama_batch_free(self.batch)
         self.host_cache.clear()
@@ -245,49 +251,55 @@ class BatchEngine:
         self._kept[seq.slot] = []
         return 0
 
-    def _loop(self) -> None:
+    def step(self) -> bool:
+        """One scheduling step, on the compute thread: admit, retire the cancelled, decode once for
+        every running sequence. Whether there is more to do right away (see ``compute.ComputeThread``)."""
         L = self.L
-        while True:
-            with self._wake:
-                while not self._stop and not self._waiting and not self._running:
-                    self._wake.wait()
-                if self._stop:
-                    for seq in list(self._running):
-                        self._retire(seq, "cancelled")
-                    for seq in self._waiting:
-                        self._free_sampler(seq)
-                        seq.out.put(TextDelta("", finish_reason="cancelled"))
-                        seq.out.put(_END)
-                    self._waiting.clear()
-                    return
-                self._admit()
-            for seq in [s for s in self._running if s.media is not None and s.prefill < len(s.tokens)]:
-                try:
-                    self._prefill_media(seq)
-                except BaseException as exc:  # noqa: BLE001 - this request hears about it; the others go on
-                    seq.out.put(exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp: {exc}"))
-                    seq.out.put(_END)
-                    L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
-                    self._kept[seq.slot] = []
-                    self._running.remove(seq)
-                    self._free.append(seq.slot)
-                    self._free_sampler(seq)
-            for seq in [s for s in self._running if s.cancel.is_set()]:
-                self._retire(seq, "cancelled")
-            if not self._running:
-                continue
+        with self._lock:
+            if self._stop:
+                self._shut_down()
+                return False
+            self._admit()
+        for seq in [s for s in self._running if s.media is not None and s.prefill < len(s.tokens)]:
             try:
-                self._step()
-            except BaseException as exc:  # every running request hears about it; the engine goes on
-                err = exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp decode failed: {exc}")
-                for seq in list(self._running):
-                    seq.out.put(err)
-                    seq.out.put(_END)
-                    L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
-                    self._kept[seq.slot] = []
-                    self._free.append(seq.slot)
-                    self._free_sampler(seq)
-                self._running.clear()
+                self._prefill_media(seq)
+            except BaseException as exc:  # noqa: BLE001 - this request hears about it; the others go on
+                seq.out.put(exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp: {exc}"))
+                seq.out.put(_END)
+                L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                self._kept[seq.slot] = []
+                self._running.remove(seq)
+                self._free.append(seq.slot)
+                self._free_sampler(seq)
+        for seq in [s for s in self._running if s.cancel.is_set()]:
+            self._retire(seq, "cancelled")
+        if not self._running:
+            return bool(self._waiting)
+        try:
+            self._step()
+        except BaseException as exc:  # noqa: BLE001 - every running request hears about it; the engine goes on
+            err = exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp decode failed: {exc}")
+            for seq in list(self._running):
+                seq.out.put(err)
+                seq.out.put(_END)
+                L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                self._kept[seq.slot] = []
+                self._free.append(seq.slot)
+                self._free_sampler(seq)
+            self._running.clear()
+        return bool(self._running or self._waiting)
+
+    def _shut_down(self) -> None:
+        """Closing: every request ends cancelled, and the engine is stepped no more."""
+        for seq in list(self._running):
+            self._retire(seq, "cancelled")
+        for seq in self._waiting:
+            self._free_sampler(seq)
+            seq.out.put(TextDelta("", finish_reason="cancelled"))
+            seq.out.put(_END)
+        self._waiting.clear()
+        compute.detach(self)  # inline: this runs on the compute thread
+        self._closed.set()
 
     def _prefill_media(self, seq: _Seq) -> None:
         """Evaluate a prompt with pictures into ``seq``'s slot (its own decodes, outside the shared
