@@ -245,9 +245,10 @@ def alternate(paths: dict, args, label: str) -> dict:
 def phase_llamacpp(args) -> dict:
     from backends.files.sources import embedded_model_path
 
+    gguf = Path(args.gguf) if args.gguf else embedded_model_path()
     with contextlib.ExitStack() as stack:
-        app = stack.enter_context(App(env=args.app_environ))
-        ls = stack.enter_context(DefaultLlamaServer(args.llama_server, embedded_model_path()))
+        app = stack.enter_context(App(["--model", str(gguf)] if args.gguf else [], env=args.app_environ))
+        ls = stack.enter_context(DefaultLlamaServer(args.llama_server, gguf))
         log(f"LLAMACPP: {' '.join(app.cmd[1:])} | {' '.join(ls.cmd)}")
         info = app.wait_loaded()
         ls.wait_ready()
@@ -354,6 +355,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="run only these phases (repeatable; default all, --short: llamacpp)")
     ap.add_argument("--short", action="store_true", help="CI smoke: 1 round, 16 tokens, the llama.cpp phase")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="transformers: weights dtype (app and raw)")
+    ap.add_argument("--gguf", default=None, help="llama.cpp phase: this GGUF for both servers (default: the embedded "
+                    "model), e.g. an F16 one, whose slower tokens show what the app's per-token cost weighs")
     ap.add_argument("--llama-server", default=str(Path("~/.cache/quantlab-tools/bin/llama-server").expanduser()))
     ap.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for the app in the llama.cpp and transformers phases, e.g. "

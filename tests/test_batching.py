@@ -56,6 +56,19 @@ def test_concurrent_greedy_requests_get_exactly_their_solo_text(batched):
     assert all(t.strip() for t in alone)
 
 
+def test_greedy_picks_taken_from_the_logits_equal_the_greedy_samplers(batched, monkeypatch):
+    """A greedy request's pick is read straight from the logits (the engine's fast path); the same
+    requests through llama.cpp's own greedy sampler give the same text, alone and batched."""
+    engine, seen = batched._engine, []
+    greedy_alone = engine._greedy_alone
+    monkeypatch.setattr(engine, "_greedy_alone", lambda chain: seen.append(greedy_alone(chain)) or seen[-1])
+    fast = concurrently(lambda p: text(batched, req(p, 64)), [(p,) for p in PROMPTS[:4]])
+    assert seen == [True] * 4 and all(fast)  # the fast path was taken for each
+    monkeypatch.setattr(engine, "_greedy_alone", lambda chain: False)
+    assert concurrently(lambda p: text(batched, req(p, 64)), [(p,) for p in PROMPTS[:4]]) == fast
+    assert [text(batched, req(p, 64)) for p in PROMPTS[:2]] == fast[:2]
+
+
 def test_per_request_sampling_parameters_and_seeds_hold_under_batching(batched):
     r = req("Tell me a short story.", 32, temperature=1.0, top_k=40, top_p=0.9, seed=7)
     alone = text(batched, r)

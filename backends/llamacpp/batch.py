@@ -24,6 +24,7 @@ request's drafted / accepted counts.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import queue
 import threading
@@ -50,7 +51,7 @@ class _Seq:
     budget: int
     cancel: threading.Event
     logprobs: int | None = None  # None: none; else the chosen token's logprob and this many alternatives
-    out: queue.Queue = field(default_factory=queue.Queue)
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # C put/get: cheap on the compute thread
     slot: int = -1
     pos: int = 0  # tokens already in the KV cache
     prefill: int = 0  # prompt tokens already sent
@@ -64,6 +65,7 @@ class _Seq:
     drafted: int = 0
     accepted: int = 0
     media: object = None  # llamacpp_vision.MediaPrompt: a prompt with pictures, evaluated whole at admission
+    argmax: bool = False  # the sampler chain is greedy alone: its pick is the logits' argmax, taken directly
 
 
 class BatchEngine:
@@ -98,6 +100,11 @@ class BatchEngine:
         self.vocab = llm._model.vocab
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
+        import numpy
+
+        self._np = numpy
+        self._logits_row = ctypes.c_float * self.n_vocab  # one row of logits, viewed in place
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes in a reply (``_text_piece``)
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._free = list(range(slots))
@@ -134,6 +141,7 @@ class BatchEngine:
                    media=media)
         if draft_tokens > 0:
             seq.drafter = NgramDrafter(tokens)  # built here, on the caller's thread, not the scheduler's
+        seq.argmax = self._greedy_alone(sampler)
         with self._lock:
             if self._stop:
                 self._free_sampler(seq)
@@ -180,6 +188,32 @@ class BatchEngine:
 
     def _piece(self, token: int) -> bytes:
         return self.llm.detokenize([token], special=True)
+
+    def _greedy_alone(self, chain) -> bool:
+        """Whether ``chain`` is one greedy sampler and nothing else (no grammar, penalty, bias): its pick
+        is then the first highest logit, which numpy finds in ~7 us where ``llama_sampler_sample``
+        (building the whole candidate array) takes ~80 us, on the compute thread between two decodes."""
+        L = self.L
+        try:
+            return (chain is not None and L.llama_sampler_chain_n(chain) == 1
+                    and L.llama_sampler_name(L.llama_sampler_chain_get(chain, 0)) == b"greedy")
+        except (AttributeError, TypeError):  # a llama-cpp-python without these: sample as usual
+            return False
+
+    def _sample(self, seq: _Seq, idx: int) -> int:
+        """The token ``seq``'s sampler chain picks at batch index ``idx``."""
+        if seq.argmax:  # same pick as the greedy sampler: the first maximum, in vocabulary order
+            row = self.L.llama_get_logits_ith(self.ctx, idx)
+            logits = self._logits_row.from_address(ctypes.addressof(row.contents))
+            return int(self._np.frombuffer(logits, dtype=self._np.float32).argmax())
+        return self.L.llama_sampler_sample(seq.sampler, self.ctx, idx)
+
+    def _text_piece(self, token: int) -> bytes:
+        """The bytes a generated token adds to the reply (cached: the vocabulary never changes)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = detokenize_bytes(self.llm, [token], special=False)
+        return piece
 
     def _free_sampler(self, seq: _Seq) -> None:
         """Free what the engine owns of a sequence that ends: its sampler chain, its pictures' chunks."""
@@ -310,7 +344,12 @@ class BatchEngine:
         finally:
             seq.media.close()  # the chunks are in the KV cache now (or failed): freed here, by their owner
         seq.prefill = len(seq.tokens)
-        self._take(seq, -1, [])
+        out: list[tuple[_Seq, TextDelta]] = []
+        finish = self._take(seq, -1, [], out)
+        for _, delta in out:
+            seq.out.put(delta)
+        if finish is not None:
+            self._retire(seq, finish)
 
     def _step(self) -> None:
         """One llama_decode: a token (plus its drafts, when speculative) for every generating sequence,
@@ -367,8 +406,15 @@ class BatchEngine:
         if rc != 0:
             raise OutOfMemory("llama.cpp found no room in the KV cache for this batch." if rc == 1 else
                               f"llama_decode returned {rc}")
-        for seq, idx, draft in sample_at:
-            self._take(seq, idx, draft)
+        # Every sequence's tokens are picked before any is handed out: handing one wakes its reader, and
+        # the next pick's ctypes calls (which let the GIL go) would then wait for that reader's Python.
+        out: list[tuple[_Seq, TextDelta]] = []
+        finished = [(seq, finish) for seq, idx, draft in sample_at
+                    if (finish := self._take(seq, idx, draft, out)) is not None]
+        for seq, delta in out:
+            seq.out.put(delta)
+        for seq, finish in finished:
+            self._retire(seq, finish)
 
     def _draft(self, seq: _Seq, room: int) -> list[int]:
         """The drafts to verify with ``seq``'s next token: none for a plain sequence; never more than
@@ -379,23 +425,24 @@ class BatchEngine:
         return seq.drafter.draft(min(seq.k_cur, seq.budget - seq.generated - 1,
                                      self.n_ctx_per_seq - seq.pos - 1, room))
 
-    def _take(self, seq: _Seq, idx: int, draft: list[int]) -> None:
+    def _take(self, seq: _Seq, idx: int, draft: list[int], out: list) -> str | None:
         """After the decode: the sequence's token(s) from the logits at ``idx`` (and after, one row per
-        draft), emitted one by one as plain decoding would; the rejected drafts' KV cells removed."""
+        draft), added to ``out`` one by one as plain decoding would emit them; the rejected drafts' KV
+        cells removed. Returns the finish reason when the sequence ends here (retired by the caller)."""
         L = self.L
         base = seq.pos - len(draft)  # the position the pick at ``idx`` would be fed at
         accepted, finish = 0, None
         for i in range(len(draft) + 1):
-            token = L.llama_sampler_sample(seq.sampler, self.ctx, idx + i)
+            token = self._sample(seq, idx + i)
             if L.llama_vocab_is_eog(self.vocab, token):
                 finish = "stop"
                 break
             seq.generated += 1
             seq.last = token
-            text = seq.decoder.decode(detokenize_bytes(self.llm, [token], special=False))
+            text = seq.decoder.decode(self._text_piece(token))
             lp = () if seq.logprobs is None else (
                 token_logprob(L, self.ctx, idx + i, token, self.n_vocab, seq.logprobs, self._piece),)
-            seq.out.put(TextDelta(text, tokens=1, logprobs=lp))
+            out.append((seq, TextDelta(text, tokens=1, logprobs=lp)))
             hit = i < len(draft) and token == draft[i]
             if seq.drafter is not None:
                 seq.drafter.extend((token,))
@@ -418,5 +465,4 @@ class BatchEngine:
                     raise BackendError("llama.cpp could not remove rejected draft tokens from the KV cache.")
                 seq.pos = keep
                 del seq.in_kv[keep:]
-        if finish is not None:
-            self._retire(seq, finish)
+        return finish
