@@ -2,9 +2,9 @@
 
     python -m benchmarks.bench_compute_thread
 
-What a server does all day: the chat model (``--parallel 4``, the batch engine) decodes on its
-scheduler thread, and a Compare variant (one slot) generates on a Gradio worker thread, which lives
-on. libgomp keeps an OpenMP team per calling thread; with more OpenMP threads than CPUs it throttles
+What a server does all day: the chat model (``--parallel 4``, the batch engine) decodes on the process's
+compute thread (where batch engines are stepped), and a Compare variant (one slot) generates on a Gradio
+worker thread, which lives on. libgomp keeps an OpenMP team per calling thread; with more OpenMP threads than CPUs it throttles
 every decode in the process. backends/llamacpp/compute.py runs all llama.cpp compute on one thread;
 this prints the chat's greedy decode tok/s (200 tokens) before, after the other generation, and after
 that model is unloaded, and the ratios after / before (1.0 = no harm).

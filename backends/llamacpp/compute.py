@@ -18,8 +18,9 @@ their sampling), runs the one-off calls queued meanwhile, and steps again; with 
 sleeps on its queue. So sampling a token and launching the next decode happen on the OpenMP team's own
 master thread, with no thread hop and no wake-up between them: the hop cost a scheduler wake-up per
 token on the critical path, and on 2 cores, where the team's partner thread spins through the gap and
-the HTTP thread and the client want the other core, that wake-up waited its turn (measured: the app's
-/v1 decode went from 0.88 to 0.93 of llama-server's, benchmarks/README.md "Shared CPU").
+the HTTP thread and the client want the other core, that wake-up waited its turn (measured, the three
+servers taking turns: the app's /v1 decode went from 0.87 to 0.915 of llama-server's with this and the engine's
+cheaper picks; benchmarks/README.md "Shared CPU").
 
 The thread is process-wide by nature (OpenMP's thread count is per process), hence one module-level
 instance rather than one per backend.
