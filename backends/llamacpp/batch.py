@@ -1,8 +1,8 @@
 """Batched decoding for the llama.cpp backend: several requests decoded together in one llama_batch.
 
 One model, one llama context holding a KV cache per sequence (``n_seq_max`` = slots). The engine is
-stepped on the process's llama.cpp compute thread (``backends.llamacpp.compute``, which owns the
-context's work and steps every loaded model's engine in turn): between decode steps it admits waiting requests into free slots (their
+stepped on the process's llama.cpp compute thread (``backends.llamacpp.compute``, which steps every
+loaded model's engine in turn): between decode steps it admits waiting requests into free slots (their
 prompts are prefilled in chunks inside the same batches), gives every running sequence its next
 token in one ``llama_decode``, samples each sequence with its own sampler chain (built by the caller
 with ``llamacpp_sampling``: its own samplers, constraint and seed), and retires sequences that finish or are
