@@ -32,7 +32,7 @@ from backends.base import LoadedModel, ModelSpec, Progress, _no_progress
 from backends.errors import BackendError, InvalidRequest, ModelNotFound, ModelNotResident, OutOfMemory, PoolFull
 from backends.files import hub_cache
 from backends.files.gguf import check_gguf
-from backends.files.sources import EMBEDDED_ALIAS, inside
+from backends.files.sources import EMBEDDED_ALIAS, inside, is_projector
 
 if TYPE_CHECKING:
     from backends.manager import ModelManager, _Resident
@@ -133,7 +133,7 @@ def _is_extra_part(filename: str) -> bool:
     are not models of their own."""
     low = filename.lower()
     part = _SPLIT_PART.search(low)
-    return low.startswith("mmproj") or (part is not None and int(part.group(1)) != 1)
+    return is_projector(low) or (part is not None and int(part.group(1)) != 1)
 
 
 def _not_resident(name: str) -> ModelNotResident:

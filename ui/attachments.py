@@ -175,18 +175,20 @@ def user_message(text: str, paths: list[str]) -> dict:
     thumbnails). The text comes first so that the message can be edited: the Chatbot's editor
     submits the first part of a message and fails on a file part (Gradio 6.31). The model sees the
     pictures before the text whatever the order here."""
-    if not paths:
-        return {"role": "user", "content": text}
-    parts: list[Any] = [{"path": p} for p in paths]
-    return {"role": "user", "content": [text, *parts] if text else parts}
+    return _question(text, [{"path": p} for p in paths])
 
 
 def edited_message(old: Any, text: str) -> dict:
     """The user message ``old`` with its text replaced by ``text`` and its files kept (an edited
     question keeps the pictures and files it was sent with), text first (see ``user_message``)."""
-    content = old.get("content") if isinstance(old, dict) else None
-    kept = file_parts(content)
-    return {"role": "user", "content": [text, *kept] if kept else text}
+    return _question(text, file_parts(old.get("content") if isinstance(old, dict) else None))
+
+
+def _question(text: str, files: list) -> dict:
+    """A user message: the text alone, or the text (when there is one) then the file parts."""
+    if not files:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [text, *files] if text else files}
 
 
 def text_first(message: Any) -> Any:

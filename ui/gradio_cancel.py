@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 PATCHED_VERSION = "6.31.0"
 
@@ -55,8 +56,6 @@ def close_cancelled_steps() -> bool:
 def close_quietly(iterator, within_s: float = 600.0) -> None:
     """``iterator.close()``, retried while the generator is still executing its step (the cancelled
     await can return before the worker thread's ``next()`` has)."""
-    import time
-
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:

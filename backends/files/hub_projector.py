@@ -40,11 +40,6 @@ class HubProjector:
     why: str
 
 
-def is_projector(filename: str) -> bool:
-    name = PurePosixPath(filename).name.lower()
-    return name.startswith("mmproj") and name.endswith(".gguf")
-
-
 def quant_of(filename: str) -> str | None:
     """The quantization a GGUF file's name states (``model-Q4_K_M.gguf`` -> ``Q4_K_M``), or None."""
     found = _QUANT.findall(PurePosixPath(filename).name.removesuffix(".gguf"))
@@ -53,7 +48,7 @@ def quant_of(filename: str) -> str | None:
 
 def pick(files: list[str], model_file: str) -> tuple[str, str] | None:
     """(the projector of ``files`` to load with ``model_file``, why), or None when the repo has none."""
-    projectors = sorted(f for f in files if is_projector(f))
+    projectors = sorted(f for f in files if sources.is_projector(f))
     if not projectors:
         return None
     folder = PurePosixPath(model_file).parent

@@ -46,6 +46,13 @@ def embedded_model_path() -> Path:
     return path
 
 
+def is_projector(filename: str) -> bool:
+    """Whether a file (a name, or a path inside a repo) is a vision model's multimodal projector
+    (``mmproj*.gguf``): loaded with a model, never a model of its own."""
+    name = filename.rsplit("/", 1)[-1].lower()
+    return name.startswith("mmproj") and name.endswith(".gguf")
+
+
 def looks_like_repo_id(source: str, base_dir: Path | None = None) -> bool:
     """``org/name`` that is not a local path (relative to ``base_dir`` when given, else to the
     working directory)."""
@@ -305,7 +312,7 @@ def download_from_hub(repo_id: str, filename: str | None = None, revision: str |
                                         f"the Hub cannot be reached. Cached GGUF files: {listed}.")
         elif ggufs and not any(f.endswith(".safetensors") for f in files):
             # a vision model's projector (mmproj*.gguf) is not a model to load: it comes with one
-            models = [f for f in ggufs if not f.rsplit("/", 1)[-1].lower().startswith("mmproj")] or ggufs
+            models = [f for f in ggufs if not is_projector(f)] or ggufs
             if len(models) > 1:
                 raise ModelLoadError(
                     f"{repo_id} holds {len(models)} GGUF files {where}: name the one to load in the GGUF file box "

@@ -32,6 +32,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np  # llama_cpp imports it already
+
 from backends.llamacpp import compute
 from backends.base import TextDelta
 from backends.errors import BackendError, OutOfMemory
@@ -100,9 +102,6 @@ class BatchEngine:
         self.vocab = llm._model.vocab
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
-        import numpy
-
-        self._np = numpy
         self._logits_row = ctypes.c_float * self.n_vocab  # one row of logits, viewed in place
         self._pieces: dict[int, bytes] = {}  # token -> its bytes in a reply (``_text_piece``)
         self._waiting: deque[_Seq] = deque()
@@ -205,7 +204,7 @@ class BatchEngine:
         if seq.argmax:  # same pick as the greedy sampler: the first maximum, in vocabulary order
             row = self.L.llama_get_logits_ith(self.ctx, idx)
             logits = self._logits_row.from_address(ctypes.addressof(row.contents))
-            return int(self._np.frombuffer(logits, dtype=self._np.float32).argmax())
+            return int(np.frombuffer(logits, dtype=np.float32).argmax())
         return self.L.llama_sampler_sample(seq.sampler, self.ctx, idx)
 
     def _text_piece(self, token: int) -> bytes:
@@ -238,9 +237,7 @@ class BatchEngine:
         while self._waiting and self._free:
             seq = self._waiting.popleft()
             if seq.cancel.is_set():
-                self._free_sampler(seq)
-                seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
-                seq.out.put(_END)
+                self._end_unstarted(seq)
                 continue
             # the free slot whose kept cells share the longest prefix with this prompt (on a tie the one
             # freed longest ago, as ``_free`` is in the order slots were freed)
@@ -288,7 +285,6 @@ class BatchEngine:
     def step(self) -> bool:
         """One scheduling step, on the compute thread: admit, retire the cancelled, decode once for
         every running sequence. Whether there is more to do right away (see ``compute.ComputeThread``)."""
-        L = self.L
         with self._lock:
             if self._stop:
                 self._shut_down()
@@ -298,13 +294,8 @@ class BatchEngine:
             try:
                 self._prefill_media(seq)
             except BaseException as exc:  # noqa: BLE001 - this request hears about it; the others go on
-                seq.out.put(exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp: {exc}"))
-                seq.out.put(_END)
-                L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
-                self._kept[seq.slot] = []
                 self._running.remove(seq)
-                self._free.append(seq.slot)
-                self._free_sampler(seq)
+                self._fail(seq, exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp: {exc}"))
         for seq in [s for s in self._running if s.cancel.is_set()]:
             self._retire(seq, "cancelled")
         if not self._running:
@@ -313,24 +304,32 @@ class BatchEngine:
             self._step()
         except BaseException as exc:  # noqa: BLE001 - every running request hears about it; the engine goes on
             err = exc if isinstance(exc, BackendError) else BackendError(f"llama.cpp decode failed: {exc}")
-            for seq in list(self._running):
-                seq.out.put(err)
-                seq.out.put(_END)
-                L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
-                self._kept[seq.slot] = []
-                self._free.append(seq.slot)
-                self._free_sampler(seq)
-            self._running.clear()
+            failed, self._running = self._running, []
+            for seq in failed:
+                self._fail(seq, err)
         return bool(self._running or self._waiting)
+
+    def _fail(self, seq: _Seq, err: BackendError) -> None:
+        """End a sequence (no longer running) with ``err``: its cells and slot freed."""
+        seq.out.put(err)
+        seq.out.put(_END)
+        self.L.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        self._kept[seq.slot] = []
+        self._free.append(seq.slot)
+        self._free_sampler(seq)
+
+    def _end_unstarted(self, seq: _Seq) -> None:
+        """End a request that never got a slot: cancelled."""
+        self._free_sampler(seq)
+        seq.out.put(TextDelta("", finish_reason="cancelled", prompt_tokens=len(seq.tokens)))
+        seq.out.put(_END)
 
     def _shut_down(self) -> None:
         """Closing: every request ends cancelled, and the engine is stepped no more."""
         for seq in list(self._running):
             self._retire(seq, "cancelled")
         for seq in self._waiting:
-            self._free_sampler(seq)
-            seq.out.put(TextDelta("", finish_reason="cancelled"))
-            seq.out.put(_END)
+            self._end_unstarted(seq)
         self._waiting.clear()
         compute.detach(self)  # inline: this runs on the compute thread
         self._closed.set()

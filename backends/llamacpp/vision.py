@@ -21,6 +21,7 @@ from pathlib import Path
 
 from backends.base import ImageInput
 from backends.errors import BackendError, InvalidRequest, ModelLoadError
+from backends.files import sources
 from backends.llamacpp.template import MEDIA_MARKER
 
 MMPROJ_GLOB = "mmproj*.gguf"
@@ -34,8 +35,7 @@ def find_mmproj(model: Path, explicit: str | None) -> Path | None:
         if not path.is_file():
             raise ModelLoadError(f"The vision projector {path.name} does not exist (mmproj).")
         return path
-    found = sorted(p for p in model.parent.iterdir() if p.is_file() and p.name.lower().startswith("mmproj")
-                   and p.suffix.lower() == ".gguf")
+    found = sorted(p for p in model.parent.iterdir() if p.is_file() and sources.is_projector(p.name))
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:4])
         raise ModelLoadError(f"{model.parent.name}/ holds several vision projectors ({names}): name one with mmproj.")
