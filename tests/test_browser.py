@@ -88,6 +88,9 @@ def test_send_see_the_reply_grow_and_stop(page, shots):
 
 def test_a_normal_chat_shows_its_stats_and_survives_a_reload(page, shots):
     page.click("#clear")
+    # the clear has landed (no reply, no stats line of the last test's reply) before the new question goes
+    page.wait_for_function("() => !document.querySelector('#chatbot .bot') && "
+                           "!(document.querySelector('#chat-stats') || {innerText: ''}).innerText.includes('tok/s')")
     saved_before = page.evaluate("() => localStorage.getItem('quantlab-chat')")
     page.fill("#message textarea", "Write a haiku about the sea.")
     page.keyboard.press("Enter")
