@@ -157,7 +157,9 @@ class AdaptiveThreads:
     quiet, every core (the fastest); with a busy process beside it on 2 cores, 1 thread, which has a
     core to itself and waits for nobody, where 2 threads fell below 1 tok/s (benchmarks/README.md,
     "Shared CPU"). The decode's own process is left out of the count (its threads are the ones being
-    sized), so an idle machine is seen as idle while the engine itself is busy. Greedy text does not
+    sized), so an idle machine is seen as idle while the engine itself is busy. After a pause (between two
+    replies) the count measured last holds for the first window: the window since the last look would
+    describe the pause, not the present. Greedy text does not
     depend on the count (llama.cpp without flash attention and torch gave the same 96 tokens at 1 and
     2 threads; with flash attention llama.cpp's split-KV path past 256 tokens needs 2 or more)."""
 
@@ -165,6 +167,10 @@ class AdaptiveThreads:
     # of a core, llama-server's 2 threads decoded 116 tok/s (median) where 1 thread gave 63; a whole busy
     # core is what collapses 2 threads (benchmarks/README.md, "Shared CPU")
     SLACK = 0.2
+    # a window more than this many intervals long is stale. Measured when it was not: a 2-core app given
+    # 1 thread for the first quarter second of each reply after another server's 1-second reply decoded
+    # 0.92 of llama-server, where 2 threads gave 0.97 (benchmarks/README.md, "Shared CPU")
+    STALE = 2
 
     def __init__(self, most: int, interval_s: float = 0.25, cpus: int | None = None,
                  on_change=lambda n, others: None):
@@ -186,7 +192,11 @@ class AdaptiveThreads:
             return self._n
         with self._lock:
             snap = cpu_snapshot()
-            others = others_cores(self._last, snap)
+            stale = snap is not None and snap[0] - self._last[0] > self.STALE * self.interval_s
+            # a window longer than that spans a pause of the engine (between two replies): it holds what
+            # other processes did meanwhile (another server's reply, a build that has ended), not the
+            # present. The count measured last holds until the window that starts here measures again
+            others = None if stale else others_cores(self._last, snap)
             self._last = snap
             if others is not None:
                 self.others = round(others, 2)

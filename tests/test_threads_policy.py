@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -87,6 +88,40 @@ def test_threads_values():
     assert choose(3).threads == 3 and choose(3).mode == "user"
     auto = choose(None)
     assert auto.mode == "auto" and auto.threads == usable_cpus()[0] >= 1 and auto.why.startswith("auto:")
+
+
+def test_auto_threads_step_down_while_another_process_keeps_a_core_busy():
+    """On 2 cores with a busy process beside it, auto's next decode takes 1 thread (2 would wait for a
+    preempted partner at every op), and says so through on_change (the model's /health details)."""
+    from backends.threads import AdaptiveThreads
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        changes = []
+        adaptive = AdaptiveThreads(2, interval_s=0.5, cpus=2, on_change=lambda n, others: changes.append((n, others)))
+        assert adaptive.now() == 2  # no window measured yet: every core
+        time.sleep(0.7)
+        assert adaptive.now() == 1
+        assert changes and changes[-1][0] == 1 and changes[-1][1] >= 0.8
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_a_pause_between_replies_is_not_taken_for_what_other_processes_use_now():
+    """The window since the last decode spans the pause before this reply: what other processes did
+    then (another server's reply, a finished build) says nothing of now, so the count measured last
+    holds. Measured when it did not: each reply's first quarter second on 1 thread cost 5% against
+    llama-server on a quiet machine. A window of normal length is still measured."""
+    from backends.threads import AdaptiveThreads, cpu_snapshot
+
+    adaptive = AdaptiveThreads(2, interval_s=1.0, cpus=2)
+    t, busy, own = cpu_snapshot()
+    adaptive._last = (t - 10.0, busy - 10.0, own)  # a 10-second pause in which others kept one core busy
+    assert adaptive.now() == 2
+    t, busy, own = adaptive._last
+    adaptive._last = (t - 1.2, busy - 1.2, own)  # a window of normal length, the same share of a core
+    assert adaptive.now() == 1
 
 
 def test_the_cli_takes_threads_auto_or_a_number():
