@@ -5,6 +5,7 @@ chat fitted into a small context. Screenshots go to $QUANTLAB_SCREENSHOTS (the d
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -154,6 +155,8 @@ def test_regenerate_keeps_each_version_and_the_arrows_switch_between_them(page, 
     second = last_reply(page)
     assert user_texts(page) == ["Name a fruit."], "Regenerate must not repeat the question"
     assert page.locator("#chatbot .bot-row").count() == 1
+    if os.environ.get("QUANTLAB_SCREENSHOTS"):  # the docs' picture: after the past-chats list's save, which dims it
+        page.wait_for_timeout(3000)
     page.screenshot(path=str(shots / "chat-actions.png"))
     page.click("#version-prev")
     page.wait_for_selector("#version-label :text('1 / 2')")
