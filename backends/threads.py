@@ -141,6 +141,11 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
         return None
 
 
+def own_cores(start, end) -> float:
+    """CPU cores' worth of time this process used between two snapshots."""
+    return max(0.0, (end[2] - start[2]) / (end[0] - start[0])) if end[0] > start[0] else 0.0
+
+
 def others_cores(start, end) -> float | None:
     """CPU cores' worth of time other processes used between two snapshots."""
     if start is None or end is None or end[0] <= start[0]:
@@ -167,10 +172,12 @@ class AdaptiveThreads:
     # of a core, llama-server's 2 threads decoded 116 tok/s (median) where 1 thread gave 63; a whole busy
     # core is what collapses 2 threads (benchmarks/README.md, "Shared CPU")
     SLACK = 0.2
-    # a window more than this many intervals long is stale. Measured when it was not: a 2-core app given
+    # a window more than this many intervals long, with this process mostly idle in it, is a pause. Measured
+    # when it was not set aside: a 2-core app given
     # 1 thread for the first quarter second of each reply after another server's 1-second reply decoded
     # 0.92 of llama-server, where 2 threads gave 0.97 (benchmarks/README.md, "Shared CPU")
     STALE = 2
+    PAUSED_BELOW = 0.5  # cores' worth of CPU this process used over such a window: it was mostly idle
 
     def __init__(self, most: int, interval_s: float = 0.25, cpus: int | None = None,
                  on_change=lambda n, others: None):
@@ -192,11 +199,13 @@ class AdaptiveThreads:
             return self._n
         with self._lock:
             snap = cpu_snapshot()
-            stale = snap is not None and snap[0] - self._last[0] > self.STALE * self.interval_s
-            # a window longer than that spans a pause of the engine (between two replies): it holds what
-            # other processes did meanwhile (another server's reply, a build that has ended), not the
-            # present. The count measured last holds until the window that starts here measures again
-            others = None if stale else others_cores(self._last, snap)
+            # a long window in which this process was mostly idle spans a pause between two replies: it holds
+            # what other processes did meanwhile (another server's reply, a build that has ended), not the
+            # present. The count measured last holds until the window that starts here measures again. (A
+            # long window in which it computed is one slow decode, a big model's: measured as any other.)
+            paused = (snap is not None and snap[0] - self._last[0] > self.STALE * self.interval_s
+                      and own_cores(self._last, snap) < self.PAUSED_BELOW)
+            others = None if paused else others_cores(self._last, snap)
             self._last = snap
             if others is not None:
                 self.others = round(others, 2)

@@ -124,6 +124,18 @@ def test_a_pause_between_replies_is_not_taken_for_what_other_processes_use_now()
     assert adaptive.now() == 1
 
 
+def test_a_decode_longer_than_the_window_is_still_measured():
+    """A big model on the CPU can take seconds for one decode: a long window in which this process computed
+    is no pause, and what other processes took in it still sizes the next decode."""
+    from backends.threads import AdaptiveThreads, cpu_snapshot
+
+    adaptive = AdaptiveThreads(2, interval_s=1.0, cpus=2)
+    t, busy, own = cpu_snapshot()
+    # a 10-second decode: this process used a core (10 s of CPU) and others another one (20 s busy in all)
+    adaptive._last = (t - 10.0, busy - 20.0, own - 10.0)
+    assert adaptive.now() == 1
+
+
 def test_the_cli_takes_threads_auto_or_a_number():
     from serving.settings import parse_args
 
