@@ -164,18 +164,18 @@ class AdaptiveThreads:
     "Shared CPU"). The decode's own process is left out of the count (its threads are the ones being
     sized), so an idle machine is seen as idle while the engine itself is busy. After a pause (between two
     replies) the count measured last holds for the first window: the window since the last look would
-    describe the pause, not the present. Greedy text does not
-    depend on the count (llama.cpp without flash attention and torch gave the same 96 tokens at 1 and
-    2 threads; with flash attention llama.cpp's split-KV path past 256 tokens needs 2 or more)."""
+    describe the pause, not the present. Greedy text does not depend on the count (llama.cpp without
+    flash attention and torch gave the same 96 tokens at 1 and 2 threads; with flash attention
+    llama.cpp's split-KV path past 256 tokens needs 2 or more)."""
 
     # others using up to 0.8 of a core still leave that core to the engine: with other test runs taking part
     # of a core, llama-server's 2 threads decoded 116 tok/s (median) where 1 thread gave 63; a whole busy
     # core is what collapses 2 threads (benchmarks/README.md, "Shared CPU")
     SLACK = 0.2
     # a window more than this many intervals long, with this process mostly idle in it, is a pause. Measured
-    # when it was not set aside: a 2-core app given
-    # 1 thread for the first quarter second of each reply after another server's 1-second reply decoded
-    # 0.92 of llama-server, where 2 threads gave 0.97 (benchmarks/README.md, "Shared CPU")
+    # when it was not set aside: a 2-core app given 1 thread for the first quarter second of each reply
+    # after another server's 1-second reply decoded 0.92 of llama-server, where 2 threads gave 0.97
+    # (benchmarks/README.md, "Shared CPU")
     STALE = 2
     PAUSED_BELOW = 0.5  # cores' worth of CPU this process used over such a window: it was mostly idle
 
