@@ -152,7 +152,7 @@ class LiveServer:
     process; ``with LiveServer(settings) as srv:`` starts it, ``srv.url`` reaches it, leaving stops it."""
 
     def __init__(self, settings):
-        import uvicorn
+        from serving.quiet_server import QuietServer
 
         self.settings = settings
         self.app = create_app(settings)
@@ -160,7 +160,7 @@ class LiveServer:
         # a bounded graceful shutdown, as main()'s: gradio_client's heartbeat SSE outlives Client.close(), and
         # uvicorn would wait for it past __exit__'s join, leaving the model loaded
         config = server_config(self.app, settings, host="127.0.0.1", timeout_graceful_shutdown=3)
-        self.server = uvicorn.Server(config)
+        self.server = QuietServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"
 
@@ -174,7 +174,7 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc):
-        self.server.should_exit = True
+        self.server.stop()
         self.thread.join(timeout=10)
 
 
@@ -204,9 +204,9 @@ def load_in_background(manager, spec) -> threading.Thread:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    import uvicorn
+    from serving.quiet_server import QuietServer
 
-    class GracefulServer(uvicorn.Server):
+    class GracefulServer(QuietServer):
         """uvicorn re-raises SIGTERM after a graceful shutdown (exit code -15); a requested stop that
         drained cleanly is a success for orchestrators (Kubernetes, systemd, docker stop): exit 0.
         Streams still running ``--shutdown-timeout`` seconds after the signal are cut by the chat
