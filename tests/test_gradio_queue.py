@@ -1,5 +1,6 @@
 """The Gradio queue without its 1 ms poll (ui/gradio_queue.py): events still start, in order, when
-pushed to an idle queue, when they wait behind a concurrency limit, and when several come at once."""
+pushed to an idle queue, when they wait behind a concurrency limit, and when several come at once;
+a job's gr.Progress still reaches the client (the progress loop sleeps while no job runs)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,14 @@ def tiny():
         time.sleep(0.3)
         return x.upper()
 
+    def steps(x: str, progress=gr.Progress()) -> str:
+        for _ in progress.tqdm(range(6), desc="working"):
+            time.sleep(0.25)
+        return x
+
     with gr.Blocks() as demo:
         box, out = gr.Textbox(), gr.Textbox()
+        gr.Button().click(steps, box, out, api_name="steps", concurrency_limit=None)
         gr.Button().click(slow, box, out, api_name="slow", concurrency_limit=1)
         gr.Button().click(lambda x: x[::-1], box, out, api_name="flip", concurrency_limit=None)
     demo.queue(max_size=16)
@@ -83,6 +90,20 @@ def test_the_unlimited_event_is_not_held_behind_the_limited_one(tiny):
     assert client.predict("ab", api_name="/flip") == "ba"
     assert not slow.done() or slow.result() == "S"
     assert slow.result(timeout=30) == "S"
+
+
+def test_a_jobs_progress_reaches_the_client_after_the_queue_was_idle(tiny):
+    client, _ = tiny
+    time.sleep(1.0)  # long enough for the progress loop to be asleep, waiting for a job
+    job = client.submit("p", api_name="/steps")
+    seen = []
+    while not job.done():
+        status = job.status()
+        if status.progress_data:
+            seen.append(status.progress_data[0].index)
+        time.sleep(0.02)
+    assert job.result(timeout=60) == "p"
+    assert seen, "no progress update reached the client"
 
 
 def test_the_app_queue_is_patched():
