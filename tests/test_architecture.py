@@ -197,3 +197,28 @@ def test_the_dialect_rule_sees_a_planted_import(tmp_path):
     assert dialect_leaks(bad, "serving/api/bad.py") == ["serving/api/bad.py:1 imports serving.openai.errors"]
     assert dialect_leaks(bad, "serving/ollama/bad.py") == ["serving/ollama/bad.py:1 imports serving.openai.errors"]
     assert dialect_leaks(bad, "serving/openai/bad.py") == []
+
+
+def llama_constructions(path: Path, rel: str) -> list[str]:
+    """Where ``path`` builds a ``llama_cpp.Llama`` itself (``Llama(...)`` or ``<module>.Llama(...)``)."""
+    return [f"{rel}:{node.lineno} calls Llama()" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Name) and node.func.id == "Llama")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "Llama"))]
+
+
+def test_every_llama_object_is_built_through_open_llama():
+    """On CPUs with Intel AMX a plain ``Llama()`` crashes the process on its first batch (llama.cpp's AMX
+    kernels in the pinned version; see backends/llamacpp/open.py): the app, the benchmarks and the tests'
+    own references all build one through ``open_llama``, which turns those kernels off there."""
+    paths = [ROOT / "app.py"] + [p for package in [*PRODUCT, "tests"] for p in python_files(package)]
+    wrong = [c for p in paths if p.relative_to(ROOT).as_posix() != "backends/llamacpp/open.py"
+             for c in llama_constructions(p, p.relative_to(ROOT).as_posix())]
+    assert wrong == []
+
+
+def test_the_llama_rule_sees_a_planted_construction(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import llama_cpp\nfrom llama_cpp import Llama\n\n"
+                   "a = llama_cpp.Llama('m.gguf', embedding=True)\nb = Llama(model_path='m.gguf')\n")
+    assert llama_constructions(bad, "tests/bad.py") == ["tests/bad.py:4 calls Llama()", "tests/bad.py:5 calls Llama()"]

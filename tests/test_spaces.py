@@ -75,9 +75,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def space_env(port: int) -> dict[str, str]:
-    """What a Gradio Space sets (and nothing of this machine's QUANTLAB_* / GRADIO_SERVER_*)."""
+def space_env(port: int, cache_home: Path | None = None) -> dict[str, str]:
+    """What a Gradio Space sets (and nothing of this machine's QUANTLAB_* / GRADIO_SERVER_*). The
+    Space's cache starts empty, in ``cache_home`` (XDG_CACHE_HOME), not in this user's ~/.cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUANTLAB_", "GRADIO_SERVER_", "SPACE"))}
+    if cache_home is not None:
+        env["XDG_CACHE_HOME"] = str(cache_home)
     env.update({
         "SYSTEM": "spaces",
         "SPACE_ID": "quantlab/QuantLab",
@@ -99,10 +102,11 @@ def space(tmp_path_factory):
     pytest.importorskip("spaces", reason="pip install -r requirements-dev.txt brings the spaces package")
     port = SPACE_PORT if _port_is_free(SPACE_PORT) else _free_port()
     log = tmp_path_factory.mktemp("space") / "app.log"
+    env = space_env(port, cache_home=tmp_path_factory.mktemp("space-cache"))
     # -X importtime: the interpreter itself lists every module the app imports (on stderr), so the
     # test can see that the app imported the real `spaces` package, without touching the app.
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-X", "importtime", "app.py"], cwd=ROOT, env=space_env(port),
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "app.py"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -26,14 +26,17 @@ def cos(a, b) -> float:
 @pytest.fixture(scope="module")
 def references(embedded_gguf) -> dict[str, list[list[float]]]:
     """Per pooling ("mean", "last", "cls"): each text's L2-normalised embedding, straight from
-    llama-cpp-python."""
+    llama-cpp-python (built through open_llama, as the app builds its own: a plain Llama() crashes on
+    CPUs with Intel AMX)."""
     import llama_cpp
+
+    from backends.llamacpp.open import open_llama
 
     out = {}
     for name, pooling in (("mean", llama_cpp.LLAMA_POOLING_TYPE_MEAN), ("last", llama_cpp.LLAMA_POOLING_TYPE_LAST),
                           ("cls", llama_cpp.LLAMA_POOLING_TYPE_CLS)):
-        llm = llama_cpp.Llama(str(embedded_gguf), embedding=True, pooling_type=pooling, n_ctx=512, n_batch=512,
-                              n_threads=2, verbose=False)
+        llm = open_llama(str(embedded_gguf), embedding=True, pooling_type=pooling, n_ctx=512, n_batch=512,
+                         n_threads=2, verbose=False)
         try:
             out[name] = [llm.embed(t, normalize=True) for t in TEXTS]
         finally:
